@@ -1,0 +1,75 @@
+import fp from 'fastify-plugin'
+import { STATUS_CODES } from 'node:http'
+import { Ajv, type Options as AjvOptions } from 'ajv'
+import addFormats from 'ajv-formats'
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import { ProblemSchema } from '../src/schemas/problem.js'
+import type { ProblemError } from '../src/errors.js'
+
+/**
+ * One error path: every error leaves as RFC 9457 problem+json. Validation failures name each
+ * offending field; 5xx never carry internal detail, only the request id to find them in the log.
+ * Also owns request validation: bodies are validated strictly (no coercion, unknown fields
+ * refused, not dropped); query strings and params are coerced from text.
+ */
+export default fp(async (fastify) => {
+  fastify.addSchema(ProblemSchema)
+
+  const base: AjvOptions = { allErrors: true, removeAdditional: false, useDefaults: true, strict: false }
+  const bodyAjv = addFormats.default(new Ajv({ ...base, coerceTypes: false }))
+  const textAjv = addFormats.default(new Ajv({ ...base, coerceTypes: 'array' }))
+  fastify.setValidatorCompiler(({ schema, httpPart }) =>
+    (httpPart === 'body' ? bodyAjv : textAjv).compile(schema))
+
+  fastify.setErrorHandler((err: FastifyError & Partial<ProblemError>, request, reply) => {
+    if (err.validation !== undefined) {
+      const errors = err.validation.map(v => {
+        const params = v.params as Record<string, unknown>
+        let path = v.instancePath
+        let message = v.message ?? 'is invalid'
+        if (v.keyword === 'additionalProperties') {
+          path = `${path}/${String(params.additionalProperty)}`
+          message = 'is not a known field'
+        } else if (v.keyword === 'required') {
+          path = `${path}/${String(params.missingProperty)}`
+          message = 'is required'
+        }
+        return { path: path === '' ? '/' : path, message }
+      })
+      const detail = errors.map(e => `${e.path} ${e.message}`).join('; ')
+      return sendProblem(request, reply, 400, 'invalid_request', `Invalid request ${err.validationContext ?? ''}: ${detail}`.replace('  ', ' '), { errors })
+    }
+    const status = err.statusCode ?? 500
+    if (status >= 500) {
+      request.log.error({ err }, 'request failed')
+      return sendProblem(request, reply, status, status === 503 && err.code === 'shutting_down' ? err.code : 'internal_error',
+        status === 503 && err.code === 'shutting_down' ? err.message : `Internal error; quote request_id ${request.id} to find it in the server log`)
+    }
+    if (err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter))
+    return sendProblem(request, reply, status, problemCode(err, status), err.message, err.problem)
+  })
+
+  fastify.setNotFoundHandler((request, reply) =>
+    sendProblem(request, reply, 404, 'not_found', `No route ${request.method} ${request.url.split('?')[0]}`))
+}, { name: 'problem' })
+
+/** Map Fastify's own error codes to ours; our typed errors already carry snake_case codes. */
+function problemCode (err: FastifyError, status: number): string {
+  switch (err.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE': return 'payload_too_large'
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE': return 'unsupported_media_type'
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY': return 'invalid_request'
+    case 'FST_ERR_CTP_INVALID_JSON_BODY': return 'malformed_json'
+  }
+  if (err instanceof SyntaxError) return 'malformed_json'
+  if (typeof err.code === 'string' && /^[a-z_]+$/.test(err.code)) return err.code
+  return status === 400 ? 'invalid_request' : (STATUS_CODES[status] ?? 'error').toLowerCase().replace(/\W+/g, '_')
+}
+
+/** Send a problem+json response. */
+export function sendProblem (request: FastifyRequest, reply: FastifyReply, status: number, code: string, detail: string, extra?: Record<string, unknown>): FastifyReply {
+  return reply
+    .code(status)
+    .type('application/problem+json; charset=utf-8')
+    .send({ type: 'about:blank', title: STATUS_CODES[status] ?? 'Error', status, detail, code, request_id: request.id, ...extra })
+}

@@ -1,0 +1,119 @@
+import type { OutgoingHttpHeaders } from 'node:http'
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from '@sinclair/typebox'
+import { InvalidRequest, withProblem } from '../src/errors.js'
+import { executeRequestSchema, ExecuteResultSchema, type ExecuteResult } from '../src/schemas/execute.js'
+import { problemResponses } from '../src/schemas/problem.js'
+import type { RunEvent } from '../src/runner/types.js'
+import { SseWriter } from '../src/sse.js'
+
+const security: Array<Record<string, string[]>> = [{ ApiKeyAuth: [] }, { BearerAuth: [] }]
+
+const STREAM_DESCRIPTION = `The same run as \`POST /api/execute\`, streamed as Server-Sent Events. Each event has an increasing \`id\`:
+
+| event | data |
+|---|---|
+| \`run\` | first: \`{ run_id, session_id, working_directory }\` |
+| \`message\` | each line the CLI printed in stream-json, verbatim (\`system\`, \`assistant\`, \`user\`, \`stream_event\`, \`result\`, …; unknown types pass through) |
+| \`text\` | \`{ "text": "…" }\` for each piece of assistant text |
+| \`result\` | last, exactly once: the same object \`/api/execute\` returns; then the stream ends |
+
+A comment line (\`: keep-alive\`) is sent at least every 15 s. If the client disconnects before the end, the
+run is cancelled and its process tree killed. Validation, auth and capacity errors are answered as ordinary
+problem+json responses before the stream starts.`
+
+/** `POST /api/execute` and `POST /api/execute/stream`. */
+const execute: FastifyPluginAsyncTypebox = async (fastify) => {
+  fastify.addSchema(ExecuteResultSchema)
+  const { config, runner } = fastify
+  const body = executeRequestSchema(config)
+  const resultRef = Type.Unsafe<ExecuteResult>(Type.Ref('ExecuteResult'))
+  const errors = {
+    400: problemResponses[400],
+    401: problemResponses[401],
+    403: problemResponses[403],
+    409: problemResponses[409],
+    413: problemResponses[413],
+    429: problemResponses[429],
+    500: problemResponses[500],
+    503: problemResponses[503]
+  }
+
+  fastify.post('/execute', {
+    bodyLimit: config.maxBodyBytes,
+    schema: {
+      tags: ['execute'],
+      summary: 'Run Claude Code to completion',
+      description: 'Runs the prompt with the Claude Code CLI and answers when it has ended. `200` whenever the run was started, whether it succeeded or not: read `success`, `status` and `error_code`. If the client disconnects first, the run is cancelled.',
+      operationId: 'execute',
+      security,
+      body,
+      response: { 200: resultRef, ...errors }
+    }
+  }, async (request, reply) => {
+    if (request.body.stream === true) {
+      throw withProblem(new InvalidRequest('stream must be false on /api/execute; use POST /api/execute/stream for a streamed run'), {
+        problem: { errors: [{ path: '/stream', message: 'must be false here; use /api/execute/stream' }] }
+      })
+    }
+    const spec = await runner.prepare(request.body)
+    const handle = runner.submit(spec)
+    reply.raw.on('close', () => {
+      if (!reply.raw.writableFinished) handle.cancel('client disconnected')
+    })
+    return await handle.result
+  })
+
+  fastify.post('/execute/stream', {
+    bodyLimit: config.maxBodyBytes,
+    schema: {
+      tags: ['execute'],
+      summary: 'Run Claude Code, streamed as Server-Sent Events',
+      description: STREAM_DESCRIPTION,
+      operationId: 'executeStream',
+      security,
+      body,
+      response: {
+        200: {
+          description: 'An event stream: `run`, then `message` and `text` events, then exactly one `result`.',
+          content: { 'text/event-stream': { schema: Type.String({ description: 'text/event-stream frames (`id:`, `event:`, `data:`)' }) } }
+        },
+        ...errors
+      }
+    }
+  }, async (request, reply) => {
+    const spec = await runner.prepare(request.body)
+    let sse: SseWriter | undefined
+    const early: RunEvent[] = []
+    const deliver = (e: RunEvent): void => {
+      if (sse === undefined) {
+        early.push(e)
+        return
+      }
+      sse.send(e.seq, e.type, e.data)
+      if (e.type === 'result') sse.end()
+    }
+    // Throws 409/429/503 here, before anything is streamed: those stay ordinary problem responses.
+    const handle = runner.submit(spec, deliver)
+
+    reply.hijack()
+    reply.raw.writeHead(200, {
+      ...reply.getHeaders(),
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache, no-transform',
+      'x-accel-buffering': 'no',
+      connection: 'keep-alive'
+    } as OutgoingHttpHeaders)
+    reply.raw.flushHeaders()
+    sse = new SseWriter(reply.raw, config.sseKeepAliveMs, {
+      onCongested: () => handle.flow?.pause(),
+      onDrained: () => handle.flow?.resume()
+    })
+    reply.raw.on('close', () => {
+      if (!handle.isFinished()) handle.cancel('client disconnected')
+    })
+    for (const e of early.splice(0)) deliver(e)
+  })
+}
+
+export default execute

@@ -1,0 +1,31 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { HealthSchema } from '../src/schemas/health.js'
+import { VERSION } from '../src/package-info.js'
+
+/** `GET /health`: public, cheap (no process spawned), 503 only while shutting down. */
+const health: FastifyPluginAsyncTypebox = async (fastify) => {
+  const startedAt = Date.now()
+  fastify.get('/health', {
+    schema: {
+      tags: ['system'],
+      summary: 'Service health',
+      description: '`healthy` when the Claude Code CLI is available, `degraded` (still 200) when it is not, 503 while shutting down. Never spawns a process: the CLI probe is cached and refreshed in the background.',
+      response: { 200: HealthSchema, 503: HealthSchema }
+    }
+  }, async (_request, reply) => {
+    const { runner } = fastify
+    const cli = runner.probe.status
+    const status = runner.shuttingDown ? 'shutting_down' : cli.available ? 'healthy' : 'degraded'
+    if (status === 'shutting_down') reply.code(503)
+    return {
+      status,
+      version: VERSION,
+      claude_code_available: cli.available,
+      claude_code_version: cli.version,
+      uptime_s: Math.round((Date.now() - startedAt) / 100) / 10,
+      runs: runner.stats()
+    } as const
+  })
+}
+
+export default health

@@ -1,0 +1,51 @@
+import type { FastifyPluginAsync, FastifyServerOptions } from 'fastify'
+import type { Environment } from './config.js'
+import configPlugin from '../plugins/config.js'
+import problemPlugin from '../plugins/problem.js'
+import docsPlugin from '../plugins/docs.js'
+import corsPlugin from '../plugins/cors.js'
+import authPlugin, { type AuthPluginOptions } from '../plugins/auth.js'
+import runnerPlugin from '../plugins/runner.js'
+import healthRoutes from '../routes/health.js'
+import executeRoutes from '../routes/execute.js'
+
+export interface AppOptions extends AuthPluginOptions {
+  /** The environment settings are read from (the server's own, or a test's). */
+  env: Environment
+  /** Directory relative paths in the settings are resolved from. */
+  cwd?: string
+}
+
+/** Fastify options the app expects from whoever builds the instance (server or test). */
+export function serverOptions (logLevel: string): FastifyServerOptions {
+  return {
+    logger: {
+      level: logLevel,
+      redact: { paths: ['req.headers["x-api-key"]', 'req.headers.authorization', 'headers["x-api-key"]', 'headers.authorization'], censor: '[redacted]' }
+    },
+    // Only we decide the body limit per route; this is the ceiling for anything else.
+    bodyLimit: 1024 * 1024,
+    ajv: { customOptions: { removeAdditional: false } }
+  }
+}
+
+/**
+ * The whole service as one plugin. Read top to bottom, the registrations are the architecture:
+ * configuration, then infrastructure (errors, docs, CORS), then our decorators (auth, runner),
+ * then routes.
+ */
+const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
+  await fastify.register(configPlugin, { env: opts.env, ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}) })
+
+  await fastify.register(problemPlugin)
+  await fastify.register(docsPlugin)
+  await fastify.register(corsPlugin)
+
+  await fastify.register(authPlugin, opts.announce !== undefined ? { announce: opts.announce } : {})
+  await fastify.register(runnerPlugin)
+
+  await fastify.register(healthRoutes)
+  await fastify.register(executeRoutes, { prefix: '/api' })
+}
+
+export default app

@@ -1,0 +1,157 @@
+import { readdirSync, readFileSync } from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
+
+/**
+ * Finding and ending every process of one run.
+ *
+ * Killing the CLI, even its whole process group, is not enough: the Bash tool starts commands in a
+ * session of their own, which outlive the CLI re-parented to PID 1. Every run's environment carries
+ * a unique marker, so its processes are found in `/proc/<pid>/environ` whatever their parent or
+ * session (the way build servers find a build's leftovers). Descendants found through `/proc/<pid>/stat`
+ * are added for processes that cleared their environment while their parent still lived.
+ */
+
+const hasProc = process.platform === 'linux'
+
+function readEnviron (pid: number): Buffer | null {
+  try {
+    return readFileSync(`/proc/${pid}/environ`)
+  } catch {
+    return null
+  }
+}
+
+function parentOf (pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1')
+    // The command name is in parentheses and may itself contain spaces or parentheses.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    // fields[0] is the state; a zombie has nothing left to kill.
+    if (fields[0] === 'Z') return null
+    return Number(fields[1])
+  } catch {
+    return null
+  }
+}
+
+function allPids (): number[] {
+  if (!hasProc) return []
+  const pids: number[] = []
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name)
+    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid) pids.push(pid)
+  }
+  return pids
+}
+
+/**
+ * The live processes of a run: those whose environment carries `name=value`, plus the
+ * descendants of `rootPid` (while it lives). Zombies are left out: they are already dead.
+ */
+export function findRunProcesses (name: string, value: string, rootPid?: number): number[] {
+  const needle = Buffer.from(`${name}=${value}\0`)
+  const found = new Set<number>()
+  const parents = new Map<number, number>()
+  for (const pid of allPids()) {
+    const ppid = parentOf(pid)
+    if (ppid === null) continue
+    parents.set(pid, ppid)
+    const env = readEnviron(pid)
+    if (env !== null && (env.indexOf(needle) === 0 || env.indexOf(Buffer.concat([Buffer.from([0]), needle])) !== -1)) {
+      found.add(pid)
+    }
+  }
+  if (rootPid !== undefined && parents.has(rootPid)) {
+    found.add(rootPid)
+    let grew = true
+    while (grew) {
+      grew = false
+      for (const [pid, ppid] of parents) {
+        if (!found.has(pid) && found.has(ppid)) {
+          found.add(pid)
+          grew = true
+        }
+      }
+    }
+  }
+  return [...found]
+}
+
+function signal (pids: Iterable<number>, sig: NodeJS.Signals): void {
+  for (const pid of pids) {
+    try {
+      process.kill(pid, sig)
+    } catch {
+      // Already gone: that is what we want.
+    }
+  }
+}
+
+export interface KillReport {
+  /** Processes signalled over the whole operation. */
+  killed: number
+  /** Processes still alive at the end (should be 0; logged loudly otherwise). */
+  survivors: number[]
+}
+
+/**
+ * End a run's whole process tree: SIGTERM to the CLI's process group and every marked process,
+ * wait up to `graceMs` for the CLI to exit, then SIGKILL whatever carries the marker, sweeping
+ * again until nothing is left (new processes may be forked while we kill) and verifying.
+ */
+export async function killRunTree (opts: {
+  rootPid: number | undefined
+  markerName: string
+  markerValue: string
+  graceMs: number
+  /** Resolves when the root process has exited (and been reaped). */
+  rootExited: Promise<unknown>
+}): Promise<KillReport> {
+  const { markerName, markerValue } = opts
+  let exited = false
+  void opts.rootExited.then(() => { exited = true })
+  // Once reaped, the root's pid (and group id) may be reused by a stranger: stop using them.
+  const root = (): number | undefined => exited ? undefined : opts.rootPid
+  const seen = new Set<number>()
+  const sweep = (): number[] => {
+    const pids = findRunProcesses(markerName, markerValue, root())
+    for (const p of pids) seen.add(p)
+    return pids
+  }
+
+  const rootPid = root()
+  if (rootPid !== undefined) {
+    try {
+      process.kill(-rootPid, 'SIGTERM')
+    } catch {
+      signal([rootPid], 'SIGTERM')
+    }
+  }
+  signal(sweep(), 'SIGTERM')
+
+  if (opts.graceMs > 0) {
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([
+      opts.rootExited,
+      new Promise(resolve => { timer = setTimeout(resolve, opts.graceMs) })
+    ])
+    clearTimeout(timer)
+  }
+
+  let survivors: number[] = []
+  for (let round = 0; round < 50; round++) {
+    const pid = root()
+    if (pid !== undefined) {
+      try {
+        process.kill(-pid, 'SIGKILL')
+      } catch {
+        // The group is gone.
+      }
+    }
+    survivors = sweep()
+    if (survivors.length === 0) break
+    signal(survivors, 'SIGKILL')
+    await sleep(round < 10 ? 10 : 50)
+  }
+  return { killed: seen.size, survivors }
+}

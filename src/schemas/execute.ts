@@ -1,0 +1,72 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { PERMISSION_MODES } from '../config.js'
+
+/** Limits the request schema takes from the configuration. */
+export interface RequestLimits {
+  maxPromptChars: number
+  maxTimeoutS: number
+}
+
+const ENV_NAME = '^[A-Za-z_][A-Za-z0-9_]*$'
+
+/** The body of `POST /api/execute` and `/api/execute/stream`; unknown fields are refused. */
+export function executeRequestSchema (limits: RequestLimits) {
+  return Type.Object({
+    prompt: Type.String({ minLength: 1, maxLength: limits.maxPromptChars, description: 'The task for Claude. Sent to the CLI on stdin, never as an argument.' }),
+    working_directory: Type.Optional(Type.String({ minLength: 1, description: 'Where the run executes. Must exist and lie inside an allowed root (checked after resolving symlinks). Default: the server\'s `DEFAULT_WORKING_DIR`.' })),
+    session_id: Type.Optional(Type.String({ format: 'uuid', description: 'Continue this Claude session; an id not seen before starts a new session with that id.' })),
+    fork_session: Type.Optional(Type.Boolean({ description: 'With `session_id`: continue from that session under a new session id.' })),
+    stream: Type.Optional(Type.Boolean({ description: 'Must be false on `/api/execute`; use `/api/execute/stream` to stream. Ignored on the stream endpoint.' })),
+    timeout: Type.Optional(Type.Integer({ minimum: 1, maximum: limits.maxTimeoutS, description: 'Wall-clock limit in seconds, counted from submission; the run\'s whole process tree is killed at the limit.' })),
+    env_vars: Type.Optional(Type.Record(Type.String({ pattern: ENV_NAME }), Type.String({ maxLength: 32 * 1024 }), {
+      maxProperties: 64,
+      description: 'Extra environment for the run. Names that steer credentials, routing, code loading or the sandbox (`ANTHROPIC_*`, `CLAUDE_*`, `PATH`, `HOME`, `LD_*`, `NODE_*`, `*_PROXY`, …) are refused with 403.'
+    })),
+    model: Type.Optional(Type.String({ minLength: 1, maxLength: 200, description: 'Claude model (`--model`).' })),
+    system_prompt: Type.Optional(Type.String({ maxLength: limits.maxPromptChars, description: 'Replaces the system prompt (`--system-prompt`).' })),
+    append_system_prompt: Type.Optional(Type.String({ maxLength: limits.maxPromptChars, description: 'Appended to the system prompt (`--append-system-prompt`).' })),
+    permission_mode: Type.Optional(Type.Union(PERMISSION_MODES.map(m => Type.Literal(m)), { description: 'Claude Code permission mode; must be one the operator allows (403 otherwise).' })),
+    allowed_tools: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 1000 }), { maxItems: 200, description: 'Tool rules to allow, e.g. `"Bash(git *)"`.' })),
+    disallowed_tools: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 1000 }), { maxItems: 200, description: 'Tool rules to refuse.' })),
+    max_turns: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000 })),
+    max_budget_usd: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
+    output_schema: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'A JSON Schema; the result then carries `structured_output`.' })),
+    include_partial_messages: Type.Optional(Type.Boolean({ description: 'Stream only: add token-level `stream_event` messages and `text` deltas.' }))
+  }, { additionalProperties: false, title: 'ExecuteRequest' })
+}
+export type ExecuteRequest = Static<ReturnType<typeof executeRequestSchema>>
+
+export const RUN_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted'] as const
+export const ERROR_CODES = ['timeout', 'cancelled', 'api_error', 'not_authenticated', 'max_turns', 'max_budget', 'session_not_found', 'cli_not_found', 'cli_error'] as const
+
+const Nullable = <T extends ReturnType<typeof Type.String>>(t: T) => Type.Union([t, Type.Null()])
+
+/** What `/api/execute` answers and the stream's `result` event carries. */
+export const ExecuteResultSchema = Type.Object({
+  success: Type.Boolean({ description: 'The CLI exited 0 and its result is not an error.' }),
+  output: Type.String({ description: 'The final result text, capped at `MAX_OUTPUT_BYTES` (see `truncated`).' }),
+  error: Nullable(Type.String({ description: 'One human sentence when not successful.' })),
+  exit_code: Type.Union([Type.Integer(), Type.Null()], { description: 'The CLI\'s exit code; null when it never started or was killed by a signal.' }),
+  execution_time: Type.Number({ description: 'Seconds from submission to the end of the run.' }),
+  timestamp: Type.String({ format: 'date-time' }),
+  run_id: Type.String(),
+  session_id: Nullable(Type.String({ description: 'The Claude session this run wrote to; pass it back to continue.' })),
+  status: Type.Union(RUN_STATUSES.map(s => Type.Literal(s))),
+  error_code: Type.Union([...ERROR_CODES.map(c => Type.Literal(c)), Type.Null()]),
+  api_error_status: Type.Union([Type.Integer(), Type.Null()], { description: 'With `api_error`: the HTTP status the model API answered.' }),
+  num_turns: Type.Union([Type.Integer(), Type.Null()]),
+  total_cost_usd: Type.Union([Type.Number(), Type.Null()]),
+  usage: Type.Union([Type.Object({
+    input_tokens: Type.Optional(Type.Integer()),
+    output_tokens: Type.Optional(Type.Integer()),
+    cache_creation_input_tokens: Type.Optional(Type.Integer()),
+    cache_read_input_tokens: Type.Optional(Type.Integer())
+  }, { additionalProperties: true }), Type.Null()]),
+  duration_ms: Type.Union([Type.Integer(), Type.Null()], { description: 'The CLI\'s own duration.' }),
+  permission_denials: Type.Array(Type.Object({}, { additionalProperties: true }), { description: 'Tool uses the permission mode refused.' }),
+  structured_output: Type.Union([Type.Unknown(), Type.Null()], { description: 'With `output_schema`: the validated structured result.' }),
+  truncated: Type.Boolean({ description: '`output` was cut at `MAX_OUTPUT_BYTES`.' })
+}, { $id: 'ExecuteResult', title: 'ExecuteResult' })
+export type ExecuteResult = Static<typeof ExecuteResultSchema>
+export type RunStatus = typeof RUN_STATUSES[number]
+export type ErrorCode = typeof ERROR_CODES[number]

@@ -1,0 +1,31 @@
+import { Type, type Static } from '@sinclair/typebox'
+
+/** RFC 9457 problem details, as every error response of the API carries them. */
+export const ProblemSchema = Type.Object({
+  type: Type.String({ description: 'A URI reference for the problem type; `about:blank` when the title says it all.' }),
+  title: Type.String({ description: 'The HTTP status phrase.' }),
+  status: Type.Integer(),
+  detail: Type.String({ description: 'One human sentence saying what went wrong and, where useful, what to do.' }),
+  code: Type.String({ description: 'Stable machine-readable code, e.g. `invalid_request`, `working_directory_forbidden`, `session_busy`, `capacity_exceeded`.' }),
+  request_id: Type.String({ description: 'Quote it to find the request in the server log.' }),
+  errors: Type.Optional(Type.Array(Type.Object({
+    path: Type.String({ description: 'JSON pointer to the offending field, e.g. `/timeout`.' }),
+    message: Type.String()
+  }), { description: 'Validation failures, one per offending field.' }))
+}, { $id: 'Problem', title: 'Problem', description: 'RFC 9457 problem details (`application/problem+json`).' })
+export type Problem = Static<typeof ProblemSchema>
+
+const ref = Type.Ref('Problem')
+const p = (description: string) => ({ description, content: { 'application/problem+json': { schema: ref } } })
+
+/** Problem responses shared by routes; spread the ones a route can give into its `response`. */
+export const problemResponses = {
+  400: p('Invalid request: a field is missing, malformed or unknown (see `errors`).'),
+  401: p('Missing or wrong API key.'),
+  403: p('Refused by policy: directory outside the allowed roots, env var or permission mode not allowed.'),
+  409: p('The session is busy with another run, or was created in another directory.'),
+  413: p('Request body too large.'),
+  429: p('Capacity full: too many runs running and queued. See `Retry-After`.'),
+  500: p('Internal error; the body carries only the `request_id`.'),
+  503: p('The server is shutting down.')
+} as const
