@@ -4,32 +4,40 @@ import { Ajv, type Options as AjvOptions } from 'ajv'
 import addFormats from 'ajv-formats'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { ProblemSchema } from '../src/schemas/problem.js'
-import type { ProblemError } from '../src/errors.js'
+import { ExecuteResultSchema } from '../src/schemas/execute.js'
+import { PROBLEM_CODES, type ProblemError } from '../src/errors.js'
 
 /**
- * One error path: every error leaves as RFC 9457 problem+json. Validation failures name each
+ * Shared schemas, strict validation, and one error path: every error leaves as RFC 9457 problem+json. Validation failures name each
  * offending field; 5xx never carry internal detail, only the request id to find them in the log.
  * Also owns request validation: bodies are validated strictly (no coercion, unknown fields
  * refused, not dropped); query strings and params are coerced from text.
  */
 export default fp(async (fastify) => {
+  // Shared named schemas are added here, once, at the app level: a route plugin that calls
+  // addSchema gets Fastify's default validator rebuilt for it, silently undoing the strict one.
   fastify.addSchema(ProblemSchema)
+  fastify.addSchema(ExecuteResultSchema)
 
   const base: AjvOptions = { allErrors: true, removeAdditional: false, useDefaults: true, strict: false }
   const bodyAjv = addFormats.default(new Ajv({ ...base, coerceTypes: false }))
   const textAjv = addFormats.default(new Ajv({ ...base, coerceTypes: 'array' }))
-  fastify.setValidatorCompiler(({ schema, httpPart }) =>
+  fastify.setValidatorCompiler(({ schema, httpPart }) => console.log('COMPILE', httpPart) ||
     (httpPart === 'body' ? bodyAjv : textAjv).compile(schema))
 
   fastify.setErrorHandler((err: FastifyError & Partial<ProblemError>, request, reply) => {
     if (err.validation !== undefined) {
-      const errors = err.validation.map(v => {
+      // A bad property name is reported twice by Ajv (propertyNames and its inner pattern): keep one.
+      const errors = err.validation.filter(v => !(v.keyword === 'pattern' && v.propertyName !== undefined)).map(v => {
         const params = v.params as Record<string, unknown>
         let path = v.instancePath
         let message = v.message ?? 'is invalid'
         if (v.keyword === 'additionalProperties') {
           path = `${path}/${String(params.additionalProperty)}`
           message = 'is not a known field'
+        } else if (v.keyword === 'propertyNames') {
+          path = `${path}/${String(params.propertyName)}`
+          message = 'is not a valid name'
         } else if (v.keyword === 'required') {
           path = `${path}/${String(params.missingProperty)}`
           message = 'is required'
@@ -42,8 +50,8 @@ export default fp(async (fastify) => {
     const status = err.statusCode ?? 500
     if (status >= 500) {
       request.log.error({ err }, 'request failed')
-      return sendProblem(request, reply, status, status === 503 && err.code === 'shutting_down' ? err.code : 'internal_error',
-        status === 503 && err.code === 'shutting_down' ? err.message : `Internal error; quote request_id ${request.id} to find it in the server log`)
+      return sendProblem(request, reply, status, status === 503 && err.code === 'SHUTTING_DOWN' ? 'shutting_down' : 'internal_error',
+        status === 503 && err.code === 'SHUTTING_DOWN' ? err.message : `Internal error; quote request_id ${request.id} to find it in the server log`)
     }
     if (err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter))
     return sendProblem(request, reply, status, problemCode(err, status), err.message, err.problem)
@@ -62,7 +70,7 @@ function problemCode (err: FastifyError, status: number): string {
     case 'FST_ERR_CTP_INVALID_JSON_BODY': return 'malformed_json'
   }
   if (err instanceof SyntaxError) return 'malformed_json'
-  if (typeof err.code === 'string' && /^[a-z_]+$/.test(err.code)) return err.code
+  if (typeof err.code === 'string' && PROBLEM_CODES.has(err.code)) return err.code.toLowerCase()
   return status === 400 ? 'invalid_request' : (STATUS_CODES[status] ?? 'error').toLowerCase().replace(/\W+/g, '_')
 }
 

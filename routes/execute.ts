@@ -2,7 +2,7 @@ import type { OutgoingHttpHeaders } from 'node:http'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import { InvalidRequest, withProblem } from '../src/errors.js'
-import { executeRequestSchema, ExecuteResultSchema, type ExecuteResult } from '../src/schemas/execute.js'
+import { executeRequestSchema, type ExecuteResult } from '../src/schemas/execute.js'
 import { problemResponses } from '../src/schemas/problem.js'
 import type { RunEvent } from '../src/runner/types.js'
 import { SseWriter } from '../src/sse.js'
@@ -24,7 +24,6 @@ problem+json responses before the stream starts.`
 
 /** `POST /api/execute` and `POST /api/execute/stream`. */
 const execute: FastifyPluginAsyncTypebox = async (fastify) => {
-  fastify.addSchema(ExecuteResultSchema)
   const { config, runner } = fastify
   const body = executeRequestSchema(config)
   const resultRef = Type.Unsafe<ExecuteResult>(Type.Ref('ExecuteResult'))

@@ -5,7 +5,12 @@ import createError from '@fastify/error'
  * names; the app's one error handler turns them into problem+json. The domain throws them without
  * knowing about HTTP beyond the status number.
  */
-const problem = (code: string, status: number) => createError(code, '%s', status)
+/** Our problem codes; `@fastify/error` upper-cases codes, the problem body carries them lower-case. */
+export const PROBLEM_CODES = new Set<string>()
+const problem = (code: string, status: number) => {
+  PROBLEM_CODES.add(code.toUpperCase())
+  return createError(code, '%s', status)
+}
 
 export const InvalidRequest = problem('invalid_request', 400)
 export const WorkingDirectoryNotFound = problem('working_directory_not_found', 400)

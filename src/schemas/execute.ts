@@ -18,7 +18,8 @@ export function executeRequestSchema (limits: RequestLimits) {
     fork_session: Type.Optional(Type.Boolean({ description: 'With `session_id`: continue from that session under a new session id.' })),
     stream: Type.Optional(Type.Boolean({ description: 'Must be false on `/api/execute`; use `/api/execute/stream` to stream. Ignored on the stream endpoint.' })),
     timeout: Type.Optional(Type.Integer({ minimum: 1, maximum: limits.maxTimeoutS, description: 'Wall-clock limit in seconds, counted from submission; the run\'s whole process tree is killed at the limit.' })),
-    env_vars: Type.Optional(Type.Record(Type.String({ pattern: ENV_NAME }), Type.String({ maxLength: 32 * 1024 }), {
+    env_vars: Type.Optional(Type.Record(Type.String(), Type.String({ maxLength: 32 * 1024 }), {
+      propertyNames: { pattern: ENV_NAME },
       maxProperties: 64,
       description: 'Extra environment for the run. Names that steer credentials, routing, code loading or the sandbox (`ANTHROPIC_*`, `CLAUDE_*`, `PATH`, `HOME`, `LD_*`, `NODE_*`, `*_PROXY`, …) are refused with 403.'
     })),

@@ -1,0 +1,107 @@
+import Fastify, { type FastifyInstance } from 'fastify'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import app, { serverOptions } from '../src/app.js'
+import { startFakeModel, type FakeModel } from './fixtures/fake-model.js'
+
+export const API_KEY = 'test-key-0123456789'
+export const auth = { 'x-api-key': API_KEY }
+
+/** The tap test object, as far as the helpers need it. */
+interface T {
+  teardown: (fn: () => unknown) => void
+}
+
+export interface Sandbox {
+  /** Throwaway HOME (CLAUDE_CONFIG_DIR below it): no test touches a real user's sessions. */
+  home: string
+  /** The allowed root and default working directory. */
+  work: string
+  /** A directory outside the allowed root. */
+  outside: string
+}
+
+/** Temp directories for one test file, removed at its end. */
+export function sandbox (t: T): Sandbox {
+  const base = realpathSync(mkdtempSync(join(tmpdir(), 'ccapi-test-')))
+  const dirs = { home: join(base, 'home'), work: join(base, 'work'), outside: join(base, 'outside') }
+  for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true })
+  t.teardown(() => rmSync(base, { recursive: true, force: true }))
+  return dirs
+}
+
+/** Start the fake Anthropic API for a test file; closed at its end. */
+export async function fakeModel (t: T): Promise<FakeModel> {
+  const model = await startFakeModel()
+  t.teardown(() => model.close())
+  return model
+}
+
+/** The environment a test server runs with: the fake model as Claude, the sandbox as home. */
+export function testEnv (box: Sandbox, model: FakeModel, extra: Record<string, string> = {}, credentials = true): Record<string, string> {
+  return {
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    HOME: box.home,
+    CLAUDE_CONFIG_DIR: join(box.home, '.claude'),
+    ANTHROPIC_BASE_URL: model.url,
+    ...(credentials ? { ANTHROPIC_API_KEY: 'sk-ant-test' } : {}),
+    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC: '1',
+    DISABLE_AUTOUPDATER: '1',
+    CLAUDE_CODE_MAX_RETRIES: '0',
+    CLAUDE_API_KEY: API_KEY,
+    DEFAULT_WORKING_DIR: box.work,
+    LOG_LEVEL: 'silent',
+    KILL_GRACE_MS: '300',
+    ...extra
+  }
+}
+
+export interface Built {
+  app: FastifyInstance
+  box: Sandbox
+  model: FakeModel
+}
+
+/** A fresh app for one test: fake model, sandbox, and the given extra settings. */
+export async function build (t: T, opts: { env?: Record<string, string>, model?: FakeModel, box?: Sandbox, announce?: (s: string) => void, credentials?: boolean } = {}): Promise<Built> {
+  const box = opts.box ?? sandbox(t)
+  const model = opts.model ?? await fakeModel(t)
+  const fastify = Fastify(serverOptions('silent'))
+  await fastify.register(app, { env: testEnv(box, model, opts.env, opts.credentials), ...(opts.announce !== undefined ? { announce: opts.announce } : {}) })
+  await fastify.ready()
+  t.teardown(() => fastify.close())
+  return { app: fastify, box, model }
+}
+
+/** Listen on an ephemeral loopback port (for streaming and disconnect tests). */
+export async function listen (app: FastifyInstance): Promise<string> {
+  return await app.listen({ host: '127.0.0.1', port: 0 })
+}
+
+/** Pids whose command line contains `needle` (for "no process survives" assertions). */
+export function pidsMatching (needle: string): number[] {
+  const pids: number[] = []
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    try {
+      const cmd = readFileSync(`/proc/${name}/cmdline`, 'utf8').replaceAll('\0', ' ')
+      const state = readFileSync(`/proc/${name}/stat`, 'utf8').split(') ')[1]?.[0]
+      if (state !== 'Z' && cmd.includes(needle)) pids.push(Number(name))
+    } catch {
+      // The process ended while we looked.
+    }
+  }
+  return pids
+}
+
+/** Poll `fn` until it returns true or `ms` pass; returns its last answer. */
+export async function eventually (fn: () => boolean | Promise<boolean>, ms = 5000): Promise<boolean> {
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    if (await fn()) return true
+    await sleep(50)
+  }
+  return await fn()
+}
