@@ -1,5 +1,5 @@
 import Fastify, { type FastifyInstance } from 'fastify'
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -104,4 +104,20 @@ export async function eventually (fn: () => boolean | Promise<boolean>, ms = 500
     await sleep(50)
   }
   return await fn()
+}
+
+/** Pids of live processes whose working directory is `dir` or below it. */
+export function pidsInDir (dir: string): number[] {
+  const pids: number[] = []
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue
+    try {
+      const cwd = readlinkSync(`/proc/${name}/cwd`)
+      const state = readFileSync(`/proc/${name}/stat`, 'utf8').split(') ')[1]?.[0]
+      if (state !== 'Z' && (cwd === dir || cwd.startsWith(dir + '/'))) pids.push(Number(name))
+    } catch {
+      // Gone, or not ours to read.
+    }
+  }
+  return pids
 }

@@ -1,0 +1,80 @@
+import { test } from 'tap'
+import { mkdirSync } from 'node:fs'
+import { join } from 'node:path'
+import { randomUUID } from 'node:crypto'
+import { auth, build, fakeModel, sandbox } from '../helper.js'
+
+test('sessions: resume sends the history, fork gets a new id, a new uuid starts a session', async t => {
+  const box = sandbox(t)
+  const model = await fakeModel(t)
+  const { app } = await build(t, { box, model })
+  const run = async (payload: Record<string, unknown>) =>
+    await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload })
+
+  const first = (await run({ prompt: 'remember the word PAPAYA' })).json()
+  t.equal(first.success, true, first.error)
+  const sid = first.session_id as string
+
+  const second = (await run({ prompt: 'which word did I say?', session_id: sid })).json()
+  t.equal(second.success, true, second.error)
+  t.equal(second.session_id, sid, 'same session')
+  const resumed = model.calls.at(-1)!
+  t.equal(resumed.prompt, 'which word did I say?')
+  t.ok(resumed.userTexts.includes('remember the word PAPAYA'), 'the model got the first call\'s prompt')
+
+  const fork = (await run({ prompt: 'fork it', session_id: sid, fork_session: true })).json()
+  t.equal(fork.success, true, fork.error)
+  t.not(fork.session_id, sid, 'a fork has a new session id')
+  t.match(fork.session_id, /^[0-9a-f-]{36}$/)
+  t.ok(model.calls.at(-1)!.userTexts.includes('remember the word PAPAYA'), 'the fork carries the history')
+
+  const again = (await run({ prompt: 'still there?', session_id: sid })).json()
+  t.equal(again.session_id, sid, 'the original session goes on after a fork')
+  t.notOk(model.calls.at(-1)!.userTexts.includes('fork it'), 'the fork did not write into the original')
+
+  const fresh = randomUUID()
+  const made = (await run({ prompt: 'start with my id', session_id: fresh })).json()
+  t.equal(made.success, true, made.error)
+  t.equal(made.session_id, fresh, 'a uuid not seen before starts a session with that id')
+  t.same(model.calls.at(-1)!.userTexts, ['start with my id'], 'with no history')
+})
+
+test('a session is pinned to its directory and found again after a restart', async t => {
+  const box = sandbox(t)
+  const model = await fakeModel(t)
+  mkdirSync(join(box.work, 'a'))
+  mkdirSync(join(box.work, 'b'))
+  const one = await build(t, { box, model })
+  const first = (await one.app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'first in a', working_directory: join(box.work, 'a') } })).json()
+  t.equal(first.success, true, first.error)
+  await one.app.close()
+
+  // A new server process (same Claude config dir) finds the session from the CLI's own files.
+  const two = await build(t, { box, model })
+  const wrongDir = await two.app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'x', session_id: first.session_id, working_directory: join(box.work, 'b') } })
+  t.equal(wrongDir.statusCode, 409)
+  t.equal(wrongDir.json().code, 'session_directory_mismatch')
+  t.match(wrongDir.json().detail, join(box.work, 'a'), 'the error names the session\'s directory')
+
+  const resumed = (await two.app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'second, no dir named', session_id: first.session_id } })).json()
+  t.equal(resumed.success, true, resumed.error)
+  t.ok(model.calls.at(-1)!.userTexts.includes('first in a'), 'resumed in its own directory with its history')
+})
+
+test('two runs of one session never overlap: the second gets 409 session_busy', async t => {
+  const { app, model } = await build(t)
+  const sid = randomUUID()
+  model.on('hang on', [{ stall: true }])
+  const stalled = model.nextCall('hang on')
+  const firstRun = app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'hang on', session_id: sid, timeout: 3 } })
+  await stalled
+  const second = await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'me too', session_id: sid } })
+  t.equal(second.statusCode, 409)
+  t.equal(second.json().code, 'session_busy')
+  t.match(second.json().detail, sid)
+  const first = (await firstRun).json()
+  t.equal(first.status, 'timed_out', 'the stalled run is ended by its own timeout')
+  t.equal(first.error, 'Execution timed out after 3 seconds')
+  const third = (await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'now me', session_id: sid } })).json()
+  t.equal(third.success, true, 'the session is free again once the run ended')
+})
