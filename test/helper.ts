@@ -121,3 +121,39 @@ export function pidsInDir (dir: string): number[] {
   }
   return pids
 }
+
+export interface SseEvent { id: number, event: string, data: string, at: number }
+
+/** Read an SSE response to its end, stamping each event with its arrival time. */
+export async function readSse (res: Response, onEvent?: (e: SseEvent) => void): Promise<{ events: SseEvent[], comments: number }> {
+  const events: SseEvent[] = []
+  let comments = 0
+  let buffer = ''
+  const decoder = new TextDecoder()
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    buffer += decoder.decode(chunk, { stream: true })
+    let end
+    while ((end = buffer.indexOf('\n\n')) !== -1) {
+      const frame = buffer.slice(0, end)
+      buffer = buffer.slice(end + 2)
+      const e: SseEvent = { id: 0, event: 'message', data: '', at: Date.now() }
+      let isComment = true
+      for (const line of frame.split('\n')) {
+        if (line.startsWith(':')) continue
+        isComment = false
+        const i = line.indexOf(':')
+        const field = line.slice(0, i)
+        const value = line.slice(i + 1).replace(/^ /, '')
+        if (field === 'id') e.id = Number(value)
+        else if (field === 'event') e.event = value
+        else if (field === 'data') e.data += value
+      }
+      if (isComment) comments++
+      else {
+        events.push(e)
+        onEvent?.(e)
+      }
+    }
+  }
+  return { events, comments }
+}
