@@ -22,13 +22,13 @@ export default fp(async (fastify) => {
   const base: AjvOptions = { allErrors: true, removeAdditional: false, useDefaults: true, strict: false }
   const bodyAjv = addFormats.default(new Ajv({ ...base, coerceTypes: false }))
   const textAjv = addFormats.default(new Ajv({ ...base, coerceTypes: 'array' }))
-  fastify.setValidatorCompiler(({ schema, httpPart }) => console.log('COMPILE', httpPart) ||
+  fastify.setValidatorCompiler(({ schema, httpPart }) =>
     (httpPart === 'body' ? bodyAjv : textAjv).compile(schema))
 
   fastify.setErrorHandler((err: FastifyError & Partial<ProblemError>, request, reply) => {
     if (err.validation !== undefined) {
       // A bad property name is reported twice by Ajv (propertyNames and its inner pattern): keep one.
-      const errors = err.validation.filter(v => !(v.keyword === 'pattern' && v.propertyName !== undefined)).map(v => {
+      const errors = err.validation.filter(v => !(v.keyword === 'pattern' && (v as { propertyName?: string }).propertyName !== undefined)).map(v => {
         const params = v.params as Record<string, unknown>
         let path = v.instancePath
         let message = v.message ?? 'is invalid'

@@ -82,15 +82,16 @@ const execute: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const spec = await runner.prepare(request.body)
-    let sse: SseWriter | undefined
+    // Events that come before the stream is open wait here (the 'run' event at least).
     const early: RunEvent[] = []
+    const out: { sse?: SseWriter } = {}
     const deliver = (e: RunEvent): void => {
-      if (sse === undefined) {
+      if (out.sse === undefined) {
         early.push(e)
         return
       }
-      sse.send(e.seq, e.type, e.data)
-      if (e.type === 'result') sse.end()
+      out.sse.send(e.seq, e.type, e.data)
+      if (e.type === 'result') out.sse.end()
     }
     // Throws 409/429/503 here, before anything is streamed: those stay ordinary problem responses.
     const handle = runner.submit(spec, deliver)
@@ -104,7 +105,7 @@ const execute: FastifyPluginAsyncTypebox = async (fastify) => {
       connection: 'keep-alive'
     } as OutgoingHttpHeaders)
     reply.raw.flushHeaders()
-    sse = new SseWriter(reply.raw, config.sseKeepAliveMs, {
+    out.sse = new SseWriter(reply.raw, config.sseKeepAliveMs, {
       onCongested: () => handle.flow?.pause(),
       onDrained: () => handle.flow?.resume()
     })

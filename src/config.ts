@@ -12,11 +12,11 @@ export type PermissionMode = typeof PERMISSION_MODES[number]
  */
 export const ConfigSchema = Type.Object({
   ENABLE_AUTH: Type.Boolean({ default: true }),
-  CLAUDE_API_KEY: Type.Optional(Type.String({ minLength: 1 })),
+  CLAUDE_API_KEY: Type.Optional(Type.String()),
   HOST: Type.String({ default: '0.0.0.0' }),
   PORT: Type.Integer({ default: 8000, minimum: 0, maximum: 65535 }),
-  CLAUDE_CODE_PATH: Type.Optional(Type.String({ minLength: 1 })),
-  DEFAULT_WORKING_DIR: Type.Optional(Type.String({ minLength: 1 })),
+  CLAUDE_CODE_PATH: Type.Optional(Type.String()),
+  DEFAULT_WORKING_DIR: Type.Optional(Type.String()),
   ALLOWED_WORKING_DIRS: Type.Optional(Type.String()),
   DEFAULT_TIMEOUT: Type.Integer({ default: 300, minimum: 1 }),
   MAX_TIMEOUT: Type.Integer({ default: 3600, minimum: 1 }),
@@ -78,6 +78,9 @@ export class ConfigError extends Error {
   override name = 'ConfigError'
 }
 
+/** An empty variable (`KEY=` in a .env file) means unset. */
+const unlessEmpty = (s: string | undefined): string | undefined => s === undefined || s.trim() === '' ? undefined : s
+
 const list = (s: string | undefined): string[] =>
   (s ?? '').split(',').map(x => x.trim()).filter(x => x.length > 0)
 
@@ -91,7 +94,7 @@ function realDir (path: string, what: string, cwd: string): string {
 
 /** Turns the validated environment into `Settings`, checking what a schema cannot. */
 export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string): Settings {
-  const defaultWorkingDir = realDir(raw.DEFAULT_WORKING_DIR ?? cwd, 'DEFAULT_WORKING_DIR', cwd)
+  const defaultWorkingDir = realDir(unlessEmpty(raw.DEFAULT_WORKING_DIR) ?? cwd, 'DEFAULT_WORKING_DIR', cwd)
   const roots = list(raw.ALLOWED_WORKING_DIRS)
   const allowedRoots = roots.length > 0 ? roots.map(r => realDir(r, 'ALLOWED_WORKING_DIRS entry', cwd)) : [defaultWorkingDir]
   const modes = list(raw.ALLOWED_PERMISSION_MODES)
@@ -108,10 +111,10 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
   }
   return {
     enableAuth: raw.ENABLE_AUTH,
-    apiKey: raw.CLAUDE_API_KEY,
+    apiKey: unlessEmpty(raw.CLAUDE_API_KEY),
     host: raw.HOST,
     port: raw.PORT,
-    claudePath: raw.CLAUDE_CODE_PATH,
+    claudePath: unlessEmpty(raw.CLAUDE_CODE_PATH),
     defaultWorkingDir,
     allowedRoots,
     defaultTimeoutS: raw.DEFAULT_TIMEOUT,

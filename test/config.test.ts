@@ -1,0 +1,92 @@
+import { test } from 'tap'
+import { mkdirSync, mkdtempSync, realpathSync, rmSync, symlinkSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { Value } from '@sinclair/typebox/value'
+import { ConfigError, ConfigSchema, toSettings, type RawConfig } from '../src/config.js'
+
+/** A real temp directory with `work` and `other` below it, removed at the end. */
+function base (t: { teardown: (fn: () => void) => void }): string {
+  const dir = realpathSync(mkdtempSync(join(tmpdir(), 'ccapi-config-')))
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }))
+  mkdirSync(join(dir, 'work'))
+  mkdirSync(join(dir, 'other'))
+  return dir
+}
+
+/** The schema's defaults, with `over` on top: what `@fastify/env` would hand over. */
+const raw = (over: Partial<RawConfig> = {}): RawConfig => Value.Default(ConfigSchema, { ...over }) as RawConfig
+
+test('the defaults make sense on their own', async t => {
+  const dir = base(t)
+  const s = toSettings(raw(), { PATH: '/usr/bin' }, dir)
+  t.equal(s.defaultWorkingDir, dir, 'the cwd')
+  t.same(s.allowedRoots, [dir], 'ALLOWED_WORKING_DIRS defaults to DEFAULT_WORKING_DIR')
+  t.equal(s.defaultPermissionMode, 'acceptEdits')
+  t.same(s.allowedPermissionModes, ['default', 'acceptEdits', 'plan', 'dontAsk'])
+  t.notOk(s.allowedPermissionModes.includes('bypassPermissions'), 'bypassPermissions only when listed')
+  t.equal(s.defaultTimeoutS, 300)
+  t.equal(s.maxTimeoutS, 3600)
+  t.equal(s.maxConcurrentRuns, 4)
+  t.equal(s.maxQueuedRuns, 32)
+  t.same(s.corsOrigins, [])
+  t.same(s.passEnv, [])
+  t.equal(s.enableAuth, true)
+  t.equal(s.port, 8000)
+  t.equal(s.dataDir, join(dir, 'data'))
+  t.same(s.serverEnv, { PATH: '/usr/bin' })
+})
+
+test('ALLOWED_WORKING_DIRS defaults to DEFAULT_WORKING_DIR, resolved to its real path', async t => {
+  const dir = base(t)
+  symlinkSync(join(dir, 'work'), join(dir, 'link'))
+  const s = toSettings(raw({ DEFAULT_WORKING_DIR: 'link' }), {}, dir)
+  t.equal(s.defaultWorkingDir, join(dir, 'work'))
+  t.same(s.allowedRoots, [join(dir, 'work')])
+})
+
+test('comma-separated lists are trimmed and empty entries dropped', async t => {
+  const dir = base(t)
+  const s = toSettings(raw({
+    DEFAULT_WORKING_DIR: join(dir, 'work'),
+    ALLOWED_WORKING_DIRS: ` ${join(dir, 'work')} ,, ${join(dir, 'other')} `,
+    ALLOWED_PERMISSION_MODES: ' plan , acceptEdits ,',
+    CORS_ORIGINS: ' https://a.example ,https://b.example,, ',
+    PASS_ENV: 'FOO , BAR'
+  }), {}, dir)
+  t.same(s.allowedRoots, [join(dir, 'work'), join(dir, 'other')])
+  t.same(s.allowedPermissionModes, ['plan', 'acceptEdits'])
+  t.same(s.corsOrigins, ['https://a.example', 'https://b.example'])
+  t.same(s.passEnv, ['FOO', 'BAR'])
+})
+
+test('DEFAULT_PERMISSION_MODE outside ALLOWED_PERMISSION_MODES is a ConfigError', async t => {
+  const dir = base(t)
+  t.throws(() => toSettings(raw({ DEFAULT_PERMISSION_MODE: 'acceptEdits', ALLOWED_PERMISSION_MODES: 'default,plan' }), {}, dir),
+    { name: 'ConfigError', message: /DEFAULT_PERMISSION_MODE acceptEdits/ })
+  t.throws(() => toSettings(raw({ DEFAULT_PERMISSION_MODE: 'bypassPermissions' }), {}, dir), ConfigError,
+    'bypassPermissions as default needs it listed')
+  t.throws(() => toSettings(raw({ ALLOWED_PERMISSION_MODES: '' }), {}, dir), ConfigError, 'an empty list')
+})
+
+test('an unknown mode in ALLOWED_PERMISSION_MODES is a ConfigError naming it', async t => {
+  const dir = base(t)
+  t.throws(() => toSettings(raw({ ALLOWED_PERMISSION_MODES: 'acceptEdits,yolo' }), {}, dir),
+    { name: 'ConfigError', message: /yolo/ })
+  t.throws(() => toSettings(raw({ ALLOWED_PERMISSION_MODES: 'acceptEdits,AcceptEdits' }), {}, dir), ConfigError, 'names are case-sensitive')
+})
+
+test('DEFAULT_TIMEOUT above MAX_TIMEOUT is a ConfigError; equal is fine', async t => {
+  const dir = base(t)
+  t.throws(() => toSettings(raw({ DEFAULT_TIMEOUT: 4000, MAX_TIMEOUT: 3600 }), {}, dir),
+    { name: 'ConfigError', message: /DEFAULT_TIMEOUT \(4000\) exceeds MAX_TIMEOUT \(3600\)/ })
+  t.equal(toSettings(raw({ DEFAULT_TIMEOUT: 60, MAX_TIMEOUT: 60 }), {}, dir).maxTimeoutS, 60)
+})
+
+test('directories that do not exist are ConfigErrors', async t => {
+  const dir = base(t)
+  t.throws(() => toSettings(raw({ DEFAULT_WORKING_DIR: join(dir, 'missing') }), {}, dir),
+    { name: 'ConfigError', message: /DEFAULT_WORKING_DIR/ })
+  t.throws(() => toSettings(raw({ ALLOWED_WORKING_DIRS: `${join(dir, 'work')},${join(dir, 'gone')}` }), {}, dir),
+    { name: 'ConfigError', message: /gone/ })
+})
