@@ -60,6 +60,7 @@ export class LineSplitter {
     const line = this.parts.length === 1 ? this.parts[0]!.toString('utf8') : Buffer.concat(this.parts, this.size).toString('utf8')
     this.parts = []
     this.size = 0
-    if (line.length > 0) this.onLine(line.endsWith('\r') ? line.slice(0, -1) : line)
+    const text = line.endsWith('\r') ? line.slice(0, -1) : line
+    if (text.length > 0) this.onLine(text)
   }
 }

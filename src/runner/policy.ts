@@ -1,5 +1,5 @@
 import { realpath, stat } from 'node:fs/promises'
-import { isAbsolute, relative, resolve } from 'node:path'
+import { isAbsolute, relative, resolve, sep } from 'node:path'
 import type { PermissionMode, Settings } from '../config.js'
 import { EnvVarForbidden, PermissionModeForbidden, WorkingDirectoryForbidden, WorkingDirectoryNotFound, withProblem } from '../errors.js'
 import { refusedEnvName } from './child-env.js'
@@ -7,7 +7,7 @@ import { refusedEnvName } from './child-env.js'
 /** True when `child` is `root` or lies below it (both real paths). */
 export function isInside (root: string, child: string): boolean {
   const rel = relative(root, child)
-  return rel === '' || (!rel.startsWith('..') && !isAbsolute(rel))
+  return rel === '' || (rel !== '..' && !rel.startsWith('..' + sep) && !isAbsolute(rel))
 }
 
 /**
@@ -17,15 +17,16 @@ export function isInside (root: string, child: string): boolean {
 export async function resolveWorkingDir (requested: string | undefined, settings: Settings): Promise<string> {
   if (requested === undefined) return settings.defaultWorkingDir
   const absolute = resolve(settings.defaultWorkingDir, requested)
+  const outside = () => new WorkingDirectoryForbidden(`working_directory ${requested} is outside the allowed roots: ${settings.allowedRoots.join(', ')}`)
   let real: string
   try {
     real = await realpath(absolute)
   } catch {
+    // Say "outside" before "missing", so a 400 never tells what exists outside the roots.
+    if (!settings.allowedRoots.some(root => isInside(root, absolute))) throw outside()
     throw withProblem(new WorkingDirectoryNotFound(`working_directory ${requested} does not exist`), { problem: { errors: [{ path: '/working_directory', message: 'does not exist' }] } })
   }
-  if (!settings.allowedRoots.some(root => isInside(root, real))) {
-    throw new WorkingDirectoryForbidden(`working_directory ${requested} is outside the allowed roots: ${settings.allowedRoots.join(', ')}`)
-  }
+  if (!settings.allowedRoots.some(root => isInside(root, real))) throw outside()
   if (!(await stat(real)).isDirectory()) {
     throw withProblem(new WorkingDirectoryNotFound(`working_directory ${requested} is not a directory`), { problem: { errors: [{ path: '/working_directory', message: 'is not a directory' }] } })
   }
