@@ -26,7 +26,7 @@ problem+json responses before the stream starts.`
 const execute: FastifyPluginAsyncTypebox = async (fastify) => {
   const { config, runner } = fastify
   const body = executeRequestSchema(config)
-  const resultRef = Type.Unsafe<ExecuteResult>(Type.Ref('ExecuteResult'))
+  const resultRef = Type.Unsafe<ExecuteResult>(Type.Ref('ExecuteResult', { description: 'The run ended (successfully or not): see `success`, `status` and `error_code`.' }))
   const errors = {
     400: problemResponses[400],
     401: problemResponses[401],

@@ -10,7 +10,11 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
       tags: ['system'],
       summary: 'Service health',
       description: '`healthy` when the Claude Code CLI is available, `degraded` (still 200) when it is not, 503 while shutting down. Never spawns a process: the CLI probe is cached and refreshed in the background.',
-      response: { 200: HealthSchema, 503: HealthSchema }
+      operationId: 'health',
+      response: {
+        200: { ...HealthSchema, description: 'The service is up (`healthy`, or `degraded` when the CLI is missing).' },
+        503: { ...HealthSchema, description: 'The server is shutting down.' }
+      }
     }
   }, async (_request, reply) => {
     const { runner } = fastify

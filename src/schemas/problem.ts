@@ -21,11 +21,11 @@ const p = (description: string) => ({ description, content: { 'application/probl
 /** Problem responses shared by routes; spread the ones a route can give into its `response`. */
 export const problemResponses = {
   400: p('Invalid request: a field is missing, malformed or unknown (see `errors`).'),
-  401: p('Missing or wrong API key.'),
+  401: { ...p('Missing or wrong API key.'), headers: { 'WWW-Authenticate': { type: 'string', description: 'Bearer and ApiKey challenges.' } } },
   403: p('Refused by policy: directory outside the allowed roots, env var or permission mode not allowed.'),
   409: p('The session is busy with another run, or was created in another directory.'),
   413: p('Request body too large.'),
-  429: p('Capacity full: too many runs running and queued. See `Retry-After`.'),
+  429: { ...p('Capacity full: too many runs running and queued. See `Retry-After`.'), headers: { 'Retry-After': { type: 'integer', description: 'Seconds to wait before retrying.' } } },
   500: p('Internal error; the body carries only the `request_id`.'),
   503: p('The server is shutting down.')
 } as const
