@@ -65,7 +65,7 @@ EXPOSE 8000
 # No curl in slim images: use node's fetch. /health answers 200 even when the CLI is missing
 # ("degraded") and 503 while shutting down.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
-  CMD ["node", "-e", "fetch('http://127.0.0.1:8000/health').then(r=>process.exit(r.ok?0:1)).catch(()=>process.exit(1))"]
+  CMD ["node", "-e", "fetch('http://127.0.0.1:'+(process.env.PORT||8000)+'/health').then(r=>process.exit(r.ok?0:1)).catch(()=>process.exit(1))"]
 
 # Run node directly, not `npm start` (npm would rebuild, and does not forward SIGTERM reliably), under
 # tini so SIGTERM reaches the server, which stops admitting, ends every run's process tree and exits

@@ -60,7 +60,8 @@ export function buildChildEnv (
 ): Record<string, string> {
   const env: Record<string, string> = {}
   for (const [name, value] of Object.entries(serverEnv)) {
-    if (value === undefined || NEVER_PASS.has(name)) continue
+    // An empty value (`KEY=` in .env) means unset: an empty credential must not shadow another one.
+    if (value === undefined || value === '' || NEVER_PASS.has(name)) continue
     if (PASS_EXACT.has(name) || PASS_PREFIXES.some(p => name.startsWith(p)) || passEnv.includes(name)) {
       env[name] = value
     }
