@@ -2,6 +2,13 @@ import fp from 'fastify-plugin'
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
 import { sendProblem } from './problem.js'
 
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The name of the API key the request presented (null with auth off). Recorded with its runs. */
+    apiKeyName: string | null
+  }
+}
+
 export interface AuthPluginOptions {
   /** Where a generated key is announced; stdout by default. */
   announce?: (text: string) => void
@@ -28,6 +35,7 @@ function presentedKey (headers: Record<string, string | string[] | undefined>): 
  */
 export default fp<AuthPluginOptions>(async (fastify, opts) => {
   const { enableAuth, apiKey } = fastify.config
+  fastify.decorateRequest('apiKeyName', null)
   if (!enableAuth) {
     fastify.log.warn('ENABLE_AUTH=false: /api/* is open to anyone who can reach this port')
     return
@@ -45,7 +53,10 @@ export default fp<AuthPluginOptions>(async (fastify, opts) => {
   fastify.addHook('onRequest', async (request, reply) => {
     if (!request.url.startsWith('/api/')) return
     const presented = presentedKey(request.headers)
-    if (presented !== undefined && timingSafeEqual(digest(presented), expected)) return
+    if (presented !== undefined && timingSafeEqual(digest(presented), expected)) {
+      request.apiKeyName = 'default'
+      return
+    }
     reply.header('www-authenticate', 'Bearer realm="claude-code-api", ApiKey realm="claude-code-api", header="X-API-Key"')
     return sendProblem(request, reply, 401, 'unauthorized',
       presented === undefined ? 'Missing API key: send it as X-API-Key or Authorization: Bearer' : 'Invalid API key')

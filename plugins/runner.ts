@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
 import { Runner } from '../src/runner/runner.js'
+import { RunStore } from '../src/store/run-store.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -8,11 +9,13 @@ declare module 'fastify' {
 }
 
 /**
- * The run engine as a decorator. Probes the CLI at start; on close, stops admitting and ends
- * every run's process tree before the server lets go.
+ * The run engine as a decorator, with its store in `DATA_DIR`. At start it probes the CLI and
+ * recovers what a previous process left; on close it drains (`SHUTDOWN_GRACE_S`) and ends every
+ * running run's process tree before the server lets go.
  */
 export default fp(async (fastify) => {
-  const runner = new Runner(fastify.config, fastify.log.child({ component: 'runner' }))
+  const store = new RunStore({ dataDir: fastify.config.dataDir })
+  const runner = new Runner(fastify.config, fastify.log.child({ component: 'runner' }), store)
   await runner.start()
   fastify.decorate('runner', runner)
   // preClose, not onClose: open streams wait for their runs, so the runs must end first.

@@ -1,11 +1,8 @@
-import type { OutgoingHttpHeaders } from 'node:http'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import { InvalidRequest, withProblem } from '../src/errors.js'
 import { executeRequestSchema, type ExecuteResult } from '../src/schemas/execute.js'
 import { problemResponses } from '../src/schemas/problem.js'
-import type { RunEvent } from '../src/runner/types.js'
-import { SseWriter } from '../src/sse.js'
 
 const security: Array<Record<string, string[]>> = [{ ApiKeyAuth: [] }, { BearerAuth: [] }]
 
@@ -56,7 +53,7 @@ const execute: FastifyPluginAsyncTypebox = async (fastify) => {
       })
     }
     const spec = await runner.prepare(request.body)
-    const handle = runner.submit(spec)
+    const handle = runner.submit(spec, { request: request.body, keyName: request.apiKeyName, cancelOnDisconnect: true })
     reply.raw.on('close', () => {
       if (!reply.raw.writableFinished) handle.cancel('client disconnected')
     })
@@ -82,37 +79,9 @@ const execute: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const spec = await runner.prepare(request.body)
-    // Events that come before the stream is open wait here (the 'run' event at least).
-    const early: RunEvent[] = []
-    const out: { sse?: SseWriter } = {}
-    const deliver = (e: RunEvent): void => {
-      if (out.sse === undefined) {
-        early.push(e)
-        return
-      }
-      out.sse.send(e.seq, e.type, e.data)
-      if (e.type === 'result') out.sse.end()
-    }
-    // Throws 409/429/503 here, before anything is streamed: those stay ordinary problem responses.
-    const handle = runner.submit(spec, deliver)
-
-    reply.hijack()
-    reply.raw.writeHead(200, {
-      ...reply.getHeaders(),
-      'content-type': 'text/event-stream; charset=utf-8',
-      'cache-control': 'no-cache, no-transform',
-      'x-accel-buffering': 'no',
-      connection: 'keep-alive'
-    } as OutgoingHttpHeaders)
-    reply.raw.flushHeaders()
-    out.sse = new SseWriter(reply.raw, config.sseKeepAliveMs, {
-      onCongested: () => handle.flow?.pause(),
-      onDrained: () => handle.flow?.resume()
-    })
-    reply.raw.on('close', () => {
-      if (!handle.isFinished()) handle.cancel('client disconnected')
-    })
-    for (const e of early.splice(0)) deliver(e)
+    // Throws 429/503 here, before anything is streamed: those stay ordinary problem responses.
+    const handle = runner.submit(spec, { request: request.body, keyName: request.apiKeyName, cancelOnDisconnect: true })
+    await reply.streamRun(handle.id, 0, { onClientGone: () => handle.cancel('client disconnected') })
   })
 }
 

@@ -6,6 +6,7 @@ import docsPlugin from '../plugins/docs.js'
 import corsPlugin from '../plugins/cors.js'
 import authPlugin, { type AuthPluginOptions } from '../plugins/auth.js'
 import runnerPlugin from '../plugins/runner.js'
+import ssePlugin from '../plugins/sse.js'
 import healthRoutes from '../routes/health.js'
 import executeRoutes from '../routes/execute.js'
 
@@ -43,6 +44,7 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
 
   await fastify.register(authPlugin, opts.announce !== undefined ? { announce: opts.announce } : {})
   await fastify.register(runnerPlugin)
+  await fastify.register(ssePlugin)
 
   await fastify.register(healthRoutes)
   await fastify.register(executeRoutes, { prefix: '/api' })

@@ -35,7 +35,10 @@ export const ConfigSchema = Type.Object({
   PASS_ENV: Type.String({ default: '' }),
   KILL_GRACE_MS: Type.Integer({ default: 3000, minimum: 0 }),
   SSE_KEEPALIVE_MS: Type.Integer({ default: 15_000, minimum: 100 }),
-  CLI_PROBE_INTERVAL_S: Type.Integer({ default: 60, minimum: 1 })
+  CLI_PROBE_INTERVAL_S: Type.Integer({ default: 60, minimum: 1 }),
+  SHUTDOWN_GRACE_S: Type.Integer({ default: 25, minimum: 0 }),
+  RUN_RETENTION_DAYS: Type.Number({ default: 30, exclusiveMinimum: 0 }),
+  RUN_RETENTION_MAX_RUNS: Type.Integer({ default: 10_000, minimum: 1 })
 })
 export type RawConfig = Static<typeof ConfigSchema>
 
@@ -69,6 +72,9 @@ export interface Settings {
   killGraceMs: number
   sseKeepAliveMs: number
   cliProbeIntervalS: number
+  shutdownGraceS: number
+  retentionDays: number
+  retentionMaxRuns: number
   /** The server's own environment: the source of operator credentials for the CLI. */
   serverEnv: Environment
 }
@@ -135,6 +141,9 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     killGraceMs: raw.KILL_GRACE_MS,
     sseKeepAliveMs: raw.SSE_KEEPALIVE_MS,
     cliProbeIntervalS: raw.CLI_PROBE_INTERVAL_S,
+    shutdownGraceS: raw.SHUTDOWN_GRACE_S,
+    retentionDays: raw.RUN_RETENTION_DAYS,
+    retentionMaxRuns: raw.RUN_RETENTION_MAX_RUNS,
     serverEnv
   }
 }

@@ -1,29 +1,38 @@
 import type { ServerResponse } from 'node:http'
+import type { RunEvent } from './runner/types.js'
 
 /**
  * Writes Server-Sent Events to a response: `id:`/`event:`/`data:` frames and a comment line at
- * least every `keepAliveMs`, so proxies and clients never see an idle connection. Reports
- * backpressure through `onCongested`/`onDrained`, so the producer can pause instead of buffering.
+ * least every `keepAliveMs`, so proxies and clients never see an idle connection. `send` reports
+ * backpressure (false: wait for `drained()` before sending more).
  */
 export class SseWriter {
   private readonly timer: NodeJS.Timeout
   private closed = false
 
-  constructor (
-    private readonly res: ServerResponse,
-    keepAliveMs: number,
-    private readonly flow: { onCongested: () => void, onDrained: () => void }
-  ) {
+  constructor (private readonly res: ServerResponse, keepAliveMs: number) {
     this.timer = setInterval(() => this.raw(': keep-alive\n\n'), keepAliveMs)
     this.timer.unref()
-    res.on('drain', () => this.flow.onDrained())
     res.on('close', () => this.stop())
   }
 
-  /** Send one event; `data` is sent as is when a string (it must be one line), else as JSON. */
-  send (id: number, event: string, data: unknown): void {
-    const payload = typeof data === 'string' ? data : JSON.stringify(data)
-    this.raw(`id: ${id}\nevent: ${event}\ndata: ${payload}\n\n`)
+  /** Send one event; its `data` is one line of JSON. */
+  send (e: RunEvent): boolean {
+    return this.raw(`id: ${e.seq}\nevent: ${e.type}\ndata: ${e.data}\n\n`)
+  }
+
+  /** Resolves when the socket can take more, or is gone. */
+  async drained (): Promise<void> {
+    if (this.closed || !this.res.writableNeedDrain) return
+    await new Promise<void>(resolve => {
+      const done = (): void => {
+        this.res.off('drain', done)
+        this.res.off('close', done)
+        resolve()
+      }
+      this.res.on('drain', done)
+      this.res.on('close', done)
+    })
   }
 
   /** End the stream. */
@@ -32,11 +41,9 @@ export class SseWriter {
     if (!this.res.writableEnded) this.res.end()
   }
 
-  get isClosed (): boolean { return this.closed }
-
-  private raw (text: string): void {
-    if (this.closed || this.res.writableEnded) return
-    if (!this.res.write(text)) this.flow.onCongested()
+  private raw (text: string): boolean {
+    if (this.closed || this.res.writableEnded) return true
+    return this.res.write(text)
   }
 
   private stop (): void {

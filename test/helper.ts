@@ -54,6 +54,8 @@ export function testEnv (box: Sandbox, model: FakeModel, extra: Record<string, s
     DEFAULT_WORKING_DIR: box.work,
     LOG_LEVEL: 'silent',
     KILL_GRACE_MS: '300',
+    DATA_DIR: join(box.home, 'data'),
+    SHUTDOWN_GRACE_S: '0',
     ...extra
   }
 }

@@ -1,13 +1,13 @@
-import { EventEmitter } from 'node:events'
+import { EventEmitter, setMaxListeners } from 'node:events'
 import { randomUUID } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import { execa } from 'execa'
 import type { Settings } from '../config.js'
-import { SessionBusy, SessionDirectoryMismatch, ShuttingDown, WorkingDirectoryForbidden } from '../errors.js'
+import { SessionDirectoryMismatch, ShuttingDown, WorkingDirectoryForbidden } from '../errors.js'
 import type { ExecuteRequest, ExecuteResult, RunStatus } from '../schemas/execute.js'
-import { Admission, type Ticket } from './admission.js'
+import type { RunRecord, RunStore } from '../store/run-store.js'
 import { buildCliArgs } from './cli-args.js'
 import { buildChildEnv, RUN_MARKER_VAR } from './child-env.js'
 import { CliProbe } from './cli-probe.js'
@@ -15,8 +15,9 @@ import { LineSplitter } from './line-splitter.js'
 import { checkEnvVars, checkPermissionMode, isInside, resolveWorkingDir } from './policy.js'
 import { killRunTree, type KillReport } from './process-tree.js'
 import { toExecuteResult, type CliResultLine, type RunOutcome } from './result.js'
+import { Scheduler, type Ticket } from './scheduler.js'
 import { SessionRegistry } from './sessions.js'
-import type { RunEvent, RunSpec } from './types.js'
+import type { RunEvent, RunEventType, RunSpec } from './types.js'
 
 /** The logging the runner needs (a pino logger fits). */
 export interface RunnerLogger {
@@ -29,37 +30,53 @@ export interface RunnerLogger {
 type EndReason = { by: 'timeout' } | { by: 'cancel', reason: string }
 
 const STDERR_TAIL_BYTES = 8 * 1024
+const REPLAY_PAGE = 500
 
-/** Distributes the `Omit` over the event union, so each member keeps its own `data` type. */
-type NewEvent = RunEvent extends infer E ? E extends RunEvent ? Omit<E, 'seq'> : never : never
+/** How a run was asked for. */
+export interface SubmitOptions {
+  /** The request as the client sent it; stored with env var values left out. */
+  request: ExecuteRequest
+  /** The API key's name, recorded with the run. */
+  keyName?: string | null
+  /** Runs of `/api/execute*` end with their connection; runs of `POST /api/runs` never do. */
+  cancelOnDisconnect: boolean
+}
 
 /**
- * One run: queued, then running, then ended with exactly one result. Emits `event` (RunEvent)
- * for every event in order, the terminal `result` last.
+ * A run while it is queued or running: its events go to the store and to live listeners
+ * (`event`), in order, the terminal `result` last.
  */
 export class RunHandle extends EventEmitter<{ event: [RunEvent] }> {
   status: RunStatus = 'queued'
   readonly submittedAt = Date.now()
   /** Resolves with the contract's result once the run has ended and its process tree is gone. */
   readonly result: Promise<ExecuteResult>
+  /** Resolves when the scheduler lets the run start. */
+  readonly admitted: Promise<void>
+  admit!: () => void
+  ticket: Ticket | undefined
   endedBy: EndReason | undefined
-  private seq = 0
   private resolveResult!: (r: ExecuteResult) => void
   private readonly endListeners: Array<() => void> = []
-  /** Set while running: pauses and resumes reading the CLI's output (backpressure). */
-  flow: { pause: () => void, resume: () => void } | undefined
 
-  constructor (readonly spec: RunSpec, readonly ticket: Ticket) {
+  constructor (
+    readonly spec: RunSpec,
+    readonly cancelOnDisconnect: boolean,
+    private readonly store: RunStore,
+    private seq: number
+  ) {
     super()
+    this.setMaxListeners(0)
     this.result = new Promise(resolve => { this.resolveResult = resolve })
+    this.admitted = new Promise(resolve => { this.admit = resolve })
   }
 
   get id (): string { return this.spec.runId }
 
-  /** Place in the admission queue (1-based), 0 once running. */
-  position (): number { return this.ticket.position() }
+  /** Place in the queue (1-based), 0 once running. */
+  position (): number { return this.ticket?.position() ?? 0 }
 
-  /** Ask the run to end; the tree is killed and the result says `cancelled`. Idempotent. */
+  /** Ask the run to end; a queued run never starts, a running one has its tree killed. Idempotent. */
   cancel (reason: string): void {
     this.end({ by: 'cancel', reason })
   }
@@ -71,7 +88,7 @@ export class RunHandle extends EventEmitter<{ event: [RunEvent] }> {
     for (const l of this.endListeners.splice(0)) l()
   }
 
-  /** @internal resolves when `end` is called. */
+  /** @internal called once, when `end` is. */
   onEnd (listener: () => void): void {
     if (this.endedBy !== undefined) listener()
     else this.endListeners.push(listener)
@@ -81,15 +98,18 @@ export class RunHandle extends EventEmitter<{ event: [RunEvent] }> {
     return this.status !== 'queued' && this.status !== 'running'
   }
 
-  /** @internal */
-  push (event: NewEvent): void {
-    this.emit('event', { ...event, seq: ++this.seq } as RunEvent)
+  /** @internal append an event to the log and hand it to live listeners. */
+  push (type: RunEventType, data: unknown): void {
+    const event: RunEvent = { seq: ++this.seq, type, data: typeof data === 'string' ? data : JSON.stringify(data) }
+    this.store.appendEvent(this.id, event.seq, event.type, event.data)
+    this.emit('event', event)
   }
 
   /** @internal */
-  finish (result: ExecuteResult): void {
+  finish (result: ExecuteResult, endedAt: number): void {
     this.status = result.status
-    this.push({ type: 'result', data: result })
+    this.push('result', result)
+    this.store.markFinished(this.id, result, endedAt)
     this.resolveResult(result)
   }
 }
@@ -106,42 +126,59 @@ export function defaultCliPath (): string {
   return 'claude'
 }
 
+/** A request as stored: everything but the values of its env vars. */
+function redactRequest (req: ExecuteRequest): Record<string, unknown> {
+  const copy: Record<string, unknown> = { ...req }
+  if (req.env_vars !== undefined) copy.env_vars = Object.fromEntries(Object.keys(req.env_vars).map(k => [k, '[redacted]']))
+  return copy
+}
+
 /**
- * Runs Claude Code CLIs for callers: checks requests against policy, admits them within the
- * concurrency limits, keeps sessions in their directories and one run at a time, streams each
- * run's events, and ends every run's whole process tree.
+ * Runs Claude Code CLIs for callers: checks requests against policy, records every run in the
+ * store, admits runs within the limits (one at a time per session), streams and logs each run's
+ * events, ends every run's whole process tree, and recovers what a previous process left behind.
  */
 export class Runner {
   readonly cliPath: string
   readonly probe: CliProbe
   readonly sessions: SessionRegistry
-  private readonly admission: Admission
+  private readonly scheduler: Scheduler
   private readonly runs = new Map<string, RunHandle>()
   private closing = false
+  /** Aborted when the server shuts down: followers of runs that stay queued end their streams. */
+  private readonly shutdown = new AbortController()
+  private pruneTimer: NodeJS.Timeout | undefined
 
-  constructor (private readonly settings: Settings, private readonly log: RunnerLogger) {
+  constructor (private readonly settings: Settings, private readonly log: RunnerLogger, readonly store: RunStore) {
     this.cliPath = settings.claudePath ?? defaultCliPath()
     const probeEnv = buildChildEnv(settings.serverEnv, {}, 'probe', settings.passEnv)
     this.probe = new CliProbe(this.cliPath, probeEnv)
     const env = settings.serverEnv
     const configDir = env.CLAUDE_CONFIG_DIR ?? join(env.HOME ?? '/', '.claude')
     this.sessions = new SessionRegistry(configDir)
-    this.admission = new Admission(settings.maxConcurrentRuns, settings.maxQueuedRuns)
+    this.scheduler = new Scheduler(settings.maxConcurrentRuns, settings.maxQueuedRuns)
+    // Every queued run and every follower listens for the shutdown.
+    setMaxListeners(0, this.shutdown.signal)
   }
 
-  /** Probe the CLI and keep the probe fresh in the background. */
+  /** Probe the CLI, recover what a previous process left, prune old runs, keep all of it going. */
   async start (): Promise<void> {
     const status = await this.probe.refresh()
     if (!status.available) this.log.warn({ cli: this.cliPath, error: status.error }, 'Claude Code CLI not available: runs will fail with cli_not_found')
     this.probe.startBackground(this.settings.cliProbeIntervalS)
+    await this.recover()
+    this.prune()
+    this.pruneTimer = setInterval(() => this.prune(), 3600_000)
+    this.pruneTimer.unref()
   }
 
   stats (): { active: number, queued: number } {
-    return { active: this.admission.running, queued: this.admission.queued }
+    return { active: this.scheduler.active, queued: this.scheduler.queued }
   }
 
   get shuttingDown (): boolean { return this.closing }
 
+  /** The live handle of a queued or running run. */
   get (runId: string): RunHandle | undefined {
     return this.runs.get(runId)
   }
@@ -174,8 +211,8 @@ export class Runner {
         sessionMode = 'fork'
         forkedFrom = id
       } else {
+        // Whether to create or resume is settled when the run starts: an earlier queued run may create it.
         sessionId = id
-        sessionMode = home !== null ? 'resume' : 'new'
       }
     }
     const spec: RunSpec = {
@@ -202,41 +239,197 @@ export class Runner {
   }
 
   /**
-   * Admit a prepared run: 503 while shutting down, 409 when its session is busy, 429 when the
-   * queue is full. Returns at once; the run starts when a slot is free.
+   * Accept a prepared run: 503 while shutting down, 429 when it cannot start and the queue is
+   * full. The run is recorded before this returns and goes on whether or not anyone listens.
    */
-  submit (spec: RunSpec, onEvent?: (event: RunEvent) => void): RunHandle {
-    if (this.closing) throw new ShuttingDown('the server is shutting down; retry against another instance or after restart')
-    const holder = this.sessions.holder(spec.sessionId)
-    if (holder !== undefined) {
-      throw new SessionBusy(`session ${spec.sessionId} is busy with run ${holder}; retry when it has finished`)
+  submit (spec: RunSpec, opts: SubmitOptions): RunHandle {
+    if (this.closing) throw new ShuttingDown('the server is shutting down; retry in a moment')
+    this.scheduler.checkCapacity()
+    this.store.insertRun({
+      id: spec.runId,
+      sessionId: spec.sessionId,
+      workingDirectory: spec.cwd,
+      request: redactRequest(opts.request),
+      spec,
+      keyName: opts.keyName ?? null,
+      cancelOnDisconnect: opts.cancelOnDisconnect,
+      createdAt: Date.now()
+    })
+    this.sessions.remember(spec.sessionId, spec.cwd)
+    const handle = this.track(spec, opts.cancelOnDisconnect, 0)
+    handle.push('run', { run_id: spec.runId, session_id: spec.sessionId, working_directory: spec.cwd })
+    handle.ticket = this.scheduler.enter(spec.sessionId, handle.admit, true)
+    return handle
+  }
+
+  /** Cancel a queued or running run; false when it is not live (finished, or unknown). */
+  cancel (runId: string, reason: string): boolean {
+    const handle = this.runs.get(runId)
+    if (handle === undefined) return false
+    handle.cancel(reason)
+    return true
+  }
+
+  /**
+   * Send a run's events with `seq > after` to `write`, from the log and then live, until the
+   * terminal `result` (true) or until `signal` aborts or the server shuts down (false). When
+   * `write` reports congestion, live delivery stops and resumes from the log after `drained`:
+   * a slow client never makes the server buffer without bound, and never misses an event.
+   */
+  async follow (runId: string, after: number, write: (e: RunEvent) => boolean, drained: () => Promise<void>, signal: AbortSignal): Promise<boolean> {
+    let cursor = after
+    const stopped = (): boolean => signal.aborted || this.shutdown.signal.aborted
+    const send = (e: RunEvent): { ok: boolean, done: boolean } => {
+      cursor = e.seq
+      return { ok: write(e), done: e.type === 'result' }
     }
-    const ticket = this.admission.enter()
-    this.sessions.claim(spec.sessionId, spec.runId)
-    const handle = new RunHandle(spec, ticket)
-    // Attached before the first event, so a caller sees every event, 'run' included.
-    if (onEvent !== undefined) handle.on('event', onEvent)
+    for (;;) {
+      // Catch up from the log, a page at a time.
+      for (;;) {
+        const page = this.store.eventsAfter(runId, cursor, REPLAY_PAGE)
+        for (const e of page) {
+          const { ok, done } = send(e as RunEvent)
+          if (done) return true
+          if (!ok) await drained()
+          if (stopped()) return false
+        }
+        if (page.length < REPLAY_PAGE) break
+      }
+      // Then live. Reading what is left and attaching happen in one tick: nothing slips between.
+      const handle = this.runs.get(runId)
+      let congested = false
+      for (const e of this.store.eventsAfter(runId, cursor, Number.MAX_SAFE_INTEGER)) {
+        const { ok, done } = send(e as RunEvent)
+        if (done) return true
+        if (!ok) {
+          congested = true
+          break
+        }
+      }
+      if (congested) {
+        await drained()
+        if (stopped()) return false
+        continue
+      }
+      // Not live and no result in the log: a run left queued by a shutdown. Nothing more will come.
+      if (handle === undefined) return false
+      const outcome = await new Promise<'done' | 'congested' | 'stopped'>(resolve => {
+        const onEvent = (e: RunEvent): void => {
+          if (e.seq <= cursor) return
+          const { ok, done } = send(e)
+          if (done) finish('done')
+          else if (!ok) finish('congested')
+        }
+        const onStop = (): void => finish('stopped')
+        const finish = (o: 'done' | 'congested' | 'stopped'): void => {
+          handle.off('event', onEvent)
+          signal.removeEventListener('abort', onStop)
+          this.shutdown.signal.removeEventListener('abort', onStop)
+          resolve(o)
+        }
+        if (stopped()) return resolve('stopped')
+        handle.on('event', onEvent)
+        signal.addEventListener('abort', onStop)
+        this.shutdown.signal.addEventListener('abort', onStop)
+      })
+      if (outcome === 'done') return true
+      if (outcome === 'stopped') return false
+      await drained()
+      if (stopped()) return false
+    }
+  }
+
+  /**
+   * Shut down: stop admitting (503), let running runs finish for `graceMs`, then cancel the rest
+   * and wait until their trees are gone. Queued runs stay queued for the next start, except those
+   * whose client waits on the connection that is about to close.
+   */
+  async close (graceMs = this.settings.shutdownGraceS * 1000): Promise<void> {
+    this.closing = true
+    this.scheduler.pause()
+    this.probe.stop()
+    clearInterval(this.pruneTimer)
+    const live = [...this.runs.values()]
+    for (const h of live) {
+      if (h.status === 'queued' && h.cancelOnDisconnect) h.cancel('server shutting down')
+    }
+    const running = live.filter(h => h.status === 'running' || h.cancelOnDisconnect)
+    if (graceMs > 0 && running.length > 0) {
+      this.log.info({ running: running.length, grace_s: graceMs / 1000 }, 'waiting for running runs to finish')
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([
+        Promise.all(running.map(h => h.result)),
+        new Promise(resolve => { timer = setTimeout(resolve, graceMs) })
+      ])
+      clearTimeout(timer)
+    }
+    for (const h of running) h.cancel('server shutting down')
+    await Promise.all(running.map(h => h.result))
+    // Runs left queued stay so in the store; their followers end now and reconnect later.
+    this.shutdown.abort()
+    this.store.close()
+  }
+
+  /** Build the live handle of a run and run it through its life. */
+  private track (spec: RunSpec, cancelOnDisconnect: boolean, lastSeq: number): RunHandle {
+    const handle = new RunHandle(spec, cancelOnDisconnect, this.store, lastSeq)
     this.runs.set(handle.id, handle)
-    handle.push({ type: 'run', data: { run_id: spec.runId, session_id: spec.sessionId, working_directory: spec.cwd } })
     void this.execute(handle).finally(() => {
-      ticket.release()
-      this.sessions.release(spec.sessionId, spec.runId)
+      handle.ticket?.release()
       this.runs.delete(handle.id)
     })
     return handle
   }
 
-  /** Stop admitting, cancel every queued and running run, and wait until their trees are gone. */
-  async close (reason = 'server shutting down'): Promise<void> {
-    this.closing = true
-    this.probe.stop()
-    const pending = [...this.runs.values()]
-    for (const h of pending) h.cancel(reason)
-    await Promise.all(pending.map(h => h.result))
+  /**
+   * What a previous process left: runs it had `running` are `interrupted` (after any process of
+   * theirs still alive is killed); runs it had `queued` are queued again, but for those whose
+   * client waited on a connection that died with it.
+   */
+  private async recover (): Promise<void> {
+    for (const r of this.store.runsWithStatus('running')) {
+      let killed = 0
+      if (r.marker !== null) {
+        const report = await killRunTree({ rootPid: undefined, markerName: RUN_MARKER_VAR, markerValue: r.marker, graceMs: 0, rootExited: Promise.resolve() })
+        killed = report.killed
+      }
+      this.finishStored(r, { status: 'interrupted', error: 'The server stopped while this run was going; it did not finish' })
+      this.log.warn({ run_id: r.id, killed }, 'run interrupted by a server restart')
+    }
+    for (const r of this.store.runsWithStatus('queued')) {
+      if (r.cancelOnDisconnect || r.spec === null) {
+        this.finishStored(r, { status: 'cancelled', error: 'Run cancelled: its client\'s connection ended when the server stopped' })
+        continue
+      }
+      this.sessions.remember(r.sessionId, r.workingDirectory)
+      const handle = this.track(r.spec, false, this.store.lastSeq(r.id))
+      handle.ticket = this.scheduler.enter(r.spec.sessionId, handle.admit, true)
+      this.log.info({ run_id: r.id }, 'queued run recovered after a restart')
+    }
+  }
+
+  /** End a stored run that has no live process: result event, then the row. */
+  private finishStored (r: RunRecord, how: { status: 'interrupted' | 'cancelled', error: string }): void {
+    const now = Date.now()
+    const result: ExecuteResult = {
+      ...toExecuteResult({ runId: r.id, sessionId: r.sessionId, timeoutS: 0, exitCode: null, stderrTail: '', oversizeLines: 0, startedAt: r.createdAt, endedAt: now, maxOutputBytes: 0, ended: { by: 'cancel', reason: '' } }),
+      status: how.status,
+      error_code: how.status,
+      error: how.error
+    }
+    const seq = this.store.lastSeq(r.id) + 1
+    this.store.appendEvent(r.id, seq, 'result', JSON.stringify(result))
+    this.store.markFinished(r.id, result, now)
+  }
+
+  private prune (): void {
+    const removed = this.store.prune({ maxAgeMs: this.settings.retentionDays * 86_400_000, maxRuns: this.settings.retentionMaxRuns })
+    if (removed > 0) this.log.info({ removed }, 'pruned old runs')
   }
 
   private async execute (handle: RunHandle): Promise<void> {
     const spec = handle.spec
+    // The limit counts from submission: a run that waits too long in the queue times out too.
     const deadline = setTimeout(() => handle.end({ by: 'timeout' }), spec.timeoutS * 1000)
     deadline.unref()
     const ended = new Promise<void>(resolve => handle.onEnd(resolve))
@@ -251,8 +444,11 @@ export class Runner {
       endedAt: 0,
       maxOutputBytes: this.settings.maxOutputBytes
     }
+    const shutdown = new Promise<void>(resolve => this.shutdown.signal.addEventListener('abort', () => resolve(), { once: true }))
     try {
-      await Promise.race([handle.ticket.ready, ended])
+      await Promise.race([handle.admitted, ended, shutdown])
+      // Left queued by a shutdown: it stays queued in the store for the next start.
+      if (handle.status === 'queued' && handle.endedBy === undefined && this.shutdown.signal.aborted) return
       if (handle.endedBy === undefined) await this.spawn(handle, outcome, ended)
     } catch (err) {
       this.log.error({ err, run_id: spec.runId }, 'run failed unexpectedly')
@@ -271,16 +467,19 @@ export class Runner {
       duration_s: result.execution_time,
       cost_usd: result.total_cost_usd
     }, 'run finished')
-    handle.finish(result)
+    handle.finish(result, outcome.endedAt)
   }
 
   private async spawn (handle: RunHandle, outcome: RunOutcome, ended: Promise<void>): Promise<void> {
     const spec = handle.spec
+    if (spec.sessionMode !== 'fork') spec.sessionMode = await this.sessions.exists(spec.sessionId) ? 'resume' : 'new'
+    if (handle.endedBy !== undefined) return
     const marker = randomUUID()
     const env = buildChildEnv(this.settings.serverEnv, spec.env, marker, this.settings.passEnv)
     const args = buildCliArgs(spec, this.settings.settingSources)
     handle.status = 'running'
-    this.sessions.remember(spec.sessionId, spec.cwd)
+    // Recorded before the spawn: if the server dies now, the next start finds and kills the tree.
+    this.store.markStarted(spec.runId, Date.now(), marker, spec.sessionId)
     const child = execa(this.cliPath, args, {
       cwd: spec.cwd,
       env,
@@ -296,23 +495,23 @@ export class Runner {
     this.log.debug({ run_id: spec.runId, pid: child.pid, args }, 'CLI started')
 
     const splitter = new LineSplitter(this.settings.maxLineBytes, line => {
-      let msg: { type?: unknown, subtype?: unknown, message?: { content?: unknown }, event?: { type?: unknown, delta?: { type?: unknown, text?: unknown } } }
+      let msg: { type?: unknown, message?: { content?: unknown }, event?: { type?: unknown, delta?: { type?: unknown, text?: unknown } } }
       try {
         msg = JSON.parse(line)
       } catch {
         this.log.debug({ run_id: spec.runId, line: line.slice(0, 200) }, 'CLI printed a non-JSON line')
         return
       }
-      if (msg === null || typeof msg !== 'object') return
-      handle.push({ type: 'message', data: line })
+      if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) return
+      handle.push('message', line)
       if (msg.type === 'result') {
         outcome.resultLine = msg as CliResultLine
       } else if (msg.type === 'stream_event' && msg.event?.type === 'content_block_delta' && msg.event.delta?.type === 'text_delta' && typeof msg.event.delta.text === 'string') {
-        handle.push({ type: 'text', data: { text: msg.event.delta.text } })
+        handle.push('text', { text: msg.event.delta.text })
       } else if (msg.type === 'assistant' && !spec.includePartialMessages && Array.isArray(msg.message?.content)) {
         for (const block of msg.message.content as Array<{ type?: unknown, text?: unknown }>) {
           if (block?.type === 'text' && typeof block.text === 'string' && block.text.length > 0) {
-            handle.push({ type: 'text', data: { text: block.text } })
+            handle.push('text', { text: block.text })
           }
         }
       }
@@ -325,22 +524,16 @@ export class Runner {
     child.stderr?.on('data', (chunk: Buffer) => {
       outcome.stderrTail = (outcome.stderrTail + chunk.toString('utf8')).slice(-STDERR_TAIL_BYTES)
     })
-    handle.flow = {
-      pause: () => child.stdout?.pause(),
-      resume: () => child.stdout?.resume()
-    }
 
     const exited = child.then(r => r)
     let killing: Promise<KillReport> | undefined
     void ended.then(() => {
       // Timeout, cancel, disconnect or shutdown: end the whole tree, not just the CLI.
-      child.stdout?.resume()
       killing = killRunTree({ rootPid: child.pid, markerName: RUN_MARKER_VAR, markerValue: marker, graceMs: this.settings.killGraceMs, rootExited: exited })
     })
 
     const res = await exited
     splitter.end()
-    handle.flow = undefined
     outcome.exitCode = res.exitCode ?? null
     const cause = res.cause as NodeJS.ErrnoException | undefined
     if (child.pid === undefined || (res.failed && cause?.syscall?.startsWith('spawn') === true)) {

@@ -1,15 +1,14 @@
-import { open, readdir } from 'node:fs/promises'
+import { access, open, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 
 /**
- * Where each Claude session lives, and which are busy. The CLI only finds a session from the
+ * Where each Claude session lives. The CLI only finds a session from the
  * directory it was created in, so a session is pinned to that directory. Sessions created before
  * a restart are found again in the CLI's own files (`<config>/projects/<slug>/<id>.jsonl`), whose
- * lines record their `cwd`.
+ * lines record their `cwd`. (One run at a time per session is the scheduler's job.)
  */
 export class SessionRegistry {
   private readonly dirs = new Map<string, string>()
-  private readonly busy = new Map<string, string>()
 
   constructor (private readonly claudeConfigDir: string) {}
 
@@ -22,25 +21,29 @@ export class SessionRegistry {
     return cwd
   }
 
-  /** Record a session's directory once its run has started. */
+  /** Whether the CLI has written this session (so a run must resume it rather than create it). */
+  async exists (sessionId: string): Promise<boolean> {
+    const projects = join(this.claudeConfigDir, 'projects')
+    let slugs: string[]
+    try {
+      slugs = await readdir(projects)
+    } catch {
+      return false
+    }
+    for (const slug of slugs) {
+      try {
+        await access(join(projects, slug, `${sessionId}.jsonl`))
+        return true
+      } catch {
+        // Not in this project directory.
+      }
+    }
+    return false
+  }
+
+  /** Pin a session to a directory as soon as a run for it is accepted. */
   remember (sessionId: string, cwd: string): void {
     this.dirs.set(sessionId, cwd)
-  }
-
-  /** The run holding a session, if any. */
-  holder (sessionId: string): string | undefined {
-    return this.busy.get(sessionId)
-  }
-
-  /** Claim a session for a run; false when another run holds it. */
-  claim (sessionId: string, runId: string): boolean {
-    if (this.busy.has(sessionId)) return false
-    this.busy.set(sessionId, runId)
-    return true
-  }
-
-  release (sessionId: string, runId: string): void {
-    if (this.busy.get(sessionId) === runId) this.busy.delete(sessionId)
   }
 
   private async findOnDisk (sessionId: string): Promise<string | null> {

@@ -25,9 +25,15 @@ export interface RunSpec {
   includePartialMessages: boolean
 }
 
-/** An event of a run, in the order clients see it; `seq` increases from 1. */
-export type RunEvent =
-  | { seq: number, type: 'run', data: { run_id: string, session_id: string, working_directory: string } }
-  | { seq: number, type: 'message', data: string }
-  | { seq: number, type: 'text', data: { text: string } }
-  | { seq: number, type: 'result', data: import('../schemas/execute.js').ExecuteResult }
+/** The kinds of event a run's log holds, in the order clients see them. */
+export type RunEventType = 'run' | 'message' | 'text' | 'result'
+
+/**
+ * An event of a run as clients receive it: `seq` increases from 1 without gaps; `data` is the
+ * JSON text (for `message`, the CLI's line verbatim).
+ */
+export interface RunEvent {
+  seq: number
+  type: RunEventType
+  data: string
+}

@@ -38,7 +38,7 @@ export function executeRequestSchema (limits: RequestLimits) {
 export type ExecuteRequest = Static<ReturnType<typeof executeRequestSchema>>
 
 export const RUN_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted'] as const
-export const ERROR_CODES = ['timeout', 'cancelled', 'api_error', 'not_authenticated', 'max_turns', 'max_budget', 'session_not_found', 'cli_not_found', 'cli_error'] as const
+export const ERROR_CODES = ['timeout', 'cancelled', 'interrupted', 'api_error', 'not_authenticated', 'max_turns', 'max_budget', 'session_not_found', 'cli_not_found', 'cli_error'] as const
 
 const Nullable = <T extends ReturnType<typeof Type.String>>(t: T) => Type.Union([t, Type.Null()])
 

@@ -61,20 +61,39 @@ test('a session is pinned to its directory and found again after a restart', asy
   t.ok(model.calls.at(-1)!.userTexts.includes('first in a'), 'resumed in its own directory with its history')
 })
 
-test('two runs of one session never overlap: the second gets 409 session_busy', async t => {
+test('two runs of one session never overlap: the second waits, then sees the first\'s history', async t => {
+  const { app, model } = await build(t)
+  const sid = randomUUID()
+  model.on('take your time', [{ text: ['thinking', 'done thinking'], gapMs: 1500 }])
+  const firstCall = model.nextCall('take your time')
+  const first = app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'take your time', session_id: sid } })
+  await firstCall
+  const second = app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'and then me', session_id: sid } })
+  await new Promise(resolve => setTimeout(resolve, 300))
+  const health = (await app.inject({ url: '/health' })).json()
+  t.same(health.runs, { active: 1, queued: 1 }, 'the second run waits in the queue while the first runs')
+  t.equal(model.calls.filter(c => c.prompt === 'and then me').length, 0, 'the second has not reached the model yet')
+
+  const [a, b] = await Promise.all([first, second])
+  t.equal(a.json().status, 'succeeded')
+  t.equal(b.json().status, 'succeeded', b.json().error)
+  t.equal(b.json().session_id, sid)
+  const secondCall = model.calls.find(c => c.prompt === 'and then me')!
+  t.same(secondCall.userTexts, ['take your time', 'and then me'], 'the second resumed with the full history')
+})
+
+test('a run queued behind a stalled run of its session times out within its own limit', async t => {
   const { app, model } = await build(t)
   const sid = randomUUID()
   model.on('hang on', [{ stall: true }])
   const stalled = model.nextCall('hang on')
-  const firstRun = app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'hang on', session_id: sid, timeout: 3 } })
+  const first = app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'hang on', session_id: sid, timeout: 4 } })
   await stalled
-  const second = await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'me too', session_id: sid } })
-  t.equal(second.statusCode, 409)
-  t.equal(second.json().code, 'session_busy')
-  t.match(second.json().detail, sid)
-  const first = (await firstRun).json()
-  t.equal(first.status, 'timed_out', 'the stalled run is ended by its own timeout')
-  t.equal(first.error, 'Execution timed out after 3 seconds')
-  const third = (await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'now me', session_id: sid } })).json()
-  t.equal(third.success, true, 'the session is free again once the run ended')
+  const second = (await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'behind it', session_id: sid, timeout: 1 } })).json()
+  t.equal(second.status, 'timed_out', 'the waiting run ends at its own limit')
+  t.equal(second.error, 'Execution timed out after 1 seconds')
+  const firstBody = (await first).json()
+  t.equal(firstBody.status, 'timed_out', 'the stalled run is ended by its own timeout')
+  t.equal(firstBody.error, 'Execution timed out after 4 seconds')
+  t.notOk(model.calls.some(c => c.prompt === 'behind it'), 'the timed-out waiting run never started')
 })

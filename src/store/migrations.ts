@@ -1,0 +1,37 @@
+/**
+ * The run store's schema, one migration per entry, applied in order and recorded in SQLite's
+ * `user_version`. Append new migrations; never edit an applied one.
+ */
+export const MIGRATIONS: readonly string[] = [
+  `
+  CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    working_directory TEXT NOT NULL,
+    -- The request as the client sent it, env var values left out.
+    request TEXT NOT NULL,
+    -- The resolved run, needed to queue it again after a restart. Holds env var values only while
+    -- the run is queued; cleared when it starts.
+    spec TEXT,
+    key_name TEXT,
+    cancel_on_disconnect INTEGER NOT NULL DEFAULT 0,
+    -- Marks every process of the run, so a restart can find and kill a dead server's leftovers.
+    marker TEXT,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    ended_at INTEGER,
+    result TEXT
+  );
+  CREATE INDEX runs_status ON runs (status);
+  CREATE INDEX runs_session ON runs (session_id);
+  CREATE INDEX runs_created ON runs (created_at);
+  CREATE TABLE events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+  ) WITHOUT ROWID;
+  `
+]

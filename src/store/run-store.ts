@@ -1,0 +1,241 @@
+import Database from 'better-sqlite3'
+import { mkdirSync } from 'node:fs'
+import { join } from 'node:path'
+import type { ExecuteResult, RunStatus } from '../schemas/execute.js'
+import type { RunSpec } from '../runner/types.js'
+import { MIGRATIONS } from './migrations.js'
+
+/** A stored event: `data` is the JSON text clients receive. */
+export interface StoredEvent {
+  seq: number
+  type: string
+  data: string
+}
+
+/** A run as stored. */
+export interface RunRecord {
+  id: string
+  /** Insertion order, for stable pagination. */
+  rowid: number
+  status: RunStatus
+  sessionId: string
+  workingDirectory: string
+  request: Record<string, unknown>
+  spec: RunSpec | null
+  keyName: string | null
+  cancelOnDisconnect: boolean
+  marker: string | null
+  createdAt: number
+  startedAt: number | null
+  endedAt: number | null
+  result: ExecuteResult | null
+}
+
+interface RunRow {
+  id: string
+  rowid: number
+  status: RunStatus
+  session_id: string
+  working_directory: string
+  request: string
+  spec: string | null
+  key_name: string | null
+  cancel_on_disconnect: number
+  marker: string | null
+  created_at: number
+  started_at: number | null
+  ended_at: number | null
+  result: string | null
+}
+
+const toRecord = (r: RunRow): RunRecord => ({
+  id: r.id,
+  rowid: r.rowid,
+  status: r.status,
+  sessionId: r.session_id,
+  workingDirectory: r.working_directory,
+  request: JSON.parse(r.request),
+  spec: r.spec === null ? null : JSON.parse(r.spec),
+  keyName: r.key_name,
+  cancelOnDisconnect: r.cancel_on_disconnect === 1,
+  marker: r.marker,
+  createdAt: r.created_at,
+  startedAt: r.started_at,
+  endedAt: r.ended_at,
+  result: r.result === null ? null : JSON.parse(r.result)
+})
+
+export interface RunStoreOptions {
+  /** Directory of the database file; `:memory:` for a throwaway store. */
+  dataDir: string
+  /** Events are written in one transaction at most this often (ms). */
+  flushIntervalMs?: number
+  /** ... or as soon as this many are waiting. */
+  flushMaxEvents?: number
+}
+
+/**
+ * The embedded run store: one row per run and an append-only event log per run, in SQLite (WAL).
+ * Event appends are batched: they wait in memory at most `flushIntervalMs` and are written in one
+ * transaction, so a chatty run is not slowed by the disk. Reads see unflushed events too.
+ */
+export class RunStore {
+  private readonly db: Database.Database
+  private pending: Array<{ runId: string, seq: number, type: string, data: string }> = []
+  private readonly timer: NodeJS.Timeout
+  private readonly flushMaxEvents: number
+  private readonly stmts
+
+  constructor (opts: RunStoreOptions) {
+    let file = ':memory:'
+    if (opts.dataDir !== ':memory:') {
+      mkdirSync(opts.dataDir, { recursive: true })
+      file = join(opts.dataDir, 'runs.db')
+    }
+    this.db = new Database(file)
+    this.db.pragma('journal_mode = WAL')
+    // WAL with NORMAL sync is durable against process crashes (kill -9), which is what we need.
+    this.db.pragma('synchronous = NORMAL')
+    this.db.pragma('busy_timeout = 5000')
+    this.migrate()
+    this.flushMaxEvents = opts.flushMaxEvents ?? 1000
+    this.timer = setInterval(() => this.flush(), opts.flushIntervalMs ?? 25)
+    this.timer.unref()
+    const db = this.db
+    this.stmts = {
+      insert: db.prepare(`INSERT INTO runs (id, status, session_id, working_directory, request, spec, key_name, cancel_on_disconnect, created_at)
+        VALUES (@id, @status, @session_id, @working_directory, @request, @spec, @key_name, @cancel_on_disconnect, @created_at)`),
+      get: db.prepare('SELECT rowid, * FROM runs WHERE id = ?'),
+      started: db.prepare('UPDATE runs SET status = \'running\', started_at = ?, marker = ?, spec = NULL, session_id = ? WHERE id = ?'),
+      finished: db.prepare('UPDATE runs SET status = ?, ended_at = ?, result = ?, spec = NULL WHERE id = ?'),
+      byStatus: db.prepare('SELECT rowid, * FROM runs WHERE status = ? ORDER BY rowid'),
+      event: db.prepare('INSERT INTO events (run_id, seq, type, data) VALUES (?, ?, ?, ?)'),
+      eventsAfter: db.prepare('SELECT seq, type, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?'),
+      lastSeq: db.prepare('SELECT MAX(seq) AS seq FROM events WHERE run_id = ?'),
+      deleteRun: db.prepare('DELETE FROM runs WHERE id = ?'),
+      deleteEvents: db.prepare('DELETE FROM events WHERE run_id = ?')
+    }
+  }
+
+  private migrate (): void {
+    const version = this.db.pragma('user_version', { simple: true }) as number
+    for (let v = version; v < MIGRATIONS.length; v++) {
+      this.db.transaction(() => {
+        this.db.exec(MIGRATIONS[v]!)
+        this.db.pragma(`user_version = ${v + 1}`)
+      })()
+    }
+  }
+
+  insertRun (r: { id: string, sessionId: string, workingDirectory: string, request: Record<string, unknown>, spec: RunSpec, keyName: string | null, cancelOnDisconnect: boolean, createdAt: number }): void {
+    this.stmts.insert.run({
+      id: r.id,
+      status: 'queued',
+      session_id: r.sessionId,
+      working_directory: r.workingDirectory,
+      request: JSON.stringify(r.request),
+      spec: JSON.stringify(r.spec),
+      key_name: r.keyName,
+      cancel_on_disconnect: r.cancelOnDisconnect ? 1 : 0,
+      created_at: r.createdAt
+    })
+  }
+
+  /** The run started: its marker is recorded first, so a crash after spawn can be cleaned up. */
+  markStarted (id: string, startedAt: number, marker: string, sessionId: string): void {
+    this.stmts.started.run(startedAt, marker, sessionId, id)
+  }
+
+  markFinished (id: string, result: ExecuteResult, endedAt: number): void {
+    this.flush()
+    this.stmts.finished.run(result.status, endedAt, JSON.stringify(result), id)
+  }
+
+  getRun (id: string): RunRecord | undefined {
+    const row = this.stmts.get.get(id) as RunRow | undefined
+    return row === undefined ? undefined : toRecord(row)
+  }
+
+  runsWithStatus (status: RunStatus): RunRecord[] {
+    return (this.stmts.byStatus.all(status) as RunRow[]).map(toRecord)
+  }
+
+  /** Newest first; `before` is the `rowid` of the last run of the previous page. */
+  listRuns (filter: { status?: RunStatus, sessionId?: string, keyName?: string, before?: number, limit: number }): RunRecord[] {
+    const where: string[] = []
+    const args: unknown[] = []
+    if (filter.status !== undefined) { where.push('status = ?'); args.push(filter.status) }
+    if (filter.sessionId !== undefined) { where.push('session_id = ?'); args.push(filter.sessionId) }
+    if (filter.keyName !== undefined) { where.push('key_name = ?'); args.push(filter.keyName) }
+    if (filter.before !== undefined) { where.push('rowid < ?'); args.push(filter.before) }
+    const sql = `SELECT rowid, * FROM runs ${where.length > 0 ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY rowid DESC LIMIT ?`
+    return (this.db.prepare(sql).all(...args, filter.limit) as RunRow[]).map(toRecord)
+  }
+
+  /** Queue an event for the log; written with the next batch. */
+  appendEvent (runId: string, seq: number, type: string, data: string): void {
+    this.pending.push({ runId, seq, type, data })
+    if (this.pending.length >= this.flushMaxEvents) this.flush()
+  }
+
+  /** Events of a run with `seq > after`, at most `limit`, in order; unflushed ones included. */
+  eventsAfter (runId: string, after: number, limit: number): StoredEvent[] {
+    const stored = this.stmts.eventsAfter.all(runId, after, limit) as StoredEvent[]
+    if (stored.length >= limit) return stored
+    let last = stored.at(-1)?.seq ?? after
+    for (const e of this.pending) {
+      if (stored.length >= limit) break
+      if (e.runId === runId && e.seq > last) {
+        stored.push({ seq: e.seq, type: e.type, data: e.data })
+        last = e.seq
+      }
+    }
+    return stored
+  }
+
+  /** The highest event seq of a run (0 when none). */
+  lastSeq (runId: string): number {
+    let seq = (this.stmts.lastSeq.get(runId) as { seq: number | null }).seq ?? 0
+    for (const e of this.pending) if (e.runId === runId && e.seq > seq) seq = e.seq
+    return seq
+  }
+
+  /** Write the waiting events in one transaction. */
+  flush (): void {
+    if (this.pending.length === 0) return
+    const batch = this.pending
+    this.pending = []
+    this.writeBatch(batch)
+  }
+
+  private readonly writeBatch = (batch: Array<{ runId: string, seq: number, type: string, data: string }>): void => {
+    this.db.transaction(() => {
+      for (const e of batch) this.stmts.event.run(e.runId, e.seq, e.type, e.data)
+    })()
+  }
+
+  /**
+   * Retention: delete finished runs (and their events) older than `maxAgeMs`, and the oldest
+   * finished runs beyond `maxRuns`. Queued and running runs are never deleted.
+   */
+  prune (opts: { maxAgeMs: number, maxRuns: number, now?: number }): number {
+    const now = opts.now ?? Date.now()
+    const finished = "status NOT IN ('queued', 'running')"
+    const old = this.db.prepare(`SELECT id FROM runs WHERE ${finished} AND created_at < ?`).all(now - opts.maxAgeMs) as Array<{ id: string }>
+    const excess = this.db.prepare(`SELECT id FROM runs WHERE ${finished} ORDER BY rowid DESC LIMIT -1 OFFSET ?`).all(opts.maxRuns) as Array<{ id: string }>
+    const ids = new Set([...old, ...excess].map(r => r.id))
+    this.db.transaction(() => {
+      for (const id of ids) {
+        this.stmts.deleteEvents.run(id)
+        this.stmts.deleteRun.run(id)
+      }
+    })()
+    return ids.size
+  }
+
+  close (): void {
+    clearInterval(this.timer)
+    this.flush()
+    this.db.close()
+  }
+}
