@@ -36,6 +36,7 @@ export default fp(async (fastify) => {
       info: { title: 'Claude Code API', version: VERSION, description: API_DESCRIPTION, license: { name: 'MIT' } },
       tags: [
         { name: 'execute', description: 'Run Claude Code to completion or streamed' },
+        { name: 'runs', description: 'Durable runs: start, follow, replay, list, cancel' },
         { name: 'system', description: 'Health and service information' }
       ],
       components: {

@@ -5,6 +5,7 @@ import addFormats from 'ajv-formats'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { ProblemSchema } from '../src/schemas/problem.js'
 import { ExecuteResultSchema } from '../src/schemas/execute.js'
+import { RunSchema } from '../src/schemas/runs.js'
 import { PROBLEM_CODES, type ProblemError } from '../src/errors.js'
 
 /**
@@ -18,6 +19,7 @@ export default fp(async (fastify) => {
   // addSchema gets Fastify's default validator rebuilt for it, silently undoing the strict one.
   fastify.addSchema(ProblemSchema)
   fastify.addSchema(ExecuteResultSchema)
+  fastify.addSchema(RunSchema)
 
   const base: AjvOptions = { allErrors: true, removeAdditional: false, useDefaults: true, strict: false }
   const bodyAjv = addFormats.default(new Ajv({ ...base, coerceTypes: false }))

@@ -9,6 +9,7 @@ import runnerPlugin from '../plugins/runner.js'
 import ssePlugin from '../plugins/sse.js'
 import healthRoutes from '../routes/health.js'
 import executeRoutes from '../routes/execute.js'
+import runsRoutes from '../routes/runs.js'
 
 export interface AppOptions extends AuthPluginOptions {
   /** The environment settings are read from (the server's own, or a test's). */
@@ -48,6 +49,7 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
 
   await fastify.register(healthRoutes)
   await fastify.register(executeRoutes, { prefix: '/api' })
+  await fastify.register(runsRoutes, { prefix: '/api' })
 }
 
 export default app

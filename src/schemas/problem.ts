@@ -6,7 +6,7 @@ export const ProblemSchema = Type.Object({
   title: Type.String({ description: 'The HTTP status phrase.' }),
   status: Type.Integer(),
   detail: Type.String({ description: 'One human sentence saying what went wrong and, where useful, what to do.' }),
-  code: Type.String({ description: 'Stable machine-readable code, e.g. `invalid_request`, `working_directory_forbidden`, `session_busy`, `capacity_exceeded`.' }),
+  code: Type.String({ description: 'Stable machine-readable code, e.g. `invalid_request`, `working_directory_forbidden`, `session_directory_mismatch`, `capacity_exceeded`.' }),
   request_id: Type.String({ description: 'Quote it to find the request in the server log.' }),
   errors: Type.Optional(Type.Array(Type.Object({
     path: Type.String({ description: 'JSON pointer to the offending field, e.g. `/timeout`.' }),
@@ -23,7 +23,8 @@ export const problemResponses = {
   400: p('Invalid request: a field is missing, malformed or unknown (see `errors`).'),
   401: { ...p('Missing or wrong API key.'), headers: { 'WWW-Authenticate': { type: 'string', description: 'Bearer and ApiKey challenges.' } } },
   403: p('Refused by policy: directory outside the allowed roots, env var or permission mode not allowed.'),
-  409: p('The session is busy with another run, or was created in another directory.'),
+  404: p('No such run (or it was deleted by retention).'),
+  409: p('The session was created in another directory than the one named.'),
   413: p('Request body too large.'),
   429: { ...p('Capacity full: too many runs running and queued. See `Retry-After`.'), headers: { 'Retry-After': { type: 'integer', description: 'Seconds to wait before retrying.' } } },
   500: p('Internal error; the body carries only the `request_id`.'),

@@ -1,0 +1,166 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from '@sinclair/typebox'
+import { InvalidRequest, RunNotFound, withProblem } from '../src/errors.js'
+import { executeRequestSchema } from '../src/schemas/execute.js'
+import { problemResponses } from '../src/schemas/problem.js'
+import { RunEventsQuerySchema, RunListQuerySchema, RunListSchema, RunParamsSchema, type Run } from '../src/schemas/runs.js'
+import type { RunRecord } from '../src/store/run-store.js'
+import type { Runner } from '../src/runner/runner.js'
+
+const security: Array<Record<string, string[]>> = [{ ApiKeyAuth: [] }, { BearerAuth: [] }]
+const runRef = Type.Unsafe<Run>(Type.Ref('Run'))
+const iso = (ms: number | null): string | null => ms === null ? null : new Date(ms).toISOString()
+
+/** A stored run as the API shows it; the live handle (if any) knows the queue position. */
+function view (r: RunRecord, runner: Runner): Run {
+  const live = runner.get(r.id)
+  const status = live !== undefined && !live.isFinished() ? live.status : r.status
+  return {
+    id: r.id,
+    status,
+    queue_position: status === 'queued' ? (live?.position() ?? null) || null : null,
+    session_id: r.sessionId,
+    working_directory: r.workingDirectory,
+    created_at: iso(r.createdAt)!,
+    started_at: iso(r.startedAt),
+    ended_at: iso(r.endedAt),
+    request: r.request,
+    result: r.result,
+    events_url: `/api/runs/${r.id}/events`
+  }
+}
+
+const EVENTS_DESCRIPTION = `The run's event log as Server-Sent Events: from the start, or after \`Last-Event-ID\` (or
+\`?after=N\`), then live until the terminal \`result\` event, after which the stream ends. Events are
+\`run\`, \`message\`, \`text\` and \`result\`, as on \`/api/execute/stream\`, each with its \`id\`. A client that
+reconnects with the last id it saw gets every later event exactly once. Works for finished runs
+(replay) and for any number of listeners. Listening never affects the run: disconnecting does not
+cancel it.`
+
+/** The runs API: durable runs with their own ids and event logs. */
+const runs: FastifyPluginAsyncTypebox = async (fastify) => {
+  const { config, runner } = fastify
+  const store = runner.store
+  const find = (id: string): RunRecord => {
+    const r = store.getRun(id)
+    if (r === undefined) throw new RunNotFound(`no run ${id}`)
+    return r
+  }
+
+  fastify.post('/runs', {
+    bodyLimit: config.maxBodyBytes,
+    schema: {
+      tags: ['runs'],
+      summary: 'Start a run',
+      description: 'Accepts the `/api/execute` body and answers at once with `202` and the run (`queued` or `running`); its `Location` is the run. The run goes on whether or not anyone listens, and survives the client: follow it at `events_url`, poll it, or cancel it.',
+      operationId: 'createRun',
+      security,
+      body: executeRequestSchema(config),
+      response: {
+        202: { ...runRef, description: 'Accepted: the run is queued or running.', headers: { Location: { type: 'string', description: 'The run\'s URL.' } } },
+        400: problemResponses[400],
+        401: problemResponses[401],
+        403: problemResponses[403],
+        409: problemResponses[409],
+        413: problemResponses[413],
+        429: problemResponses[429],
+        503: problemResponses[503]
+      }
+    }
+  }, async (request, reply) => {
+    if (request.body.stream === true) {
+      throw withProblem(new InvalidRequest('stream has no meaning here: follow the run at its events_url'), {
+        problem: { errors: [{ path: '/stream', message: 'must be false; follow events_url instead' }] }
+      })
+    }
+    const spec = await runner.prepare(request.body)
+    const handle = runner.submit(spec, { request: request.body, keyName: request.apiKeyName, cancelOnDisconnect: false })
+    return await reply.code(202).header('location', `/api/runs/${handle.id}`).send(view(find(handle.id), runner))
+  })
+
+  fastify.get('/runs', {
+    schema: {
+      tags: ['runs'],
+      summary: 'List runs',
+      description: 'Newest first, filtered by `status` and `session_id`, a page at a time (`cursor`).',
+      operationId: 'listRuns',
+      security,
+      querystring: RunListQuerySchema,
+      response: { 200: RunListSchema, 400: problemResponses[400], 401: problemResponses[401] }
+    }
+  }, async (request) => {
+    const { status, session_id: sessionId, limit = 20, cursor } = request.query
+    const page = store.listRuns({
+      limit: limit + 1,
+      ...(status !== undefined ? { status } : {}),
+      ...(sessionId !== undefined ? { sessionId: sessionId.toLowerCase() } : {}),
+      ...(cursor !== undefined ? { before: Number(cursor) } : {})
+    })
+    const more = page.length > limit
+    const shown = page.slice(0, limit)
+    return { runs: shown.map(r => view(r, runner)), next_cursor: more ? String(shown.at(-1)!.rowid) : null }
+  })
+
+  fastify.get('/runs/:id', {
+    schema: {
+      tags: ['runs'],
+      summary: 'Get a run',
+      description: 'Its status (`queued | running | succeeded | failed | timed_out | cancelled | interrupted`), queue position while queued, timestamps, and once ended the same result object `/api/execute` returns.',
+      operationId: 'getRun',
+      security,
+      params: RunParamsSchema,
+      response: { 200: { ...runRef, description: 'The run.' }, 400: problemResponses[400], 401: problemResponses[401], 404: problemResponses[404] }
+    }
+  }, async (request) => view(find(request.params.id.toLowerCase()), runner))
+
+  fastify.post('/runs/:id/cancel', {
+    schema: {
+      tags: ['runs'],
+      summary: 'Cancel a run',
+      description: 'Cancels a queued or running run (its whole process tree is killed) and answers once it has ended. Idempotent: an ended run is returned as it is.',
+      operationId: 'cancelRun',
+      security,
+      params: RunParamsSchema,
+      response: { 200: { ...runRef, description: 'The run, ended.' }, 400: problemResponses[400], 401: problemResponses[401], 404: problemResponses[404] }
+    }
+  }, async (request) => {
+    const id = request.params.id.toLowerCase()
+    find(id)
+    const live = runner.get(id)
+    if (live !== undefined) {
+      live.cancel('cancelled through the API')
+      await live.result
+    }
+    return view(find(id), runner)
+  })
+
+  fastify.get('/runs/:id/events', {
+    schema: {
+      tags: ['runs'],
+      summary: 'Follow a run\'s events (SSE)',
+      description: EVENTS_DESCRIPTION,
+      operationId: 'runEvents',
+      security,
+      params: RunParamsSchema,
+      querystring: RunEventsQuerySchema,
+      headers: Type.Object({ 'last-event-id': Type.Optional(Type.String({ pattern: '^[0-9]+$', description: 'The last event id received; the stream resumes after it.' })) }),
+      response: {
+        200: {
+          description: 'An event stream: every event after the given id, ending with `result`.',
+          content: { 'text/event-stream': { schema: Type.String() } }
+        },
+        400: problemResponses[400],
+        401: problemResponses[401],
+        404: problemResponses[404]
+      }
+    }
+  }, async (request, reply) => {
+    const id = request.params.id.toLowerCase()
+    find(id)
+    const header = request.headers['last-event-id']
+    const after = request.query.after ?? (header !== undefined ? Number(header) : 0)
+    await reply.streamRun(id, after)
+  })
+}
+
+export default runs
