@@ -27,6 +27,9 @@ export function serverOptions (logLevel: string): FastifyServerOptions {
     },
     // Only we decide the body limit per route; this is the ceiling for anything else.
     bodyLimit: 1024 * 1024,
+    // While draining, our own handlers answer: 503 problem+json for new runs, health says so,
+    // and the runs API still reads.
+    return503OnClosing: false,
     ajv: { customOptions: { removeAdditional: false } }
   }
 }

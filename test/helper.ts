@@ -1,4 +1,6 @@
 import Fastify, { type FastifyInstance } from 'fastify'
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -158,4 +160,30 @@ export async function readSse (res: Response, onEvent?: (e: SseEvent) => void): 
     }
   }
   return { events, comments }
+}
+
+export interface ServerProcess {
+  base: string
+  child: ChildProcessWithoutNullStreams
+  output: () => string
+  /** Resolves with the exit code. */
+  exited: Promise<number | null>
+}
+
+/** Start `src/server.ts` as a real process with `env`; killed at the end of the test. */
+export async function startServer (t: T, env: Record<string, string>): Promise<ServerProcess> {
+  const child = spawn(process.execPath, ['--import=tsx', 'src/server.ts'], {
+    cwd: fileURLToPath(new URL('..', import.meta.url)),
+    env: { HOST: '127.0.0.1', PORT: '0', ...env, LOG_LEVEL: 'info' },
+    stdio: ['pipe', 'pipe', 'pipe']
+  })
+  const exited = new Promise<number | null>(resolve => child.once('exit', code => resolve(code)))
+  t.teardown(() => { child.kill('SIGKILL') })
+  let out = ''
+  child.stdout.on('data', (c: Buffer) => { out += c.toString() })
+  child.stderr.on('data', (c: Buffer) => { out += c.toString() })
+  const ok = await eventually(() => /listening at http:\/\/127\.0\.0\.1:\d+/.test(out) || child.exitCode !== null, 30_000)
+  const m = /listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(out)
+  if (!ok || m === null) throw new Error('server did not start:\n' + out)
+  return { base: m[1]!, child, output: () => out, exited }
 }

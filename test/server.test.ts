@@ -1,40 +1,106 @@
 import { test } from 'tap'
-import { spawn } from 'node:child_process'
-import { once } from 'node:events'
-import { fileURLToPath } from 'node:url'
-import { auth, eventually, fakeModel, pidsInDir, pidsMatching, sandbox, testEnv } from './helper.js'
+import { auth, eventually, fakeModel, pidsInDir, pidsMatching, readSse, sandbox, startServer, testEnv } from './helper.js'
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url))
+const json = { ...auth, 'content-type': 'application/json' }
+const post = async (base: string, path: string, body: unknown) =>
+  await fetch(`${base}${path}`, { method: 'POST', headers: json, body: JSON.stringify(body) })
 
-test('the server process: serves, and on SIGTERM ends every run\'s tree and exits 0', async t => {
+test('the server process serves, and on SIGTERM ends every run\'s tree and exits 0', async t => {
   const box = sandbox(t)
   const model = await fakeModel(t)
   model.on('sleep in the server', [{ tool: 'Bash', input: { command: 'sleep 3604' } }, { text: 'woke' }])
-  const child = spawn(process.execPath, ['--import=tsx', 'src/server.ts'], {
-    cwd: ROOT,
-    env: testEnv(box, model, { HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info' }),
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  t.teardown(() => { child.kill('SIGKILL') })
-  let out = ''
-  child.stdout.on('data', (c: Buffer) => { out += c.toString() })
-  child.stderr.on('data', (c: Buffer) => { out += c.toString() })
-  t.ok(await eventually(() => /listening at http:\/\/127\.0\.0\.1:\d+/.test(out), 20_000), 'the server logs its address')
-  const base = /listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(out)![1]!
-
-  const health = await (await fetch(`${base}/health`)).json() as { status: string }
+  const server = await startServer(t, testEnv(box, model))
+  const health = await (await fetch(`${server.base}/health`)).json() as { status: string }
   t.equal(health.status, 'healthy')
 
-  const pending = fetch(`${base}/api/execute`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'sleep in the server', allowed_tools: ['Bash(sleep *)'] }) })
+  const pending = post(server.base, '/api/execute', { prompt: 'sleep in the server', allowed_tools: ['Bash(sleep *)'] })
   t.ok(await eventually(() => pidsMatching('sleep 3604').length > 0, 15_000), 'the run\'s Bash command is running')
-
-  child.kill('SIGTERM')
-  const res = await pending
-  const body = await res.json() as { status: string, error: string }
+  server.child.kill('SIGTERM')
+  const body = await (await pending).json() as { status: string, error: string }
   t.equal(body.status, 'cancelled', 'the client gets its result: cancelled by the shutdown')
-  const [code] = await once(child, 'exit')
-  t.equal(code, 0, 'clean exit')
+  t.equal(await server.exited, 0, 'clean exit')
   t.same(pidsMatching('sleep 3604'), [], 'no sleep left')
   t.same(pidsInDir(box.work), [], 'no process of the run left')
-  t.notMatch(out, /"level":50/, 'no error logged')
+  t.notMatch(server.output(), /"level":50/, 'no error logged')
+})
+
+test('kill -9 mid-run: on restart the run is interrupted, its Bash child is gone, the queued runs run', async t => {
+  const box = sandbox(t)
+  const model = await fakeModel(t)
+  model.on('sleep then die', [{ tool: 'Bash', input: { command: 'sleep 3606' } }, { text: 'woke' }])
+  const env = testEnv(box, model, { MAX_CONCURRENT_RUNS: '1' })
+  const one = await startServer(t, env)
+  const a = await (await post(one.base, '/api/runs', { prompt: 'sleep then die', allowed_tools: ['Bash(sleep *)'] })).json() as any
+  const b = await (await post(one.base, '/api/runs', { prompt: 'queued one' })).json() as any
+  const c = await (await post(one.base, '/api/runs', { prompt: 'queued two', env_vars: { GREETING: 'kept across the restart' } })).json() as any
+  t.ok(await eventually(() => pidsMatching('sleep 3606').length > 0, 15_000), 'the first run is in its Bash sleep')
+  const waiting = post(one.base, '/api/execute', { prompt: 'a client waits for me' }).catch(() => null)
+  t.ok(await eventually(async () => {
+    const q = await (await fetch(`${one.base}/api/runs?status=queued`, { headers: auth })).json() as any
+    return q.runs.length === 3
+  }), 'three runs wait in the queue')
+
+  one.child.kill('SIGKILL')
+  await one.exited
+  await waiting
+  t.ok(pidsMatching('sleep 3606').length > 0, 'kill -9 left the agent\'s sleep behind (until the restart)')
+
+  const two = await startServer(t, env)
+  t.same(pidsMatching('sleep 3606'), [], 'the restart killed the leftover tree before serving')
+  const ra = await (await fetch(`${two.base}/api/runs/${a.id}`, { headers: auth })).json() as any
+  t.equal(ra.status, 'interrupted')
+  t.equal(ra.result.error_code, 'interrupted')
+  const events = (await readSse(await fetch(`${two.base}/api/runs/${a.id}/events`, { headers: auth }))).events
+  t.equal(events[0]!.event, 'run', 'its log is kept')
+  t.ok(events.some(e => e.event === 'message'), 'with what it printed before the crash')
+  t.equal(events.at(-1)!.event, 'result', 'and now ends with a result')
+  t.same(events.map(e => e.id), events.map((_, i) => i + 1), 'ids still without gaps')
+
+  for (const run of [b, c]) {
+    const rest = (await readSse(await fetch(`${two.base}/api/runs/${run.id}/events`, { headers: auth }))).events
+    const result = JSON.parse(rest.at(-1)!.data)
+    t.equal(result.status, 'succeeded', `${run.request.prompt}: ran after the restart`)
+  }
+  t.ok(model.calls.some(x => x.prompt === 'queued two'), 'the queued run reached the model')
+  const listed = await (await fetch(`${two.base}/api/runs?status=cancelled`, { headers: auth })).json() as any
+  t.ok(listed.runs.some((r: any) => r.request.prompt === 'a client waits for me'), 'a queued /api/execute run whose client is gone is cancelled, not run')
+  two.child.kill('SIGTERM')
+  t.equal(await two.exited, 0)
+})
+
+test('SIGTERM drains: 503 for new runs, running runs finish within the grace, the rest are cancelled, queued runs wait for the next start', async t => {
+  const box = sandbox(t)
+  const model = await fakeModel(t)
+  model.on('short', [{ text: ['short', 'short done'], gapMs: 1000 }])
+  model.on('too long', [{ tool: 'Bash', input: { command: 'sleep 3607' } }, { text: 'woke' }])
+  const env = testEnv(box, model, { MAX_CONCURRENT_RUNS: '2', SHUTDOWN_GRACE_S: '4' })
+  const one = await startServer(t, env)
+  const shortRun = await (await post(one.base, '/api/runs', { prompt: 'short' })).json() as any
+  const longRun = await (await post(one.base, '/api/runs', { prompt: 'too long', allowed_tools: ['Bash(sleep *)'] })).json() as any
+  const queued = await (await post(one.base, '/api/runs', { prompt: 'after the restart' })).json() as any
+  t.ok(await eventually(() => pidsMatching('sleep 3607').length > 0, 15_000), 'the long run is in its sleep')
+  const follower = readSse(await fetch(`${one.base}/api/runs/${shortRun.id}/events`, { headers: auth }))
+
+  one.child.kill('SIGTERM')
+  await new Promise(resolve => setTimeout(resolve, 300))
+  const refused = await post(one.base, '/api/runs', { prompt: 'too late' })
+  t.equal(refused.status, 503)
+  t.equal((await refused.json() as any).code, 'shutting_down')
+  const health = await fetch(`${one.base}/health`)
+  t.equal(health.status, 503)
+  t.equal((await health.json() as any).status, 'shutting_down')
+
+  const { events } = await follower
+  t.equal(JSON.parse(events.at(-1)!.data).status, 'succeeded', 'the short run finished within the grace')
+  t.equal(await one.exited, 0)
+  t.same(pidsMatching('sleep 3607'), [], 'the long run was cancelled at the end of the grace, its tree gone')
+
+  const two = await startServer(t, env)
+  const long = await (await fetch(`${two.base}/api/runs/${longRun.id}`, { headers: auth })).json() as any
+  t.equal(long.status, 'cancelled')
+  t.match(long.result.error, /shutting down/)
+  const rest = (await readSse(await fetch(`${two.base}/api/runs/${queued.id}/events`, { headers: auth }))).events
+  t.equal(JSON.parse(rest.at(-1)!.data).status, 'succeeded', 'the queued run ran at the next start')
+  two.child.kill('SIGTERM')
+  await two.exited
 })
