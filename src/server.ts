@@ -26,7 +26,8 @@ try {
 const server = Fastify(serverOptions(listen.LOG_LEVEL))
 server.register(app, { env })
 
-closeWithGrace({ delay: 30_000 }, async ({ signal, err }) => {
+// Time for the drain (SHUTDOWN_GRACE_S) plus killing what is left; a second signal exits at once.
+closeWithGrace({ delay: (listen.SHUTDOWN_GRACE_S + 15) * 1000 }, async ({ signal, err }) => {
   if (err !== undefined) server.log.error({ err }, 'shutting down after an error')
   else server.log.info({ signal }, 'shutting down')
   await server.close()
