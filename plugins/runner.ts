@@ -14,7 +14,7 @@ declare module 'fastify' {
  * running run's process tree before the server lets go.
  */
 export default fp(async (fastify) => {
-  const store = new RunStore({ dataDir: fastify.config.dataDir })
+  const store = new RunStore({ dataDir: fastify.config.dataDir, onError: err => fastify.log.error({ err }, 'writing the event log failed; will retry') })
   const runner = new Runner(fastify.config, fastify.log.child({ component: 'runner' }), store)
   await runner.start()
   fastify.decorate('runner', runner)

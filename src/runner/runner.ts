@@ -244,7 +244,7 @@ export class Runner {
    */
   submit (spec: RunSpec, opts: SubmitOptions): RunHandle {
     if (this.closing) throw new ShuttingDown('the server is shutting down; retry in a moment')
-    this.scheduler.checkCapacity()
+    this.scheduler.checkCapacity(spec.sessionId)
     this.store.insertRun({
       id: spec.runId,
       sessionId: spec.sessionId,

@@ -37,9 +37,13 @@ export class Scheduler {
   /** Whether a session has a run going now. */
   isBusy (sessionId: string): boolean { return this.busy.has(sessionId) }
 
-  /** Throws `CapacityExceeded` (429) when the run could not start now and the queue is full. */
-  checkCapacity (): void {
-    const startsNow = !this.paused && this.running < this.maxConcurrent
+  /**
+   * Throws `CapacityExceeded` (429) when the run could not start now and the queue is full. A run
+   * whose session is busy cannot start now either, so it counts against the queue like any other.
+   */
+  checkCapacity (sessionId?: string): void {
+    // While a slot is free, every queued run of an idle session has started: `busy` is all there is to check.
+    const startsNow = !this.paused && this.running < this.maxConcurrent && (sessionId === undefined || !this.busy.has(sessionId))
     if (!startsNow && this.queue.length >= this.maxQueued) {
       const retryAfter = Math.min(300, Math.max(1, Math.ceil(this.avgRunMs / 1000 * (this.queue.length + 1) / this.maxConcurrent)))
       throw withProblem(new CapacityExceeded(`capacity full: ${this.running} runs running and ${this.queue.length} queued (MAX_CONCURRENT_RUNS=${this.maxConcurrent}, MAX_QUEUED_RUNS=${this.maxQueued}); retry later`), { retryAfter })
@@ -51,7 +55,7 @@ export class Scheduler {
    * (runs recovered after a restart were accepted already).
    */
   enter (sessionId: string, start: () => void, force = false): Ticket {
-    if (!force) this.checkCapacity()
+    if (!force) this.checkCapacity(sessionId)
     const entry: Entry = { sessionId, start, state: 'queued', startedAt: 0 }
     this.queue.push(entry)
     this.pump()

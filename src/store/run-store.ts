@@ -72,6 +72,8 @@ export interface RunStoreOptions {
   flushIntervalMs?: number
   /** ... or as soon as this many are waiting. */
   flushMaxEvents?: number
+  /** Called when a background flush fails (the events stay queued for the next one). */
+  onError?: (err: Error) => void
 }
 
 /**
@@ -99,7 +101,14 @@ export class RunStore {
     this.db.pragma('busy_timeout = 5000')
     this.migrate()
     this.flushMaxEvents = opts.flushMaxEvents ?? 1000
-    this.timer = setInterval(() => this.flush(), opts.flushIntervalMs ?? 25)
+    this.timer = setInterval(() => {
+      try {
+        this.flush()
+      } catch (err) {
+        // A full disk must not crash the server from a timer; the next flush tries again.
+        opts.onError?.(err as Error)
+      }
+    }, opts.flushIntervalMs ?? 25)
     this.timer.unref()
     const db = this.db
     this.stmts = {
@@ -109,7 +118,8 @@ export class RunStore {
       started: db.prepare('UPDATE runs SET status = \'running\', started_at = ?, marker = ?, spec = NULL, session_id = ? WHERE id = ?'),
       finished: db.prepare('UPDATE runs SET status = ?, ended_at = ?, result = ?, spec = NULL WHERE id = ?'),
       byStatus: db.prepare('SELECT rowid, * FROM runs WHERE status = ? ORDER BY rowid'),
-      event: db.prepare('INSERT INTO events (run_id, seq, type, data) VALUES (?, ?, ?, ?)'),
+      // OR IGNORE: a replayed append must never fail a whole batch (other runs' events with it).
+      event: db.prepare('INSERT OR IGNORE INTO events (run_id, seq, type, data) VALUES (?, ?, ?, ?)'),
       eventsAfter: db.prepare('SELECT seq, type, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?'),
       lastSeq: db.prepare('SELECT MAX(seq) AS seq FROM events WHERE run_id = ?'),
       deleteRun: db.prepare('DELETE FROM runs WHERE id = ?'),
@@ -205,7 +215,13 @@ export class RunStore {
     if (this.pending.length === 0) return
     const batch = this.pending
     this.pending = []
-    this.writeBatch(batch)
+    try {
+      this.writeBatch(batch)
+    } catch (err) {
+      // Keep them (in order, ahead of newer ones) for the next attempt.
+      this.pending = batch.concat(this.pending)
+      throw err
+    }
   }
 
   private readonly writeBatch = (batch: Array<{ runId: string, seq: number, type: string, data: string }>): void => {
