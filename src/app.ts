@@ -19,8 +19,10 @@ export interface AppOptions extends AuthPluginOptions {
 }
 
 /** Fastify options the app expects from whoever builds the instance (server or test). */
-export function serverOptions (logLevel: string): FastifyServerOptions {
+export function serverOptions (logLevel: string, trustProxy: boolean | string | number = false): FastifyServerOptions {
   return {
+    // Behind Nginx: believe X-Forwarded-For from the configured proxies, so logs show the client.
+    trustProxy,
     logger: {
       level: logLevel,
       redact: { paths: ['req.headers["x-api-key"]', 'req.headers.authorization', 'headers["x-api-key"]', 'headers.authorization'], censor: '[redacted]' }

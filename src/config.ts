@@ -14,6 +14,7 @@ export const ConfigSchema = Type.Object({
   ENABLE_AUTH: Type.Boolean({ default: true }),
   CLAUDE_API_KEY: Type.Optional(Type.String()),
   HOST: Type.String({ default: '0.0.0.0' }),
+  TRUST_PROXY: Type.String({ default: 'false' }),
   PORT: Type.Integer({ default: 8000, minimum: 0, maximum: 65535 }),
   CLAUDE_CODE_PATH: Type.Optional(Type.String()),
   DEFAULT_WORKING_DIR: Type.Optional(Type.String()),
@@ -51,6 +52,7 @@ export interface Settings {
   apiKey: string | undefined
   host: string
   port: number
+  trustProxy: boolean | string | number
   claudePath: string | undefined
   defaultWorkingDir: string
   allowedRoots: string[]
@@ -98,6 +100,18 @@ function realDir (path: string, what: string, cwd: string): string {
   }
 }
 
+/**
+ * `TRUST_PROXY` as Fastify takes it: `true`/`false`, a hop count, or a comma-separated list of
+ * addresses/CIDRs of the proxies whose `X-Forwarded-For` is believed.
+ */
+export function parseTrustProxy (value: string): boolean | string | number {
+  const v = value.trim()
+  if (v === '' || v === 'false') return false
+  if (v === 'true') return true
+  if (/^\d+$/.test(v)) return Number(v)
+  return v
+}
+
 /** Turns the validated environment into `Settings`, checking what a schema cannot. */
 export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string): Settings {
   const defaultWorkingDir = realDir(unlessEmpty(raw.DEFAULT_WORKING_DIR) ?? cwd, 'DEFAULT_WORKING_DIR', cwd)
@@ -120,6 +134,7 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     apiKey: unlessEmpty(raw.CLAUDE_API_KEY),
     host: raw.HOST,
     port: raw.PORT,
+    trustProxy: parseTrustProxy(raw.TRUST_PROXY),
     claudePath: unlessEmpty(raw.CLAUDE_CODE_PATH),
     defaultWorkingDir,
     allowedRoots,

@@ -4,7 +4,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { parseEnv } from 'node:util'
 import envSchema from 'env-schema'
 import app, { serverOptions } from './app.js'
-import { ConfigSchema, type Environment, type RawConfig } from './config.js'
+import { ConfigSchema, parseTrustProxy, type Environment, type RawConfig } from './config.js'
 
 /**
  * Entry point: read the environment (plus `.env` if present, the environment winning), build the
@@ -23,7 +23,7 @@ try {
   process.exit(1)
 }
 
-const server = Fastify(serverOptions(listen.LOG_LEVEL))
+const server = Fastify(serverOptions(listen.LOG_LEVEL, parseTrustProxy(listen.TRUST_PROXY)))
 server.register(app, { env })
 
 // Time for the drain (SHUTDOWN_GRACE_S) plus killing what is left; a second signal exits at once.
