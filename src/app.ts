@@ -22,7 +22,8 @@ export interface AppOptions extends AuthPluginOptions {
 export function serverOptions (logLevel: string, trustProxy: boolean | string | number = false): FastifyServerOptions {
   return {
     // Behind Nginx: believe X-Forwarded-For from the configured proxies, so logs show the client.
-    trustProxy,
+    // (A hop count is accepted at run time; Fastify's types leave numbers out.)
+    trustProxy: trustProxy as FastifyServerOptions['trustProxy'],
     logger: {
       level: logLevel,
       redact: { paths: ['req.headers["x-api-key"]', 'req.headers.authorization', 'headers["x-api-key"]', 'headers.authorization'], censor: '[redacted]' }
