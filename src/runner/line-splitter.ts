@@ -1,18 +1,24 @@
+import { JsonShrinker } from './json-shrinker.js'
+
 /**
  * Splits a byte stream into lines without ever holding more than `maxLineBytes` of one line.
  * Works on bytes, so a multi-byte character split across chunks is decoded whole. A line longer
- * than the cap is dropped (reported through `onOversize`) and reading resumes at the next newline.
+ * than the cap is, with `maxStringBytes` set, shrunk as JSON (strings over that cut, structure
+ * kept; `onLine` is told it was shrunk), else dropped (`onOversize`); reading resumes at the next
+ * newline either way.
  */
 export class LineSplitter {
   private parts: Buffer[] = []
   private size = 0
   private skipping = false
   private skipped = 0
+  private shrinker: JsonShrinker | undefined
 
   constructor (
     private readonly maxLineBytes: number,
-    private readonly onLine: (line: string) => void,
-    private readonly onOversize: (bytes: number) => void
+    private readonly onLine: (line: string, shrunk: boolean) => void,
+    private readonly onOversize: (bytes: number) => void,
+    private readonly maxStringBytes?: number
   ) {}
 
   push (chunk: Buffer): void {
@@ -36,11 +42,17 @@ export class LineSplitter {
     if (piece.length === 0) return
     if (this.skipping) {
       this.skipped += piece.length
+      this.shrinker?.push(piece)
       return
     }
     if (this.size + piece.length > this.maxLineBytes) {
       this.skipping = true
       this.skipped = this.size + piece.length
+      if (this.maxStringBytes !== undefined) {
+        this.shrinker = new JsonShrinker(this.maxStringBytes, this.maxLineBytes)
+        for (const p of this.parts) this.shrinker.push(p)
+        this.shrinker.push(piece)
+      }
       this.parts = []
       this.size = 0
       return
@@ -52,15 +64,18 @@ export class LineSplitter {
   private finishLine (): void {
     if (this.skipping) {
       const n = this.skipped
+      const shrunk = this.shrinker?.result() ?? null
       this.skipping = false
       this.skipped = 0
-      this.onOversize(n)
+      this.shrinker = undefined
+      if (shrunk !== null) this.onLine(shrunk, true)
+      else this.onOversize(n)
       return
     }
     const line = this.parts.length === 1 ? this.parts[0]!.toString('utf8') : Buffer.concat(this.parts, this.size).toString('utf8')
     this.parts = []
     this.size = 0
     const text = line.endsWith('\r') ? line.slice(0, -1) : line
-    if (text.length > 0) this.onLine(text)
+    if (text.length > 0) this.onLine(text, false)
   }
 }

@@ -30,6 +30,8 @@ export interface RunOutcome {
   stderrTail: string
   /** Lines dropped because they exceeded the line cap. */
   oversizeLines: number
+  /** The result line was over the line cap and had its strings cut. */
+  resultShrunk?: boolean
   startedAt: number
   endedAt: number
   maxOutputBytes: number
@@ -121,6 +123,6 @@ export function toExecuteResult (o: RunOutcome): ExecuteResult {
     duration_ms: r?.duration_ms ?? null,
     permission_denials: r?.permission_denials ?? [],
     structured_output: r?.structured_output ?? null,
-    truncated
+    truncated: truncated || o.resultShrunk === true
   }
 }

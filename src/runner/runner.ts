@@ -494,7 +494,7 @@ export class Runner {
     })
     this.log.debug({ run_id: spec.runId, pid: child.pid, args }, 'CLI started')
 
-    const splitter = new LineSplitter(this.settings.maxLineBytes, line => {
+    const splitter = new LineSplitter(this.settings.maxLineBytes, (line, shrunk) => {
       let msg: { type?: unknown, message?: { content?: unknown }, event?: { type?: unknown, delta?: { type?: unknown, text?: unknown } } }
       try {
         msg = JSON.parse(line)
@@ -506,6 +506,7 @@ export class Runner {
       handle.push('message', line)
       if (msg.type === 'result') {
         outcome.resultLine = msg as CliResultLine
+        if (shrunk) outcome.resultShrunk = true
       } else if (msg.type === 'stream_event' && msg.event?.type === 'content_block_delta' && msg.event.delta?.type === 'text_delta' && typeof msg.event.delta.text === 'string') {
         handle.push('text', { text: msg.event.delta.text })
       } else if (msg.type === 'assistant' && !spec.includePartialMessages && Array.isArray(msg.message?.content)) {
@@ -515,10 +516,11 @@ export class Runner {
           }
         }
       }
+      if (shrunk) this.log.warn({ run_id: spec.runId, type: msg.type, max: this.settings.maxLineBytes }, 'a CLI output line over MAX_LINE_BYTES was shrunk: its longest strings were cut')
     }, bytes => {
       outcome.oversizeLines++
       this.log.warn({ run_id: spec.runId, bytes, max: this.settings.maxLineBytes }, 'dropped a CLI output line over MAX_LINE_BYTES')
-    })
+    }, Math.min(this.settings.maxOutputBytes, Math.floor(this.settings.maxLineBytes / 2)))
 
     child.stdout?.on('data', (chunk: Buffer) => splitter.push(chunk))
     child.stderr?.on('data', (chunk: Buffer) => {

@@ -27,7 +27,9 @@ test('non-JSON lines, split lines and oversized lines do not break a run', async
   }))
   const texts = events.filter(e => e.event === 'text').map(e => JSON.parse(e.data).text)
   t.same(texts, ['héllo wörld ✓'], 'a line split inside a multi-byte character arrives whole')
-  t.notOk(events.some(e => e.data.includes('xxxxxxxx')), 'the oversized line was dropped')
+  const shrunk = events.filter(e => e.data.includes('"junk"')).map(e => JSON.parse(e.data))
+  t.equal(shrunk.length, 1, 'the oversized line arrives, shrunk to valid JSON')
+  t.equal(shrunk[0].junk.length, 32768, 'its long string cut to MAX_LINE_BYTES / 2')
   t.notOk(events.some(e => e.data === 'this is not json'), 'non-JSON lines are not forwarded as messages')
   const result = JSON.parse(events.at(-1)!.data)
   t.equal(result.output, 'survived the noise')
@@ -40,6 +42,16 @@ test('output over MAX_OUTPUT_BYTES is capped with truncated: true', async t => {
   t.equal(body.success, true)
   t.equal(body.truncated, true)
   t.equal(Buffer.byteLength(body.output), 100000)
+})
+
+test('a result line over MAX_LINE_BYTES is shrunk, not lost: the run succeeds with truncated output', async t => {
+  const { app } = await build(t, { env: { CLAUDE_CODE_PATH: FAKE, MAX_LINE_BYTES: '65536', MAX_OUTPUT_BYTES: '20000' } })
+  const body = (await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'flood 1' } })).json()
+  t.equal(body.success, true, body.error)
+  t.equal(body.truncated, true)
+  t.equal(Buffer.byteLength(body.output), 20000)
+  t.equal(body.num_turns, 1, 'the fields after the giant string survive')
+  t.equal(body.total_cost_usd, 0)
 })
 
 test('a CLI that ignores SIGTERM is killed after the grace period', async t => {
