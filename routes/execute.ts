@@ -57,7 +57,9 @@ const execute: FastifyPluginAsyncTypebox = async (fastify) => {
     reply.raw.on('close', () => {
       if (!reply.raw.writableFinished) handle.cancel('client disconnected')
     })
-    return await handle.result
+    await handle.result
+    // The result as already serialized for the run's log: a 10 MB output is not serialized twice.
+    return await reply.type('application/json; charset=utf-8').send(handle.resultJson)
   })
 
   fastify.post('/execute/stream', {

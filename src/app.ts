@@ -1,5 +1,5 @@
 import type { FastifyPluginAsync, FastifyServerOptions } from 'fastify'
-import type { Environment } from './config.js'
+import type { Environment, TrustProxy } from './config.js'
 import configPlugin from '../plugins/config.js'
 import problemPlugin from '../plugins/problem.js'
 import docsPlugin from '../plugins/docs.js'
@@ -19,11 +19,10 @@ export interface AppOptions extends AuthPluginOptions {
 }
 
 /** Fastify options the app expects from whoever builds the instance (server or test). */
-export function serverOptions (logLevel: string, trustProxy: boolean | string | number = false): FastifyServerOptions {
+export function serverOptions (logLevel: string, trustProxy: TrustProxy = false): FastifyServerOptions {
   return {
     // Behind Nginx: believe X-Forwarded-For from the configured proxies, so logs show the client.
-    // (A hop count is accepted at run time; Fastify's types leave numbers out.)
-    trustProxy: trustProxy as FastifyServerOptions['trustProxy'],
+    trustProxy,
     logger: {
       level: logLevel,
       redact: { paths: ['req.headers["x-api-key"]', 'req.headers.authorization', 'headers["x-api-key"]', 'headers.authorization'], censor: '[redacted]' }

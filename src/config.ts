@@ -52,7 +52,7 @@ export interface Settings {
   apiKey: string | undefined
   host: string
   port: number
-  trustProxy: boolean | string | number
+  trustProxy: TrustProxy
   claudePath: string | undefined
   defaultWorkingDir: string
   allowedRoots: string[]
@@ -100,15 +100,22 @@ function realDir (path: string, what: string, cwd: string): string {
   }
 }
 
+/** What Fastify's `trustProxy` takes. */
+export type TrustProxy = boolean | string | ((address: string, hop: number) => boolean)
+
 /**
- * `TRUST_PROXY` as Fastify takes it: `true`/`false`, a hop count, or a comma-separated list of
- * addresses/CIDRs of the proxies whose `X-Forwarded-For` is believed.
+ * `TRUST_PROXY` as Fastify takes it: `true`/`false`, a comma-separated list of addresses/CIDRs
+ * (or `loopback`, `uniquelocal`) of the proxies whose `X-Forwarded-For` is believed, or a hop
+ * count: Fastify ignores bare numbers, so `N` becomes "trust the nearest N hops".
  */
-export function parseTrustProxy (value: string): boolean | string | number {
+export function parseTrustProxy (value: string): TrustProxy {
   const v = value.trim()
   if (v === '' || v === 'false') return false
   if (v === 'true') return true
-  if (/^\d+$/.test(v)) return Number(v)
+  if (/^\d+$/.test(v)) {
+    const hops = Number(v)
+    return (_address: string, hop: number) => hop < hops
+  }
   return v
 }
 

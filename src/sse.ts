@@ -18,7 +18,14 @@ export class SseWriter {
 
   /** Send one event; its `data` is one line of JSON. */
   send (e: RunEvent): boolean {
-    return this.raw(`id: ${e.seq}\nevent: ${e.type}\ndata: ${e.data}\n\n`)
+    if (this.closed || this.res.writableEnded) return true
+    // Written in pieces under cork (one packet, no copy of a big `data` into a new frame string).
+    this.res.cork()
+    this.res.write(`id: ${e.seq}\nevent: ${e.type}\ndata: `)
+    this.res.write(e.data)
+    const ok = this.res.write('\n\n')
+    process.nextTick(() => this.res.uncork())
+    return ok
   }
 
   /** Resolves when the socket can take more, or is gone. */

@@ -1,3 +1,5 @@
+import { StringDecoder } from 'node:string_decoder'
+
 /**
  * Shrinks a JSON text read in chunks by cutting every string value (never a key) longer than `maxStringBytes`,
  * keeping the text valid JSON. Used for CLI output lines too long to hold whole (a 200 MB
@@ -5,7 +7,10 @@
  * character boundary, and memory stays bounded by `maxOutputBytes`.
  */
 export class JsonShrinker {
-  private readonly out: Buffer[] = []
+  // Decoded as it goes (a multi-byte character split across pieces is held back by the decoder),
+  // so the output exists once, as a string, rather than as buffers plus their concatenation.
+  private readonly decoder = new StringDecoder('utf8')
+  private readonly out: string[] = []
   private outBytes = 0
   private inString = false
   private escape = false
@@ -117,7 +122,7 @@ export class JsonShrinker {
   /** The shrunk text (null after an overflow). */
   result (): string | null {
     if (this.overflow) return null
-    return Buffer.concat(this.out, this.outBytes).toString('utf8')
+    return this.out.join('') + this.decoder.end()
   }
 
   private emit (piece: Buffer): void {
@@ -127,8 +132,7 @@ export class JsonShrinker {
       this.out.length = 0
       return
     }
-    // Copy: the chunk's memory must not be kept alive by a small slice of it.
-    this.out.push(Buffer.from(piece))
+    this.out.push(this.decoder.write(piece))
     this.outBytes += piece.length
   }
 }

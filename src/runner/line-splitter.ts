@@ -13,12 +13,17 @@ export class LineSplitter {
   private skipping = false
   private skipped = 0
   private shrinker: JsonShrinker | undefined
+  private preview: JsonShrinker | undefined
 
   constructor (
     private readonly maxLineBytes: number,
-    private readonly onLine: (line: string, shrunk: boolean) => void,
+    /** `preview`: for a shrunk line, the same line with strings cut to `previewStringBytes`. */
+    private readonly onLine: (line: string, shrunk: boolean, preview?: string) => void,
     private readonly onOversize: (bytes: number) => void,
-    private readonly maxStringBytes?: number
+    private readonly maxStringBytes?: number,
+    /** With `maxStringBytes`: lines longer than this are streamed through the shrinker rather than held whole. */
+    private readonly shrinkAboveBytes = maxLineBytes,
+    private readonly previewStringBytes?: number
   ) {}
 
   push (chunk: Buffer): void {
@@ -43,15 +48,21 @@ export class LineSplitter {
     if (this.skipping) {
       this.skipped += piece.length
       this.shrinker?.push(piece)
+      this.preview?.push(piece)
       return
     }
-    if (this.size + piece.length > this.maxLineBytes) {
+    const limit = this.maxStringBytes !== undefined ? Math.min(this.shrinkAboveBytes, this.maxLineBytes) : this.maxLineBytes
+    if (this.size + piece.length > limit) {
       this.skipping = true
       this.skipped = this.size + piece.length
       if (this.maxStringBytes !== undefined) {
-        this.shrinker = new JsonShrinker(this.maxStringBytes, this.maxLineBytes)
-        for (const p of this.parts) this.shrinker.push(p)
-        this.shrinker.push(piece)
+        // Room for one string at the cap plus the line's structure.
+        this.shrinker = new JsonShrinker(this.maxStringBytes, this.maxLineBytes + this.maxStringBytes)
+        if (this.previewStringBytes !== undefined) this.preview = new JsonShrinker(this.previewStringBytes, this.maxLineBytes)
+        for (const p of [...this.parts, piece]) {
+          this.shrinker.push(p)
+          this.preview?.push(p)
+        }
       }
       this.parts = []
       this.size = 0
@@ -65,10 +76,12 @@ export class LineSplitter {
     if (this.skipping) {
       const n = this.skipped
       const shrunk = this.shrinker?.result() ?? null
+      const preview = this.preview?.result() ?? undefined
       this.skipping = false
       this.skipped = 0
       this.shrinker = undefined
-      if (shrunk !== null) this.onLine(shrunk, true)
+      this.preview = undefined
+      if (shrunk !== null) this.onLine(shrunk, true, preview)
       else this.onOversize(n)
       return
     }

@@ -40,9 +40,8 @@ export interface RunOutcome {
 /** Cut a string to at most `maxBytes` of UTF-8 without splitting a character. */
 export function capUtf8 (s: string, maxBytes: number): { text: string, truncated: boolean } {
   // A UTF-16 unit is at most 3 bytes of UTF-8 (4 for a surrogate pair, which is 2 units).
-  if (s.length * 3 <= maxBytes) return { text: s, truncated: false }
+  if (s.length * 3 <= maxBytes || Buffer.byteLength(s) <= maxBytes) return { text: s, truncated: false }
   const buf = Buffer.from(s)
-  if (buf.length <= maxBytes) return { text: s, truncated: false }
   // Cut at a character boundary: back up while the first byte left out continues a character (10xxxxxx).
   let end = maxBytes
   while (end > 0 && (buf[end]! & 0xc0) === 0x80) end--

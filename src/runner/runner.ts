@@ -31,6 +31,8 @@ type EndReason = { by: 'timeout' } | { by: 'cancel', reason: string }
 
 const STDERR_TAIL_BYTES = 8 * 1024
 const REPLAY_PAGE = 500
+/** A replay page holds at most this much data, however big the events. */
+const REPLAY_PAGE_BYTES = 1024 * 1024
 
 /** How a run was asked for. */
 export interface SubmitOptions {
@@ -105,10 +107,15 @@ export class RunHandle extends EventEmitter<{ event: [RunEvent] }> {
     this.emit('event', event)
   }
 
+  /** The result as JSON, exactly as the `result` event carries it (set when the run ends). */
+  resultJson = ''
+
   /** @internal */
   finish (result: ExecuteResult, endedAt: number): void {
     this.status = result.status
-    this.push('result', result)
+    // Serialized once: the log, the stream and /api/execute all send this same text.
+    this.resultJson = JSON.stringify(result)
+    this.push('result', this.resultJson)
     this.store.markFinished(this.id, result, endedAt)
     this.resolveResult(result)
   }
@@ -286,18 +293,19 @@ export class Runner {
     for (;;) {
       // Catch up from the log, a page at a time.
       for (;;) {
-        const page = this.store.eventsAfter(runId, cursor, REPLAY_PAGE)
+        const page = this.store.eventsAfter(runId, cursor, REPLAY_PAGE, REPLAY_PAGE_BYTES)
         for (const e of page) {
           const { ok, done } = send(e as RunEvent)
           if (done) return true
           if (!ok) await drained()
           if (stopped()) return false
         }
-        if (page.length < REPLAY_PAGE) break
+        if (page.length === 0) break
       }
       // Then live. Reading what is left and attaching happen in one tick: nothing slips between.
       const handle = this.runs.get(runId)
       let congested = false
+      // (Little is left here: the pages above read up to the end of the log.)
       for (const e of this.store.eventsAfter(runId, cursor, Number.MAX_SAFE_INTEGER)) {
         const { ok, done } = send(e as RunEvent)
         if (done) return true
@@ -494,7 +502,7 @@ export class Runner {
     })
     this.log.debug({ run_id: spec.runId, pid: child.pid, args }, 'CLI started')
 
-    const splitter = new LineSplitter(this.settings.maxLineBytes, (line, shrunk) => {
+    const splitter = new LineSplitter(this.settings.maxLineBytes, (line, shrunk, preview) => {
       let msg: { type?: unknown, message?: { content?: unknown }, event?: { type?: unknown, delta?: { type?: unknown, text?: unknown } } }
       try {
         msg = JSON.parse(line)
@@ -503,7 +511,8 @@ export class Runner {
         return
       }
       if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) return
-      handle.push('message', line)
+      // An oversized line is forwarded with its strings cut short; the full (capped) output is in `result`.
+      handle.push('message', preview ?? line)
       if (msg.type === 'result') {
         outcome.resultLine = msg as CliResultLine
         if (shrunk) outcome.resultShrunk = true
@@ -520,7 +529,9 @@ export class Runner {
     }, bytes => {
       outcome.oversizeLines++
       this.log.warn({ run_id: spec.runId, bytes, max: this.settings.maxLineBytes }, 'dropped a CLI output line over MAX_LINE_BYTES')
-    }, Math.min(this.settings.maxOutputBytes, Math.floor(this.settings.maxLineBytes / 2)))
+      // Strings are cut to the output cap, and lines past 1 MiB are shrunk as they stream in,
+      // so a giant line never sits in memory whole.
+    }, this.settings.maxOutputBytes, 1024 * 1024, 64 * 1024)
 
     child.stdout?.on('data', (chunk: Buffer) => splitter.push(chunk))
     child.stderr?.on('data', (chunk: Buffer) => {

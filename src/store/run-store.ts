@@ -72,6 +72,8 @@ export interface RunStoreOptions {
   flushIntervalMs?: number
   /** ... or as soon as this many are waiting. */
   flushMaxEvents?: number
+  /** ... or as soon as they hold this many bytes (a chatty run's big lines stay bounded). */
+  flushMaxBytes?: number
   /** Called when a background flush fails (the events stay queued for the next one). */
   onError?: (err: Error) => void
 }
@@ -84,6 +86,8 @@ export interface RunStoreOptions {
 export class RunStore {
   private readonly db: Database.Database
   private pending: Array<{ runId: string, seq: number, type: string, data: string }> = []
+  private pendingBytes = 0
+  private readonly flushMaxBytes: number
   private readonly timer: NodeJS.Timeout
   private readonly flushMaxEvents: number
   private readonly stmts
@@ -101,6 +105,7 @@ export class RunStore {
     this.db.pragma('busy_timeout = 5000')
     this.migrate()
     this.flushMaxEvents = opts.flushMaxEvents ?? 1000
+    this.flushMaxBytes = opts.flushMaxBytes ?? 1024 * 1024
     this.timer = setInterval(() => {
       try {
         this.flush()
@@ -185,22 +190,34 @@ export class RunStore {
   /** Queue an event for the log; written with the next batch. */
   appendEvent (runId: string, seq: number, type: string, data: string): void {
     this.pending.push({ runId, seq, type, data })
-    if (this.pending.length >= this.flushMaxEvents) this.flush()
+    this.pendingBytes += data.length
+    if (this.pending.length >= this.flushMaxEvents || this.pendingBytes >= this.flushMaxBytes) this.flush()
   }
 
-  /** Events of a run with `seq > after`, at most `limit`, in order; unflushed ones included. */
-  eventsAfter (runId: string, after: number, limit: number): StoredEvent[] {
-    const stored = this.stmts.eventsAfter.all(runId, after, limit) as StoredEvent[]
-    if (stored.length >= limit) return stored
-    let last = stored.at(-1)?.seq ?? after
+  /**
+   * Events of a run with `seq > after`, in order, unflushed ones included: at most `limit`, and
+   * no more than `maxBytes` of data (but always at least one event), so a page of big events
+   * stays small.
+   */
+  eventsAfter (runId: string, after: number, limit: number, maxBytes = Number.POSITIVE_INFINITY): StoredEvent[] {
+    const out: StoredEvent[] = []
+    let bytes = 0
+    const full = (): boolean => out.length >= limit || (out.length > 0 && bytes >= maxBytes)
+    for (const e of this.stmts.eventsAfter.iterate(runId, after, limit) as IterableIterator<StoredEvent>) {
+      out.push(e)
+      bytes += e.data.length
+      if (full()) return out
+    }
+    let last = out.at(-1)?.seq ?? after
     for (const e of this.pending) {
-      if (stored.length >= limit) break
+      if (full()) break
       if (e.runId === runId && e.seq > last) {
-        stored.push({ seq: e.seq, type: e.type, data: e.data })
+        out.push({ seq: e.seq, type: e.type, data: e.data })
+        bytes += e.data.length
         last = e.seq
       }
     }
-    return stored
+    return out
   }
 
   /** The highest event seq of a run (0 when none). */
@@ -215,11 +232,13 @@ export class RunStore {
     if (this.pending.length === 0) return
     const batch = this.pending
     this.pending = []
+    this.pendingBytes = 0
     try {
       this.writeBatch(batch)
     } catch (err) {
       // Keep them (in order, ahead of newer ones) for the next attempt.
       this.pending = batch.concat(this.pending)
+      for (const e of batch) this.pendingBytes += e.data.length
       throw err
     }
   }

@@ -1,0 +1,386 @@
+/**
+ * The benchmark suite: the server against the bare CLI, every figure a ratio (or an absolute
+ * bound) measured in the same run. `npm run bench` is the full suite (a few minutes);
+ * `npm run bench:quick` is the CI smoke test (under a minute), which fails only on gross
+ * regressions. Writes bench/results/latest.json and latest.md and prints the table.
+ */
+import autocannon from 'autocannon'
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { cpus, totalmem } from 'node:os'
+import { join } from 'node:path'
+import { randomUUID } from 'node:crypto'
+import { spawn } from 'node:child_process'
+import { defaultCliPath } from '../src/runner/runner.js'
+import { startFakeModel, type FakeModel } from '../test/fixtures/fake-model.js'
+import {
+  cliArgs, cliEnv, execute, FAKE_CLI, headers, median, quantile, readSse, ROOT, round,
+  runCli, startBare, startServer, tempDir, type Proc
+} from './lib.js'
+
+const quick = process.argv.includes('--quick')
+const only = process.argv.find(a => a.startsWith('--only='))?.slice(7).split(',').map(Number)
+
+interface Row {
+  row: number
+  what: string
+  compared_with: string
+  measured: string
+  baseline: string
+  figure: number | null
+  unit: string
+  budget: string
+  pass: boolean
+  /** For bench:quick: fails only when this is false. */
+  smoke_pass: boolean
+  details: Record<string, unknown>
+}
+
+const rows: Row[] = []
+const log = (s: string): void => { process.stderr.write(s + '\n') }
+
+let model: FakeModel
+const { dir: work, cleanup } = tempDir()
+
+/** The server, configured for the real CLI against the fake model, or for the fake CLI. */
+async function server (extra: Record<string, string> = {}, fakeCli = false): Promise<Proc> {
+  const home = join(work, `home-${randomUUID()}`)
+  mkdirSync(home, { recursive: true })
+  return await startServer({
+    ...cliEnv(home, model.url),
+    DEFAULT_WORKING_DIR: work,
+    DATA_DIR: join(home, 'data'),
+    ...(fakeCli ? { CLAUDE_CODE_PATH: FAKE_CLI } : {}),
+    ...extra
+  })
+}
+
+async function row1 (): Promise<void> {
+  const n = quick ? 5 : 20
+  log(`row 1: ${n} sequential trivial runs, server vs bare CLI`)
+  const srv = await server()
+  const env = cliEnv(join(work, 'home-direct'), model.url)
+  const cli = defaultCliPath()
+  const direct: number[] = []
+  const viaServer: number[] = []
+  try {
+    await runCli(cli, cliArgs(randomUUID()), env, work, 'say hi')
+    await execute(srv.url, { prompt: 'say hi' })
+    for (let i = 0; i < n; i++) {
+      let t0 = performance.now()
+      await runCli(cli, cliArgs(randomUUID()), env, work, 'say hi')
+      direct.push(performance.now() - t0)
+      t0 = performance.now()
+      const r = await execute(srv.url, { prompt: 'say hi' })
+      viaServer.push(performance.now() - t0)
+      if (r.success !== true) throw new Error('run failed: ' + JSON.stringify(r))
+    }
+  } finally {
+    await srv.stop()
+  }
+  const ratio = median(viaServer) / median(direct)
+  rows.push({
+    row: 1,
+    what: `trivial run through POST /api/execute, ${n} sequential, median`,
+    compared_with: 'the same CLI spawned directly with the same flags',
+    measured: `${round(median(viaServer), 0)} ms`,
+    baseline: `${round(median(direct), 0)} ms`,
+    figure: round(ratio, 3),
+    unit: '×',
+    budget: '≤ 1.03×',
+    pass: ratio <= 1.03,
+    smoke_pass: ratio <= 1.5,
+    details: { server_ms: viaServer.map(x => round(x, 1)), direct_ms: direct.map(x => round(x, 1)) }
+  })
+}
+
+async function row2 (): Promise<void> {
+  const lines = quick ? 300 : 1000
+  const gap = 2
+  log(`row 2: SSE delay over ${lines} lines`)
+  const prompt = `ticks ${lines} ${gap}`
+  const delayOf = (line: string): number | null => {
+    try {
+      const o = JSON.parse(line) as { t?: string }
+      return o.t === undefined ? null : Number(process.hrtime.bigint() - BigInt(o.t)) / 1e6
+    } catch {
+      return null
+    }
+  }
+  // Direct: read the CLI's stdout ourselves.
+  const direct: number[] = []
+  await new Promise<void>((resolve, reject) => {
+    const child = spawn(FAKE_CLI, ['-p', '--output-format=stream-json', '--verbose'], { stdio: ['pipe', 'pipe', 'ignore'] })
+    let buf = ''
+    child.stdout.on('data', (c: Buffer) => {
+      buf += c.toString()
+      let nl
+      while ((nl = buf.indexOf('\n')) !== -1) {
+        const d = delayOf(buf.slice(0, nl))
+        if (d !== null) direct.push(d)
+        buf = buf.slice(nl + 1)
+      }
+    })
+    child.on('exit', () => resolve())
+    child.on('error', reject)
+    child.stdin.end(prompt)
+  })
+  // Through the server: an SSE client on /api/execute/stream.
+  const srv = await server({}, true)
+  const viaServer: number[] = []
+  try {
+    const res = await fetch(`${srv.url}/api/execute/stream`, { method: 'POST', headers, body: JSON.stringify({ prompt }) })
+    await readSse(res, e => {
+      if (e.event !== 'message') return
+      const d = delayOf(e.data)
+      if (d !== null) viaServer.push(d)
+    })
+  } finally {
+    await srv.stop()
+  }
+  const added = quantile(viaServer, 0.99) - quantile(direct, 0.99)
+  rows.push({
+    row: 2,
+    what: `delay from the CLI printing a line to an SSE client receiving it, ${viaServer.length} lines`,
+    compared_with: 'reading the CLI\'s stdout directly',
+    measured: `p50 ${round(quantile(viaServer, 0.5))} ms, p99 ${round(quantile(viaServer, 0.99))} ms`,
+    baseline: `p50 ${round(quantile(direct, 0.5))} ms, p99 ${round(quantile(direct, 0.99))} ms`,
+    figure: round(added),
+    unit: 'ms added at p99',
+    budget: '≤ 2 ms added at p99',
+    pass: added <= 2 && viaServer.length === lines,
+    smoke_pass: added <= 20 && viaServer.length === lines,
+    details: { lines_received: viaServer.length, lines_direct: direct.length }
+  })
+}
+
+async function row3 (): Promise<void> {
+  const n = quick ? 4 : 16
+  const reps = quick ? 1 : 3
+  log(`row 3: ${n} concurrent runs × ${reps}`)
+  const srv = await server({ MAX_CONCURRENT_RUNS: String(n), MAX_QUEUED_RUNS: String(n) })
+  const env = cliEnv(join(work, 'home-direct'), model.url)
+  const cli = defaultCliPath()
+  const direct: number[] = []
+  const viaServer: number[] = []
+  let errors = 0
+  try {
+    for (let r = 0; r < reps; r++) {
+      let t0 = performance.now()
+      await Promise.all(Array.from({ length: n }, async () => await runCli(cli, cliArgs(randomUUID()), env, work, 'say hi')))
+      direct.push(performance.now() - t0)
+      t0 = performance.now()
+      const results = await Promise.all(Array.from({ length: n }, async () => await execute(srv.url, { prompt: 'say hi' })))
+      viaServer.push(performance.now() - t0)
+      errors += results.filter(x => x.success !== true).length
+    }
+  } finally {
+    await srv.stop()
+  }
+  const ratio = median(viaServer) / median(direct)
+  rows.push({
+    row: 3,
+    what: `${n} concurrent runs, total wall time (median of ${reps}), errors`,
+    compared_with: `${n} CLIs spawned directly at once`,
+    measured: `${round(median(viaServer), 0)} ms, ${errors} errors`,
+    baseline: `${round(median(direct), 0)} ms`,
+    figure: round(ratio, 3),
+    unit: '×',
+    budget: '≤ 1.05×, 0 errors',
+    pass: ratio <= 1.05 && errors === 0,
+    smoke_pass: ratio <= 1.5 && errors === 0,
+    details: { server_ms: viaServer.map(x => round(x, 0)), direct_ms: direct.map(x => round(x, 0)), errors }
+  })
+}
+
+async function row4 (): Promise<void> {
+  const duration = quick ? 3 : 10
+  log(`row 4: GET /health for ${duration} s each, server vs bare Fastify`)
+  const load = async (url: string): Promise<autocannon.Result> =>
+    await autocannon({ url: `${url}/health`, connections: 10, duration, pipelining: 1 })
+  const srv = await server()
+  const bare = await startBare()
+  let ours: autocannon.Result
+  let base: autocannon.Result
+  try {
+    await autocannon({ url: `${srv.url}/health`, connections: 10, duration: 1 })
+    await autocannon({ url: `${bare.url}/health`, connections: 10, duration: 1 })
+    base = await load(bare.url)
+    ours = await load(srv.url)
+  } finally {
+    await srv.stop()
+    await bare.stop()
+  }
+  const ratio = ours.requests.average / base.requests.average
+  rows.push({
+    row: 4,
+    what: 'GET /health requests/s and p99 latency (autocannon, 10 connections)',
+    compared_with: 'a bare Fastify route in the same process shape',
+    measured: `${round(ours.requests.average, 0)} req/s, p99 ${ours.latency.p99} ms`,
+    baseline: `${round(base.requests.average, 0)} req/s, p99 ${base.latency.p99} ms`,
+    figure: round(ratio, 3),
+    unit: '× throughput',
+    budget: '≥ 0.8×',
+    pass: ratio >= 0.8 && ours.non2xx === 0 && ours.errors === 0,
+    smoke_pass: ratio >= 0.4 && ours.errors === 0,
+    details: { errors: ours.errors, non2xx: ours.non2xx }
+  })
+}
+
+async function row5 (): Promise<void> {
+  const listeners = quick ? 200 : 1000
+  log(`row 5: ${listeners} listeners on one run`)
+  const srv = await server()
+  const pieces = Array.from({ length: 30 }, (_, i) => `piece ${i}`)
+  model.on('for the crowd', [{ text: pieces, gapMs: 100 }])
+  let allGotAll = false
+  let events = 0
+  let rssPeak = 0
+  try {
+    const run = await (await fetch(`${srv.url}/api/runs`, { method: 'POST', headers, body: JSON.stringify({ prompt: 'for the crowd' }) })).json() as { id: string }
+    const seen = await Promise.all(Array.from({ length: listeners }, async () => {
+      const ids: number[] = []
+      const res = await fetch(`${srv.url}/api/runs/${run.id}/events`, { headers })
+      await readSse(res, e => ids.push(e.id))
+      return ids
+    }))
+    rssPeak = srv.rss().peak
+    const replay: number[] = []
+    await readSse(await fetch(`${srv.url}/api/runs/${run.id}/events`, { headers }), e => replay.push(e.id))
+    events = replay.length
+    allGotAll = seen.every(ids => ids.length === replay.length && ids.every((id, i) => id === replay[i]))
+  } finally {
+    await srv.stop()
+  }
+  rows.push({
+    row: 5,
+    what: `${listeners} concurrent listeners on one run's /api/runs/{id}/events`,
+    compared_with: '—',
+    measured: `${allGotAll ? 'all' : 'NOT all'} received all ${events} events; server peak RSS ${round(rssPeak, 0)} MB`,
+    baseline: '—',
+    figure: round(rssPeak, 0),
+    unit: 'MB peak RSS',
+    budget: 'all receive every event; RSS reported',
+    pass: allGotAll,
+    smoke_pass: allGotAll,
+    details: { listeners, events }
+  })
+}
+
+async function row6 (): Promise<void> {
+  const mb = quick ? 20 : 200
+  log(`row 6: ${mb} MB of output through /api/execute/stream and /api/execute`)
+  const maxOutput = 10 * 1024 * 1024
+  const srv = await server({ MAX_OUTPUT_BYTES: String(maxOutput) }, true)
+  let streamed = 0
+  let result: any
+  let streamResultOk = false
+  let rss = { now: 0, peak: 0 }
+  try {
+    const res = await fetch(`${srv.url}/api/execute/stream`, { method: 'POST', headers, body: JSON.stringify({ prompt: `flood ${mb}` }) })
+    streamed = await readSse(res, e => {
+      if (e.event === 'result') streamResultOk = (JSON.parse(e.data) as { success: boolean }).success
+    })
+    result = await execute(srv.url, { prompt: `flood ${mb}` })
+    rss = srv.rss()
+  } finally {
+    await srv.stop()
+  }
+  const capped = Buffer.byteLength(result.output as string) === maxOutput && result.truncated === true
+  rows.push({
+    row: 6,
+    what: `one run printing ${mb} MB (fake CLI) through /api/execute/stream, then /api/execute`,
+    compared_with: '—',
+    measured: `streamed ${round(streamed / 1e6, 0)} MB; /api/execute output ${round(Buffer.byteLength(result.output as string) / 1048576, 1)} MiB, truncated ${String(result.truncated)}; server peak RSS ${round(rss.peak, 0)} MB`,
+    baseline: '—',
+    figure: round(rss.peak, 0),
+    unit: 'MB peak RSS',
+    budget: 'RSS < 150 MB; output capped at MAX_OUTPUT_BYTES with truncated',
+    pass: rss.peak < 150 && capped && streamResultOk && result.success === true,
+    smoke_pass: rss.peak < 300 && capped && streamResultOk,
+    details: { streamed_bytes: streamed, output_bytes: Buffer.byteLength(result.output as string), success: result.success }
+  })
+}
+
+async function row7 (): Promise<void> {
+  const lines = quick ? 20_000 : 100_000
+  log(`row 7: event log, ${lines} lines; replay of a 10,000-event run`)
+  const srv = await server({}, true)
+  const waitEnd = async (id: string): Promise<any> => {
+    for (;;) {
+      const v = await (await fetch(`${srv.url}/api/runs/${id}`, { headers })).json() as { result: unknown }
+      if (v.result !== null) return v
+      await new Promise(resolve => setTimeout(resolve, 20))
+    }
+  }
+  let rate = 0
+  let replayMs = 0
+  let replayEvents = 0
+  try {
+    const chatty = await (await fetch(`${srv.url}/api/runs`, { method: 'POST', headers, body: JSON.stringify({ prompt: `chatty ${lines}` }) })).json() as { id: string }
+    const v = await waitEnd(chatty.id)
+    const ms = new Date(v.ended_at).getTime() - new Date(v.started_at).getTime()
+    // Every CLI line is a `message` event and a `text` event.
+    rate = (lines * 2) / (ms / 1000)
+    const small = await (await fetch(`${srv.url}/api/runs`, { method: 'POST', headers, body: JSON.stringify({ prompt: 'chatty 4998' }) })).json() as { id: string }
+    await waitEnd(small.id)
+    const t0 = performance.now()
+    await readSse(await fetch(`${srv.url}/api/runs/${small.id}/events`, { headers }), () => { replayEvents++ })
+    replayMs = performance.now() - t0
+  } finally {
+    await srv.stop()
+  }
+  rows.push({
+    row: 7,
+    what: `event-log writes for one chatty run (${lines * 2} events); replay of a ${replayEvents}-event run over SSE`,
+    compared_with: '—',
+    measured: `${round(rate, 0)} events/s; replay ${round(replayMs, 0)} ms`,
+    baseline: '—',
+    figure: round(replayMs, 0),
+    unit: 'ms replay',
+    budget: 'reported; replay < 1 s',
+    pass: replayMs < 1000 && replayEvents === 10_000,
+    smoke_pass: replayMs < 5000 && replayEvents === 10_000,
+    details: { events_per_s: round(rate, 0), replay_events: replayEvents }
+  })
+}
+
+const all: Array<[number, () => Promise<void>]> = [[1, row1], [2, row2], [3, row3], [4, row4], [5, row5], [6, row6], [7, row7]]
+const started = Date.now()
+model = await startFakeModel()
+try {
+  for (const [n, fn] of all) {
+    if (only !== undefined && !only.includes(n)) continue
+    try {
+      await fn()
+    } catch (err) {
+      rows.push({ row: n, what: `row ${n}`, compared_with: '', measured: `ERROR: ${(err as Error).message.split('\n')[0]}`, baseline: '', figure: null, unit: '', budget: '', pass: false, smoke_pass: false, details: {} })
+    }
+  }
+} finally {
+  await model.close()
+  cleanup()
+}
+
+const machine = { cpus: cpus().length, cpu_model: cpus()[0]?.model ?? 'unknown', memory_gb: round(totalmem() / 2 ** 30, 1), node: process.version, platform: `${process.platform}-${process.arch}` }
+const report = { date: new Date().toISOString(), mode: quick ? 'quick' : 'full', seconds: round((Date.now() - started) / 1000, 0), machine, rows }
+const md = [
+  `# Benchmarks (${report.mode}, ${report.date})`,
+  '',
+  `Machine: ${machine.cpus} CPUs (${machine.cpu_model}), ${machine.memory_gb} GiB, Node ${machine.node}, ${machine.platform}. Took ${report.seconds} s.`,
+  '',
+  '| # | what | compared with | measured | baseline | figure | budget | ok |',
+  '|---|---|---|---|---|---|---|---|',
+  ...rows.map(r => `| ${r.row} | ${r.what} | ${r.compared_with} | ${r.measured} | ${r.baseline} | ${r.figure ?? '—'} ${r.unit} | ${r.budget} | ${r.pass ? 'yes' : 'NO'} |`),
+  ''
+].join('\n')
+const dir = join(ROOT, 'bench', 'results')
+mkdirSync(dir, { recursive: true })
+const name = quick ? 'quick' : 'latest'
+writeFileSync(join(dir, `${name}.json`), JSON.stringify(report, null, 2) + '\n')
+writeFileSync(join(dir, `${name}.md`), md)
+process.stdout.write(md + '\n')
+const failed = rows.filter(r => quick ? !r.smoke_pass : !r.pass)
+if (failed.length > 0) {
+  process.stdout.write(`${quick ? 'smoke' : 'budget'} failures: rows ${failed.map(r => r.row).join(', ')}\n`)
+  process.exitCode = 1
+}
