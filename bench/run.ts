@@ -38,7 +38,7 @@ interface Row {
 const rows: Row[] = []
 const log = (s: string): void => { process.stderr.write(s + '\n') }
 
-let model: FakeModel
+const model: FakeModel = await startFakeModel()
 const { dir: work, cleanup } = tempDir()
 
 /** The server, configured for the real CLI against the fake model, or for the fake CLI. */
@@ -346,7 +346,6 @@ async function row7 (): Promise<void> {
 
 const all: Array<[number, () => Promise<void>]> = [[1, row1], [2, row2], [3, row3], [4, row4], [5, row5], [6, row6], [7, row7]]
 const started = Date.now()
-model = await startFakeModel()
 try {
   for (const [n, fn] of all) {
     if (only !== undefined && !only.includes(n)) continue

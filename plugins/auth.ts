@@ -1,11 +1,26 @@
 import fp from 'fastify-plugin'
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
+import rateLimit from '@fastify/rate-limit'
+import { randomBytes } from 'node:crypto'
+import { allows, KeyRing, readKeyFile, sha256Hex, toApiKey, type ApiKey, type Scope } from '../src/auth/keys.js'
+import { InsufficientScope, RateLimited, withProblem } from '../src/errors.js'
 import { sendProblem } from './problem.js'
 
 declare module 'fastify' {
   interface FastifyRequest {
-    /** The name of the API key the request presented (null with auth off). Recorded with its runs. */
+    /** The key the request presented (null with auth off: then everything is allowed). */
+    apiKey: ApiKey | null
+    /** Its name, recorded with the runs it starts (null with auth off). */
     apiKeyName: string | null
+  }
+  interface FastifyContextConfig {
+    /** The scope a route needs. */
+    scope?: Scope
+  }
+  interface FastifyInstance {
+    /** Whether the request may see everything (admin key, or auth off). */
+    isAdmin: (request: FastifyRequest) => boolean
+    /** The accepted keys (undefined with auth off). */
+    keyRing: KeyRing | undefined
   }
 }
 
@@ -14,10 +29,8 @@ export interface AuthPluginOptions {
   announce?: (text: string) => void
 }
 
-const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
-
 /** The key a request presents: `X-API-Key`, else `Authorization: Bearer`. */
-function presentedKey (headers: Record<string, string | string[] | undefined>): string | undefined {
+export function presentedKey (headers: Record<string, string | string[] | undefined>): string | undefined {
   const x = headers['x-api-key']
   if (typeof x === 'string' && x.length > 0) return x
   const auth = headers.authorization
@@ -29,36 +42,68 @@ function presentedKey (headers: Record<string, string | string[] | undefined>): 
 }
 
 /**
- * Requires an API key on `/api/*` when `ENABLE_AUTH` is on. Keys are compared as SHA-256
- * digests with `timingSafeEqual`, so neither content nor length leaks through timing. With auth
- * on and no key configured, a random key is generated and printed once.
+ * Requires an API key on `/api/*` when `ENABLE_AUTH` is on. Keys are named, with scopes and
+ * limits, in `API_KEYS_FILE` (hashed); `CLAUDE_API_KEY` is one more key, `default`, with every
+ * scope. With neither, a random key is generated and printed once. Each route names the scope it
+ * needs; each key's requests are rate limited by its `rate_limit_per_min`.
  */
 export default fp<AuthPluginOptions>(async (fastify, opts) => {
-  const { enableAuth, apiKey } = fastify.config
+  const { enableAuth, apiKey, apiKeysFile } = fastify.config
+  fastify.decorateRequest('apiKey', null)
   fastify.decorateRequest('apiKeyName', null)
+  fastify.decorate('isAdmin', (request) => !enableAuth || (request.apiKey !== null && allows(request.apiKey, 'admin')))
+  fastify.decorate('keyRing', undefined)
   if (!enableAuth) {
     fastify.log.warn('ENABLE_AUTH=false: /api/* is open to anyone who can reach this port')
     return
   }
-  let key = apiKey
-  if (key === undefined) {
-    key = randomBytes(24).toString('base64url')
+
+  const keys = apiKeysFile !== undefined ? readKeyFile(apiKeysFile).keys.map(toApiKey) : []
+  let single = apiKey
+  if (single === undefined && keys.length === 0) {
+    single = randomBytes(24).toString('base64url')
     const announce = opts.announce ?? ((text: string) => process.stdout.write(text))
-    announce(`No CLAUDE_API_KEY set: generated an API key for this run of the server:\n\n  ${key}\n\n` +
+    announce(`No CLAUDE_API_KEY set: generated an API key for this run of the server:\n\n  ${single}\n\n` +
       'Clients send it as "X-API-Key: <key>" or "Authorization: Bearer <key>". It changes at every start;\n' +
-      'set CLAUDE_API_KEY in the environment (or .env) for a stable key.\n')
+      'set CLAUDE_API_KEY in the environment (or .env) for a stable key, or name keys in API_KEYS_FILE.\n')
   }
-  const expected = digest(key)
+  if (single !== undefined) {
+    if (keys.some(k => k.name === 'default')) fastify.log.warn('CLAUDE_API_KEY and an API_KEYS_FILE key are both named "default"')
+    keys.push(toApiKey({ name: 'default', key_sha256: sha256Hex(single), scopes: ['admin'] }))
+  }
+  const ring = new KeyRing(keys)
+  fastify.keyRing = ring
+  fastify.log.info({ keys: keys.map(k => k.name) }, 'API keys loaded')
 
   fastify.addHook('onRequest', async (request, reply) => {
     if (!request.url.startsWith('/api/')) return
     const presented = presentedKey(request.headers)
-    if (presented !== undefined && timingSafeEqual(digest(presented), expected)) {
-      request.apiKeyName = 'default'
-      return
+    const key = presented === undefined ? undefined : ring.match(presented)
+    if (key === undefined) {
+      reply.header('www-authenticate', 'Bearer realm="claude-code-api", ApiKey realm="claude-code-api", header="X-API-Key"')
+      return sendProblem(request, reply, 401, 'unauthorized',
+        presented === undefined ? 'Missing API key: send it as X-API-Key or Authorization: Bearer' : 'Invalid API key')
     }
-    reply.header('www-authenticate', 'Bearer realm="claude-code-api", ApiKey realm="claude-code-api", header="X-API-Key"')
-    return sendProblem(request, reply, 401, 'unauthorized',
-      presented === undefined ? 'Missing API key: send it as X-API-Key or Authorization: Bearer' : 'Invalid API key')
+    request.apiKey = key
+    request.apiKeyName = key.name
+    request.log = request.log.child({ key_name: key.name })
+    const scope = request.routeOptions.config.scope
+    if (scope !== undefined && !allows(key, scope)) {
+      throw new InsufficientScope(`the key ${key.name} lacks the scope ${scope} (it has: ${[...key.scopes].join(', ')})`)
+    }
+  })
+
+  // Per key, by name: a key without `rate_limit_per_min` is not limited.
+  await fastify.register(rateLimit, {
+    global: true,
+    hook: 'onRequest',
+    timeWindow: 60_000,
+    allowList: (request) => request.apiKey?.rateLimitPerMin === undefined,
+    keyGenerator: (request) => request.apiKey?.name ?? request.ip,
+    max: (request) => request.apiKey?.rateLimitPerMin ?? 1,
+    errorResponseBuilder: (request, context) => withProblem(
+      new RateLimited(`the key ${request.apiKey?.name ?? ''} is limited to ${context.max} requests a minute; retry in ${Math.ceil(context.ttl / 1000)} s`),
+      { retryAfter: Math.max(1, Math.ceil(context.ttl / 1000)) }
+    )
   })
 }, { name: 'auth', dependencies: ['config', 'problem'] })

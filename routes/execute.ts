@@ -37,6 +37,7 @@ const execute: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.post('/execute', {
     bodyLimit: config.maxBodyBytes,
+    config: { scope: 'runs:write' },
     schema: {
       tags: ['execute'],
       summary: 'Run Claude Code to completion',
@@ -52,8 +53,9 @@ const execute: FastifyPluginAsyncTypebox = async (fastify) => {
         problem: { errors: [{ path: '/stream', message: 'must be false here; use /api/execute/stream' }] }
       })
     }
+    fastify.checkAdmission(request, request.body)
     const spec = await runner.prepare(request.body)
-    const handle = runner.submit(spec, { request: request.body, keyName: request.apiKeyName, cancelOnDisconnect: true })
+    const handle = runner.submit(spec, { request: request.body, keyName: request.apiKeyName, cancelOnDisconnect: true, requestId: request.id })
     reply.raw.on('close', () => {
       if (!reply.raw.writableFinished) handle.cancel('client disconnected')
     })
@@ -64,6 +66,7 @@ const execute: FastifyPluginAsyncTypebox = async (fastify) => {
 
   fastify.post('/execute/stream', {
     bodyLimit: config.maxBodyBytes,
+    config: { scope: 'runs:write' },
     schema: {
       tags: ['execute'],
       summary: 'Run Claude Code, streamed as Server-Sent Events',
@@ -80,9 +83,10 @@ const execute: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     }
   }, async (request, reply) => {
+    fastify.checkAdmission(request, request.body)
     const spec = await runner.prepare(request.body)
     // Throws 429/503 here, before anything is streamed: those stay ordinary problem responses.
-    const handle = runner.submit(spec, { request: request.body, keyName: request.apiKeyName, cancelOnDisconnect: true })
+    const handle = runner.submit(spec, { request: request.body, keyName: request.apiKeyName, cancelOnDisconnect: true, requestId: request.id })
     await reply.streamRun(handle.id, 0, { onClientGone: () => handle.cancel('client disconnected') })
   })
 }

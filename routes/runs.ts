@@ -1,3 +1,4 @@
+import type { FastifyRequest } from 'fastify'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import { InvalidRequest, RunNotFound, withProblem } from '../src/errors.js'
@@ -26,7 +27,13 @@ function view (r: RunRecord, runner: Runner): Run {
     ended_at: iso(r.endedAt),
     request: r.request,
     result: r.result,
-    events_url: `/api/runs/${r.id}/events`
+    events_url: `/api/runs/${r.id}/events`,
+    webhook: typeof r.request.webhook_url === 'string'
+      ? {
+          url: r.request.webhook_url,
+          deliveries: runner.store.deliveries(r.id).map(d => ({ attempt: d.attempt, attempted_at: iso(d.attemptedAt)!, status_code: d.statusCode, error: d.error, duration_ms: d.durationMs }))
+        }
+      : null
   }
 }
 
@@ -41,14 +48,16 @@ cancel it.`
 const runs: FastifyPluginAsyncTypebox = async (fastify) => {
   const { config, runner } = fastify
   const store = runner.store
-  const find = (id: string): RunRecord => {
+  /** A run the request may see: a key sees only its own runs, unless it is an admin key. */
+  const find = (request: FastifyRequest, id: string): RunRecord => {
     const r = store.getRun(id)
-    if (r === undefined) throw new RunNotFound(`no run ${id}`)
+    if (r === undefined || (!fastify.isAdmin(request) && r.keyName !== request.apiKeyName)) throw new RunNotFound(`no run ${id}`)
     return r
   }
 
   fastify.post('/runs', {
     bodyLimit: config.maxBodyBytes,
+    config: { scope: 'runs:write' },
     schema: {
       tags: ['runs'],
       summary: 'Start a run',
@@ -73,12 +82,14 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
         problem: { errors: [{ path: '/stream', message: 'must be false; follow events_url instead' }] }
       })
     }
+    fastify.checkAdmission(request, request.body)
     const spec = await runner.prepare(request.body)
-    const handle = runner.submit(spec, { request: request.body, keyName: request.apiKeyName, cancelOnDisconnect: false })
-    return await reply.code(202).header('location', `/api/runs/${handle.id}`).send(view(find(handle.id), runner))
+    const handle = runner.submit(spec, { request: request.body, keyName: request.apiKeyName, cancelOnDisconnect: false, requestId: request.id })
+    return await reply.code(202).header('location', `/api/runs/${handle.id}`).send(view(find(request, handle.id), runner))
   })
 
   fastify.get('/runs', {
+    config: { scope: 'runs:read' },
     schema: {
       tags: ['runs'],
       summary: 'List runs',
@@ -94,7 +105,8 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
       limit: limit + 1,
       ...(status !== undefined ? { status } : {}),
       ...(sessionId !== undefined ? { sessionId: sessionId.toLowerCase() } : {}),
-      ...(cursor !== undefined ? { before: Number(cursor) } : {})
+      ...(cursor !== undefined ? { before: Number(cursor) } : {}),
+      ...(!fastify.isAdmin(request) ? { keyName: request.apiKeyName ?? '' } : {})
     })
     const more = page.length > limit
     const shown = page.slice(0, limit)
@@ -102,6 +114,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
   })
 
   fastify.get('/runs/:id', {
+    config: { scope: 'runs:read' },
     schema: {
       tags: ['runs'],
       summary: 'Get a run',
@@ -111,9 +124,10 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
       params: RunParamsSchema,
       response: { 200: { ...runRef, description: 'The run.' }, 400: problemResponses[400], 401: problemResponses[401], 404: problemResponses[404] }
     }
-  }, async (request) => view(find(request.params.id.toLowerCase()), runner))
+  }, async (request) => view(find(request, request.params.id.toLowerCase()), runner))
 
   fastify.post('/runs/:id/cancel', {
+    config: { scope: 'runs:write' },
     schema: {
       tags: ['runs'],
       summary: 'Cancel a run',
@@ -125,16 +139,17 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request) => {
     const id = request.params.id.toLowerCase()
-    find(id)
+    find(request, id)
     const live = runner.get(id)
     if (live !== undefined) {
       live.cancel('cancelled through the API')
       await live.result
     }
-    return view(find(id), runner)
+    return view(find(request, id), runner)
   })
 
   fastify.get('/runs/:id/events', {
+    config: { scope: 'runs:read' },
     schema: {
       tags: ['runs'],
       summary: 'Follow a run\'s events (SSE)',
@@ -156,7 +171,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const id = request.params.id.toLowerCase()
-    find(id)
+    find(request, id)
     const header = request.headers['last-event-id']
     const after = request.query.after ?? (header !== undefined ? Number(header) : 0)
     await reply.streamRun(id, after)

@@ -7,6 +7,9 @@ import corsPlugin from '../plugins/cors.js'
 import authPlugin, { type AuthPluginOptions } from '../plugins/auth.js'
 import runnerPlugin from '../plugins/runner.js'
 import ssePlugin from '../plugins/sse.js'
+import quotasPlugin from '../plugins/quotas.js'
+import webhooksPlugin from '../plugins/webhooks.js'
+import metricsPlugin from '../plugins/metrics.js'
 import healthRoutes from '../routes/health.js'
 import executeRoutes from '../routes/execute.js'
 import runsRoutes from '../routes/runs.js'
@@ -51,6 +54,9 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(authPlugin, opts.announce !== undefined ? { announce: opts.announce } : {})
   await fastify.register(runnerPlugin)
   await fastify.register(ssePlugin)
+  await fastify.register(quotasPlugin)
+  await fastify.register(webhooksPlugin)
+  await fastify.register(metricsPlugin)
 
   await fastify.register(healthRoutes)
   await fastify.register(executeRoutes, { prefix: '/api' })

@@ -39,7 +39,14 @@ export const ConfigSchema = Type.Object({
   CLI_PROBE_INTERVAL_S: Type.Integer({ default: 60, minimum: 1 }),
   SHUTDOWN_GRACE_S: Type.Integer({ default: 25, minimum: 0 }),
   RUN_RETENTION_DAYS: Type.Number({ default: 30, exclusiveMinimum: 0 }),
-  RUN_RETENTION_MAX_RUNS: Type.Integer({ default: 10_000, minimum: 1 })
+  RUN_RETENTION_MAX_RUNS: Type.Integer({ default: 10_000, minimum: 1 }),
+  API_KEYS_FILE: Type.Optional(Type.String()),
+  METRICS_TOKEN: Type.Optional(Type.String()),
+  WEBHOOK_ALLOWED_HOSTS: Type.String({ default: '' }),
+  WEBHOOK_SECRET: Type.Optional(Type.String()),
+  WEBHOOK_MAX_ATTEMPTS: Type.Integer({ default: 6, minimum: 1, maximum: 20 }),
+  WEBHOOK_BACKOFF_MS: Type.Integer({ default: 2000, minimum: 1 }),
+  WEBHOOK_TIMEOUT_MS: Type.Integer({ default: 10_000, minimum: 100 })
 })
 export type RawConfig = Static<typeof ConfigSchema>
 
@@ -77,6 +84,13 @@ export interface Settings {
   shutdownGraceS: number
   retentionDays: number
   retentionMaxRuns: number
+  apiKeysFile: string | undefined
+  metricsToken: string | undefined
+  webhookAllowedHosts: string[]
+  webhookSecret: string | undefined
+  webhookMaxAttempts: number
+  webhookBackoffMs: number
+  webhookTimeoutMs: number
   /** The server's own environment: the source of operator credentials for the CLI. */
   serverEnv: Environment
 }
@@ -133,6 +147,9 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
   if (!modes.includes(raw.DEFAULT_PERMISSION_MODE)) {
     throw new ConfigError(`DEFAULT_PERMISSION_MODE ${raw.DEFAULT_PERMISSION_MODE} is not in ALLOWED_PERMISSION_MODES`)
   }
+  if (list(raw.WEBHOOK_ALLOWED_HOSTS).length > 0 && unlessEmpty(raw.WEBHOOK_SECRET) === undefined) {
+    throw new ConfigError('WEBHOOK_ALLOWED_HOSTS is set but WEBHOOK_SECRET is not: webhooks must be signed')
+  }
   if (raw.DEFAULT_TIMEOUT > raw.MAX_TIMEOUT) {
     throw new ConfigError(`DEFAULT_TIMEOUT (${raw.DEFAULT_TIMEOUT}) exceeds MAX_TIMEOUT (${raw.MAX_TIMEOUT})`)
   }
@@ -166,6 +183,13 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     shutdownGraceS: raw.SHUTDOWN_GRACE_S,
     retentionDays: raw.RUN_RETENTION_DAYS,
     retentionMaxRuns: raw.RUN_RETENTION_MAX_RUNS,
+    apiKeysFile: unlessEmpty(raw.API_KEYS_FILE) === undefined ? undefined : resolve(cwd, raw.API_KEYS_FILE!),
+    metricsToken: unlessEmpty(raw.METRICS_TOKEN),
+    webhookAllowedHosts: list(raw.WEBHOOK_ALLOWED_HOSTS).map(h => h.toLowerCase()),
+    webhookSecret: unlessEmpty(raw.WEBHOOK_SECRET),
+    webhookMaxAttempts: raw.WEBHOOK_MAX_ATTEMPTS,
+    webhookBackoffMs: raw.WEBHOOK_BACKOFF_MS,
+    webhookTimeoutMs: raw.WEBHOOK_TIMEOUT_MS,
     serverEnv
   }
 }

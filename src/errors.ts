@@ -22,6 +22,12 @@ export const SessionDirectoryMismatch = problem('session_directory_mismatch', 40
 export const CapacityExceeded = problem('capacity_exceeded', 429)
 export const ShuttingDown = problem('shutting_down', 503)
 export const Unauthorized = problem('unauthorized', 401)
+export const InsufficientScope = problem('insufficient_scope', 403)
+export const RateLimited = problem('rate_limited', 429)
+export const KeyConcurrencyExceeded = problem('key_concurrency_exceeded', 429)
+export const BudgetExceeded = problem('budget_exceeded', 429)
+export const WebhookHostForbidden = problem('webhook_host_forbidden', 403)
+export const SessionForbidden = problem('session_forbidden', 403)
 
 /** A domain error with a problem code and status, as created above. */
 export interface ProblemError extends Error {

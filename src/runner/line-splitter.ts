@@ -58,7 +58,7 @@ export class LineSplitter {
       if (this.maxStringBytes !== undefined) {
         // Room for one string at the cap plus the line's structure.
         this.shrinker = new JsonShrinker(this.maxStringBytes, this.maxLineBytes + this.maxStringBytes)
-        if (this.previewStringBytes !== undefined) this.preview = new JsonShrinker(this.previewStringBytes, this.maxLineBytes)
+        if (this.previewStringBytes !== undefined) this.preview = new JsonShrinker(this.previewStringBytes, this.maxLineBytes + this.previewStringBytes)
         for (const p of [...this.parts, piece]) {
           this.shrinker.push(p)
           this.preview?.push(p)

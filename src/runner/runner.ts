@@ -42,6 +42,14 @@ export interface SubmitOptions {
   keyName?: string | null
   /** Runs of `/api/execute*` end with their connection; runs of `POST /api/runs` never do. */
   cancelOnDisconnect: boolean
+  /** The HTTP request that started it, for the log. */
+  requestId?: string
+}
+
+/** What the runner tells the rest of the server (metrics, webhooks). */
+export interface RunnerEvents {
+  started: [RunHandle]
+  finished: [RunHandle, ExecuteResult]
 }
 
 /**
@@ -65,7 +73,10 @@ export class RunHandle extends EventEmitter<{ event: [RunEvent] }> {
     readonly spec: RunSpec,
     readonly cancelOnDisconnect: boolean,
     private readonly store: RunStore,
-    private seq: number
+    private seq: number,
+    readonly keyName: string | null,
+    /** Every log line about this run carries its run id, key name and request id. */
+    readonly log: RunnerLogger
   ) {
     super()
     this.setMaxListeners(0)
@@ -145,7 +156,7 @@ function redactRequest (req: ExecuteRequest): Record<string, unknown> {
  * store, admits runs within the limits (one at a time per session), streams and logs each run's
  * events, ends every run's whole process tree, and recovers what a previous process left behind.
  */
-export class Runner {
+export class Runner extends EventEmitter<RunnerEvents> {
   readonly cliPath: string
   readonly probe: CliProbe
   readonly sessions: SessionRegistry
@@ -156,7 +167,8 @@ export class Runner {
   private readonly shutdown = new AbortController()
   private pruneTimer: NodeJS.Timeout | undefined
 
-  constructor (private readonly settings: Settings, private readonly log: RunnerLogger, readonly store: RunStore) {
+  constructor (private readonly settings: Settings, private readonly log: RunnerLogger & { child: (b: object) => RunnerLogger }, readonly store: RunStore) {
+    super()
     this.cliPath = settings.claudePath ?? defaultCliPath()
     const probeEnv = buildChildEnv(settings.serverEnv, {}, 'probe', settings.passEnv)
     this.probe = new CliProbe(this.cliPath, probeEnv)
@@ -184,6 +196,13 @@ export class Runner {
   }
 
   get shuttingDown (): boolean { return this.closing }
+
+  /** How many runs of a key are queued or running. */
+  liveRunsOf (keyName: string): number {
+    let n = 0
+    for (const h of this.runs.values()) if (h.keyName === keyName) n++
+    return n
+  }
 
   /** The live handle of a queued or running run. */
   get (runId: string): RunHandle | undefined {
@@ -263,7 +282,7 @@ export class Runner {
       createdAt: Date.now()
     })
     this.sessions.remember(spec.sessionId, spec.cwd)
-    const handle = this.track(spec, opts.cancelOnDisconnect, 0)
+    const handle = this.track(spec, opts.cancelOnDisconnect, 0, opts.keyName ?? null, opts.requestId)
     handle.push('run', { run_id: spec.runId, session_id: spec.sessionId, working_directory: spec.cwd })
     handle.ticket = this.scheduler.enter(spec.sessionId, handle.admit, true)
     return handle
@@ -379,8 +398,9 @@ export class Runner {
   }
 
   /** Build the live handle of a run and run it through its life. */
-  private track (spec: RunSpec, cancelOnDisconnect: boolean, lastSeq: number): RunHandle {
-    const handle = new RunHandle(spec, cancelOnDisconnect, this.store, lastSeq)
+  private track (spec: RunSpec, cancelOnDisconnect: boolean, lastSeq: number, keyName: string | null, requestId?: string): RunHandle {
+    const log = this.log.child({ run_id: spec.runId, key_name: keyName, ...(requestId !== undefined ? { request_id: requestId } : {}) })
+    const handle = new RunHandle(spec, cancelOnDisconnect, this.store, lastSeq, keyName, log)
     this.runs.set(handle.id, handle)
     void this.execute(handle).finally(() => {
       handle.ticket?.release()
@@ -410,7 +430,7 @@ export class Runner {
         continue
       }
       this.sessions.remember(r.sessionId, r.workingDirectory)
-      const handle = this.track(r.spec, false, this.store.lastSeq(r.id))
+      const handle = this.track(r.spec, false, this.store.lastSeq(r.id), r.keyName)
       handle.ticket = this.scheduler.enter(r.spec.sessionId, handle.admit, true)
       this.log.info({ run_id: r.id }, 'queued run recovered after a restart')
     }
@@ -459,7 +479,7 @@ export class Runner {
       if (handle.status === 'queued' && handle.endedBy === undefined && this.shutdown.signal.aborted) return
       if (handle.endedBy === undefined) await this.spawn(handle, outcome, ended)
     } catch (err) {
-      this.log.error({ err, run_id: spec.runId }, 'run failed unexpectedly')
+      handle.log.error({ err }, 'run failed unexpectedly')
       outcome.spawnError = { message: (err as Error).message }
     } finally {
       clearTimeout(deadline)
@@ -467,15 +487,16 @@ export class Runner {
     if (handle.endedBy !== undefined) outcome.ended = handle.endedBy
     outcome.endedAt = Date.now()
     const result = toExecuteResult(outcome)
-    this.log.info({
-      run_id: spec.runId,
+    handle.log.info({
       session_id: result.session_id,
       status: result.status,
       error_code: result.error_code,
       duration_s: result.execution_time,
-      cost_usd: result.total_cost_usd
+      cost_usd: result.total_cost_usd,
+      num_turns: result.num_turns
     }, 'run finished')
     handle.finish(result, outcome.endedAt)
+    this.emit('finished', handle, result)
   }
 
   private async spawn (handle: RunHandle, outcome: RunOutcome, ended: Promise<void>): Promise<void> {
@@ -488,6 +509,7 @@ export class Runner {
     handle.status = 'running'
     // Recorded before the spawn: if the server dies now, the next start finds and kills the tree.
     this.store.markStarted(spec.runId, Date.now(), marker, spec.sessionId)
+    this.emit('started', handle)
     const child = execa(this.cliPath, args, {
       cwd: spec.cwd,
       env,
@@ -500,14 +522,14 @@ export class Runner {
       cleanup: true,
       stripFinalNewline: false
     })
-    this.log.debug({ run_id: spec.runId, pid: child.pid, args }, 'CLI started')
+    handle.log.debug({ pid: child.pid, args }, 'CLI started')
 
     const splitter = new LineSplitter(this.settings.maxLineBytes, (line, shrunk, preview) => {
       let msg: { type?: unknown, message?: { content?: unknown }, event?: { type?: unknown, delta?: { type?: unknown, text?: unknown } } }
       try {
         msg = JSON.parse(line)
       } catch {
-        this.log.debug({ run_id: spec.runId, line: line.slice(0, 200) }, 'CLI printed a non-JSON line')
+        handle.log.debug({ line: line.slice(0, 200) }, 'CLI printed a non-JSON line')
         return
       }
       if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) return
@@ -525,10 +547,10 @@ export class Runner {
           }
         }
       }
-      if (shrunk) this.log.warn({ run_id: spec.runId, type: msg.type, max: this.settings.maxLineBytes }, 'a CLI output line over MAX_LINE_BYTES was shrunk: its longest strings were cut')
+      if (shrunk) handle.log.warn({ type: msg.type, max: this.settings.maxLineBytes }, 'a CLI output line over MAX_LINE_BYTES was shrunk: its longest strings were cut')
     }, bytes => {
       outcome.oversizeLines++
-      this.log.warn({ run_id: spec.runId, bytes, max: this.settings.maxLineBytes }, 'dropped a CLI output line over MAX_LINE_BYTES')
+      handle.log.warn({ bytes, max: this.settings.maxLineBytes }, 'dropped a CLI output line over MAX_LINE_BYTES')
       // Strings are cut to the output cap, and lines past 1 MiB are shrunk as they stream in,
       // so a giant line never sits in memory whole.
     }, this.settings.maxOutputBytes, 1024 * 1024, 64 * 1024)
@@ -555,9 +577,9 @@ export class Runner {
     // The CLI is gone; whatever its tools left behind (background tasks, daemons) goes too.
     const report = await (killing ?? killRunTree({ rootPid: undefined, markerName: RUN_MARKER_VAR, markerValue: marker, graceMs: 0, rootExited: exited }))
     if (report.survivors.length > 0) {
-      this.log.error({ run_id: spec.runId, survivors: report.survivors }, 'processes of the run survived SIGKILL')
+      handle.log.error({ survivors: report.survivors }, 'processes of the run survived SIGKILL')
     } else if (report.killed > 0) {
-      this.log.info({ run_id: spec.runId, killed: report.killed }, 'ended the run\'s remaining processes')
+      handle.log.info({ killed: report.killed }, 'ended the run\'s remaining processes')
     }
   }
 }

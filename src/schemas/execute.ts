@@ -32,7 +32,8 @@ export function executeRequestSchema (limits: RequestLimits) {
     max_turns: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000 })),
     max_budget_usd: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
     output_schema: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'A JSON Schema; the result then carries `structured_output`.' })),
-    include_partial_messages: Type.Optional(Type.Boolean({ description: 'Stream only: add token-level `stream_event` messages and `text` deltas.' }))
+    include_partial_messages: Type.Optional(Type.Boolean({ description: 'Stream only: add token-level `stream_event` messages and `text` deltas.' })),
+    webhook_url: Type.Optional(Type.String({ format: 'uri', pattern: '^https?://', maxLength: 2000, description: 'When the run ends, its summary is POSTed here, signed (`X-Signature-256: sha256=HMAC(WEBHOOK_SECRET, body)`; the body carries a `timestamp`), retried with backoff. The host must be in the operator\'s `WEBHOOK_ALLOWED_HOSTS` (403 otherwise).' }))
   }, { additionalProperties: false, title: 'ExecuteRequest' })
 }
 export type ExecuteRequest = Static<ReturnType<typeof executeRequestSchema>>

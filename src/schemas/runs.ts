@@ -16,7 +16,17 @@ export const RunSchema = Type.Object({
   ended_at: Type.Union([Timestamp, Type.Null()]),
   request: Type.Object({}, { additionalProperties: true, description: 'The request as sent, env var values left out.' }),
   result: Type.Union([resultRef, Type.Null()], { description: 'Once ended: the same object `/api/execute` returns.' }),
-  events_url: Type.String({ description: 'The run\'s event stream (SSE).' })
+  events_url: Type.String({ description: 'The run\'s event stream (SSE).' }),
+  webhook: Type.Union([Type.Object({
+    url: Type.String(),
+    deliveries: Type.Array(Type.Object({
+      attempt: Type.Integer(),
+      attempted_at: Timestamp,
+      status_code: Type.Union([Type.Integer(), Type.Null()]),
+      error: Type.Union([Type.String(), Type.Null()]),
+      duration_ms: Type.Integer()
+    }), { description: 'Every delivery attempt, oldest first.' })
+  }), Type.Null()], { description: 'With `webhook_url`: the URL and every delivery attempt.' })
 }, { $id: 'Run', title: 'Run' })
 export type Run = Static<typeof RunSchema>
 

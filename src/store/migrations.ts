@@ -33,5 +33,19 @@ export const MIGRATIONS: readonly string[] = [
     data TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
   ) WITHOUT ROWID;
+  `,
+  `
+  -- Every attempt to deliver a run's webhook, kept with the run.
+  CREATE TABLE webhook_deliveries (
+    run_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    attempted_at INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    status_code INTEGER,
+    error TEXT,
+    duration_ms INTEGER NOT NULL,
+    PRIMARY KEY (run_id, attempt)
+  ) WITHOUT ROWID;
+  CREATE INDEX runs_key_ended ON runs (key_name, ended_at);
   `
 ]

@@ -12,6 +12,16 @@ export interface StoredEvent {
   data: string
 }
 
+/** One attempt to deliver a run's webhook. */
+export interface WebhookDelivery {
+  attempt: number
+  attemptedAt: number
+  url: string
+  statusCode: number | null
+  error: string | null
+  durationMs: number
+}
+
 /** A run as stored. */
 export interface RunRecord {
   id: string
@@ -128,6 +138,11 @@ export class RunStore {
       eventsAfter: db.prepare('SELECT seq, type, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?'),
       lastSeq: db.prepare('SELECT MAX(seq) AS seq FROM events WHERE run_id = ?'),
       deleteRun: db.prepare('DELETE FROM runs WHERE id = ?'),
+      deleteDeliveries: db.prepare('DELETE FROM webhook_deliveries WHERE run_id = ?'),
+      delivery: db.prepare('INSERT OR REPLACE INTO webhook_deliveries (run_id, attempt, attempted_at, url, status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+      deliveries: db.prepare('SELECT attempt, attempted_at, url, status_code, error, duration_ms FROM webhook_deliveries WHERE run_id = ? ORDER BY attempt'),
+      costSince: db.prepare('SELECT COALESCE(SUM(json_extract(result, \'$.total_cost_usd\')), 0) AS usd FROM runs WHERE key_name = ? AND ended_at >= ?'),
+      sessionOwner: db.prepare('SELECT key_name FROM runs WHERE session_id = ? ORDER BY rowid LIMIT 1'),
       deleteEvents: db.prepare('DELETE FROM events WHERE run_id = ?')
     }
   }
@@ -262,10 +277,31 @@ export class RunStore {
     this.db.transaction(() => {
       for (const id of ids) {
         this.stmts.deleteEvents.run(id)
+        this.stmts.deleteDeliveries.run(id)
         this.stmts.deleteRun.run(id)
       }
     })()
     return ids.size
+  }
+
+  /** What a key's runs that ended since `sinceMs` cost, in USD. */
+  costSince (keyName: string, sinceMs: number): number {
+    return (this.stmts.costSince.get(keyName, sinceMs) as { usd: number }).usd
+  }
+
+  /** The key that started a session's first run (undefined: no run of ours used it). */
+  sessionOwner (sessionId: string): string | null | undefined {
+    const row = this.stmts.sessionOwner.get(sessionId) as { key_name: string | null } | undefined
+    return row === undefined ? undefined : row.key_name
+  }
+
+  recordDelivery (runId: string, d: WebhookDelivery): void {
+    this.stmts.delivery.run(runId, d.attempt, d.attemptedAt, d.url, d.statusCode, d.error, d.durationMs)
+  }
+
+  deliveries (runId: string): WebhookDelivery[] {
+    return (this.stmts.deliveries.all(runId) as Array<{ attempt: number, attempted_at: number, url: string, status_code: number | null, error: string | null, duration_ms: number }>)
+      .map(r => ({ attempt: r.attempt, attemptedAt: r.attempted_at, url: r.url, statusCode: r.status_code, error: r.error, durationMs: r.duration_ms }))
   }
 
   close (): void {

@@ -1,0 +1,80 @@
+import fp from 'fastify-plugin'
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
+import { createHash, timingSafeEqual } from 'node:crypto'
+import { presentedKey } from './auth.js'
+import { sendProblem } from './problem.js'
+
+const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
+
+/**
+ * Prometheus metrics at `/metrics`: runs started and finished by status and key, run durations,
+ * queue length and active CLIs, cost and tokens by key, and HTTP requests by route. Readable with
+ * an admin key or with `METRICS_TOKEN` (as a bearer token), so a scraper needs no run rights.
+ */
+export default fp(async (fastify) => {
+  const { runner, config } = fastify
+  const registry = new Registry()
+  collectDefaultMetrics({ register: registry, prefix: 'ccapi_process_' })
+  const key = (k: string | null): string => k ?? 'none'
+
+  const started = new Counter({ name: 'ccapi_runs_started_total', help: 'Runs whose CLI was started', labelNames: ['key'], registers: [registry] })
+  const finished = new Counter({ name: 'ccapi_runs_finished_total', help: 'Runs that ended, by status', labelNames: ['status', 'key'], registers: [registry] })
+  const duration = new Histogram({
+    name: 'ccapi_run_duration_seconds',
+    help: 'Wall time of runs from submission to end',
+    labelNames: ['status'],
+    buckets: [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600],
+    registers: [registry]
+  })
+  const cost = new Counter({ name: 'ccapi_cost_usd_total', help: 'What runs cost, as the CLI reports it', labelNames: ['key'], registers: [registry] })
+  const tokens = new Counter({ name: 'ccapi_tokens_total', help: 'Tokens used by runs', labelNames: ['key', 'type'], registers: [registry] })
+  // eslint-disable-next-line no-new
+  new Gauge({ name: 'ccapi_runs_queued', help: 'Runs waiting for a slot', registers: [registry], collect () { this.set(runner.stats().queued) } })
+  // eslint-disable-next-line no-new
+  new Gauge({ name: 'ccapi_runs_active', help: 'Claude Code CLIs running now', registers: [registry], collect () { this.set(runner.stats().active) } })
+  // eslint-disable-next-line no-new
+  new Gauge({ name: 'ccapi_claude_code_available', help: '1 when the CLI probe succeeds', registers: [registry], collect () { this.set(runner.probe.status.available ? 1 : 0) } })
+  const http = new Counter({ name: 'ccapi_http_requests_total', help: 'HTTP requests by route and status', labelNames: ['method', 'route', 'status'], registers: [registry] })
+  const httpDuration = new Histogram({
+    name: 'ccapi_http_request_duration_seconds',
+    help: 'HTTP response time by route (streams: until the stream ends)',
+    labelNames: ['method', 'route'],
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 300],
+    registers: [registry]
+  })
+
+  runner.on('started', handle => started.inc({ key: key(handle.keyName) }))
+  runner.on('finished', (handle, result) => {
+    const k = key(handle.keyName)
+    finished.inc({ status: result.status, key: k })
+    duration.observe({ status: result.status }, result.execution_time)
+    if (typeof result.total_cost_usd === 'number') cost.inc({ key: k }, result.total_cost_usd)
+    const usage = result.usage ?? {}
+    for (const type of ['input_tokens', 'output_tokens', 'cache_creation_input_tokens', 'cache_read_input_tokens'] as const) {
+      const n = usage[type]
+      if (typeof n === 'number' && n > 0) tokens.inc({ key: k, type: type.replace('_tokens', '') }, n)
+    }
+  })
+
+  fastify.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unmatched'
+    http.inc({ method: request.method, route, status: String(reply.statusCode) })
+    httpDuration.observe({ method: request.method, route }, reply.elapsedTime / 1000)
+  })
+
+  const token = config.metricsToken !== undefined ? digest(config.metricsToken) : undefined
+  fastify.get('/metrics', { schema: { hide: true } }, async (request, reply) => {
+    if (config.enableAuth) {
+      const presented = presentedKey(request.headers)
+      const byToken = token !== undefined && presented !== undefined && timingSafeEqual(digest(presented), token)
+      if (!byToken) {
+        const k = presented === undefined ? undefined : fastify.keyRing?.match(presented)
+        if (k === undefined || !k.scopes.has('admin')) {
+          reply.header('www-authenticate', 'Bearer realm="claude-code-api-metrics"')
+          return sendProblem(request, reply, 401, 'unauthorized', 'metrics need METRICS_TOKEN or an admin key')
+        }
+      }
+    }
+    return reply.type(registry.contentType).send(await registry.metrics())
+  })
+}, { name: 'metrics', dependencies: ['config', 'auth', 'runner'] })

@@ -1,0 +1,19 @@
+import fp from 'fastify-plugin'
+import { WebhookSender } from '../src/webhooks.js'
+
+/** Sends each run's webhook (if it named one) when the run ends. */
+export default fp(async (fastify) => {
+  const { config, runner } = fastify
+  if (config.webhookSecret === undefined || config.webhookAllowedHosts.length === 0) return
+  const sender = new WebhookSender({
+    secret: config.webhookSecret,
+    maxAttempts: config.webhookMaxAttempts,
+    backoffMs: config.webhookBackoffMs,
+    timeoutMs: config.webhookTimeoutMs
+  }, runner.store, fastify.log.child({ component: 'webhooks' }))
+  runner.on('finished', (handle, result) => {
+    const url = runner.store.getRun(handle.id)?.request.webhook_url
+    if (typeof url === 'string') sender.deliver(url, handle.id, handle.keyName, result)
+  })
+  fastify.addHook('onClose', async () => sender.close())
+}, { name: 'webhooks', dependencies: ['config', 'runner'] })

@@ -1,0 +1,105 @@
+import { Type, type Static } from '@sinclair/typebox'
+import { Value } from '@sinclair/typebox/value'
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
+import { existsSync, readFileSync, writeFileSync, renameSync } from 'node:fs'
+import { parse as parseYaml } from 'yaml'
+import { ConfigError } from '../config.js'
+
+/** What a key may do. `admin` implies the others and sees every key's runs. */
+export const SCOPES = ['runs:write', 'runs:read', 'admin'] as const
+export type Scope = typeof SCOPES[number]
+
+const KeyEntrySchema = Type.Object({
+  name: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$' }),
+  key_sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }),
+  scopes: Type.Array(Type.Union(SCOPES.map(s => Type.Literal(s))), { minItems: 1 }),
+  max_concurrent_runs: Type.Optional(Type.Integer({ minimum: 1 })),
+  daily_budget_usd: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
+  rate_limit_per_min: Type.Optional(Type.Integer({ minimum: 1 }))
+}, { additionalProperties: false })
+export type KeyEntry = Static<typeof KeyEntrySchema>
+
+/** `API_KEYS_FILE`: `{ "keys": [ … ] }` (or the bare list), in JSON or YAML. */
+export const KeyFileSchema = Type.Object({ keys: Type.Array(KeyEntrySchema) }, { additionalProperties: false })
+export type KeyFile = Static<typeof KeyFileSchema>
+
+/** A key as the server holds it: only its hash. */
+export interface ApiKey {
+  name: string
+  digest: Buffer
+  scopes: ReadonlySet<Scope>
+  maxConcurrentRuns?: number
+  dailyBudgetUsd?: number
+  rateLimitPerMin?: number
+}
+
+export const sha256Hex = (key: string): string => createHash('sha256').update(key).digest('hex')
+
+/** A new random key: `cca_` and 43 characters of base64url (256 bits). */
+export function generateKey (): string {
+  return 'cca_' + randomBytes(32).toString('base64url')
+}
+
+/** Read a key file (JSON or YAML); a broken file is a `ConfigError` naming what is wrong. */
+export function readKeyFile (path: string): KeyFile {
+  if (!existsSync(path)) return { keys: [] }
+  let data: unknown
+  try {
+    const text = readFileSync(path, 'utf8')
+    data = /\.ya?ml$/i.test(path) ? parseYaml(text) : JSON.parse(text)
+  } catch (err) {
+    throw new ConfigError(`API_KEYS_FILE ${path}: ${(err as Error).message}`)
+  }
+  if (Array.isArray(data)) data = { keys: data }
+  if (data === null || data === undefined) data = { keys: [] }
+  if (!Value.Check(KeyFileSchema, data)) {
+    const first = [...Value.Errors(KeyFileSchema, data)][0]
+    throw new ConfigError(`API_KEYS_FILE ${path}: ${first?.path ?? ''} ${first?.message ?? 'is invalid'}`)
+  }
+  const names = new Set<string>()
+  for (const k of data.keys) {
+    if (names.has(k.name)) throw new ConfigError(`API_KEYS_FILE ${path}: the name ${k.name} is used twice`)
+    names.add(k.name)
+  }
+  return data
+}
+
+/** Write a key file atomically (JSON, or YAML for a .yaml/.yml path). */
+export async function writeKeyFile (path: string, file: KeyFile): Promise<void> {
+  const { stringify } = await import('yaml')
+  const text = /\.ya?ml$/i.test(path) ? stringify(file) : JSON.stringify(file, null, 2) + '\n'
+  const tmp = `${path}.${process.pid}.tmp`
+  writeFileSync(tmp, text, { mode: 0o600 })
+  renameSync(tmp, path)
+}
+
+/** The entry as the server holds it. */
+export function toApiKey (e: KeyEntry): ApiKey {
+  const key: ApiKey = { name: e.name, digest: Buffer.from(e.key_sha256, 'hex'), scopes: new Set(e.scopes) }
+  if (e.max_concurrent_runs !== undefined) key.maxConcurrentRuns = e.max_concurrent_runs
+  if (e.daily_budget_usd !== undefined) key.dailyBudgetUsd = e.daily_budget_usd
+  if (e.rate_limit_per_min !== undefined) key.rateLimitPerMin = e.rate_limit_per_min
+  return key
+}
+
+/**
+ * The keys the server accepts. A presented key is hashed and compared with every known digest
+ * in constant time (no early exit), so neither a key nor which key matched leaks through timing.
+ */
+export class KeyRing {
+  constructor (readonly keys: readonly ApiKey[]) {}
+
+  match (presented: string): ApiKey | undefined {
+    const digest = createHash('sha256').update(presented).digest()
+    let found: ApiKey | undefined
+    for (const k of this.keys) {
+      if (timingSafeEqual(digest, k.digest) && found === undefined) found = k
+    }
+    return found
+  }
+}
+
+/** Whether a key may act with `scope` (`admin` may do everything). */
+export function allows (key: ApiKey, scope: Scope): boolean {
+  return key.scopes.has('admin') || key.scopes.has(scope)
+}
