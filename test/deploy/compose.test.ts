@@ -57,11 +57,11 @@ function environmentOf (service: any): Record<string, string> {
 }
 
 /** Short-syntax volume `source:target[:mode]` (or the long syntax) as source and target. */
-function volumesOf (service: any): Array<{ source: string, target: string }> {
+function volumesOf (service: any): Array<{ source: string, target: string, readOnly: boolean }> {
   return (service.volumes ?? []).map((v: any) => {
-    if (typeof v !== 'string') return { source: String(v.source), target: String(v.target) }
-    const [source, target] = v.split(':')
-    return { source: source!, target: target! }
+    if (typeof v !== 'string') return { source: String(v.source), target: String(v.target), readOnly: v.read_only === true }
+    const [source, target, mode] = v.split(':')
+    return { source: source!, target: target!, readOnly: mode === 'ro' }
   })
 }
 
@@ -140,7 +140,8 @@ test('volumes: named ones declared, bind sources there, targets where the server
     for (const { source } of volumesOf(service)) {
       if (source.startsWith('.') || source.startsWith('/')) {
         // ./workspace is the operator's: the README's setup creates it, the repo does not hold it.
-        const documented = existsSync(join(ROOT, source)) || read('README.md').includes(`mkdir -p ${source.replace(/^\.\//, '')}`)
+        const dir = source.replace(/^\.\//, '')
+        const documented = existsSync(join(ROOT, source)) || read('README.md').split('\n').some(l => /mkdir -p /.test(l) && l.split(/\s+/).includes(dir))
         t.ok(documented, `${name}: bind source ${source} exists or the README creates it`)
       } else {
         t.ok(Object.hasOwn(compose.volumes ?? {}, source), `${name}: named volume ${source} is declared at top level`)
@@ -157,7 +158,8 @@ test('volumes: named ones declared, bind sources there, targets where the server
   // A named volume takes the ownership of the image's directory at first use: the non-root user
   // can only write where the image created and chowned the mount point.
   const chowned = runtime.filter(i => i.op === 'RUN').flatMap(i => [...i.args.matchAll(/chown\s+(?:-R\s+)?\S+\s+([^&;]+)/g)].flatMap(m => m[1]!.trim().split(/\s+/)))
-  for (const { target: dir } of volumesOf(api)) {
+  // (A read-only mount, like the key file's directory, needs no writable mount point.)
+  for (const { target: dir } of volumesOf(api).filter(v => !v.readOnly)) {
     t.ok(chowned.some(c => dir === c || dir.startsWith(c + '/')), `the image creates ${dir} owned by its user`)
   }
 })
