@@ -1,5 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyRequest } from 'fastify'
+import type { RunHandle } from '../src/runner/runner.js'
+import type { ExecuteRequest } from '../src/schemas/execute.js'
 import { BudgetExceeded, KeyConcurrencyExceeded, SessionForbidden, WebhookHostForbidden, withProblem } from '../src/errors.js'
 
 declare module 'fastify' {
@@ -9,6 +11,8 @@ declare module 'fastify' {
      * (429), the webhook host and the session's owner (403).
      */
     checkAdmission: (request: FastifyRequest, body: { session_id?: string, webhook_url?: string }) => void
+    /** Check a request's admission and policy, then submit its run on behalf of its key. */
+    startRun: (request: FastifyRequest, body: ExecuteRequest, cancelOnDisconnect: boolean) => Promise<RunHandle>
   }
 }
 
@@ -56,5 +60,10 @@ export default fp(async (fastify) => {
         })
       }
     }
+  })
+  fastify.decorate('startRun', async (request: FastifyRequest, body: ExecuteRequest, cancelOnDisconnect: boolean) => {
+    fastify.checkAdmission(request, body)
+    const spec = await runner.prepare(body)
+    return runner.submit(spec, { request: body, keyName: request.apiKeyName, cancelOnDisconnect, requestId: request.id })
   })
 }, { name: 'quotas', dependencies: ['config', 'auth', 'runner'] })

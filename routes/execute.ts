@@ -21,7 +21,7 @@ problem+json responses before the stream starts.`
 
 /** `POST /api/execute` and `POST /api/execute/stream`. */
 const execute: FastifyPluginAsyncTypebox = async (fastify) => {
-  const { config, runner } = fastify
+  const { config } = fastify
   const body = executeRequestSchema(config)
   const resultRef = Type.Unsafe<ExecuteResult>(Type.Ref('ExecuteResult', { description: 'The run ended (successfully or not): see `success`, `status` and `error_code`.' }))
   const errors = {
@@ -53,9 +53,7 @@ const execute: FastifyPluginAsyncTypebox = async (fastify) => {
         problem: { errors: [{ path: '/stream', message: 'must be false here; use /api/execute/stream' }] }
       })
     }
-    fastify.checkAdmission(request, request.body)
-    const spec = await runner.prepare(request.body)
-    const handle = runner.submit(spec, { request: request.body, keyName: request.apiKeyName, cancelOnDisconnect: true, requestId: request.id })
+    const handle = await fastify.startRun(request, request.body, true)
     reply.raw.on('close', () => {
       if (!reply.raw.writableFinished) handle.cancel('client disconnected')
     })
@@ -83,10 +81,8 @@ const execute: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     }
   }, async (request, reply) => {
-    fastify.checkAdmission(request, request.body)
-    const spec = await runner.prepare(request.body)
-    // Throws 429/503 here, before anything is streamed: those stay ordinary problem responses.
-    const handle = runner.submit(spec, { request: request.body, keyName: request.apiKeyName, cancelOnDisconnect: true, requestId: request.id })
+    // Throws 4xx/503 here, before anything is streamed: those stay ordinary problem responses.
+    const handle = await fastify.startRun(request, request.body, true)
     await reply.streamRun(handle.id, 0, { onClientGone: () => handle.cancel('client disconnected') })
   })
 }

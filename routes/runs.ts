@@ -82,9 +82,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
         problem: { errors: [{ path: '/stream', message: 'must be false; follow events_url instead' }] }
       })
     }
-    fastify.checkAdmission(request, request.body)
-    const spec = await runner.prepare(request.body)
-    const handle = runner.submit(spec, { request: request.body, keyName: request.apiKeyName, cancelOnDisconnect: false, requestId: request.id })
+    const handle = await fastify.startRun(request, request.body, false)
     return await reply.code(202).header('location', `/api/runs/${handle.id}`).send(view(find(request, handle.id), runner))
   })
 

@@ -23,16 +23,9 @@ export class SessionRegistry {
 
   /** Whether the CLI has written this session (so a run must resume it rather than create it). */
   async exists (sessionId: string): Promise<boolean> {
-    const projects = join(this.claudeConfigDir, 'projects')
-    let slugs: string[]
-    try {
-      slugs = await readdir(projects)
-    } catch {
-      return false
-    }
-    for (const slug of slugs) {
+    for await (const file of this.candidates(sessionId)) {
       try {
-        await access(join(projects, slug, `${sessionId}.jsonl`))
+        await access(file)
         return true
       } catch {
         // Not in this project directory.
@@ -47,18 +40,23 @@ export class SessionRegistry {
   }
 
   private async findOnDisk (sessionId: string): Promise<string | null> {
+    for await (const file of this.candidates(sessionId)) {
+      const cwd = await readCwd(file)
+      if (cwd !== null) return cwd
+    }
+    return null
+  }
+
+  /** Where the CLI may have written a session: one file name in each project directory. */
+  private async * candidates (sessionId: string): AsyncGenerator<string> {
     const projects = join(this.claudeConfigDir, 'projects')
     let slugs: string[]
     try {
       slugs = await readdir(projects)
     } catch {
-      return null
+      return
     }
-    for (const slug of slugs) {
-      const cwd = await readCwd(join(projects, slug, `${sessionId}.jsonl`))
-      if (cwd !== null) return cwd
-    }
-    return null
+    for (const slug of slugs) yield join(projects, slug, `${sessionId}.jsonl`)
   }
 }
 
