@@ -86,7 +86,9 @@ export default fp<AuthPluginOptions>(async (fastify, opts) => {
     }
     request.apiKey = key
     request.apiKeyName = key.name
+    // Both: Fastify's own "request completed" line is written through reply.log.
     request.log = request.log.child({ key_name: key.name })
+    reply.log = request.log
     const scope = request.routeOptions.config.scope
     if (scope !== undefined && !allows(key, scope)) {
       throw new InsufficientScope(`the key ${key.name} lacks the scope ${scope} (it has: ${[...key.scopes].join(', ')})`)

@@ -2,7 +2,7 @@ import fp from 'fastify-plugin'
 import type { FastifyRequest } from 'fastify'
 import type { RunHandle } from '../src/runner/runner.js'
 import type { ExecuteRequest } from '../src/schemas/execute.js'
-import { BudgetExceeded, KeyConcurrencyExceeded, SessionForbidden, WebhookHostForbidden, withProblem } from '../src/errors.js'
+import { BudgetExceeded, InvalidRequest, KeyConcurrencyExceeded, SessionForbidden, WebhookHostForbidden, withProblem } from '../src/errors.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -28,8 +28,14 @@ export default fp(async (fastify) => {
   const { runner, config } = fastify
   fastify.decorate('checkAdmission', (request: FastifyRequest, body: { session_id?: string, webhook_url?: string }) => {
     if (body.webhook_url !== undefined) {
-      const host = new URL(body.webhook_url).host.toLowerCase()
-      const hostname = new URL(body.webhook_url).hostname.toLowerCase()
+      let url: URL
+      try {
+        url = new URL(body.webhook_url)
+      } catch {
+        throw withProblem(new InvalidRequest('webhook_url is not a valid URL'), { problem: { errors: [{ path: '/webhook_url', message: 'is not a valid URL' }] } })
+      }
+      const host = url.host.toLowerCase()
+      const hostname = url.hostname.toLowerCase()
       if (!config.webhookAllowedHosts.includes(host) && !config.webhookAllowedHosts.includes(hostname)) {
         throw withProblem(new WebhookHostForbidden(config.webhookAllowedHosts.length === 0
           ? 'webhooks are not enabled on this server (WEBHOOK_ALLOWED_HOSTS is empty)'

@@ -22,6 +22,7 @@ function view (r: RunRecord, runner: Runner): Run {
     queue_position: status === 'queued' ? (live?.position() ?? null) || null : null,
     session_id: r.sessionId,
     working_directory: r.workingDirectory,
+    key_name: r.keyName,
     created_at: iso(r.createdAt)!,
     started_at: iso(r.startedAt),
     ended_at: iso(r.endedAt),
@@ -91,7 +92,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['runs'],
       summary: 'List runs',
-      description: 'Newest first, filtered by `status` and `session_id`, a page at a time (`cursor`).',
+      description: 'Newest first, filtered by `status` and `session_id` (admin keys also by `key_name`; other keys see only their own runs), a page at a time (`cursor`).',
       operationId: 'listRuns',
       security,
       querystring: RunListQuerySchema,
@@ -104,7 +105,9 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
       ...(status !== undefined ? { status } : {}),
       ...(sessionId !== undefined ? { sessionId: sessionId.toLowerCase() } : {}),
       ...(cursor !== undefined ? { before: Number(cursor) } : {}),
-      ...(!fastify.isAdmin(request) ? { keyName: request.apiKeyName ?? '' } : {})
+      ...(!fastify.isAdmin(request)
+        ? { keyName: request.apiKeyName ?? '' }
+        : request.query.key_name !== undefined ? { keyName: request.query.key_name } : {})
     })
     const more = page.length > limit
     const shown = page.slice(0, limit)

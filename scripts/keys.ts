@@ -16,7 +16,14 @@ function fail (message: string): never {
   process.exit(2)
 }
 
-const { values, positionals } = parseArgs({
+function args (): ReturnType<typeof parseOptions> {
+  try {
+    return parseOptions()
+  } catch (err) {
+    fail((err as Error).message)
+  }
+}
+const parseOptions = () => parseArgs({
   allowPositionals: true,
   options: {
     file: { type: 'string', default: 'api-keys.json' },
@@ -26,6 +33,7 @@ const { values, positionals } = parseArgs({
     'rate-limit': { type: 'string' }
   }
 })
+const { values, positionals } = args()
 const [command, name] = positionals
 const file = values.file
 let keys: KeyEntry[]

@@ -52,6 +52,14 @@ export function readKeyFile (path: string): KeyFile {
   }
   if (Array.isArray(data)) data = { keys: data }
   if (data === null || data === undefined) data = { keys: [] }
+  const entries = (data as { keys?: unknown }).keys
+  if (Array.isArray(entries)) {
+    entries.forEach((e, i) => {
+      for (const s of (e as { scopes?: unknown })?.scopes as unknown[] ?? []) {
+        if (!(SCOPES as readonly unknown[]).includes(s)) throw new ConfigError(`API_KEYS_FILE ${path}: /keys/${i}/scopes: unknown scope ${String(s)} (known: ${SCOPES.join(', ')})`)
+      }
+    })
+  }
   if (!Value.Check(KeyFileSchema, data)) {
     const first = [...Value.Errors(KeyFileSchema, data)][0]
     throw new ConfigError(`API_KEYS_FILE ${path}: ${first?.path ?? ''} ${first?.message ?? 'is invalid'}`)

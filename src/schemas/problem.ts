@@ -11,7 +11,9 @@ export const ProblemSchema = Type.Object({
   errors: Type.Optional(Type.Array(Type.Object({
     path: Type.String({ description: 'JSON pointer to the offending field, e.g. `/timeout`.' }),
     message: Type.String()
-  }), { description: 'Validation failures, one per offending field.' }))
+  }), { description: 'Validation failures, one per offending field.' })),
+  spent_usd: Type.Optional(Type.Number({ description: 'With `budget_exceeded`: what the key spent today (UTC).' })),
+  daily_budget_usd: Type.Optional(Type.Number({ description: 'With `budget_exceeded`: the key\'s daily budget.' }))
 }, { $id: 'Problem', title: 'Problem', description: 'RFC 9457 problem details (`application/problem+json`).' })
 export type Problem = Static<typeof ProblemSchema>
 

@@ -11,6 +11,7 @@ export const RunSchema = Type.Object({
   queue_position: Type.Union([Type.Integer({ minimum: 1 }), Type.Null()], { description: 'While queued: 1 is next to start.' }),
   session_id: Type.String(),
   working_directory: Type.String(),
+  key_name: Type.Union([Type.String(), Type.Null()], { description: 'The API key that started it.' }),
   created_at: Timestamp,
   started_at: Type.Union([Timestamp, Type.Null()]),
   ended_at: Type.Union([Timestamp, Type.Null()]),
@@ -42,6 +43,7 @@ export const RunParamsSchema = Type.Object({
 export const RunListQuerySchema = Type.Object({
   status: Type.Optional(Type.Union(RUN_STATUSES.map(s => Type.Literal(s)))),
   session_id: Type.Optional(Type.String({ format: 'uuid' })),
+  key_name: Type.Optional(Type.String({ description: 'Admin keys only: the runs of this key.' })),
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 20 })),
   cursor: Type.Optional(Type.String({ pattern: '^[0-9]+$', description: 'From `next_cursor` of the previous page.' }))
 }, { additionalProperties: false })
