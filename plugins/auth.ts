@@ -3,6 +3,7 @@ import rateLimit from '@fastify/rate-limit'
 import { randomBytes } from 'node:crypto'
 import { allows, KeyRing, readKeyFile, sha256Hex, toApiKey, type ApiKey, type Scope } from '../src/auth/keys.js'
 import { InsufficientScope, RateLimited, withProblem } from '../src/errors.js'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import { sendProblem } from './problem.js'
 
 declare module 'fastify' {
@@ -21,12 +22,36 @@ declare module 'fastify' {
     isAdmin: (request: FastifyRequest) => boolean
     /** The accepted keys (undefined with auth off). */
     keyRing: KeyRing | undefined
+    /** The /api auth check, for the not-found handler (undefined with auth off). */
+    authenticate: ((request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => void) | undefined
   }
 }
 
 export interface AuthPluginOptions {
   /** Where a generated key is announced; stdout by default. */
   announce?: (text: string) => void
+}
+
+/**
+ * A fixed-window counter shared by every /api route (the plugin's own store is per route), so a
+ * key's requests count together wherever they go. Keys are key names: a handful, never pruned.
+ */
+class SharedWindowStore {
+  private readonly windows = new Map<string, { current: number, start: number }>()
+  incr (key: string, cb: (err: Error | null, res: { current: number, ttl: number }) => void, timeWindow: number): void {
+    const now = Date.now()
+    let w = this.windows.get(key)
+    if (w === undefined || w.start + timeWindow <= now) {
+      w = { current: 0, start: now }
+      this.windows.set(key, w)
+    }
+    w.current++
+    cb(null, { current: w.current, ttl: w.start + timeWindow - now })
+  }
+
+  child (): this {
+    return this
+  }
 }
 
 /** The key a request presents: `X-API-Key`, else `Authorization: Bearer`. */
@@ -54,6 +79,7 @@ export default fp<AuthPluginOptions>(async (fastify, opts) => {
   fastify.decorate('isAdmin', (request) => !enableAuth || (request.apiKey !== null && allows(request.apiKey, 'admin')))
   fastify.decorate('keyRing', undefined)
   if (!enableAuth) {
+    fastify.decorate('authenticate', undefined)
     fastify.log.warn('ENABLE_AUTH=false: /api/* is open to anyone who can reach this port')
     return
   }
@@ -75,14 +101,16 @@ export default fp<AuthPluginOptions>(async (fastify, opts) => {
   fastify.keyRing = ring
   fastify.log.info({ keys: keys.map(k => k.name) }, 'API keys loaded')
 
-  fastify.addHook('onRequest', async (request, reply) => {
-    if (!request.url.startsWith('/api/')) return
+  // Attached to /api routes only (health checks and docs pay nothing), and to unknown /api paths
+  // through the not-found handler, so those answer 401 too rather than revealing what exists.
+  const authenticate = (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void => {
     const presented = presentedKey(request.headers)
     const key = presented === undefined ? undefined : ring.match(presented)
     if (key === undefined) {
       reply.header('www-authenticate', 'Bearer realm="claude-code-api", ApiKey realm="claude-code-api", header="X-API-Key"')
-      return sendProblem(request, reply, 401, 'unauthorized',
+      sendProblem(request, reply, 401, 'unauthorized',
         presented === undefined ? 'Missing API key: send it as X-API-Key or Authorization: Bearer' : 'Invalid API key')
+      return
     }
     request.apiKey = key
     request.apiKeyName = key.name
@@ -91,13 +119,26 @@ export default fp<AuthPluginOptions>(async (fastify, opts) => {
     reply.log = request.log
     const scope = request.routeOptions.config.scope
     if (scope !== undefined && !allows(key, scope)) {
-      throw new InsufficientScope(`the key ${key.name} lacks the scope ${scope} (it has: ${[...key.scopes].join(', ')})`)
+      done(new InsufficientScope(`the key ${key.name} lacks the scope ${scope} (it has: ${[...key.scopes].join(', ')})`))
+      return
     }
+    done()
+  }
+  fastify.addHook('onRoute', (route) => {
+    if (route.url?.startsWith('/api/') !== true) return
+    route.onRequest = [authenticate, ...[route.onRequest ?? []].flat()] as typeof route.onRequest
   })
+  fastify.decorate('authenticate', authenticate)
 
+  // Only /api routes are rate limited (health checks and docs never pay for it).
+  fastify.addHook('onRoute', (route) => {
+    // One group: a key's requests count together, whichever /api route they go to.
+    if (route.url?.startsWith('/api/') === true) route.config = { ...route.config, rateLimit: {} }
+  })
   // Per key, by name: a key without `rate_limit_per_min` is not limited.
   await fastify.register(rateLimit, {
-    global: true,
+    global: false,
+    store: SharedWindowStore as never,
     hook: 'onRequest',
     timeWindow: 60_000,
     allowList: (request) => request.apiKey?.rateLimitPerMin === undefined,

@@ -1,4 +1,5 @@
 import fp from 'fastify-plugin'
+import type { FastifyReply, FastifyRequest } from 'fastify'
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client'
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { presentedKey } from './auth.js'
@@ -56,10 +57,17 @@ export default fp(async (fastify) => {
     }
   })
 
-  fastify.addHook('onResponse', async (request, reply) => {
+  // Attached to the routes registered from here on (the API's), not to health checks and scrapes,
+  // which would drown the API's own traffic and pay for it on every probe.
+  const observe = (request: FastifyRequest, reply: FastifyReply, done: () => void): void => {
     const route = request.routeOptions.url ?? 'unmatched'
     http.inc({ method: request.method, route, status: String(reply.statusCode) })
     httpDuration.observe({ method: request.method, route }, reply.elapsedTime / 1000)
+    done()
+  }
+  fastify.addHook('onRoute', (route) => {
+    if (route.url === '/health' || route.url === '/metrics') return
+    route.onResponse = [...[route.onResponse ?? []].flat(), observe] as typeof route.onResponse
   })
 
   const token = config.metricsToken !== undefined ? digest(config.metricsToken) : undefined

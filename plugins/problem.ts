@@ -59,7 +59,13 @@ export default fp(async (fastify) => {
     return sendProblem(request, reply, status, problemCode(err, status), err.message, err.problem)
   })
 
-  fastify.setNotFoundHandler((request, reply) =>
+  fastify.setNotFoundHandler({
+    // Unknown /api paths ask for a key like known ones: without it, a 404 would reveal what exists.
+    preHandler: (request, reply, done) => {
+      if (request.url.startsWith('/api/') && fastify.authenticate !== undefined) fastify.authenticate(request, reply, done)
+      else done()
+    }
+  }, (request, reply) =>
     sendProblem(request, reply, 404, 'not_found', `No route ${request.method} ${request.url.split('?')[0]}`))
 }, { name: 'problem' })
 
