@@ -30,7 +30,8 @@ export const ConfigSchema = Type.Object({
   DATA_DIR: Type.String({ default: './data' }),
   MAX_PROMPT_CHARS: Type.Integer({ default: 200_000, minimum: 1 }),
   MAX_BODY_BYTES: Type.Integer({ default: 4 * 1024 * 1024, minimum: 1024 }),
-  MAX_OUTPUT_BYTES: Type.Integer({ default: 10 * 1024 * 1024, minimum: 1024 }),
+  // 1 MiB: several times what a model can answer in one response (64k output tokens ≈ 256 KB).
+  MAX_OUTPUT_BYTES: Type.Integer({ default: 1024 * 1024, minimum: 1024 }),
   MAX_LINE_BYTES: Type.Integer({ default: 16 * 1024 * 1024, minimum: 1024 }),
   CLAUDE_SETTING_SOURCES: Type.String({ default: 'user' }),
   PASS_ENV: Type.String({ default: '' }),
