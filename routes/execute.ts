@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import { InvalidRequest, withProblem } from '../src/errors.js'
 import { executeRequestSchema, type ExecuteResult } from '../src/schemas/execute.js'
-import { problemResponses } from '../src/schemas/problem.js'
+import { startRunProblems } from '../src/schemas/problem.js'
 
 const security: Array<Record<string, string[]>> = [{ ApiKeyAuth: [] }, { BearerAuth: [] }]
 
@@ -24,16 +24,7 @@ const execute: FastifyPluginAsyncTypebox = async (fastify) => {
   const { config } = fastify
   const body = executeRequestSchema(config)
   const resultRef = Type.Unsafe<ExecuteResult>(Type.Ref('ExecuteResult', { description: 'The run ended (successfully or not): see `success`, `status` and `error_code`.' }))
-  const errors = {
-    400: problemResponses[400],
-    401: problemResponses[401],
-    403: problemResponses[403],
-    409: problemResponses[409],
-    413: problemResponses[413],
-    429: problemResponses[429],
-    500: problemResponses[500],
-    503: problemResponses[503]
-  }
+  const errors = startRunProblems
 
   fastify.post('/execute', {
     bodyLimit: config.maxBodyBytes,

@@ -3,7 +3,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import { InvalidRequest, RunNotFound, withProblem } from '../src/errors.js'
 import { executeRequestSchema } from '../src/schemas/execute.js'
-import { problemResponses } from '../src/schemas/problem.js'
+import { problemResponses, startRunProblems } from '../src/schemas/problem.js'
 import { RunEventsQuerySchema, RunListQuerySchema, RunListSchema, RunParamsSchema, type Run } from '../src/schemas/runs.js'
 import type { RunRecord } from '../src/store/run-store.js'
 import type { Runner } from '../src/runner/runner.js'
@@ -68,13 +68,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
       body: executeRequestSchema(config),
       response: {
         202: { ...runRef, description: 'Accepted: the run is queued or running.', headers: { Location: { type: 'string', description: 'The run\'s URL.' } } },
-        400: problemResponses[400],
-        401: problemResponses[401],
-        403: problemResponses[403],
-        409: problemResponses[409],
-        413: problemResponses[413],
-        429: problemResponses[429],
-        503: problemResponses[503]
+        ...startRunProblems
       }
     }
   }, async (request, reply) => {

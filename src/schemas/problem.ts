@@ -32,3 +32,15 @@ export const problemResponses = {
   500: p('Internal error; the body carries only the `request_id`.'),
   503: p('The server is shutting down.')
 } as const
+
+/** The problem responses a request that starts a run can get. */
+export const startRunProblems = {
+  400: problemResponses[400],
+  401: problemResponses[401],
+  403: problemResponses[403],
+  409: problemResponses[409],
+  413: problemResponses[413],
+  429: problemResponses[429],
+  500: problemResponses[500],
+  503: problemResponses[503]
+} as const
