@@ -14,7 +14,6 @@ function findRoot (): string {
 }
 
 export const PACKAGE_ROOT = findRoot()
-const pkg = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { name: string, version: string, description: string }
-export const PACKAGE_NAME = pkg.name
+const pkg = JSON.parse(readFileSync(join(PACKAGE_ROOT, 'package.json'), 'utf8')) as { version: string, description: string }
 export const VERSION = pkg.version
 export const DESCRIPTION = pkg.description
