@@ -321,23 +321,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
         }
         if (page.length === 0) break
       }
-      // Then live. Reading what is left and attaching happen in one tick: nothing slips between.
+      // Then live: the empty page above was read in this same tick, so attaching now misses nothing.
       const handle = this.runs.get(runId)
-      let congested = false
-      // (Little is left here: the pages above read up to the end of the log.)
-      for (const e of this.store.eventsAfter(runId, cursor, Number.MAX_SAFE_INTEGER)) {
-        const { ok, done } = send(e as RunEvent)
-        if (done) return true
-        if (!ok) {
-          congested = true
-          break
-        }
-      }
-      if (congested) {
-        await drained()
-        if (stopped()) return false
-        continue
-      }
       // Not live and no result in the log: a run left queued by a shutdown. Nothing more will come.
       if (handle === undefined) return false
       const outcome = await new Promise<'done' | 'congested' | 'stopped'>(resolve => {
