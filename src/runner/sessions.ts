@@ -8,16 +8,21 @@ import { join } from 'node:path'
  * lines record their `cwd`. (One run at a time per session is the scheduler's job.)
  */
 export class SessionRegistry {
+  /**
+   * Recently used sessions and their directories, newest last. Bounded: a pin only has to outlive
+   * the runs queued for a session before the CLI writes its file (found on disk from then on), and
+   * the queue is far shorter than this.
+   */
   private readonly dirs = new Map<string, string>()
 
-  constructor (private readonly claudeConfigDir: string) {}
+  constructor (private readonly claudeConfigDir: string, private readonly maxRemembered = 10_000) {}
 
   /** The directory a session was created in, or null for a session never seen. */
   async locate (sessionId: string): Promise<string | null> {
     const known = this.dirs.get(sessionId)
     if (known !== undefined) return known
     const cwd = await this.findOnDisk(sessionId)
-    if (cwd !== null) this.dirs.set(sessionId, cwd)
+    if (cwd !== null) this.remember(sessionId, cwd)
     return cwd
   }
 
@@ -36,7 +41,9 @@ export class SessionRegistry {
 
   /** Pin a session to a directory as soon as a run for it is accepted. */
   remember (sessionId: string, cwd: string): void {
+    this.dirs.delete(sessionId)
     this.dirs.set(sessionId, cwd)
+    if (this.dirs.size > this.maxRemembered) this.dirs.delete(this.dirs.keys().next().value!)
   }
 
   private async findOnDisk (sessionId: string): Promise<string | null> {
