@@ -18,8 +18,10 @@ declare module 'fastify' {
     scope?: Scope
   }
   interface FastifyInstance {
-    /** Whether the request may see everything (admin key, or auth off). */
+    /** Whether the request may see and act on everything (admin key, or auth off). */
     isAdmin: (request: FastifyRequest) => boolean
+    /** Whether the request may read every key's runs (admin, `runs:read_all`, or auth off). */
+    readsAllRuns: (request: FastifyRequest) => boolean
     /** The accepted keys (undefined with auth off). */
     keyRing: KeyRing | undefined
     /** The /api auth check, for the not-found handler (undefined with auth off). */
@@ -77,6 +79,7 @@ export default fp<AuthPluginOptions>(async (fastify, opts) => {
   fastify.decorateRequest('apiKey', null)
   fastify.decorateRequest('apiKeyName', null)
   fastify.decorate('isAdmin', (request) => !enableAuth || (request.apiKey !== null && allows(request.apiKey, 'admin')))
+  fastify.decorate('readsAllRuns', (request) => !enableAuth || (request.apiKey !== null && allows(request.apiKey, 'runs:read_all')))
   fastify.decorate('keyRing', undefined)
   if (!enableAuth) {
     fastify.decorate('authenticate', undefined)

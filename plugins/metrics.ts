@@ -4,6 +4,8 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom
 import { createHash, timingSafeEqual } from 'node:crypto'
 import { presentedKey } from './auth.js'
 import { sendProblem } from './problem.js'
+import { Type } from '@sinclair/typebox'
+import { problemResponses } from '../src/schemas/problem.js'
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
 
@@ -71,7 +73,19 @@ export default fp(async (fastify) => {
   })
 
   const token = config.metricsToken !== undefined ? digest(config.metricsToken) : undefined
-  fastify.get('/metrics', { schema: { hide: true } }, async (request, reply) => {
+  fastify.get('/metrics', {
+    schema: {
+      tags: ['system'],
+      summary: 'Prometheus metrics',
+      description: 'Metrics in the Prometheus text format: runs by status and error code, run durations, queue depth, active runs, HTTP requests by route and status, webhook deliveries, and the process\'s own (CPU, memory, event loop). Needs `Authorization: Bearer <METRICS_TOKEN>` or an admin key (none with `ENABLE_AUTH=false`).',
+      operationId: 'metrics',
+      security: [{ BearerAuth: [] }, { ApiKeyAuth: [] }],
+      response: {
+        200: { description: 'The metrics.', content: { 'text/plain': { schema: Type.String() } } },
+        401: problemResponses[401]
+      }
+    }
+  }, async (request, reply) => {
     if (config.enableAuth) {
       const presented = presentedKey(request.headers)
       const byToken = token !== undefined && presented !== undefined && timingSafeEqual(digest(presented), token)

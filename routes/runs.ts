@@ -49,10 +49,14 @@ cancel it.`
 const runs: FastifyPluginAsyncTypebox = async (fastify) => {
   const { config, runner } = fastify
   const store = runner.store
-  /** A run the request may see: a key sees only its own runs, unless it is an admin key. */
-  const find = (request: FastifyRequest, id: string): RunRecord => {
+  /**
+   * A run the request may see (`read`) or change (`write`): a key sees only its own runs, unless it
+   * is an admin key; `runs:read_all` reads every run but changes none but its own.
+   */
+  const find = (request: FastifyRequest, id: string, access: 'read' | 'write' = 'read'): RunRecord => {
     const r = store.getRun(id)
-    if (r === undefined || (!fastify.isAdmin(request) && r.keyName !== request.apiKeyName)) throw new RunNotFound(`no run ${id}`)
+    const all = access === 'read' ? fastify.readsAllRuns(request) : fastify.isAdmin(request)
+    if (r === undefined || (!all && r.keyName !== request.apiKeyName)) throw new RunNotFound(`no run ${id}`)
     return r
   }
 
@@ -86,7 +90,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['runs'],
       summary: 'List runs',
-      description: 'Newest first, filtered by `status` and `session_id` (admin keys also by `key_name`; other keys see only their own runs), a page at a time (`cursor`).',
+      description: 'Newest first, filtered by `status` and `session_id` (keys with `admin` or `runs:read_all` see every key\'s runs and may filter by `key_name`; other keys see only their own), a page at a time (`cursor`).',
       operationId: 'listRuns',
       security,
       querystring: RunListQuerySchema,
@@ -99,7 +103,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
       ...(status !== undefined ? { status } : {}),
       ...(sessionId !== undefined ? { sessionId: sessionId.toLowerCase() } : {}),
       ...(cursor !== undefined ? { before: Number(cursor) } : {}),
-      ...(!fastify.isAdmin(request)
+      ...(!fastify.readsAllRuns(request)
         ? { keyName: request.apiKeyName ?? '' }
         : request.query.key_name !== undefined ? { keyName: request.query.key_name } : {})
     })
@@ -134,7 +138,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request) => {
     const id = request.params.id.toLowerCase()
-    find(request, id)
+    find(request, id, 'write')
     const live = runner.get(id)
     if (live !== undefined) {
       live.cancel('cancelled through the API')

@@ -1,15 +1,39 @@
 /**
- * Manage named API keys in an `API_KEYS_FILE` (JSON, or YAML for .yaml/.yml):
- *
- *   npm run keys -- add NAME [--scopes runs:write,runs:read] [--max-concurrent N]
- *                            [--daily-budget USD] [--rate-limit PER_MIN] [--file PATH]
- *   npm run keys -- list [--file PATH]
- *   npm run keys -- remove NAME [--file PATH]
- *
- * `add` prints the new key once; only its SHA-256 is written. The default file is ./api-keys.json.
+ * Manage named API keys in an `API_KEYS_FILE` (JSON, or YAML for .yaml/.yml); see USAGE.
+ * `add` prints the new key once; only its SHA-256 is written.
  */
+import { existsSync, readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { generateKey, readKeyFile, SCOPES, sha256Hex, writeKeyFile, type KeyEntry, type Scope } from '../src/auth/keys.js'
+import { parseDotenv } from '../src/dotenv.js'
+
+/** The file the server reads: API_KEYS_FILE from the environment, else from `.env`, else ./api-keys.json. */
+const serverKeysFile = (): string => {
+  const fromEnv = process.env.API_KEYS_FILE
+  if (fromEnv !== undefined && fromEnv.trim() !== '') return fromEnv
+  const fromDotenv = existsSync('.env') ? parseDotenv(readFileSync('.env', 'utf8')).values.API_KEYS_FILE : undefined
+  return fromDotenv !== undefined && fromDotenv.trim() !== '' ? fromDotenv : 'api-keys.json'
+}
+
+const USAGE = `Manage the server's named API keys (only their SHA-256 is stored).
+
+Usage:
+  npm run keys -- add NAME [--scopes SCOPES] [--max-concurrent N] [--daily-budget USD]
+                           [--rate-limit PER_MIN] [--file PATH]
+  npm run keys -- list [--file PATH]
+  npm run keys -- remove NAME [--file PATH]
+  npm run keys -- --help
+
+  add      create a key and print it once (default scopes: runs:write,runs:read)
+  list     show every key's name, scopes and limits
+  remove   delete a key (the server drops it at its next start)
+
+Scopes: ${SCOPES.join(', ')}
+  runs:write     start and cancel runs            runs:read      read its own runs
+  runs:read_all  read every key's runs (dashboards) admin        everything, every key's runs
+
+--file defaults to API_KEYS_FILE (from the environment or .env), else ./api-keys.json.
+`
 
 function fail (message: string): never {
   process.stderr.write(message + '\n')
@@ -26,7 +50,8 @@ function args (): ReturnType<typeof parseOptions> {
 const parseOptions = () => parseArgs({
   allowPositionals: true,
   options: {
-    file: { type: 'string', default: 'api-keys.json' },
+    file: { type: 'string' },
+    help: { type: 'boolean', short: 'h' },
     scopes: { type: 'string', default: 'runs:write,runs:read' },
     'max-concurrent': { type: 'string' },
     'daily-budget': { type: 'string' },
@@ -35,7 +60,11 @@ const parseOptions = () => parseArgs({
 })
 const { values, positionals } = args()
 const [command, name] = positionals
-const file = values.file
+if (values.help === true || command === 'help') {
+  process.stdout.write(USAGE)
+  process.exit(0)
+}
+const file = values.file ?? serverKeysFile()
 let keys: KeyEntry[]
 try {
   keys = readKeyFile(file).keys
@@ -71,6 +100,7 @@ switch (command) {
     break
   }
   case 'list':
+    if (!existsSync(file)) fail(`no key file at ${file}; create one with: npm run keys -- add NAME --file ${file}`)
     for (const k of keys) {
       const limits = [
         k.max_concurrent_runs !== undefined ? `max_concurrent_runs=${k.max_concurrent_runs}` : '',
@@ -88,5 +118,5 @@ switch (command) {
     break
   }
   default:
-    fail('usage: keys add NAME [--scopes …] [--max-concurrent N] [--daily-budget USD] [--rate-limit N] [--file PATH] | keys list | keys remove NAME')
+    fail(command === undefined ? USAGE : `unknown command ${command}\n\n${USAGE}`)
 }

@@ -1,6 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { realpathSync } from 'node:fs'
-import { resolve } from 'node:path'
+import { existsSync, mkdirSync, realpathSync, statSync } from 'node:fs'
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path'
+import { PACKAGE_ROOT } from './package-info.js'
 
 /** The permission modes Claude Code accepts for `--permission-mode`. */
 export const PERMISSION_MODES = ['default', 'acceptEdits', 'plan', 'dontAsk', 'bypassPermissions'] as const
@@ -19,7 +20,8 @@ export const ConfigSchema = Type.Object({
   CLAUDE_CODE_PATH: Type.Optional(Type.String()),
   DEFAULT_WORKING_DIR: Type.Optional(Type.String()),
   ALLOWED_WORKING_DIRS: Type.Optional(Type.String()),
-  DEFAULT_TIMEOUT: Type.Integer({ default: 300, minimum: 1 }),
+  // No schema default: unset, it follows MAX_TIMEOUT down (300 s, or MAX_TIMEOUT when that is lower).
+  DEFAULT_TIMEOUT: Type.Optional(Type.Integer({ minimum: 1 })),
   MAX_TIMEOUT: Type.Integer({ default: 3600, minimum: 1 }),
   DEFAULT_PERMISSION_MODE: Type.Union(PERMISSION_MODES.map(m => Type.Literal(m)), { default: 'acceptEdits' }),
   ALLOWED_PERMISSION_MODES: Type.String({ default: 'default,acceptEdits,plan,dontAsk' }),
@@ -107,11 +109,77 @@ const unlessEmpty = (s: string | undefined): string | undefined => s === undefin
 const list = (s: string | undefined): string[] =>
   (s ?? '').split(',').map(x => x.trim()).filter(x => x.length > 0)
 
-function realDir (path: string, what: string, cwd: string): string {
+/** Where runs execute when nothing is configured: a directory of its own, next to nothing of the server's. */
+export const DEFAULT_WORKSPACE = 'workspace'
+
+/** The fallback for a request without `timeout` when `DEFAULT_TIMEOUT` is unset (capped by `MAX_TIMEOUT`). */
+export const DEFAULT_TIMEOUT_S = 300
+
+/** True when `child` is `root` or lies below it (absolute, normalised paths). */
+export function isInside (root: string, child: string): boolean {
+  const rel = relative(root, child)
+  return rel === '' || (rel !== '..' && !rel.startsWith('..' + sep) && !isAbsolute(rel))
+}
+
+/**
+ * The real path of `path`, which need not exist yet: its nearest existing ancestor is resolved
+ * (symlinks followed) and the rest appended, so containment checks see through links.
+ */
+export function realPathOf (path: string): string {
+  const rest: string[] = []
+  let dir = resolve(path)
+  for (;;) {
+    try {
+      return join(realpathSync(dir), ...rest.reverse())
+    } catch {
+      const up = dirname(dir)
+      if (up === dir) return resolve(path)
+      rest.push(basename(dir))
+      dir = up
+    }
+  }
+}
+
+function realDir (variable: string, path: string, cwd: string): string {
+  const absolute = resolve(cwd, path)
+  let real: string
   try {
-    return realpathSync(resolve(cwd, path))
+    real = realpathSync(absolute)
   } catch {
-    throw new ConfigError(`${what} ${path} does not exist`)
+    throw new ConfigError(`${variable}=${path}: ${absolute} does not exist; create it or point ${variable} at an existing directory`)
+  }
+  if (!statSync(real).isDirectory()) throw new ConfigError(`${variable}=${path}: ${real} is not a directory; point ${variable} at a directory`)
+  return real
+}
+
+/**
+ * Create `dir` and its missing parents, one at a time. (Node's recursive mkdir spins forever on
+ * some paths, `/proc/x` among them; a plain mkdir per level fails at once and says why.)
+ */
+export function makeDirectory (dir: string): void {
+  const missing: string[] = []
+  let d = resolve(dir)
+  while (!existsSync(d)) {
+    missing.push(d)
+    const up = dirname(d)
+    if (up === d) break
+    d = up
+  }
+  for (const m of missing.reverse()) mkdirSync(m, { mode: 0o755 })
+}
+
+/**
+ * The work area a run may use must hold nothing of the server: not its run store, its keys, its
+ * `.env` or its own code. A root containing any of them is refused at start.
+ */
+function checkRootsHoldNothingOfTheServer (roots: string[], serverPaths: Array<{ what: string, path: string }>): void {
+  for (const root of roots) {
+    for (const { what, path } of serverPaths) {
+      if (isInside(root, realPathOf(path))) {
+        throw new ConfigError(`ALLOWED_WORKING_DIRS includes ${root}, which contains ${what} (${path}): runs could read it. ` +
+          'Point DEFAULT_WORKING_DIR and ALLOWED_WORKING_DIRS at a directory of their own (e.g. ./workspace), or move ' + what + ' out of it')
+      }
+    }
   }
 }
 
@@ -136,23 +204,49 @@ export function parseTrustProxy (value: string): TrustProxy {
 
 /** Turns the validated environment into `Settings`, checking what a schema cannot. */
 export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string): Settings {
-  const defaultWorkingDir = realDir(unlessEmpty(raw.DEFAULT_WORKING_DIR) ?? cwd, 'DEFAULT_WORKING_DIR', cwd)
+  const configuredDefault = unlessEmpty(raw.DEFAULT_WORKING_DIR)
+  if (configuredDefault === undefined) {
+    // First start: the default work area is made, empty, next to the server (and ignored by git).
+    try {
+      makeDirectory(resolve(cwd, DEFAULT_WORKSPACE))
+    } catch (err) {
+      throw new ConfigError(`DEFAULT_WORKING_DIR is unset and the default work area ${resolve(cwd, DEFAULT_WORKSPACE)} could not be created (${(err as NodeJS.ErrnoException).code ?? (err as Error).message}); set DEFAULT_WORKING_DIR to an existing directory`)
+    }
+  }
+  const defaultWorkingDir = realDir('DEFAULT_WORKING_DIR', configuredDefault ?? DEFAULT_WORKSPACE, cwd)
   const roots = list(raw.ALLOWED_WORKING_DIRS)
-  const allowedRoots = roots.length > 0 ? roots.map(r => realDir(r, 'ALLOWED_WORKING_DIRS entry', cwd)) : [defaultWorkingDir]
+  const allowedRoots = roots.length > 0 ? roots.map(r => realDir('ALLOWED_WORKING_DIRS', r, cwd)) : [defaultWorkingDir]
+  if (!allowedRoots.some(root => isInside(root, defaultWorkingDir))) {
+    throw new ConfigError(`DEFAULT_WORKING_DIR=${configuredDefault ?? DEFAULT_WORKSPACE} (${defaultWorkingDir}) is not inside ALLOWED_WORKING_DIRS (${allowedRoots.join(', ')}): ` +
+      'add it to ALLOWED_WORKING_DIRS or choose a directory inside one of them')
+  }
+  const dataDir = resolve(cwd, raw.DATA_DIR)
+  const apiKeysFile = unlessEmpty(raw.API_KEYS_FILE) === undefined ? undefined : resolve(cwd, raw.API_KEYS_FILE!)
+  if (apiKeysFile !== undefined && !existsSync(apiKeysFile)) {
+    throw new ConfigError(`API_KEYS_FILE=${raw.API_KEYS_FILE} (${apiKeysFile}) does not exist: create it with "npm run keys -- add NAME --file ${raw.API_KEYS_FILE}", or unset API_KEYS_FILE`)
+  }
+  checkRootsHoldNothingOfTheServer(allowedRoots, [
+    { what: 'DATA_DIR', path: dataDir },
+    ...(apiKeysFile !== undefined ? [{ what: 'API_KEYS_FILE', path: apiKeysFile }] : []),
+    { what: 'the server\'s .env', path: join(cwd, '.env') },
+    { what: 'the server\'s own code', path: PACKAGE_ROOT }
+  ])
   const modes = list(raw.ALLOWED_PERMISSION_MODES)
+  if (modes.length === 0) throw new ConfigError('ALLOWED_PERMISSION_MODES is empty: list at least one mode, e.g. ALLOWED_PERMISSION_MODES=default,acceptEdits,plan,dontAsk')
   for (const m of modes) {
     if (!(PERMISSION_MODES as readonly string[]).includes(m)) {
-      throw new ConfigError(`ALLOWED_PERMISSION_MODES: unknown permission mode ${m} (known: ${PERMISSION_MODES.join(', ')})`)
+      throw new ConfigError(`ALLOWED_PERMISSION_MODES=${raw.ALLOWED_PERMISSION_MODES}: unknown permission mode ${m}; use only ${PERMISSION_MODES.join(', ')}`)
     }
   }
   if (!modes.includes(raw.DEFAULT_PERMISSION_MODE)) {
-    throw new ConfigError(`DEFAULT_PERMISSION_MODE ${raw.DEFAULT_PERMISSION_MODE} is not in ALLOWED_PERMISSION_MODES`)
+    throw new ConfigError(`DEFAULT_PERMISSION_MODE=${raw.DEFAULT_PERMISSION_MODE} is not in ALLOWED_PERMISSION_MODES (${modes.join(', ')}): add it there or choose one of those`)
   }
   if (list(raw.WEBHOOK_ALLOWED_HOSTS).length > 0 && unlessEmpty(raw.WEBHOOK_SECRET) === undefined) {
-    throw new ConfigError('WEBHOOK_ALLOWED_HOSTS is set but WEBHOOK_SECRET is not: webhooks must be signed')
+    throw new ConfigError(`WEBHOOK_ALLOWED_HOSTS=${raw.WEBHOOK_ALLOWED_HOSTS} is set but WEBHOOK_SECRET is not: webhooks must be signed; set WEBHOOK_SECRET to a long random secret`)
   }
-  if (raw.DEFAULT_TIMEOUT > raw.MAX_TIMEOUT) {
-    throw new ConfigError(`DEFAULT_TIMEOUT (${raw.DEFAULT_TIMEOUT}) exceeds MAX_TIMEOUT (${raw.MAX_TIMEOUT})`)
+  const defaultTimeoutS = raw.DEFAULT_TIMEOUT ?? Math.min(DEFAULT_TIMEOUT_S, raw.MAX_TIMEOUT)
+  if (defaultTimeoutS > raw.MAX_TIMEOUT) {
+    throw new ConfigError(`DEFAULT_TIMEOUT (${defaultTimeoutS}) exceeds MAX_TIMEOUT (${raw.MAX_TIMEOUT}): lower DEFAULT_TIMEOUT, or unset it to use MAX_TIMEOUT`)
   }
   return {
     enableAuth: raw.ENABLE_AUTH,
@@ -163,7 +257,7 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     claudePath: unlessEmpty(raw.CLAUDE_CODE_PATH),
     defaultWorkingDir,
     allowedRoots,
-    defaultTimeoutS: raw.DEFAULT_TIMEOUT,
+    defaultTimeoutS,
     maxTimeoutS: raw.MAX_TIMEOUT,
     defaultPermissionMode: raw.DEFAULT_PERMISSION_MODE,
     allowedPermissionModes: modes as PermissionMode[],
@@ -171,7 +265,7 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     maxQueuedRuns: raw.MAX_QUEUED_RUNS,
     corsOrigins: list(raw.CORS_ORIGINS),
     logLevel: raw.LOG_LEVEL,
-    dataDir: resolve(cwd, raw.DATA_DIR),
+    dataDir,
     maxPromptChars: raw.MAX_PROMPT_CHARS,
     maxBodyBytes: raw.MAX_BODY_BYTES,
     maxOutputBytes: raw.MAX_OUTPUT_BYTES,
@@ -184,7 +278,7 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     shutdownGraceS: raw.SHUTDOWN_GRACE_S,
     retentionDays: raw.RUN_RETENTION_DAYS,
     retentionMaxRuns: raw.RUN_RETENTION_MAX_RUNS,
-    apiKeysFile: unlessEmpty(raw.API_KEYS_FILE) === undefined ? undefined : resolve(cwd, raw.API_KEYS_FILE!),
+    apiKeysFile,
     metricsToken: unlessEmpty(raw.METRICS_TOKEN),
     webhookAllowedHosts: list(raw.WEBHOOK_ALLOWED_HOSTS).map(h => h.toLowerCase()),
     webhookSecret: unlessEmpty(raw.WEBHOOK_SECRET),

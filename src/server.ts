@@ -1,27 +1,35 @@
 import Fastify from 'fastify'
 import closeWithGrace from 'close-with-grace'
 import { existsSync, readFileSync } from 'node:fs'
-import { parseEnv } from 'node:util'
 import envSchema from 'env-schema'
 import app, { serverOptions } from './app.js'
 import { ConfigSchema, parseTrustProxy, type Environment, type RawConfig } from './config.js'
+import { parseDotenv } from './dotenv.js'
+import { startupErrorLine, type ListenTarget } from './startup.js'
 
 /**
  * Entry point: read the environment (plus `.env` if present, the environment winning), build the
  * app, listen, and shut down cleanly on SIGTERM/SIGINT: stop admitting, end every run's process
- * tree, then exit.
+ * tree, then exit. Anything that stops the start is one plain line on stderr and exit code 1.
  */
-const env: Environment = {
-  ...(existsSync('.env') ? parseEnv(readFileSync('.env', 'utf8')) : {}),
-  ...process.env
-}
-let listen: RawConfig
-try {
-  listen = envSchema<RawConfig>({ schema: structuredClone(ConfigSchema), data: env, env: false, dotenv: false })
-} catch (err) {
-  process.stderr.write(`Invalid configuration: ${(err as Error).message}\n`)
+const dotenv = existsSync('.env') ? parseDotenv(readFileSync('.env', 'utf8')) : { values: {}, warnings: [] }
+for (const w of dotenv.warnings) process.stderr.write(`Warning: ${w}\n`)
+const env: Environment = { ...dotenv.values, ...process.env }
+
+let target: ListenTarget | undefined
+const cannotStart = (err: unknown): never => {
+  process.stderr.write(startupErrorLine(err, env, target) + '\n')
   process.exit(1)
 }
+
+const readListenSettings = (): RawConfig => {
+  try {
+    return envSchema<RawConfig>({ schema: structuredClone(ConfigSchema), data: env, env: false, dotenv: false })
+  } catch (err) {
+    return cannotStart(err)
+  }
+}
+const listen = readListenSettings()
 
 const server = Fastify(serverOptions(listen.LOG_LEVEL, parseTrustProxy(listen.TRUST_PROXY)))
 server.register(app, { env })
@@ -34,8 +42,13 @@ closeWithGrace({ delay: (listen.SHUTDOWN_GRACE_S + 15) * 1000 }, async ({ signal
 })
 
 try {
+  await server.ready()
+} catch (err) {
+  cannotStart(err)
+}
+try {
+  target = { host: listen.HOST, port: listen.PORT }
   await server.listen({ host: listen.HOST, port: listen.PORT })
 } catch (err) {
-  server.log.error({ err }, 'could not start')
-  process.exit(1)
+  cannotStart(err)
 }

@@ -170,13 +170,22 @@ export interface ServerProcess {
   exited: Promise<number | null>
 }
 
-/** Start `src/server.ts` as a real process with `env`; killed at the end of the test. */
-export async function startServer (t: T, env: Record<string, string>): Promise<ServerProcess> {
-  const child = spawn(process.execPath, ['--import=tsx', 'src/server.ts'], {
-    cwd: fileURLToPath(new URL('..', import.meta.url)),
-    env: { HOST: '127.0.0.1', PORT: '0', ...env, LOG_LEVEL: 'info' },
+const ROOT = fileURLToPath(new URL('..', import.meta.url))
+/** tsx's loader, by absolute URL, so the server can start from any working directory. */
+const TSX = import.meta.resolve('tsx')
+
+/** Spawn `src/server.ts` as `npm start` would, from `cwd` (default: the repository). */
+function spawnServer (env: Record<string, string>, cwd = ROOT): ChildProcessWithoutNullStreams {
+  return spawn(process.execPath, [`--import=${TSX}`, join(ROOT, 'src', 'server.ts')], {
+    cwd,
+    env: { HOST: '127.0.0.1', PORT: '0', ...env, LOG_LEVEL: env.LOG_LEVEL === undefined || env.LOG_LEVEL === 'silent' ? 'info' : env.LOG_LEVEL },
     stdio: ['pipe', 'pipe', 'pipe']
   })
+}
+
+/** Start `src/server.ts` as a real process with `env`; killed at the end of the test. */
+export async function startServer (t: T, env: Record<string, string>, cwd?: string): Promise<ServerProcess> {
+  const child = spawnServer(env, cwd)
   const exited = new Promise<number | null>(resolve => child.once('exit', code => resolve(code)))
   t.teardown(() => { child.kill('SIGKILL') })
   let out = ''
@@ -186,4 +195,18 @@ export async function startServer (t: T, env: Record<string, string>): Promise<S
   const m = /listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(out)
   if (!ok || m === null) throw new Error('server did not start:\n' + out)
   return { base: m[1]!, child, output: () => out, exited }
+}
+
+/** Start a server that is expected not to start: its exit code, stdout and stderr (killed after `ms`). */
+export async function serverThatFails (env: Record<string, string>, cwd?: string, ms = 30_000): Promise<{ code: number | null, stdout: string, stderr: string, ms: number }> {
+  const started = Date.now()
+  const child = spawnServer(env, cwd)
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (c: Buffer) => { stdout += c.toString() })
+  child.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
+  const timer = setTimeout(() => child.kill('SIGKILL'), ms)
+  const code = await new Promise<number | null>(resolve => child.once('exit', c => resolve(c)))
+  clearTimeout(timer)
+  return { code, stdout, stderr, ms: Date.now() - started }
 }

@@ -5,8 +5,11 @@ import { existsSync, readFileSync, writeFileSync, renameSync } from 'node:fs'
 import { parse as parseYaml } from 'yaml'
 import { ConfigError } from '../config.js'
 
-/** What a key may do. `admin` implies the others and sees every key's runs. */
-export const SCOPES = ['runs:write', 'runs:read', 'admin'] as const
+/**
+ * What a key may do. `runs:write` starts and cancels its own runs; `runs:read` reads its own runs;
+ * `runs:read_all` reads every key's runs (a dashboard) and changes nothing; `admin` does all of it.
+ */
+export const SCOPES = ['runs:write', 'runs:read', 'runs:read_all', 'admin'] as const
 export type Scope = typeof SCOPES[number]
 
 const KeyEntrySchema = Type.Object({
@@ -107,7 +110,7 @@ export class KeyRing {
   }
 }
 
-/** Whether a key may act with `scope` (`admin` may do everything). */
+/** Whether a key may act with `scope` (`admin` may do everything; `runs:read_all` reads too). */
 export function allows (key: ApiKey, scope: Scope): boolean {
-  return key.scopes.has('admin') || key.scopes.has(scope)
+  return key.scopes.has('admin') || key.scopes.has(scope) || (scope === 'runs:read' && key.scopes.has('runs:read_all'))
 }

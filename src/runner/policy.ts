@@ -1,14 +1,10 @@
 import { realpath, stat } from 'node:fs/promises'
-import { isAbsolute, relative, resolve, sep } from 'node:path'
-import type { PermissionMode, Settings } from '../config.js'
+import { resolve } from 'node:path'
+import { isInside, type PermissionMode, type Settings } from '../config.js'
 import { EnvVarForbidden, PermissionModeForbidden, WorkingDirectoryForbidden, WorkingDirectoryNotFound, withProblem } from '../errors.js'
 import { refusedEnvName } from './child-env.js'
 
-/** True when `child` is `root` or lies below it (both real paths). */
-export function isInside (root: string, child: string): boolean {
-  const rel = relative(root, child)
-  return rel === '' || (rel !== '..' && !rel.startsWith('..' + sep) && !isAbsolute(rel))
-}
+export { isInside }
 
 /**
  * Resolve a requested working directory to its real path and check it lies inside an allowed

@@ -35,6 +35,48 @@ export interface RunOutcome {
   startedAt: number
   endedAt: number
   maxOutputBytes: number
+  /** The answer's text as streamed so far: the output of a run that ended without a result. */
+  partialText?: string
+}
+
+/**
+ * The assistant's text as it streams, kept up to the output cap, so a run that is cancelled,
+ * times out or dies before its result still answers with what it had written. Separate text
+ * blocks are joined by a blank line; deltas of one block are joined as they come.
+ */
+export class PartialText {
+  private parts: string[] = []
+  private bytes = 0
+  private full = false
+  private nextIsNewBlock = false
+
+  constructor (private readonly maxBytes: number) {}
+
+  /** The next piece of text starts a new block (a new `content_block_start`). */
+  newBlock (): void {
+    this.nextIsNewBlock = true
+  }
+
+  /** Add `text`; `block` says it is a whole block of its own. */
+  add (text: string, block = false): void {
+    if (this.full || text === '') return
+    const piece = (block || this.nextIsNewBlock) && this.bytes > 0 ? '\n\n' + text : text
+    this.nextIsNewBlock = false
+    const room = this.maxBytes - this.bytes
+    const { text: kept, truncated } = capUtf8(piece, room)
+    this.parts.push(kept)
+    this.bytes += Buffer.byteLength(kept)
+    if (truncated) this.full = true
+  }
+
+  get text (): string {
+    if (this.parts.length > 1) this.parts = [this.parts.join('')]
+    return this.parts[0] ?? ''
+  }
+
+  get truncated (): boolean {
+    return this.full
+  }
 }
 
 /** Cut a string to at most `maxBytes` of UTF-8 without splitting a character. */
@@ -102,7 +144,8 @@ function classify (o: RunOutcome): { status: RunStatus, errorCode: ErrorCode | n
 export function toExecuteResult (o: RunOutcome): ExecuteResult {
   const r = o.resultLine
   const { status, errorCode, error } = classify(o)
-  const { text, truncated } = capUtf8(typeof r?.result === 'string' ? r.result : '', o.maxOutputBytes)
+  // Without a result text (cancelled, timed out, interrupted, died), the text streamed so far.
+  const { text, truncated } = capUtf8(typeof r?.result === 'string' ? r.result : o.partialText ?? '', o.maxOutputBytes)
   const apiStatus = typeof r?.api_error_status === 'number' ? r.api_error_status : null
   return {
     success: status === 'succeeded',

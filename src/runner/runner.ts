@@ -14,7 +14,7 @@ import { CliProbe } from './cli-probe.js'
 import { LineSplitter } from './line-splitter.js'
 import { checkEnvVars, checkPermissionMode, isInside, resolveWorkingDir } from './policy.js'
 import { killRunTree, type KillReport } from './process-tree.js'
-import { toExecuteResult, type CliResultLine, type RunOutcome } from './result.js'
+import { PartialText, toExecuteResult, type CliResultLine, type RunOutcome } from './result.js'
 import { Scheduler, type Ticket } from './scheduler.js'
 import { SessionRegistry } from './sessions.js'
 import type { RunEvent, RunEventType, RunSpec } from './types.js'
@@ -64,6 +64,8 @@ export class RunHandle extends EventEmitter<{ event: [RunEvent] }> {
   /** Resolves when the scheduler lets the run start. */
   readonly admitted: Promise<void>
   admit!: () => void
+  /** The scheduler let it start (it may not be `running` yet: the spawn is on its way). */
+  wasAdmitted = false
   ticket: Ticket | undefined
   endedBy: EndReason | undefined
   private resolveResult!: (r: ExecuteResult) => void
@@ -81,7 +83,12 @@ export class RunHandle extends EventEmitter<{ event: [RunEvent] }> {
     super()
     this.setMaxListeners(0)
     this.result = new Promise(resolve => { this.resolveResult = resolve })
-    this.admitted = new Promise(resolve => { this.admit = resolve })
+    this.admitted = new Promise(resolve => {
+      this.admit = () => {
+        this.wasAdmitted = true
+        resolve()
+      }
+    })
   }
 
   get id (): string { return this.spec.runId }
@@ -166,6 +173,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
   /** Aborted when the server shuts down: followers of runs that stay queued end their streams. */
   private readonly shutdown = new AbortController()
   private pruneTimer: NodeJS.Timeout | undefined
+  /** What the previous process left in the store, until `recover()` deals with it. */
+  private leftovers: { running: RunRecord[], queued: RunRecord[] } | undefined
 
   constructor (private readonly settings: Settings, private readonly log: RunnerLogger & { child: (b: object) => RunnerLogger }, readonly store: RunStore) {
     super()
@@ -180,12 +189,17 @@ export class Runner extends EventEmitter<RunnerEvents> {
     setMaxListeners(0, this.shutdown.signal)
   }
 
-  /** Probe the CLI, recover what a previous process left, prune old runs, keep all of it going. */
+  /**
+   * Probe the CLI, note what a previous process left (acted on by `recover()`, once the server
+   * has its port), prune old runs, keep all of it going.
+   */
   async start (): Promise<void> {
     const status = await this.probe.refresh()
     if (!status.available) this.log.warn({ cli: this.cliPath, error: status.error }, 'Claude Code CLI not available: runs will fail with cli_not_found')
+    else if (status.credentials === 'missing') this.log.warn({ cli: this.cliPath }, 'no Claude credential configured (ANTHROPIC_API_KEY, CLAUDE_CODE_OAUTH_TOKEN or a `claude` login): runs will fail with not_authenticated')
     this.probe.startBackground(this.settings.cliProbeIntervalS)
-    await this.recover()
+    // Read now, before any new run exists, so recovery never touches a run of this process.
+    this.leftovers = { running: this.store.runsWithStatus('running'), queued: this.store.runsWithStatus('queued') }
     this.prune()
     this.pruneTimer = setInterval(() => this.prune(), 3600_000)
     this.pruneTimer.unref()
@@ -365,7 +379,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
     for (const h of live) {
       if (h.status === 'queued' && h.cancelOnDisconnect) h.cancel('server shutting down')
     }
-    const running = live.filter(h => h.status === 'running' || h.cancelOnDisconnect)
+    // Admitted runs count as running: their spawn may be a tick away, and must not outlive the store.
+    const running = live.filter(h => h.status === 'running' || h.wasAdmitted || h.cancelOnDisconnect)
     if (graceMs > 0 && running.length > 0) {
       this.log.info({ running: running.length, grace_s: graceMs / 1000 }, 'waiting for running runs to finish')
       let timer: NodeJS.Timeout | undefined
@@ -397,10 +412,14 @@ export class Runner extends EventEmitter<RunnerEvents> {
   /**
    * What a previous process left: runs it had `running` are `interrupted` (after any process of
    * theirs still alive is killed); runs it had `queued` are queued again, but for those whose
-   * client waited on a connection that died with it.
+   * client waited on a connection that died with it. Called once the server holds its port (and
+   * `DATA_DIR`'s lock), so a server that cannot start never touches another one's runs. Once only.
    */
-  private async recover (): Promise<void> {
-    for (const r of this.store.runsWithStatus('running')) {
+  async recover (): Promise<void> {
+    const leftovers = this.leftovers
+    this.leftovers = undefined
+    if (leftovers === undefined || this.closing) return
+    for (const r of leftovers.running) {
       let killed = 0
       if (r.marker !== null) {
         const report = await killRunTree({ rootPid: undefined, markerName: RUN_MARKER_VAR, markerValue: r.marker, graceMs: 0, rootExited: Promise.resolve() })
@@ -409,7 +428,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       this.finishStored(r, { status: 'interrupted', error: 'The server stopped while this run was going; it did not finish' })
       this.log.warn({ run_id: r.id, killed }, 'run interrupted by a server restart')
     }
-    for (const r of this.store.runsWithStatus('queued')) {
+    for (const r of leftovers.queued) {
       if (r.cancelOnDisconnect || r.spec === null) {
         this.finishStored(r, { status: 'cancelled', error: 'Run cancelled: its client\'s connection ended when the server stopped' })
         continue
@@ -424,8 +443,9 @@ export class Runner extends EventEmitter<RunnerEvents> {
   /** End a stored run that has no live process: result event, then the row. */
   private finishStored (r: RunRecord, how: { status: 'interrupted' | 'cancelled', error: string }): void {
     const now = Date.now()
+    const partialText = this.textOf(r)
     const result: ExecuteResult = {
-      ...toExecuteResult({ runId: r.id, sessionId: r.sessionId, timeoutS: 0, exitCode: null, stderrTail: '', oversizeLines: 0, startedAt: r.createdAt, endedAt: now, maxOutputBytes: 0, ended: { by: 'cancel', reason: '' } }),
+      ...toExecuteResult({ runId: r.id, sessionId: r.sessionId, timeoutS: 0, exitCode: null, stderrTail: '', oversizeLines: 0, startedAt: r.createdAt, endedAt: now, maxOutputBytes: this.settings.maxOutputBytes, ended: { by: 'cancel', reason: '' }, partialText }),
       status: how.status,
       error_code: how.status,
       error: how.error
@@ -433,6 +453,21 @@ export class Runner extends EventEmitter<RunnerEvents> {
     const seq = this.store.lastSeq(r.id) + 1
     this.store.appendEvent(r.id, seq, 'result', JSON.stringify(result))
     this.store.markFinished(r.id, result, now)
+  }
+
+  /** The text a stored run had streamed, read back from its log (capped like any output). */
+  private textOf (r: RunRecord): string {
+    const partial = new PartialText(this.settings.maxOutputBytes)
+    let cursor = 0
+    for (;;) {
+      const page = this.store.eventsAfter(r.id, cursor, REPLAY_PAGE, REPLAY_PAGE_BYTES)
+      if (page.length === 0 || partial.truncated) break
+      for (const e of page) {
+        cursor = e.seq
+        if (e.type === 'text') partial.add((JSON.parse(e.data) as { text: string }).text, r.spec?.includePartialMessages !== true)
+      }
+    }
+    return partial.text
   }
 
   private prune (): void {
@@ -509,8 +544,13 @@ export class Runner extends EventEmitter<RunnerEvents> {
     })
     handle.log.debug({ pid: child.pid, args }, 'CLI started')
 
+    const partial = new PartialText(this.settings.maxOutputBytes)
+    const text = (t: string, block: boolean): void => {
+      handle.push('text', { text: t })
+      partial.add(t, block)
+    }
     const splitter = new LineSplitter(this.settings.maxLineBytes, (line, shrunk, preview) => {
-      let msg: { type?: unknown, message?: { content?: unknown }, event?: { type?: unknown, delta?: { type?: unknown, text?: unknown } } }
+      let msg: { type?: unknown, message?: { content?: unknown }, event?: { type?: unknown, content_block?: { type?: unknown }, delta?: { type?: unknown, text?: unknown } } }
       try {
         msg = JSON.parse(line)
       } catch {
@@ -523,13 +563,13 @@ export class Runner extends EventEmitter<RunnerEvents> {
       if (msg.type === 'result') {
         outcome.resultLine = msg as CliResultLine
         if (shrunk) outcome.resultShrunk = true
+      } else if (msg.type === 'stream_event' && msg.event?.type === 'content_block_start' && msg.event.content_block?.type === 'text') {
+        partial.newBlock()
       } else if (msg.type === 'stream_event' && msg.event?.type === 'content_block_delta' && msg.event.delta?.type === 'text_delta' && typeof msg.event.delta.text === 'string') {
-        handle.push('text', { text: msg.event.delta.text })
+        text(msg.event.delta.text, false)
       } else if (msg.type === 'assistant' && !spec.includePartialMessages && Array.isArray(msg.message?.content)) {
         for (const block of msg.message.content as Array<{ type?: unknown, text?: unknown }>) {
-          if (block?.type === 'text' && typeof block.text === 'string' && block.text.length > 0) {
-            handle.push('text', { text: block.text })
-          }
+          if (block?.type === 'text' && typeof block.text === 'string' && block.text.length > 0) text(block.text, true)
         }
       }
       if (shrunk) handle.log.warn({ type: msg.type, max: this.settings.maxLineBytes }, 'a CLI output line over MAX_LINE_BYTES was shrunk: its longest strings were cut')
@@ -554,6 +594,9 @@ export class Runner extends EventEmitter<RunnerEvents> {
 
     const res = await exited
     splitter.end()
+    outcome.partialText = partial.text
+    // Only when that text becomes the output does its cut say `truncated`.
+    if (partial.truncated && typeof outcome.resultLine?.result !== 'string') outcome.resultShrunk = true
     outcome.exitCode = res.exitCode ?? null
     const cause = res.cause as NodeJS.ErrnoException | undefined
     if (child.pid === undefined || (res.failed && cause?.syscall?.startsWith('spawn') === true)) {

@@ -34,7 +34,12 @@ export function executeRequestSchema (limits: RequestLimits) {
     output_schema: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'A JSON Schema; the result then carries `structured_output`.' })),
     include_partial_messages: Type.Optional(Type.Boolean({ description: 'Stream only: add token-level `stream_event` messages and `text` deltas.' })),
     webhook_url: Type.Optional(Type.String({ format: 'uri', pattern: '^https?://', maxLength: 2000, description: 'When the run ends, its summary is POSTed here, signed (`X-Signature-256: sha256=HMAC(WEBHOOK_SECRET, body)`; the body carries a `timestamp`), retried with backoff. The host must be in the operator\'s `WEBHOOK_ALLOWED_HOSTS` (403 otherwise).' }))
-  }, { additionalProperties: false, title: 'ExecuteRequest' })
+  }, {
+    additionalProperties: false,
+    title: 'ExecuteRequest',
+    // The one example Swagger UI's "Try it out" fills in: it must work as it is on a fresh server.
+    examples: [{ prompt: 'Say hello in one short sentence.' }]
+  })
 }
 export type ExecuteRequest = Static<ReturnType<typeof executeRequestSchema>>
 

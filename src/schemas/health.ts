@@ -6,6 +6,9 @@ export const HealthSchema = Type.Object({
   version: Type.String({ description: 'This server\'s version.' }),
   claude_code_available: Type.Boolean(),
   claude_code_version: Type.Union([Type.String(), Type.Null()]),
+  credentials: Type.Union([Type.Literal('ok'), Type.Literal('missing'), Type.Literal('unknown')], {
+    description: 'Whether the CLI finds a Claude credential (`ANTHROPIC_API_KEY`, `CLAUDE_CODE_OAUTH_TOKEN`, a `claude` login, or a cloud provider). `missing`: runs fail with `not_authenticated`, and `status` is `degraded`. `unknown` while the CLI is unavailable.'
+  }),
   uptime_s: Type.Number(),
   runs: Type.Object({ active: Type.Integer(), queued: Type.Integer() })
 }, { title: 'Health' })

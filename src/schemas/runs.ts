@@ -43,7 +43,7 @@ export const RunParamsSchema = Type.Object({
 export const RunListQuerySchema = Type.Object({
   status: Type.Optional(Type.Union(RUN_STATUSES.map(s => Type.Literal(s)))),
   session_id: Type.Optional(Type.String({ format: 'uuid' })),
-  key_name: Type.Optional(Type.String({ description: 'Admin keys only: the runs of this key.' })),
+  key_name: Type.Optional(Type.String({ description: 'Keys with `admin` or `runs:read_all` only: the runs of this key.' })),
   limit: Type.Optional(Type.Integer({ minimum: 1, maximum: 100, default: 20 })),
   cursor: Type.Optional(Type.String({ pattern: '^[0-9]+$', description: 'From `next_cursor` of the previous page.' }))
 }, { additionalProperties: false })

@@ -23,13 +23,26 @@ interface T { teardown: (fn: () => unknown) => void }
 /** Every nginx pid (masters and workers) this file started: none may outlive the file. */
 const started = new Set<number>()
 
-function nginxBinary (): string {
+function findNginx (): string | null {
   // /usr/sbin is not on every user's PATH.
   for (const candidate of ['nginx', '/usr/sbin/nginx', '/usr/local/sbin/nginx']) {
     const r = spawnSync(candidate, ['-v'], { stdio: 'ignore' })
     if (r.error === undefined && r.status === 0) return candidate
   }
-  throw new Error('nginx is not installed, so deploy/nginx.conf cannot be tested: install it (apt-get install nginx-light); .ci/run does')
+  return null
+}
+const NGINX = findNginx()
+/**
+ * Without nginx these tests are skipped, saying so, so `npm test` passes on a fresh machine; CI
+ * sets REQUIRE_NGINX=1 (and installs nginx), where a missing nginx fails.
+ */
+const skip = NGINX === null && process.env.REQUIRE_NGINX !== '1'
+  ? 'nginx is not installed (apt-get install nginx-light): deploy/nginx.conf is not tested'
+  : false
+
+function nginxBinary (): string {
+  if (NGINX === null) throw new Error('nginx is not installed, so deploy/nginx.conf cannot be tested: install it (apt-get install nginx-light); .ci/run does')
+  return NGINX
 }
 
 /** `from` replaced by `to`, failing loudly when the repo config no longer has `from`. */
@@ -184,7 +197,7 @@ function seconds (value: string): number {
   return total
 }
 
-test('the repo config lets /api/ responses stream unbuffered and last MAX_TIMEOUT', async t => {
+test('the repo config lets /api/ responses stream unbuffered and last MAX_TIMEOUT', { skip }, async t => {
   const api = /location \/api\/ \{([^}]*)\}/.exec(withoutComments(REPO_CONF))?.[1]
   t.ok(api, 'deploy/nginx.conf has a location /api/')
   const read = /proxy_read_timeout\s+([^;]+);/.exec(api ?? '')?.[1]
@@ -194,7 +207,7 @@ test('the repo config lets /api/ responses stream unbuffered and last MAX_TIMEOU
   t.match(api, /proxy_buffering\s+off;/, 'proxy buffering is off for /api/')
 })
 
-test('through nginx: /health, and SSE events pass one by one as the run goes', async t => {
+test('through nginx: /health, and SSE events pass one by one as the run goes', { skip }, async t => {
   const { model, proxy } = await proxied(t, { TRUST_PROXY: '127.0.0.1' })
   const health = await fetch(`${proxy.base}/health`)
   t.equal(health.status, 200)
@@ -218,7 +231,7 @@ test('through nginx: /health, and SSE events pass one by one as the run goes', a
   t.ok(ahead >= 1200, `the first text arrives well before the result (${ahead} ms)`)
 })
 
-test('keep-alive comments carry an SSE stream across silences longer than proxy_read_timeout', async t => {
+test('keep-alive comments carry an SSE stream across silences longer than proxy_read_timeout', { skip }, async t => {
   // Only in this copy: a 2 s read timeout, so a 3 s silence of the model is longer than nginx allows.
   const shortTimeout = (conf: string): string => rewrite(conf, /proxy_read_timeout\s+[^;]+;/, 'proxy_read_timeout 2s;')
   const stall = [{ text: ['before the stall', 'after the stall'], gapMs: 3000 }]
@@ -270,7 +283,7 @@ async function loggedClient (t: T, trustProxy: string | undefined, localAddress:
   return client
 }
 
-test('the client address behind nginx: X-Forwarded-For is believed exactly as far as TRUST_PROXY says', async t => {
+test('the client address behind nginx: X-Forwarded-For is believed exactly as far as TRUST_PROXY says', { skip }, async t => {
   t.equal(await loggedClient(t, '127.0.0.1', '127.0.0.1'), '203.0.113.7',
     'TRUST_PROXY=127.0.0.1: the server walks back over nginx and the (trusted) 127.0.0.1 client to the address before them')
   t.equal(await loggedClient(t, undefined, '127.0.0.1'), '127.0.0.1',
@@ -282,7 +295,7 @@ test('the client address behind nginx: X-Forwarded-For is believed exactly as fa
     'TRUST_PROXY=1: the server believes nginx (one hop) and logs the address nginx saw, not the made-up one')
 })
 
-test('a client that disconnects through nginx cancels the run and ends its processes', async t => {
+test('a client that disconnects through nginx cancels the run and ends its processes', { skip }, async t => {
   const { model, server, proxy } = await proxied(t, { TRUST_PROXY: '127.0.0.1' })
   model.on('sleep behind nginx', [{ tool: 'Bash', input: { command: 'sleep 3611' } }, { text: 'done' }])
   const client = new AbortController()
@@ -301,7 +314,7 @@ test('a client that disconnects through nginx cancels the run and ends its proce
   t.ok(await eventually(() => /"POST \/api\/execute\/stream HTTP\/1\.1" 200 /.test(proxy.accessLog())), 'nginx ended the request when its client left')
 })
 
-test('no nginx process started by this file survives it', async t => {
+test('no nginx process started by this file survives it', { skip }, async t => {
   const { proxy } = await proxied(t, {})
   t.equal((await fetch(`${proxy.base}/health`)).status, 200)
   await proxy.stop()

@@ -214,3 +214,28 @@ test('ReDoc at /redoc is served from local files only', async t => {
   t.match(bundle.headers['content-type'], /javascript/)
   t.ok(bundle.rawPayload.length > 100_000, 'the real ReDoc bundle')
 })
+
+test('the example body Swagger UI fills in for "Try it out" works as it is, on every run-starting route', async t => {
+  const { app } = await build(t)
+  const doc = (await app.inject({ url: '/openapi.json' })).json()
+  for (const path of ['/api/execute', '/api/execute/stream', '/api/runs']) {
+    const media = doc.paths[path].post.requestBody.content['application/json']
+    t.same(media.example, { prompt: 'Say hello in one short sentence.' }, `${path}: a minimal example (no stream, no directory, no webhook)`)
+  }
+  const example = doc.paths['/api/execute'].post.requestBody.content['application/json'].example
+  const res = await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: example })
+  t.equal(res.statusCode, 200)
+  t.equal(res.json().success, true, res.json().error)
+  const runs = await app.inject({ method: 'POST', url: '/api/runs', headers: auth, payload: example })
+  t.equal(runs.statusCode, 202, 'POST /api/runs takes it too')
+})
+
+test('/metrics is in the document, with its token auth', async t => {
+  const { app } = await build(t)
+  const doc = (await app.inject({ url: '/openapi.json' })).json()
+  const op = doc.paths['/metrics']?.get
+  t.ok(op, 'GET /metrics is documented')
+  t.ok(op.responses['200'].content['text/plain'], 'as Prometheus text')
+  t.ok(op.responses['401'], 'with its 401')
+  t.match(op.description, /METRICS_TOKEN/)
+})

@@ -11,7 +11,8 @@ const KEYS = {
   carol: 'cca_carol-0123456789abcdefghijklmnopqrstuv',
   dave: 'cca_dave-0123456789abcdefghijklmnopqrstuvwx',
   erin: 'cca_erin-0123456789abcdefghijklmnopqrstuvwx',
-  root: 'cca_root-0123456789abcdefghijklmnopqrstuvwx'
+  root: 'cca_root-0123456789abcdefghijklmnopqrstuvwx',
+  board: 'cca_board-0123456789abcdefghijklmnopqrstuv'
 }
 type Who = keyof typeof KEYS
 const as = (who: Who) => ({ 'x-api-key': KEYS[who] })
@@ -22,7 +23,8 @@ const ENTRIES = [
   { name: 'carol', key_sha256: sha256Hex(KEYS.carol), scopes: ['runs:write', 'runs:read'], max_concurrent_runs: 1 },
   { name: 'dave', key_sha256: sha256Hex(KEYS.dave), scopes: ['runs:write', 'runs:read'], rate_limit_per_min: 3 },
   { name: 'erin', key_sha256: sha256Hex(KEYS.erin), scopes: ['runs:write', 'runs:read'], daily_budget_usd: 0.0001 },
-  { name: 'root', key_sha256: sha256Hex(KEYS.root), scopes: ['admin'] }
+  { name: 'root', key_sha256: sha256Hex(KEYS.root), scopes: ['admin'] },
+  { name: 'board', key_sha256: sha256Hex(KEYS.board), scopes: ['runs:read_all'] }
 ]
 
 function jsonKeyFile (box: Sandbox, entries: unknown[] = ENTRIES): string {
@@ -133,6 +135,33 @@ test('the run view shows key_name and an admin can filter the list by key', asyn
   t.same(filtered.json().runs?.map((r: { id: string }) => r.id), [a.run_id], 'root lists alice\'s runs only')
 })
 
+test('a dashboard key with runs:read_all reads every key\'s runs and changes nothing', async t => {
+  const box = sandbox(t)
+  const model = await fakeModel(t)
+  model.on('slow alice', [{ text: ['a', 'b'], gapMs: 5000 }])
+  const { app } = await build(t, { box, model, env: { API_KEYS_FILE: jsonKeyFile(box) } })
+  const a = (await app.inject({ method: 'POST', url: '/api/execute', headers: as('alice'), payload: { prompt: 'alice task' } })).json()
+  const c = (await app.inject({ method: 'POST', url: '/api/execute', headers: as('carol'), payload: { prompt: 'carol task' } })).json()
+  const list = await app.inject({ url: '/api/runs', headers: as('board') })
+  t.equal(list.statusCode, 200)
+  t.same(list.json().runs.map((r: { id: string }) => r.id).sort(), [a.run_id, c.run_id].sort(), 'the dashboard lists every key\'s runs')
+  t.same((await app.inject({ url: '/api/runs?key_name=carol', headers: as('board') })).json().runs.map((r: { id: string }) => r.id), [c.run_id], 'and filters by key')
+  t.equal((await app.inject({ url: `/api/runs/${a.run_id}`, headers: as('board') })).json().result.output, 'Done!', 'reads a run')
+  const events = await app.inject({ url: `/api/runs/${a.run_id}/events`, headers: as('board') })
+  t.equal(events.statusCode, 200, 'and its events')
+  t.match(events.body, /event: result/)
+
+  const slow = (await app.inject({ method: 'POST', url: '/api/runs', headers: as('alice'), payload: { prompt: 'slow alice' } })).json()
+  const cancel = await app.inject({ method: 'POST', url: `/api/runs/${slow.id}/cancel`, headers: as('board') })
+  t.equal(cancel.statusCode, 403, 'it cannot cancel (no runs:write)')
+  t.equal(cancel.json().code, 'insufficient_scope')
+  const start = await app.inject({ method: 'POST', url: '/api/runs', headers: as('board'), payload: { prompt: 'board runs' } })
+  t.equal(start.statusCode, 403, 'nor start a run')
+  t.notOk(model.calls.some(call => call.prompt === 'board runs'))
+  t.equal((await app.inject({ url: `/api/runs/${slow.id}`, headers: as('carol') })).statusCode, 404, 'runs:read alone still sees only its own')
+  await app.inject({ method: 'POST', url: `/api/runs/${slow.id}/cancel`, headers: as('alice') })
+})
+
 test('YAML key file: rate limit, concurrency cap and daily budget, each per key', async t => {
   const box = sandbox(t)
   const model = await fakeModel(t)
@@ -239,7 +268,7 @@ test('a broken key file stops the app from starting, naming the problem', async 
   }
   await t.test('an unknown scope is named, with the known ones', async t => {
     const box = sandbox(t)
-    await t.rejects(build(t, { box, env: { API_KEYS_FILE: jsonKeyFile(box, [{ ...good, scopes: ['runs:delete'] }]) } }), /runs:delete.*runs:write, runs:read, admin/)
+    await t.rejects(build(t, { box, env: { API_KEYS_FILE: jsonKeyFile(box, [{ ...good, scopes: ['runs:delete'] }]) } }), /runs:delete.*runs:write, runs:read, runs:read_all, admin/)
   })
   const box = sandbox(t)
   const path = join(box.home, 'api-keys.yaml')

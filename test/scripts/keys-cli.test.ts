@@ -13,8 +13,13 @@ interface Ran { code: number, stdout: string, stderr: string }
 
 /** Run `scripts/keys.ts` as an operator would (through tsx, from the repository root). */
 async function keys (...args: string[]): Promise<Ran> {
+  return await keysWith({}, ...args)
+}
+
+/** The same, with extra environment (API_KEYS_FILE). */
+async function keysWith (env: Record<string, string>, ...args: string[]): Promise<Ran> {
   return await new Promise(resolve => {
-    execFile(process.execPath, ['--import', 'tsx', 'scripts/keys.ts', ...args], { cwd: ROOT, timeout: 30_000 }, (err, stdout, stderr) => {
+    execFile(process.execPath, ['--import', 'tsx', 'scripts/keys.ts', ...args], { cwd: ROOT, timeout: 30_000, env: { ...process.env, ...env } }, (err, stdout, stderr) => {
       resolve({ code: err === null ? 0 : (typeof err.code === 'number' ? err.code : -1), stdout, stderr })
     })
   })
@@ -77,6 +82,7 @@ test('keys CLI: add prints the key once and stores only its hash; list, remove; 
   t.equal(gone.code, 2, 'removing it again fails')
   t.match(gone.stderr, /no key named ci-bot/)
 
+  await app.close()
   const { app: restarted } = await build(t, { box, env: { API_KEYS_FILE: file } })
   t.equal((await restarted.inject({ url: '/api/runs', headers: { 'x-api-key': key } })).statusCode, 401, 'after a restart the removed key is refused')
   t.equal((await restarted.inject({ url: '/api/runs', headers: { 'x-api-key': otherKey } })).statusCode, 200, 'the other one still works')
@@ -94,7 +100,7 @@ test('keys CLI: bad input exits 2 with a message and writes nothing', async t =>
     [['add', 'x', '--daily-budget=-1'], /--daily-budget must be a positive number/],
     [['add', 'x', '--daily-budget', 'lots'], /--daily-budget must be a positive number/],
     [['remove'], /usage: keys remove NAME/],
-    [['frobnicate'], /usage: keys add NAME/]
+    [['frobnicate'], /unknown command frobnicate\n\nManage the server's named API keys/]
   ]
   for (const [args, message] of cases) {
     const ran = await keys(...args, '--file', file)
@@ -118,4 +124,23 @@ test('keys CLI: options it cannot parse exit 2 with a one-line message, not a st
     t.equal(ran.code, 2, args.join(' '))
     t.notMatch(ran.stderr, /\n\s+at /, 'no stack trace')
   }
+})
+
+test('keys CLI: --help explains every command and scope and exits 0; list and add honour API_KEYS_FILE', async t => {
+  const help = await keys('--help')
+  t.equal(help.code, 0, '--help is not an error')
+  for (const word of ['add NAME', 'list', 'remove NAME', 'runs:write', 'runs:read', 'runs:read_all', 'admin', 'API_KEYS_FILE']) t.match(help.stdout, word)
+  t.equal(help.stderr, '')
+
+  const box = sandbox(t)
+  const file = join(box.home, 'server-keys.json')
+  const missing = await keysWith({ API_KEYS_FILE: file }, 'list')
+  t.equal(missing.code, 2, 'list of a file that does not exist is an error')
+  t.match(missing.stderr, new RegExp(`no key file at ${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`), 'naming the file the server would read')
+
+  const added = await keysWith({ API_KEYS_FILE: file }, 'add', 'dashboard', '--scopes', 'runs:read_all')
+  t.equal(added.code, 0, added.stderr)
+  t.match(added.stdout, `to ${file}`, 'add writes to API_KEYS_FILE')
+  const listed = await keysWith({ API_KEYS_FILE: file }, 'list')
+  t.equal(listed.stdout, 'dashboard\truns:read_all\t\n', 'list reads API_KEYS_FILE')
 })
