@@ -7,8 +7,8 @@
 #     -v claude-data:/data -v claude-config:/home/claude/.claude -v "$PWD/workspace:/workspace" \
 #     claude-code-api
 #
-# The Claude Code CLI comes from the npm dependency @anthropic-ai/claude-code (a native binary for the
-# build platform, ripgrep included), so the image needs no separate CLI install.
+# The Claude Code CLI comes with the npm dependency @anthropic-ai/claude-agent-sdk (its platform package
+# carries the matching native binary, ripgrep included), so the image needs no separate CLI install.
 
 # ---- build: compile TypeScript, then drop dev dependencies ------------------------------------------
 FROM node:22-bookworm-slim AS build

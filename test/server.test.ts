@@ -8,12 +8,12 @@ const post = async (base: string, path: string, body: unknown) =>
 test('the server process serves, and on SIGTERM ends every run\'s tree and exits 0', async t => {
   const box = sandbox(t)
   const model = await fakeModel(t)
-  model.on('sleep in the server', [{ tool: 'Bash', input: { command: 'sleep 3604' } }, { text: 'woke' }])
+  model.on('sleep in the server', [{ tool: 'Bash', input: { command: 'sh -c "sleep 3604"' } }, { text: 'woke' }])
   const server = await startServer(t, testEnv(box, model))
   const health = await (await fetch(`${server.base}/health`)).json() as { status: string }
   t.equal(health.status, 'healthy')
 
-  const pending = post(server.base, '/api/execute', { prompt: 'sleep in the server', allowed_tools: ['Bash(sleep *)'] })
+  const pending = post(server.base, '/api/execute', { prompt: 'sleep in the server', allowed_tools: ['Bash(sh *)'] })
   t.ok(await eventually(() => pidsMatching('sleep 3604').length > 0, 15_000), 'the run\'s Bash command is running')
   server.child.kill('SIGTERM')
   const body = await (await pending).json() as { status: string, error: string }
@@ -27,10 +27,10 @@ test('the server process serves, and on SIGTERM ends every run\'s tree and exits
 test('kill -9 mid-run: on restart the run is interrupted, its Bash child is gone, the queued runs run', async t => {
   const box = sandbox(t)
   const model = await fakeModel(t)
-  model.on('sleep then die', [{ tool: 'Bash', input: { command: 'sleep 3606' } }, { text: 'woke' }])
+  model.on('sleep then die', [{ tool: 'Bash', input: { command: 'sh -c "sleep 3606"' } }, { text: 'woke' }])
   const env = testEnv(box, model, { MAX_CONCURRENT_RUNS: '1' })
   const one = await startServer(t, env)
-  const a = await (await post(one.base, '/api/runs', { prompt: 'sleep then die', allowed_tools: ['Bash(sleep *)'] })).json() as any
+  const a = await (await post(one.base, '/api/runs', { prompt: 'sleep then die', allowed_tools: ['Bash(sh *)'] })).json() as any
   const b = await (await post(one.base, '/api/runs', { prompt: 'queued one' })).json() as any
   const c = await (await post(one.base, '/api/runs', { prompt: 'queued two', env_vars: { GREETING: 'kept across the restart' } })).json() as any
   t.ok(await eventually(() => pidsMatching('sleep 3606').length > 0, 15_000), 'the first run is in its Bash sleep')
@@ -77,11 +77,11 @@ test('SIGTERM drains: 503 for new runs, running runs finish within the grace, th
   const box = sandbox(t)
   const model = await fakeModel(t)
   model.on('short', [{ text: ['short', 'short done'], gapMs: 1000 }])
-  model.on('too long', [{ tool: 'Bash', input: { command: 'sleep 3607' } }, { text: 'woke' }])
+  model.on('too long', [{ tool: 'Bash', input: { command: 'sh -c "sleep 3607"' } }, { text: 'woke' }])
   const env = testEnv(box, model, { MAX_CONCURRENT_RUNS: '2', SHUTDOWN_GRACE_S: '4' })
   const one = await startServer(t, env)
   const shortRun = await (await post(one.base, '/api/runs', { prompt: 'short' })).json() as any
-  const longRun = await (await post(one.base, '/api/runs', { prompt: 'too long', allowed_tools: ['Bash(sleep *)'] })).json() as any
+  const longRun = await (await post(one.base, '/api/runs', { prompt: 'too long', allowed_tools: ['Bash(sh *)'] })).json() as any
   const queued = await (await post(one.base, '/api/runs', { prompt: 'after the restart' })).json() as any
   t.ok(await eventually(() => pidsMatching('sleep 3607').length > 0, 15_000), 'the long run is in its sleep')
   const follower = readSse(await fetch(`${one.base}/api/runs/${shortRun.id}/events`, { headers: auth }))

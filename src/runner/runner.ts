@@ -3,33 +3,24 @@ import { randomUUID } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
-import { execa } from 'execa'
 import type { Settings } from '../config.js'
 import { SessionDirectoryMismatch, ShuttingDown, WorkingDirectoryForbidden } from '../errors.js'
 import type { ExecuteRequest, ExecuteResult, RunStatus } from '../schemas/execute.js'
 import type { RunRecord, RunStore } from '../store/run-store.js'
-import { buildCliArgs } from './cli-args.js'
 import { buildChildEnv, RUN_MARKER_VAR } from './child-env.js'
 import { CliProbe } from './cli-probe.js'
-import { LineSplitter } from './line-splitter.js'
+import { executeRun, type RunnerLogger } from './executor.js'
 import { checkEnvVars, checkPermissionMode, isInside, resolveWorkingDir } from './policy.js'
-import { killRunTree, type KillReport } from './process-tree.js'
-import { PartialText, toExecuteResult, type CliResultLine, type RunOutcome } from './result.js'
+import { killRunTree } from './process-tree.js'
+import { PartialText, toExecuteResult, type RunOutcome } from './result.js'
 import { Scheduler, type Ticket } from './scheduler.js'
 import { SessionRegistry } from './sessions.js'
 import type { RunEvent, RunEventType, RunSpec } from './types.js'
 
-/** The logging the runner needs (a pino logger fits). */
-export interface RunnerLogger {
-  info: (obj: object, msg?: string) => void
-  warn: (obj: object, msg?: string) => void
-  error: (obj: object, msg?: string) => void
-  debug: (obj: object, msg?: string) => void
-}
+export type { RunnerLogger }
 
 type EndReason = { by: 'timeout' } | { by: 'cancel', reason: string }
 
-const STDERR_TAIL_BYTES = 8 * 1024
 const REPLAY_PAGE = 500
 /** A replay page holds at most this much data, however big the events. */
 const REPLAY_PAGE_BYTES = 1024 * 1024
@@ -139,14 +130,19 @@ export class RunHandle extends EventEmitter<{ event: [RunEvent] }> {
   }
 }
 
-/** The CLI this package depends on, else `claude` on PATH. */
+/**
+ * The CLI the Agent SDK ships for this platform (its optional dependency
+ * `@anthropic-ai/claude-agent-sdk-<platform>-<arch>`), else `claude` on PATH.
+ */
 export function defaultCliPath (): string {
-  try {
-    const pkg = createRequire(import.meta.url).resolve('@anthropic-ai/claude-code/package.json')
-    const bin = join(dirname(pkg), 'bin', 'claude.exe')
-    if (existsSync(bin)) return bin
-  } catch {
-    // Not installed as a dependency: fall back to PATH.
+  const require = createRequire(import.meta.url)
+  for (const pkg of [`@anthropic-ai/claude-agent-sdk-${process.platform}-${process.arch}`, `@anthropic-ai/claude-agent-sdk-${process.platform}-${process.arch}-musl`]) {
+    try {
+      const bin = join(dirname(require.resolve(`${pkg}/package.json`)), process.platform === 'win32' ? 'claude.exe' : 'claude')
+      if (existsSync(bin)) return bin
+    } catch {
+      // Not installed for this platform: try the next, then PATH.
+    }
   }
   return 'claude'
 }
@@ -525,89 +521,21 @@ export class Runner extends EventEmitter<RunnerEvents> {
     if (handle.endedBy !== undefined) return
     const marker = randomUUID()
     const env = buildChildEnv(this.settings.serverEnv, spec.env, marker, this.settings.passEnv)
-    const args = buildCliArgs(spec, this.settings.settingSources)
     handle.status = 'running'
     // Recorded before the spawn: if the server dies now, the next start finds and kills the tree.
     this.store.markStarted(spec.runId, Date.now(), marker, spec.sessionId)
     this.emit('started', handle)
-    const child = execa(this.cliPath, args, {
-      cwd: spec.cwd,
-      env,
-      extendEnv: false,
-      input: spec.prompt,
-      buffer: false,
-      reject: false,
-      // Own process group, so the CLI and its ordinary children can be signalled at once.
-      detached: true,
-      cleanup: true,
-      stripFinalNewline: false
+    const execution = await executeRun(spec, env, marker, {
+      cliPath: this.cliPath,
+      settingSources: this.settings.settingSources,
+      maxLineBytes: this.settings.maxLineBytes,
+      maxOutputBytes: this.settings.maxOutputBytes,
+      killGraceMs: this.settings.killGraceMs
+    }, {
+      event: (type, data) => handle.push(type, data),
+      ended,
+      log: handle.log
     })
-    handle.log.debug({ pid: child.pid, args }, 'CLI started')
-
-    const partial = new PartialText(this.settings.maxOutputBytes)
-    const text = (t: string, block: boolean): void => {
-      handle.push('text', { text: t })
-      partial.add(t, block)
-    }
-    const splitter = new LineSplitter(this.settings.maxLineBytes, (line, shrunk, preview) => {
-      let msg: { type?: unknown, message?: { content?: unknown }, event?: { type?: unknown, content_block?: { type?: unknown }, delta?: { type?: unknown, text?: unknown } } }
-      try {
-        msg = JSON.parse(line)
-      } catch {
-        handle.log.debug({ line: line.slice(0, 200) }, 'CLI printed a non-JSON line')
-        return
-      }
-      if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) return
-      // An oversized line is forwarded with its strings cut short; the full (capped) output is in `result`.
-      handle.push('message', preview ?? line)
-      if (msg.type === 'result') {
-        outcome.resultLine = msg as CliResultLine
-        if (shrunk) outcome.resultShrunk = true
-      } else if (msg.type === 'stream_event' && msg.event?.type === 'content_block_start' && msg.event.content_block?.type === 'text') {
-        partial.newBlock()
-      } else if (msg.type === 'stream_event' && msg.event?.type === 'content_block_delta' && msg.event.delta?.type === 'text_delta' && typeof msg.event.delta.text === 'string') {
-        text(msg.event.delta.text, false)
-      } else if (msg.type === 'assistant' && !spec.includePartialMessages && Array.isArray(msg.message?.content)) {
-        for (const block of msg.message.content as Array<{ type?: unknown, text?: unknown }>) {
-          if (block?.type === 'text' && typeof block.text === 'string' && block.text.length > 0) text(block.text, true)
-        }
-      }
-      if (shrunk) handle.log.warn({ type: msg.type, max: this.settings.maxLineBytes }, 'a CLI output line over MAX_LINE_BYTES was shrunk: its longest strings were cut')
-    }, bytes => {
-      outcome.oversizeLines++
-      handle.log.warn({ bytes, max: this.settings.maxLineBytes }, 'dropped a CLI output line over MAX_LINE_BYTES')
-      // Strings are cut to the output cap, and lines past 1 MiB are shrunk as they stream in,
-      // so a giant line never sits in memory whole.
-    }, this.settings.maxOutputBytes, 1024 * 1024, 64 * 1024)
-
-    child.stdout?.on('data', (chunk: Buffer) => splitter.push(chunk))
-    child.stderr?.on('data', (chunk: Buffer) => {
-      outcome.stderrTail = (outcome.stderrTail + chunk.toString('utf8')).slice(-STDERR_TAIL_BYTES)
-    })
-
-    const exited = child.then(r => r)
-    let killing: Promise<KillReport> | undefined
-    void ended.then(() => {
-      // Timeout, cancel, disconnect or shutdown: end the whole tree, not just the CLI.
-      killing = killRunTree({ rootPid: child.pid, markerName: RUN_MARKER_VAR, markerValue: marker, graceMs: this.settings.killGraceMs, rootExited: exited })
-    })
-
-    const res = await exited
-    splitter.end()
-    outcome.partialText = partial.text
-    // Only when that text becomes the output does its cut say `truncated`.
-    if (partial.truncated && typeof outcome.resultLine?.result !== 'string') outcome.resultShrunk = true
-    outcome.exitCode = res.exitCode ?? null
-    const cause = res.cause as NodeJS.ErrnoException | undefined
-    if (child.pid === undefined || (res.failed && cause?.syscall?.startsWith('spawn') === true)) {
-      outcome.spawnError = { message: cause?.message ?? res.message ?? 'spawn failed', ...(cause?.code !== undefined ? { code: cause.code } : {}) }
-    }
-    // The CLI is gone; whatever its tools left behind (background tasks, daemons) goes too.
-    const report = await (killing ?? killRunTree({ rootPid: undefined, markerName: RUN_MARKER_VAR, markerValue: marker, graceMs: 0, rootExited: exited }))
-    if (report.survivors.length > 0) {
-      handle.log.error({ survivors: report.survivors }, 'processes of the run survived SIGKILL')
-    } else if (report.killed > 0) {
-      handle.log.info({ killed: report.killed }, 'ended the run\'s remaining processes')
-    }
+    Object.assign(outcome, execution)
   }
 }

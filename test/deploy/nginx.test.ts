@@ -297,9 +297,9 @@ test('the client address behind nginx: X-Forwarded-For is believed exactly as fa
 
 test('a client that disconnects through nginx cancels the run and ends its processes', { skip }, async t => {
   const { model, server, proxy } = await proxied(t, { TRUST_PROXY: '127.0.0.1' })
-  model.on('sleep behind nginx', [{ tool: 'Bash', input: { command: 'sleep 3611' } }, { text: 'done' }])
+  model.on('sleep behind nginx', [{ tool: 'Bash', input: { command: 'sh -c "sleep 3611"' } }, { text: 'done' }])
   const client = new AbortController()
-  const res = await post(proxy.base, '/api/execute/stream', { prompt: 'sleep behind nginx', allowed_tools: ['Bash(sleep *)'] }, client.signal)
+  const res = await post(proxy.base, '/api/execute/stream', { prompt: 'sleep behind nginx', allowed_tools: ['Bash(sh *)'] }, client.signal)
   let runId: string | undefined
   const reading = readSse(res, e => { if (e.event === 'run') runId = JSON.parse(e.data).run_id }).catch(() => undefined)
   t.ok(await eventually(() => pidsMatching('sleep 3611').length > 0, 15_000), 'the run\'s Bash command is running')

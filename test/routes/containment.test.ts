@@ -3,9 +3,9 @@ import { auth, build, eventually, listen, pidsInDir, pidsMatching } from '../hel
 
 test('a timeout kills the run\'s whole tree, the Bash tool\'s sleep included', async t => {
   const { app, box, model } = await build(t)
-  model.on('sleep a long time', [{ tool: 'Bash', input: { command: 'sleep 3601' } }, { text: 'woke up' }])
+  model.on('sleep a long time', [{ tool: 'Bash', input: { command: 'sh -c "sleep 3601"' } }, { text: 'woke up' }])
   const started = Date.now()
-  const res = await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'sleep a long time', timeout: 5, allowed_tools: ['Bash(sleep *)'] } })
+  const res = await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'sleep a long time', timeout: 5, allowed_tools: ['Bash(sh *)'] } })
   const elapsed = Date.now() - started
   const body = res.json()
   t.equal(body.status, 'timed_out')
@@ -20,12 +20,12 @@ test('a timeout kills the run\'s whole tree, the Bash tool\'s sleep included', a
 test('a client disconnect from the stream kills the run and its Bash child', async t => {
   const { app, box, model } = await build(t)
   const base = await listen(app)
-  model.on('sleep while streaming', [{ tool: 'Bash', input: { command: 'sleep 3602' } }, { text: 'woke up' }])
+  model.on('sleep while streaming', [{ tool: 'Bash', input: { command: 'sh -c "sleep 3602"' } }, { text: 'woke up' }])
   const abort = new AbortController()
   const res = await fetch(`${base}/api/execute/stream`, {
     method: 'POST',
     headers: { ...auth, 'content-type': 'application/json' },
-    body: JSON.stringify({ prompt: 'sleep while streaming', allowed_tools: ['Bash(sleep *)'] }),
+    body: JSON.stringify({ prompt: 'sleep while streaming', allowed_tools: ['Bash(sh *)'] }),
     signal: abort.signal
   })
   t.equal(res.status, 200)
@@ -38,8 +38,8 @@ test('a client disconnect from the stream kills the run and its Bash child', asy
 
 test('closing the server ends running runs and their trees', async t => {
   const { app, box, model } = await build(t)
-  model.on('sleep until shutdown', [{ tool: 'Bash', input: { command: 'sleep 3603' } }, { text: 'woke up' }])
-  const pending = app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'sleep until shutdown', allowed_tools: ['Bash(sleep *)'] } })
+  model.on('sleep until shutdown', [{ tool: 'Bash', input: { command: 'sh -c "sleep 3603"' } }, { text: 'woke up' }])
+  const pending = app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'sleep until shutdown', allowed_tools: ['Bash(sh *)'] } })
   t.ok(await eventually(() => pidsMatching('sleep 3603').length > 0, 15_000), 'the sleep runs')
   await app.close()
   const body = (await pending).json()

@@ -122,8 +122,8 @@ test('50 runs through a queue of concurrency 2 all finish; none is lost', async 
 test('cancel a queued and a running run; cancel is idempotent', async t => {
   const { app, model } = await build(t, { env: { MAX_CONCURRENT_RUNS: '1' } })
   const base = await listen(app)
-  model.on('sleep for cancel', [{ tool: 'Bash', input: { command: 'sleep 3605' } }, { text: 'woke' }])
-  const running = await (await fetch(`${base}/api/runs`, { method: 'POST', headers: json, body: JSON.stringify({ prompt: 'sleep for cancel', allowed_tools: ['Bash(sleep *)'] }) })).json() as any
+  model.on('sleep for cancel', [{ tool: 'Bash', input: { command: 'sh -c "sleep 3605"' } }, { text: 'woke' }])
+  const running = await (await fetch(`${base}/api/runs`, { method: 'POST', headers: json, body: JSON.stringify({ prompt: 'sleep for cancel', allowed_tools: ['Bash(sh *)'] }) })).json() as any
   const queued = await (await fetch(`${base}/api/runs`, { method: 'POST', headers: json, body: JSON.stringify({ prompt: 'never starts' }) })).json() as any
   t.ok(await eventually(() => pidsMatching('sleep 3605').length > 0, 15_000), 'the running run runs its sleep')
   const q = await (await fetch(`${base}/api/runs/${queued.id}`, { headers: auth })).json() as any
