@@ -4,7 +4,7 @@
  * Usage: npx tsx bench/event-log.ts [lines]
  */
 import Fastify from 'fastify'
-import { mkdtempSync, realpathSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, realpathSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -12,13 +12,14 @@ import app, { serverOptions } from '../src/app.js'
 
 const lines = Number(process.argv[2] ?? 10_000)
 const base = realpathSync(mkdtempSync(join(tmpdir(), 'ccapi-bench-')))
+mkdirSync(join(base, 'runs'))
 const server = Fastify(serverOptions('silent'))
 await server.register(app, {
   env: {
     PATH: process.env.PATH ?? '/usr/bin:/bin',
     HOME: base,
     CLAUDE_API_KEY: 'bench',
-    DEFAULT_WORKING_DIR: base,
+    DEFAULT_WORKING_DIR: join(base, 'runs'),
     DATA_DIR: join(base, 'data'),
     CLAUDE_CODE_PATH: fileURLToPath(new URL('../test/fixtures/fake-claude.mjs', import.meta.url)),
     LOG_LEVEL: 'silent'

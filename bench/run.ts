@@ -40,6 +40,9 @@ const log = (s: string): void => { process.stderr.write(s + '\n') }
 
 const model: FakeModel = await startFakeModel()
 const { dir: work, cleanup } = tempDir()
+/** Where runs execute: a directory of its own (the server refuses roots that hold its data). */
+const runs = join(work, 'runs')
+mkdirSync(runs)
 
 /** The server, configured for the real CLI against the fake model, or for the fake CLI. */
 async function server (extra: Record<string, string> = {}, fakeCli = false): Promise<Proc> {
@@ -47,7 +50,7 @@ async function server (extra: Record<string, string> = {}, fakeCli = false): Pro
   mkdirSync(home, { recursive: true })
   return await startServer({
     ...cliEnv(home, model.url),
-    DEFAULT_WORKING_DIR: work,
+    DEFAULT_WORKING_DIR: runs,
     DATA_DIR: join(home, 'data'),
     ...(fakeCli ? { CLAUDE_CODE_PATH: FAKE_CLI } : {}),
     ...extra
@@ -63,11 +66,11 @@ async function row1 (): Promise<void> {
   const direct: number[] = []
   const viaServer: number[] = []
   try {
-    await runCli(cli, cliArgs(randomUUID()), env, work, 'say hi')
+    await runCli(cli, cliArgs(randomUUID()), env, runs, 'say hi')
     await execute(srv.url, { prompt: 'say hi' })
     for (let i = 0; i < n; i++) {
       let t0 = performance.now()
-      await runCli(cli, cliArgs(randomUUID()), env, work, 'say hi')
+      await runCli(cli, cliArgs(randomUUID()), env, runs, 'say hi')
       direct.push(performance.now() - t0)
       t0 = performance.now()
       const r = await execute(srv.url, { prompt: 'say hi' })
@@ -166,7 +169,7 @@ async function row3 (): Promise<void> {
   try {
     for (let r = 0; r < reps; r++) {
       let t0 = performance.now()
-      await Promise.all(Array.from({ length: n }, async () => await runCli(cli, cliArgs(randomUUID()), env, work, 'say hi')))
+      await Promise.all(Array.from({ length: n }, async () => await runCli(cli, cliArgs(randomUUID()), env, runs, 'say hi')))
       direct.push(performance.now() - t0)
       t0 = performance.now()
       const results = await Promise.all(Array.from({ length: n }, async () => await execute(srv.url, { prompt: 'say hi' })))

@@ -5,7 +5,7 @@
  */
 import Fastify from 'fastify'
 import { execa } from 'execa'
-import { mkdtempSync, realpathSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, realpathSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomUUID } from 'node:crypto'
@@ -15,6 +15,7 @@ import { startFakeModel } from '../test/fixtures/fake-model.js'
 
 const runs = Number(process.argv[2] ?? 20)
 const base = realpathSync(mkdtempSync(join(tmpdir(), 'ccapi-bench-')))
+mkdirSync(join(base, 'runs'))
 const model = await startFakeModel()
 const env = {
   PATH: process.env.PATH ?? '/usr/bin:/bin',
@@ -27,12 +28,12 @@ const env = {
   CLAUDE_CODE_MAX_RETRIES: '0'
 }
 const server = Fastify(serverOptions('silent'))
-await server.register(app, { env: { ...env, CLAUDE_API_KEY: 'bench', DEFAULT_WORKING_DIR: base, LOG_LEVEL: 'silent' } })
+await server.register(app, { env: { ...env, CLAUDE_API_KEY: 'bench', DEFAULT_WORKING_DIR: join(base, 'runs'), DATA_DIR: join(base, 'data'), LOG_LEVEL: 'silent' } })
 const url = await server.listen({ host: '127.0.0.1', port: 0 })
 
 const direct = async (): Promise<number> => {
   const t0 = performance.now()
-  await execa(defaultCliPath(), ['-p', '--output-format=stream-json', '--verbose', '--strict-mcp-config', '--permission-mode=acceptEdits', '--setting-sources=user', `--session-id=${randomUUID()}`], { cwd: base, env, extendEnv: false, input: 'say hi', detached: true })
+  await execa(defaultCliPath(), ['-p', '--output-format=stream-json', '--verbose', '--strict-mcp-config', '--permission-mode=acceptEdits', '--setting-sources=user', `--session-id=${randomUUID()}`], { cwd: join(base, 'runs'), env, extendEnv: false, input: 'say hi', detached: true })
   return performance.now() - t0
 }
 const viaServer = async (): Promise<number> => {

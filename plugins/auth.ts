@@ -1,5 +1,5 @@
 import fp from 'fastify-plugin'
-import rateLimit from '@fastify/rate-limit'
+import rateLimit, { type FastifyRateLimitOptions } from '@fastify/rate-limit'
 import { randomBytes } from 'node:crypto'
 import { allows, KeyRing, readKeyFile, sha256Hex, toApiKey, type ApiKey, type Scope } from '../src/auth/keys.js'
 import { InsufficientScope, RateLimited, withProblem } from '../src/errors.js'
@@ -24,8 +24,10 @@ declare module 'fastify' {
     readsAllRuns: (request: FastifyRequest) => boolean
     /** The accepted keys (undefined with auth off). */
     keyRing: KeyRing | undefined
-    /** The /api auth check, for the not-found handler (undefined with auth off). */
+    /** The /api auth check, an onRequest hook for the API scope (undefined with auth off). */
     authenticate: ((request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void) => void) | undefined
+    /** Options for `@fastify/rate-limit` in the API scope: per key, by its `rate_limit_per_min`. */
+    rateLimitOptions: FastifyRateLimitOptions | undefined
   }
 }
 
@@ -69,10 +71,10 @@ export function presentedKey (headers: Record<string, string | string[] | undefi
 }
 
 /**
- * Requires an API key on `/api/*` when `ENABLE_AUTH` is on. Keys are named, with scopes and
- * limits, in `API_KEYS_FILE` (hashed); `CLAUDE_API_KEY` is one more key, `default`, with every
- * scope. With neither, a random key is generated and printed once. Each route names the scope it
- * needs; each key's requests are rate limited by its `rate_limit_per_min`.
+ * The API's keys: named, with scopes and limits, in `API_KEYS_FILE` (hashed); `CLAUDE_API_KEY` is
+ * one more key, `default`, with every scope. With neither, a random key is generated and printed
+ * once. Provides the `authenticate` hook (each route names the scope it needs) and the per-key
+ * rate limit's options; the API scope (`routes/api.ts`) applies both to its routes only.
  */
 export default fp<AuthPluginOptions>(async (fastify, opts) => {
   const { enableAuth, apiKey, apiKeysFile } = fastify.config
@@ -83,6 +85,7 @@ export default fp<AuthPluginOptions>(async (fastify, opts) => {
   fastify.decorate('keyRing', undefined)
   if (!enableAuth) {
     fastify.decorate('authenticate', undefined)
+    fastify.decorate('rateLimitOptions', undefined)
     fastify.log.warn('ENABLE_AUTH=false: /api/* is open to anyone who can reach this port')
     return
   }
@@ -104,8 +107,6 @@ export default fp<AuthPluginOptions>(async (fastify, opts) => {
   fastify.keyRing = ring
   fastify.log.info({ keys: keys.map(k => k.name) }, 'API keys loaded')
 
-  // Attached to /api routes only (health checks and docs pay nothing), and to unknown /api paths
-  // through the not-found handler, so those answer 401 too rather than revealing what exists.
   const authenticate = (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void => {
     const presented = presentedKey(request.headers)
     const key = presented === undefined ? undefined : ring.match(presented)
@@ -127,29 +128,23 @@ export default fp<AuthPluginOptions>(async (fastify, opts) => {
     }
     done()
   }
-  fastify.addHook('onRoute', (route) => {
-    if (route.url?.startsWith('/api/') !== true) return
-    route.onRequest = [authenticate, ...[route.onRequest ?? []].flat()] as typeof route.onRequest
-  })
   fastify.decorate('authenticate', authenticate)
-
-  // Only /api routes are rate limited (health checks and docs never pay for it).
-  fastify.addHook('onRoute', (route) => {
-    // One group: a key's requests count together, whichever /api route they go to.
-    if (route.url?.startsWith('/api/') === true) route.config = { ...route.config, rateLimit: {} }
-  })
-  // Per key, by name: a key without `rate_limit_per_min` is not limited.
-  await fastify.register(rateLimit, {
-    global: false,
+  // Per key, by name: a key without `rate_limit_per_min` is not limited. One window per key,
+  // shared by every API route.
+  const rateLimitOptions: FastifyRateLimitOptions = {
+    global: true,
     store: SharedWindowStore as never,
     hook: 'onRequest',
     timeWindow: 60_000,
-    allowList: (request) => request.apiKey?.rateLimitPerMin === undefined,
-    keyGenerator: (request) => request.apiKey?.name ?? request.ip,
-    max: (request) => request.apiKey?.rateLimitPerMin ?? 1,
-    errorResponseBuilder: (request, context) => withProblem(
+    allowList: (request: FastifyRequest) => request.apiKey?.rateLimitPerMin === undefined,
+    keyGenerator: (request: FastifyRequest) => request.apiKey?.name ?? request.ip,
+    max: (request: FastifyRequest) => request.apiKey?.rateLimitPerMin ?? 1,
+    errorResponseBuilder: (request: FastifyRequest, context: { max: number, ttl: number }) => withProblem(
       new RateLimited(`the key ${request.apiKey?.name ?? ''} is limited to ${context.max} requests a minute; retry in ${Math.ceil(context.ttl / 1000)} s`),
       { retryAfter: Math.max(1, Math.ceil(context.ttl / 1000)) }
     )
-  })
+  }
+  fastify.decorate('rateLimitOptions', rateLimitOptions)
 }, { name: 'auth', dependencies: ['config', 'problem'] })
+
+export { rateLimit }

@@ -9,6 +9,13 @@ import { problemResponses } from '../src/schemas/problem.js'
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
 
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** An onResponse hook counting HTTP requests by route and status (for the API scope). */
+    observeHttp: (request: FastifyRequest, reply: FastifyReply, done: () => void) => void
+  }
+}
+
 /**
  * Prometheus metrics at `/metrics`: runs started and finished by status and key, run durations,
  * queue length and active CLIs, cost and tokens by key, and HTTP requests by route. Readable with
@@ -59,17 +66,13 @@ export default fp(async (fastify) => {
     }
   })
 
-  // Attached to the routes registered from here on (the API's), not to health checks and scrapes,
-  // which would drown the API's own traffic and pay for it on every probe.
-  const observe = (request: FastifyRequest, reply: FastifyReply, done: () => void): void => {
+  // Used by the API scope only (routes/api.ts): health checks and scrapes would drown the API's
+  // own traffic, and pay for it on every probe.
+  fastify.decorate('observeHttp', (request: FastifyRequest, reply: FastifyReply, done: () => void): void => {
     const route = request.routeOptions.url ?? 'unmatched'
     http.inc({ method: request.method, route, status: String(reply.statusCode) })
     httpDuration.observe({ method: request.method, route }, reply.elapsedTime / 1000)
     done()
-  }
-  fastify.addHook('onRoute', (route) => {
-    if (route.url === '/health' || route.url === '/metrics') return
-    route.onResponse = [...[route.onResponse ?? []].flat(), observe] as typeof route.onResponse
   })
 
   const token = config.metricsToken !== undefined ? digest(config.metricsToken) : undefined

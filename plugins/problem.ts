@@ -6,7 +6,28 @@ import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { ProblemSchema } from '../src/schemas/problem.js'
 import { ExecuteResultSchema } from '../src/schemas/execute.js'
 import { RunSchema } from '../src/schemas/runs.js'
-import { PROBLEM_CODES, type ProblemError } from '../src/errors.js'
+import { DomainError } from '../src/errors.js'
+
+/** The HTTP status of each domain error: the domain says what happened, the API how to answer. */
+export const STATUS_OF_CODE: Readonly<Record<string, number>> = {
+  invalid_request: 400,
+  working_directory_not_found: 400,
+  unauthorized: 401,
+  working_directory_forbidden: 403,
+  env_var_forbidden: 403,
+  permission_mode_forbidden: 403,
+  insufficient_scope: 403,
+  webhook_host_forbidden: 403,
+  session_forbidden: 403,
+  run_not_found: 404,
+  session_directory_mismatch: 409,
+  capacity_exceeded: 429,
+  rate_limited: 429,
+  key_concurrency_exceeded: 429,
+  budget_exceeded: 429,
+  shutting_down: 503,
+  store_unavailable: 503
+}
 
 /**
  * Shared schemas, strict validation, and one error path: every error leaves as RFC 9457 problem+json. Validation failures name each
@@ -27,7 +48,14 @@ export default fp(async (fastify) => {
   fastify.setValidatorCompiler(({ schema, httpPart }) =>
     (httpPart === 'body' ? bodyAjv : textAjv).compile(schema))
 
-  fastify.setErrorHandler((err: FastifyError & Partial<ProblemError>, request, reply) => {
+  fastify.setErrorHandler((err: FastifyError | DomainError, request, reply) => {
+    if (err instanceof DomainError) {
+      const status = STATUS_OF_CODE[err.code] ?? 500
+      if (status >= 500 && err.code !== 'shutting_down' && err.code !== 'store_unavailable') request.log.error({ err }, 'request failed')
+      if (err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter))
+      return sendProblem(request, reply, status, status === 500 ? 'internal_error' : err.code,
+        status === 500 ? `Internal error; quote request_id ${request.id} to find it in the server log` : err.message, status === 500 ? undefined : err.problem)
+    }
     if (err.validation !== undefined) {
       // A bad property name is reported twice by Ajv (propertyNames and its inner pattern): keep one.
       const errors = err.validation.filter(v => !(v.keyword === 'pattern' && (v as { propertyName?: string }).propertyName !== undefined)).map(v => {
@@ -52,24 +80,16 @@ export default fp(async (fastify) => {
     const status = err.statusCode ?? 500
     if (status >= 500) {
       request.log.error({ err }, 'request failed')
-      return sendProblem(request, reply, status, status === 503 && err.code === 'SHUTTING_DOWN' ? 'shutting_down' : 'internal_error',
-        status === 503 && err.code === 'SHUTTING_DOWN' ? err.message : `Internal error; quote request_id ${request.id} to find it in the server log`)
+      return sendProblem(request, reply, status, 'internal_error', `Internal error; quote request_id ${request.id} to find it in the server log`)
     }
-    if (err.retryAfter !== undefined) reply.header('retry-after', String(err.retryAfter))
-    return sendProblem(request, reply, status, problemCode(err, status), err.message, err.problem)
+    return sendProblem(request, reply, status, problemCode(err, status), err.message)
   })
 
-  fastify.setNotFoundHandler({
-    // Unknown /api paths ask for a key like known ones: without it, a 404 would reveal what exists.
-    preHandler: (request, reply, done) => {
-      if (request.url.startsWith('/api/') && fastify.authenticate !== undefined) fastify.authenticate(request, reply, done)
-      else done()
-    }
-  }, (request, reply) =>
+  fastify.setNotFoundHandler((request, reply) =>
     sendProblem(request, reply, 404, 'not_found', `No route ${request.method} ${request.url.split('?')[0]}`))
 }, { name: 'problem' })
 
-/** Map Fastify's own error codes to ours; our typed errors already carry snake_case codes. */
+/** Map Fastify's own error codes to ours (domain errors carry theirs). */
 function problemCode (err: FastifyError, status: number): string {
   switch (err.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE': return 'payload_too_large'
@@ -78,7 +98,6 @@ function problemCode (err: FastifyError, status: number): string {
     case 'FST_ERR_CTP_INVALID_JSON_BODY': return 'malformed_json'
   }
   if (err instanceof SyntaxError) return 'malformed_json'
-  if (typeof err.code === 'string' && PROBLEM_CODES.has(err.code)) return err.code.toLowerCase()
   return status === 400 ? 'invalid_request' : (STATUS_CODES[status] ?? 'error').toLowerCase().replace(/\W+/g, '_')
 }
 

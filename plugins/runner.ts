@@ -1,12 +1,28 @@
 import fp from 'fastify-plugin'
+import { randomUUID } from 'node:crypto'
+import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { Runner } from '../src/runner/runner.js'
-import { RunStore } from '../src/store/run-store.js'
+import { SqliteRunStore } from '../src/store/sqlite-store.js'
+import { LocalEventBus } from '../src/store/event-bus.js'
 import { DataDirLock } from '../src/store/data-dir-lock.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
     runner: Runner
   }
+}
+
+/** This server's instance id, kept in `DATA_DIR` so a restart recovers the runs it owned. */
+function instanceIdOf (dataDir: string): string {
+  const file = join(dataDir, 'instance-id')
+  if (existsSync(file)) {
+    const id = readFileSync(file, 'utf8').trim()
+    if (id !== '') return id
+  }
+  const id = randomUUID()
+  writeFileSync(file, id + '\n')
+  return id
 }
 
 /**
@@ -16,17 +32,19 @@ declare module 'fastify' {
  * before the server lets go.
  */
 export default fp(async (fastify) => {
-  const lock = DataDirLock.acquire(fastify.config.dataDir)
+  const { dataDir } = fastify.config
+  const lock = DataDirLock.acquire(dataDir)
   let runner: Runner
+  let store: SqliteRunStore | undefined
   try {
-    const store = new RunStore({ dataDir: fastify.config.dataDir, onError: err => fastify.log.error({ err }, 'writing the event log failed; will retry') })
-    runner = new Runner(fastify.config, fastify.log.child({ component: 'runner' }), store)
+    store = new SqliteRunStore({ dataDir, onError: err => fastify.log.error({ err }, 'writing the event log failed; will retry') })
+    runner = new Runner({ settings: fastify.config, log: fastify.log.child({ component: 'runner' }), store, bus: new LocalEventBus(), instanceId: instanceIdOf(dataDir) })
     await runner.start()
   } catch (err) {
+    await store?.close().catch(() => {})
     lock.release()
     throw err
   }
-  fastify.addHook('onClose', async () => { lock.release() })
   fastify.decorate('runner', runner)
   // Only a server that got its port may kill and requeue what a previous one left.
   fastify.addHook('onListen', async () => {
@@ -36,4 +54,5 @@ export default fp(async (fastify) => {
   fastify.addHook('preClose', async () => {
     await runner.close()
   })
+  fastify.addHook('onClose', async () => { lock.release() })
 }, { name: 'runner', dependencies: ['config'] })

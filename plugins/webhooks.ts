@@ -12,8 +12,8 @@ export default fp(async (fastify) => {
     timeoutMs: config.webhookTimeoutMs
   }, runner.store, fastify.log.child({ component: 'webhooks' }))
   runner.on('finished', (handle, result) => {
-    const url = runner.store.getRun(handle.id)?.request.webhook_url
-    if (typeof url === 'string') sender.deliver(url, handle.id, handle.keyName, result)
+    const url = handle.spec.webhookUrl
+    if (url !== undefined) sender.deliver(url, handle.id, handle.keyName, result)
   })
   fastify.addHook('onClose', async () => sender.close())
 }, { name: 'webhooks', dependencies: ['config', 'runner'] })

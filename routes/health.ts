@@ -9,7 +9,7 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['system'],
       summary: 'Service health',
-      description: '`healthy` when the Claude Code CLI is available and has a credential, `degraded` (still 200) when either is missing, 503 only while shutting down. Never spawns a process: the CLI probe is cached and refreshed in the background.',
+      description: '`healthy` when the Claude Code CLI is available and has a credential and the run store answers, `degraded` (still 200) otherwise, 503 only while shutting down. Never spawns a process: the CLI probe is cached and refreshed in the background.',
       operationId: 'health',
       response: {
         200: { ...HealthSchema, description: 'The service is up (`healthy`, or `degraded` when the CLI or its credential is missing).' },
@@ -19,7 +19,8 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (_request, reply) => {
     const { runner } = fastify
     const cli = runner.probe.status
-    const status = runner.shuttingDown ? 'shutting_down' : cli.available && cli.credentials !== 'missing' ? 'healthy' : 'degraded'
+    const store = runner.storeAnswers
+    const status = runner.shuttingDown ? 'shutting_down' : cli.available && cli.credentials !== 'missing' && store ? 'healthy' : 'degraded'
     if (status === 'shutting_down') reply.code(503)
     return {
       status,
@@ -27,6 +28,7 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
       claude_code_available: cli.available,
       claude_code_version: cli.version,
       credentials: cli.credentials,
+      store: store ? 'ok' : 'unavailable',
       uptime_s: Math.round((Date.now() - startedAt) / 100) / 10,
       runs: runner.stats()
     } as const

@@ -5,7 +5,7 @@ import { InvalidRequest, RunNotFound, withProblem } from '../src/errors.js'
 import { executeRequestSchema } from '../src/schemas/execute.js'
 import { problemResponses, startRunProblems } from '../src/schemas/problem.js'
 import { RunEventsQuerySchema, RunListQuerySchema, RunListSchema, RunParamsSchema, type Run } from '../src/schemas/runs.js'
-import type { RunRecord } from '../src/store/run-store.js'
+import type { RunRecord } from '../src/store/store.js'
 import type { Runner } from '../src/runner/runner.js'
 
 const security: Array<Record<string, string[]>> = [{ ApiKeyAuth: [] }, { BearerAuth: [] }]
@@ -13,7 +13,7 @@ const runRef = Type.Unsafe<Run>(Type.Ref('Run'))
 const iso = (ms: number | null): string | null => ms === null ? null : new Date(ms).toISOString()
 
 /** A stored run as the API shows it; the live handle (if any) knows the queue position. */
-function view (r: RunRecord, runner: Runner): Run {
+async function view (r: RunRecord, runner: Runner): Promise<Run> {
   const live = runner.get(r.id)
   const status = live !== undefined && !live.isFinished() ? live.status : r.status
   return {
@@ -32,7 +32,7 @@ function view (r: RunRecord, runner: Runner): Run {
     webhook: typeof r.request.webhook_url === 'string'
       ? {
           url: r.request.webhook_url,
-          deliveries: runner.store.deliveries(r.id).map(d => ({ attempt: d.attempt, attempted_at: iso(d.attemptedAt)!, status_code: d.statusCode, error: d.error, duration_ms: d.durationMs }))
+          deliveries: (await runner.store.deliveries(r.id)).map(d => ({ attempt: d.attempt, attempted_at: iso(d.attemptedAt)!, status_code: d.statusCode, error: d.error, duration_ms: d.durationMs }))
         }
       : null
   }
@@ -53,8 +53,8 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
    * A run the request may see (`read`) or change (`write`): a key sees only its own runs, unless it
    * is an admin key; `runs:read_all` reads every run but changes none but its own.
    */
-  const find = (request: FastifyRequest, id: string, access: 'read' | 'write' = 'read'): RunRecord => {
-    const r = store.getRun(id)
+  const find = async (request: FastifyRequest, id: string, access: 'read' | 'write' = 'read'): Promise<RunRecord> => {
+    const r = await store.getRun(id)
     const all = access === 'read' ? fastify.readsAllRuns(request) : fastify.isAdmin(request)
     if (r === undefined || (!all && r.keyName !== request.apiKeyName)) throw new RunNotFound(`no run ${id}`)
     return r
@@ -82,7 +82,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
       })
     }
     const handle = await fastify.startRun(request, request.body, false)
-    return await reply.code(202).header('location', `/api/runs/${handle.id}`).send(view(find(request, handle.id), runner))
+    return await reply.code(202).header('location', `/api/runs/${handle.id}`).send(await view(await find(request, handle.id), runner))
   })
 
   fastify.get('/runs', {
@@ -98,7 +98,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request) => {
     const { status, session_id: sessionId, limit = 20, cursor } = request.query
-    const page = store.listRuns({
+    const page = await store.listRuns({
       limit: limit + 1,
       ...(status !== undefined ? { status } : {}),
       ...(sessionId !== undefined ? { sessionId: sessionId.toLowerCase() } : {}),
@@ -109,7 +109,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
     })
     const more = page.length > limit
     const shown = page.slice(0, limit)
-    return { runs: shown.map(r => view(r, runner)), next_cursor: more ? String(shown.at(-1)!.rowid) : null }
+    return { runs: await Promise.all(shown.map(async r => await view(r, runner))), next_cursor: more ? String(shown.at(-1)!.rowid) : null }
   })
 
   fastify.get('/runs/:id', {
@@ -123,7 +123,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
       params: RunParamsSchema,
       response: { 200: { ...runRef, description: 'The run.' }, 400: problemResponses[400], 401: problemResponses[401], 404: problemResponses[404] }
     }
-  }, async (request) => view(find(request, request.params.id.toLowerCase()), runner))
+  }, async (request) => await view(await find(request, request.params.id.toLowerCase()), runner))
 
   fastify.post('/runs/:id/cancel', {
     config: { scope: 'runs:write' },
@@ -138,13 +138,13 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request) => {
     const id = request.params.id.toLowerCase()
-    find(request, id, 'write')
+    await find(request, id, 'write')
     const live = runner.get(id)
     if (live !== undefined) {
       live.cancel('cancelled through the API')
       await live.result
     }
-    return view(find(request, id), runner)
+    return await view(await find(request, id), runner)
   })
 
   fastify.get('/runs/:id/events', {
@@ -170,7 +170,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const id = request.params.id.toLowerCase()
-    find(request, id)
+    await find(request, id)
     const header = request.headers['last-event-id']
     const after = request.query.after ?? (header !== undefined ? Number(header) : 0)
     await reply.streamRun(id, after)

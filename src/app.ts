@@ -7,12 +7,11 @@ import corsPlugin from '../plugins/cors.js'
 import authPlugin, { type AuthPluginOptions } from '../plugins/auth.js'
 import runnerPlugin from '../plugins/runner.js'
 import ssePlugin from '../plugins/sse.js'
-import quotasPlugin from '../plugins/quotas.js'
+import startRunPlugin from '../plugins/start-run.js'
 import webhooksPlugin from '../plugins/webhooks.js'
 import metricsPlugin from '../plugins/metrics.js'
 import healthRoutes from '../routes/health.js'
-import executeRoutes from '../routes/execute.js'
-import runsRoutes from '../routes/runs.js'
+import apiRoutes from '../routes/api.js'
 
 export interface AppOptions extends AuthPluginOptions {
   /** The environment settings are read from (the server's own, or a test's). */
@@ -41,8 +40,8 @@ export function serverOptions (logLevel: string, trustProxy: TrustProxy = false)
 
 /**
  * The whole service as one plugin. Read top to bottom, the registrations are the architecture:
- * configuration, then infrastructure (errors, docs, CORS), then our decorators (auth, runner),
- * then routes.
+ * configuration, then infrastructure (errors, docs, CORS), then our decorators (auth, runner,
+ * start-run, webhooks, metrics), then routes: health outside, the API in its own scope.
  */
 const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(configPlugin, { env: opts.env, ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}) })
@@ -54,13 +53,13 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(authPlugin, opts.announce !== undefined ? { announce: opts.announce } : {})
   await fastify.register(runnerPlugin)
   await fastify.register(ssePlugin)
-  await fastify.register(quotasPlugin)
+  await fastify.register(startRunPlugin)
   await fastify.register(webhooksPlugin)
   await fastify.register(metricsPlugin)
 
   await fastify.register(healthRoutes)
-  await fastify.register(executeRoutes, { prefix: '/api' })
-  await fastify.register(runsRoutes, { prefix: '/api' })
+  // Everything under /api, with its auth, rate limit, metrics and not-found handler.
+  await fastify.register(apiRoutes, { prefix: '/api' })
 }
 
 export default app

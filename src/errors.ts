@@ -1,45 +1,49 @@
-import createError from '@fastify/error'
-
 /**
- * Typed errors of the domain. Each carries the HTTP status and the problem `code` the contract
- * names; the app's one error handler turns them into problem+json. The domain throws them without
- * knowing about HTTP beyond the status number.
+ * Errors of the domain: each says what happened, with a stable snake_case `code` (the `code` of
+ * the problem response) and, where it helps, the fields at fault (`problem.errors`) and when to
+ * retry. They know nothing of HTTP: the API's error handler (`plugins/problem.ts`) decides the
+ * status for each code.
  */
-/** Our problem codes; `@fastify/error` upper-cases codes, the problem body carries them lower-case. */
-export const PROBLEM_CODES = new Set<string>()
-const problem = (code: string, status: number) => {
-  PROBLEM_CODES.add(code.toUpperCase())
-  return createError(code, '%s', status)
-}
-
-export const InvalidRequest = problem('invalid_request', 400)
-export const WorkingDirectoryNotFound = problem('working_directory_not_found', 400)
-export const WorkingDirectoryForbidden = problem('working_directory_forbidden', 403)
-export const EnvVarForbidden = problem('env_var_forbidden', 403)
-export const PermissionModeForbidden = problem('permission_mode_forbidden', 403)
-export const RunNotFound = problem('run_not_found', 404)
-export const SessionDirectoryMismatch = problem('session_directory_mismatch', 409)
-export const CapacityExceeded = problem('capacity_exceeded', 429)
-export const ShuttingDown = problem('shutting_down', 503)
-export const Unauthorized = problem('unauthorized', 401)
-export const InsufficientScope = problem('insufficient_scope', 403)
-export const RateLimited = problem('rate_limited', 429)
-export const KeyConcurrencyExceeded = problem('key_concurrency_exceeded', 429)
-export const BudgetExceeded = problem('budget_exceeded', 429)
-export const WebhookHostForbidden = problem('webhook_host_forbidden', 403)
-export const SessionForbidden = problem('session_forbidden', 403)
-
-/** A domain error with a problem code and status, as created above. */
-export interface ProblemError extends Error {
-  code: string
-  statusCode: number
-  /** Extra members for the problem body (e.g. `errors`). */
+export class DomainError extends Error {
+  /** Stable, snake_case: what clients switch on. */
+  readonly code: string
+  /** Extra members for the problem body (e.g. `errors`, `spent_usd`). */
   problem?: Record<string, unknown>
-  /** Seconds for `Retry-After`. */
+  /** Seconds after which a retry may succeed. */
   retryAfter?: number
+
+  constructor (code: string, message: string) {
+    super(message)
+    this.code = code
+    this.name = code
+  }
 }
 
-/** Attach extra members to a typed error before throwing it. */
-export function withProblem<E extends Error> (err: E, extra: { problem?: Record<string, unknown>, retryAfter?: number }): E {
+/** A class per code, so callers throw `new WorkingDirectoryForbidden(...)` and tests match on it. */
+const kind = (code: string) => class extends DomainError {
+  static readonly code = code
+  constructor (message: string) { super(code, message) }
+}
+
+export const InvalidRequest = kind('invalid_request')
+export const WorkingDirectoryNotFound = kind('working_directory_not_found')
+export const WorkingDirectoryForbidden = kind('working_directory_forbidden')
+export const EnvVarForbidden = kind('env_var_forbidden')
+export const PermissionModeForbidden = kind('permission_mode_forbidden')
+export const RunNotFound = kind('run_not_found')
+export const SessionDirectoryMismatch = kind('session_directory_mismatch')
+export const CapacityExceeded = kind('capacity_exceeded')
+export const ShuttingDown = kind('shutting_down')
+export const Unauthorized = kind('unauthorized')
+export const InsufficientScope = kind('insufficient_scope')
+export const RateLimited = kind('rate_limited')
+export const KeyConcurrencyExceeded = kind('key_concurrency_exceeded')
+export const BudgetExceeded = kind('budget_exceeded')
+export const WebhookHostForbidden = kind('webhook_host_forbidden')
+export const SessionForbidden = kind('session_forbidden')
+export const StoreUnavailable = kind('store_unavailable')
+
+/** Attach extra members to an error before throwing it. */
+export function withProblem<E extends DomainError> (err: E, extra: { problem?: Record<string, unknown>, retryAfter?: number }): E {
   return Object.assign(err, extra)
 }

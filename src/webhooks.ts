@@ -1,6 +1,6 @@
 import { createHmac, randomUUID } from 'node:crypto'
-import type { ExecuteResult } from './schemas/execute.js'
-import type { RunStore } from './store/run-store.js'
+import type { RunResult } from './runner/types.js'
+import type { RunStore } from './store/store.js'
 import { capUtf8 } from './runner/result.js'
 
 export interface WebhookOptions {
@@ -36,7 +36,7 @@ export class WebhookSender {
   ) {}
 
   /** Start delivering (returns at once; retries happen in the background). */
-  deliver (url: string, runId: string, keyName: string | null, result: ExecuteResult): void {
+  deliver (url: string, runId: string, keyName: string | null, result: RunResult): void {
     const { text: output, truncated } = capUtf8(result.output, 64 * 1024)
     const timestamp = new Date().toISOString()
     const body = JSON.stringify({
@@ -93,7 +93,7 @@ export class WebhookSender {
     }
     const delivery = { attempt, attemptedAt: started, url, statusCode: status, error, durationMs: Date.now() - started }
     try {
-      this.store.recordDelivery(runId, delivery)
+      await this.store.recordDelivery(runId, delivery)
     } catch {
       // The store is closed (shutdown): the attempt happened all the same.
     }

@@ -1,7 +1,7 @@
 import { realpath, stat } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import { isInside, type PermissionMode, type Settings } from '../config.js'
-import { EnvVarForbidden, PermissionModeForbidden, WorkingDirectoryForbidden, WorkingDirectoryNotFound, withProblem } from '../errors.js'
+import { EnvVarForbidden, InvalidRequest, PermissionModeForbidden, WebhookHostForbidden, WorkingDirectoryForbidden, WorkingDirectoryNotFound, withProblem } from '../errors.js'
 import { refusedEnvName } from './child-env.js'
 
 export { isInside }
@@ -48,4 +48,42 @@ export function checkPermissionMode (mode: PermissionMode | undefined, settings:
     throw new PermissionModeForbidden(`permission_mode ${chosen} is not allowed; allowed: ${settings.allowedPermissionModes.join(', ')}`)
   }
   return chosen
+}
+
+/**
+ * A queued run's directory, checked again when it starts: its real path now, if that still lies
+ * inside an allowed root and is a directory; else why not. The run then executes in this path.
+ */
+export async function recheckWorkingDir (cwd: string, settings: Settings): Promise<string | { refused: string }> {
+  let real: string
+  try {
+    real = await realpath(cwd)
+  } catch {
+    return { refused: `working_directory ${cwd} no longer exists` }
+  }
+  if (!settings.allowedRoots.some(root => isInside(root, real))) {
+    return { refused: `working_directory ${cwd} now resolves to ${real}, outside the allowed roots: ${settings.allowedRoots.join(', ')}` }
+  }
+  if (!(await stat(real)).isDirectory()) return { refused: `working_directory ${cwd} is no longer a directory` }
+  return real
+}
+
+/** A run's `webhook_url` must be a valid URL to a host (or host:port) the operator allows, with no credentials in it. */
+export function checkWebhookUrl (webhookUrl: string | undefined, allowedHosts: readonly string[]): void {
+  if (webhookUrl === undefined) return
+  let url: URL
+  try {
+    url = new URL(webhookUrl)
+  } catch {
+    throw withProblem(new InvalidRequest('webhook_url is not a valid URL'), { problem: { errors: [{ path: '/webhook_url', message: 'is not a valid URL' }] } })
+  }
+  const host = url.host.toLowerCase()
+  const hostname = url.hostname.toLowerCase()
+  if (!allowedHosts.includes(host) && !allowedHosts.includes(hostname)) {
+    throw withProblem(new WebhookHostForbidden(allowedHosts.length === 0
+      ? 'webhooks are not enabled on this server (WEBHOOK_ALLOWED_HOSTS is empty)'
+      : `webhook_url host ${host} is not allowed; allowed: ${allowedHosts.join(', ')}`), {
+      problem: { errors: [{ path: '/webhook_url', message: 'host not allowed' }] }
+    })
+  }
 }

@@ -1,4 +1,4 @@
-import type { ErrorCode, ExecuteResult, RunStatus } from '../schemas/execute.js'
+import type { ErrorCode, RunResult, RunStatus } from './types.js'
 
 /** The CLI's final `result` line, as far as the server reads it; other members pass through. */
 export interface CliResultLine {
@@ -26,6 +26,8 @@ export interface RunOutcome {
   /** Why the server ended the run, if it did. */
   ended?: { by: 'timeout' } | { by: 'cancel', reason: string }
   spawnError?: { code?: string, message: string }
+  /** The run was refused when its turn came (its directory no longer passes the policy). */
+  refused?: { code: ErrorCode, message: string }
   resultLine?: CliResultLine
   stderrTail: string
   /** Lines dropped because they exceeded the line cap. */
@@ -103,6 +105,7 @@ function classify (o: RunOutcome): { status: RunStatus, errorCode: ErrorCode | n
   if (o.ended?.by === 'cancel') {
     return { status: 'cancelled', errorCode: 'cancelled', error: `Run cancelled: ${o.ended.reason}` }
   }
+  if (o.refused !== undefined) return { status: 'failed', errorCode: o.refused.code, error: o.refused.message }
   if (o.spawnError !== undefined) {
     if (o.spawnError.code === 'ENOENT' || o.spawnError.code === 'EACCES') {
       return { status: 'failed', errorCode: 'cli_not_found', error: `Claude Code CLI could not be started: ${o.spawnError.message}` }
@@ -141,7 +144,7 @@ function classify (o: RunOutcome): { status: RunStatus, errorCode: ErrorCode | n
 }
 
 /** Map a finished run to the contract's result object. */
-export function toExecuteResult (o: RunOutcome): ExecuteResult {
+export function toRunResult (o: RunOutcome): RunResult {
   const r = o.resultLine
   const { status, errorCode, error } = classify(o)
   // Without a result text (cancelled, timed out, interrupted, died), the text streamed so far.
@@ -161,7 +164,7 @@ export function toExecuteResult (o: RunOutcome): ExecuteResult {
     api_error_status: errorCode === 'api_error' ? apiStatus : null,
     num_turns: r?.num_turns ?? null,
     total_cost_usd: r?.total_cost_usd ?? null,
-    usage: (r?.usage as ExecuteResult['usage']) ?? null,
+    usage: (r?.usage as RunResult['usage']) ?? null,
     duration_ms: r?.duration_ms ?? null,
     permission_denials: r?.permission_denials ?? [],
     structured_output: r?.structured_output ?? null,

@@ -4,33 +4,35 @@ import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import type { Settings } from '../config.js'
-import { SessionDirectoryMismatch, ShuttingDown, WorkingDirectoryForbidden } from '../errors.js'
-import type { ExecuteRequest, ExecuteResult, RunStatus } from '../schemas/execute.js'
-import type { RunRecord, RunStore } from '../store/run-store.js'
-import { buildChildEnv, RUN_MARKER_VAR } from './child-env.js'
+import { SessionDirectoryMismatch, StoreUnavailable, WorkingDirectoryForbidden } from '../errors.js'
+import type { EventBus, RunRecord, RunStore } from '../store/store.js'
+import { Admission, type KeyLimits } from './admission.js'
+import { buildChildEnv } from './child-env.js'
 import { CliProbe } from './cli-probe.js'
 import { executeRun, type RunnerLogger } from './executor.js'
-import { checkEnvVars, checkPermissionMode, isInside, resolveWorkingDir } from './policy.js'
-import { killRunTree } from './process-tree.js'
-import { PartialText, toExecuteResult, type RunOutcome } from './result.js'
-import { Scheduler, type Ticket } from './scheduler.js'
+import { checkEnvVars, checkPermissionMode, isInside, recheckWorkingDir, resolveWorkingDir } from './policy.js'
+import { recoverRuns } from './recovery.js'
+import { toRunResult, type RunOutcome } from './result.js'
+import { Retention } from './retention.js'
+import { RunHandle } from './run-handle.js'
+import { RunLog } from './run-log.js'
 import { SessionRegistry } from './sessions.js'
-import type { RunEvent, RunEventType, RunSpec } from './types.js'
+import type { RunEvent, RunRequest, RunResult, RunSpec } from './types.js'
 
 export type { RunnerLogger }
+export { RunHandle }
 
-type EndReason = { by: 'timeout' } | { by: 'cancel', reason: string }
-
-const REPLAY_PAGE = 500
-/** A replay page holds at most this much data, however big the events. */
-const REPLAY_PAGE_BYTES = 1024 * 1024
+/** How long a running run stays this instance's without a renewal; renewed every third of it. */
+export const LEASE_MS = 30_000
+/** How often the store is pinged for `/health` (never per request: a health check costs nothing). */
+const STORE_CHECK_MS = 5_000
 
 /** How a run was asked for. */
 export interface SubmitOptions {
   /** The request as the client sent it; stored with env var values left out. */
-  request: ExecuteRequest
-  /** The API key's name, recorded with the run. */
-  keyName?: string | null
+  request: RunRequest
+  /** The API key it runs for, with its limits (null with auth off). */
+  key: KeyLimits | null
   /** Runs of `/api/execute*` end with their connection; runs of `POST /api/runs` never do. */
   cancelOnDisconnect: boolean
   /** The HTTP request that started it, for the log. */
@@ -40,94 +42,17 @@ export interface SubmitOptions {
 /** What the runner tells the rest of the server (metrics, webhooks). */
 export interface RunnerEvents {
   started: [RunHandle]
-  finished: [RunHandle, ExecuteResult]
+  finished: [RunHandle, RunResult]
 }
 
-/**
- * A run while it is queued or running: its events go to the store and to live listeners
- * (`event`), in order, the terminal `result` last.
- */
-export class RunHandle extends EventEmitter<{ event: [RunEvent] }> {
-  status: RunStatus = 'queued'
-  readonly submittedAt = Date.now()
-  /** Resolves with the contract's result once the run has ended and its process tree is gone. */
-  readonly result: Promise<ExecuteResult>
-  /** Resolves when the scheduler lets the run start. */
-  readonly admitted: Promise<void>
-  admit!: () => void
-  /** The scheduler let it start (it may not be `running` yet: the spawn is on its way). */
-  wasAdmitted = false
-  ticket: Ticket | undefined
-  endedBy: EndReason | undefined
-  private resolveResult!: (r: ExecuteResult) => void
-  private readonly endListeners: Array<() => void> = []
-
-  constructor (
-    readonly spec: RunSpec,
-    readonly cancelOnDisconnect: boolean,
-    private readonly store: RunStore,
-    private seq: number,
-    readonly keyName: string | null,
-    /** Every log line about this run carries its run id, key name and request id. */
-    readonly log: RunnerLogger
-  ) {
-    super()
-    this.setMaxListeners(0)
-    this.result = new Promise(resolve => { this.resolveResult = resolve })
-    this.admitted = new Promise(resolve => {
-      this.admit = () => {
-        this.wasAdmitted = true
-        resolve()
-      }
-    })
-  }
-
-  get id (): string { return this.spec.runId }
-
-  /** Place in the queue (1-based), 0 once running. */
-  position (): number { return this.ticket?.position() ?? 0 }
-
-  /** Ask the run to end; a queued run never starts, a running one has its tree killed. Idempotent. */
-  cancel (reason: string): void {
-    this.end({ by: 'cancel', reason })
-  }
-
-  /** @internal */
-  end (reason: EndReason): void {
-    if (this.endedBy !== undefined || this.isFinished()) return
-    this.endedBy = reason
-    for (const l of this.endListeners.splice(0)) l()
-  }
-
-  /** @internal called once, when `end` is. */
-  onEnd (listener: () => void): void {
-    if (this.endedBy !== undefined) listener()
-    else this.endListeners.push(listener)
-  }
-
-  isFinished (): boolean {
-    return this.status !== 'queued' && this.status !== 'running'
-  }
-
-  /** @internal append an event to the log and hand it to live listeners. */
-  push (type: RunEventType, data: unknown): void {
-    const event: RunEvent = { seq: ++this.seq, type, data: typeof data === 'string' ? data : JSON.stringify(data) }
-    this.store.appendEvent(this.id, event.seq, event.type, event.data)
-    this.emit('event', event)
-  }
-
-  /** The result as JSON, exactly as the `result` event carries it (set when the run ends). */
-  resultJson = ''
-
-  /** @internal */
-  finish (result: ExecuteResult, endedAt: number): void {
-    this.status = result.status
-    // Serialized once: the log, the stream and /api/execute all send this same text.
-    this.resultJson = JSON.stringify(result)
-    this.push('result', this.resultJson)
-    this.store.markFinished(this.id, result, endedAt)
-    this.resolveResult(result)
-  }
+/** What the engine is built from. */
+export interface RunnerDeps {
+  settings: Settings
+  log: RunnerLogger & { child: (b: object) => RunnerLogger }
+  store: RunStore
+  bus: EventBus
+  /** This server instance: it owns the runs it starts (see `RunStore`). */
+  instanceId: string
 }
 
 /**
@@ -148,46 +73,61 @@ export function defaultCliPath (): string {
 }
 
 /** A request as stored: everything but the values of its env vars. */
-function redactRequest (req: ExecuteRequest): Record<string, unknown> {
-  const copy: Record<string, unknown> = { ...req }
+function redactRequest (req: RunRequest): RunRequest {
+  const copy: RunRequest = { ...req }
   if (req.env_vars !== undefined) copy.env_vars = Object.fromEntries(Object.keys(req.env_vars).map(k => [k, '[redacted]']))
   return copy
 }
 
 /**
- * Runs Claude Code CLIs for callers: checks requests against policy, records every run in the
- * store, admits runs within the limits (one at a time per session), streams and logs each run's
- * events, ends every run's whole process tree, and recovers what a previous process left behind.
+ * The engine's coordinator. It checks a request against policy (`prepare`), has admission decide
+ * and record it in one step (`submit`), runs it with the executor when admission lets it start,
+ * logs its events (`RunLog`), ends every run's whole process tree, and hands what a previous
+ * process left to recovery. Its parts: admission, executor, run log, recovery, retention.
  */
 export class Runner extends EventEmitter<RunnerEvents> {
   readonly cliPath: string
   readonly probe: CliProbe
   readonly sessions: SessionRegistry
-  private readonly scheduler: Scheduler
+  readonly store: RunStore
+  readonly admission: Admission
+  private readonly settings: Settings
+  private readonly log: RunnerDeps['log']
+  private readonly runLog: RunLog
+  private readonly retention: Retention
+  private readonly instanceId: string
   private readonly runs = new Map<string, RunHandle>()
   private closing = false
   /** Aborted when the server shuts down: followers of runs that stay queued end their streams. */
   private readonly shutdown = new AbortController()
-  private pruneTimer: NodeJS.Timeout | undefined
+  private leaseTimer: NodeJS.Timeout | undefined
+  private storeTimer: NodeJS.Timeout | undefined
+  private storeOk = true
   /** What the previous process left in the store, until `recover()` deals with it. */
   private leftovers: { running: RunRecord[], queued: RunRecord[] } | undefined
 
-  constructor (private readonly settings: Settings, private readonly log: RunnerLogger & { child: (b: object) => RunnerLogger }, readonly store: RunStore) {
+  constructor (deps: RunnerDeps) {
     super()
+    const { settings } = deps
+    this.settings = settings
+    this.log = deps.log
+    this.store = deps.store
+    this.instanceId = deps.instanceId
     this.cliPath = settings.claudePath ?? defaultCliPath()
-    const probeEnv = buildChildEnv(settings.serverEnv, {}, 'probe', settings.passEnv)
-    this.probe = new CliProbe(this.cliPath, probeEnv)
+    this.probe = new CliProbe(this.cliPath, buildChildEnv(settings.serverEnv, {}, 'probe', settings.passEnv))
     const env = settings.serverEnv
-    const configDir = env.CLAUDE_CONFIG_DIR ?? join(env.HOME ?? '/', '.claude')
-    this.sessions = new SessionRegistry(configDir)
-    this.scheduler = new Scheduler(settings.maxConcurrentRuns, settings.maxQueuedRuns)
+    this.sessions = new SessionRegistry(env.CLAUDE_CONFIG_DIR ?? join(env.HOME ?? '/', '.claude'))
+    this.admission = new Admission({ maxConcurrent: settings.maxConcurrentRuns, maxQueued: settings.maxQueuedRuns })
+    this.runLog = new RunLog(deps.store, deps.bus)
+    this.retention = new Retention(deps.store, { days: settings.retentionDays, maxRuns: settings.retentionMaxRuns }, deps.log)
     // Every queued run and every follower listens for the shutdown.
     setMaxListeners(0, this.shutdown.signal)
   }
 
   /**
-   * Probe the CLI, note what a previous process left (acted on by `recover()`, once the server
-   * has its port), prune old runs, keep all of it going.
+   * Probe the CLI; read what the store knows (session owners, today's spending) into admission;
+   * note what a previous process left (acted on by `recover()`, once the server has its port);
+   * prune old runs; keep leases, probe and retention going.
    */
   async start (): Promise<void> {
     const status = await this.probe.refresh()
@@ -195,24 +135,40 @@ export class Runner extends EventEmitter<RunnerEvents> {
     else if (status.credentials === 'missing') this.log.warn({ cli: this.cliPath }, 'no Claude credential configured (ANTHROPIC_API_KEY, CLAUDE_CODE_OAUTH_TOKEN or a `claude` login): runs will fail with not_authenticated')
     this.probe.startBackground(this.settings.cliProbeIntervalS)
     // Read now, before any new run exists, so recovery never touches a run of this process.
-    this.leftovers = { running: this.store.runsWithStatus('running'), queued: this.store.runsWithStatus('queued') }
-    this.prune()
-    this.pruneTimer = setInterval(() => this.prune(), 3600_000)
-    this.pruneTimer.unref()
+    this.leftovers = await this.store.leftovers(this.instanceId, Date.now())
+    await this.checkStore()
+    this.admission.load({ sessionOwners: await this.store.sessionOwners(), spentToday: await this.store.spendSince(this.admission.today()) })
+    await this.retention.start()
+    this.leaseTimer = setInterval(() => {
+      this.store.renewLeases(this.instanceId, Date.now() + LEASE_MS).catch(err => this.log.error({ err }, 'renewing run leases failed; will retry'))
+    }, LEASE_MS / 3)
+    this.leaseTimer.unref()
+    this.storeTimer = setInterval(() => { void this.checkStore() }, STORE_CHECK_MS)
+    this.storeTimer.unref()
+  }
+
+  /** Whether the store answered its last ping (within a second), checked every few seconds. */
+  get storeAnswers (): boolean { return this.storeOk }
+
+  private async checkStore (): Promise<void> {
+    let timer: NodeJS.Timeout | undefined
+    try {
+      this.storeOk = await Promise.race([
+        this.store.ping().then(() => true),
+        new Promise<boolean>(resolve => { timer = setTimeout(() => resolve(false), 1000) })
+      ])
+    } catch {
+      this.storeOk = false
+    } finally {
+      clearTimeout(timer)
+    }
   }
 
   stats (): { active: number, queued: number } {
-    return { active: this.scheduler.active, queued: this.scheduler.queued }
+    return { active: this.admission.active, queued: this.admission.queued }
   }
 
   get shuttingDown (): boolean { return this.closing }
-
-  /** How many runs of a key are queued or running. */
-  liveRunsOf (keyName: string): number {
-    let n = 0
-    for (const h of this.runs.values()) if (h.keyName === keyName) n++
-    return n
-  }
 
   /** The live handle of a queued or running run. */
   get (runId: string): RunHandle | undefined {
@@ -220,10 +176,11 @@ export class Runner extends EventEmitter<RunnerEvents> {
   }
 
   /**
-   * Check a request against policy and resolve its directory and session. Throws the typed
-   * errors of `errors.ts` (400/403/409); starts nothing.
+   * Check a request against policy and resolve its directory and session. Throws the domain's
+   * errors (invalid or forbidden directory, env var, permission mode, session elsewhere); starts
+   * nothing and reserves nothing.
    */
-  async prepare (req: ExecuteRequest): Promise<RunSpec> {
+  async prepare (req: RunRequest): Promise<RunSpec> {
     const s = this.settings
     const permissionMode = checkPermissionMode(req.permission_mode, s)
     const env = checkEnvVars(req.env_vars)
@@ -271,30 +228,40 @@ export class Runner extends EventEmitter<RunnerEvents> {
     if (req.max_turns !== undefined) spec.maxTurns = req.max_turns
     if (req.max_budget_usd !== undefined) spec.maxBudgetUsd = req.max_budget_usd
     if (req.output_schema !== undefined) spec.outputSchema = req.output_schema
+    if (req.webhook_url !== undefined) spec.webhookUrl = req.webhook_url
     return spec
   }
 
   /**
-   * Accept a prepared run: 503 while shutting down, 429 when it cannot start and the queue is
-   * full. The run is recorded before this returns and goes on whether or not anyone listens.
+   * Accept a prepared run: admission decides and records it in one synchronous step (or throws
+   * why not), then the run is stored and goes on whether or not anyone listens.
    */
-  submit (spec: RunSpec, opts: SubmitOptions): RunHandle {
-    if (this.closing) throw new ShuttingDown('the server is shutting down; retry in a moment')
-    this.scheduler.checkCapacity(spec.sessionId)
-    this.store.insertRun({
-      id: spec.runId,
-      sessionId: spec.sessionId,
-      workingDirectory: spec.cwd,
-      request: redactRequest(opts.request),
-      spec,
-      keyName: opts.keyName ?? null,
-      cancelOnDisconnect: opts.cancelOnDisconnect,
-      createdAt: Date.now()
-    })
+  async submit (spec: RunSpec, opts: SubmitOptions): Promise<RunHandle> {
+    const keyName = opts.key?.name ?? null
+    const log = this.log.child({ run_id: spec.runId, key_name: keyName, ...(opts.requestId !== undefined ? { request_id: opts.requestId } : {}) })
+    const handle = new RunHandle(spec, opts.cancelOnDisconnect, keyName, log, this.runLog, 0)
+    const claims = spec.forkedFrom !== undefined ? [spec.sessionId, spec.forkedFrom] : [spec.sessionId]
+    const ticket = this.admission.admit({ sessionId: spec.sessionId, claims, key: opts.key }, () => handle.admit())
+    try {
+      await this.store.insertRun({
+        id: spec.runId,
+        sessionId: spec.sessionId,
+        workingDirectory: spec.cwd,
+        request: redactRequest(opts.request),
+        spec,
+        keyName,
+        cancelOnDisconnect: opts.cancelOnDisconnect,
+        createdAt: handle.submittedAt
+      })
+    } catch (err) {
+      ticket.release()
+      log.error({ err }, 'recording the run failed')
+      throw new StoreUnavailable('the run store could not record the run; retry in a moment')
+    }
+    handle.ticket = ticket
     this.sessions.remember(spec.sessionId, spec.cwd)
-    const handle = this.track(spec, opts.cancelOnDisconnect, 0, opts.keyName ?? null, opts.requestId)
     handle.push('run', { run_id: spec.runId, session_id: spec.sessionId, working_directory: spec.cwd })
-    handle.ticket = this.scheduler.enter(spec.sessionId, handle.admit, true)
+    this.track(handle)
     return handle
   }
 
@@ -308,72 +275,50 @@ export class Runner extends EventEmitter<RunnerEvents> {
 
   /**
    * Send a run's events with `seq > after` to `write`, from the log and then live, until the
-   * terminal `result` (true) or until `signal` aborts or the server shuts down (false). When
-   * `write` reports congestion, live delivery stops and resumes from the log after `drained`:
-   * a slow client never makes the server buffer without bound, and never misses an event.
+   * terminal `result` (true) or until `signal` aborts or the server shuts down (false). A slow
+   * client never makes the server buffer without bound, and never misses an event.
    */
   async follow (runId: string, after: number, write: (e: RunEvent) => boolean, drained: () => Promise<void>, signal: AbortSignal): Promise<boolean> {
-    let cursor = after
-    const stopped = (): boolean => signal.aborted || this.shutdown.signal.aborted
-    const send = (e: RunEvent): { ok: boolean, done: boolean } => {
-      cursor = e.seq
-      return { ok: write(e), done: e.type === 'result' }
-    }
-    for (;;) {
-      // Catch up from the log, a page at a time.
-      for (;;) {
-        const page = this.store.eventsAfter(runId, cursor, REPLAY_PAGE, REPLAY_PAGE_BYTES)
-        for (const e of page) {
-          const { ok, done } = send(e as RunEvent)
-          if (done) return true
-          if (!ok) await drained()
-          if (stopped()) return false
-        }
-        if (page.length === 0) break
-      }
-      // Then live: the empty page above was read in this same tick, so attaching now misses nothing.
-      const handle = this.runs.get(runId)
-      // Not live and no result in the log: a run left queued by a shutdown. Nothing more will come.
-      if (handle === undefined) return false
-      const outcome = await new Promise<'done' | 'congested' | 'stopped'>(resolve => {
-        const onEvent = (e: RunEvent): void => {
-          if (e.seq <= cursor) return
-          const { ok, done } = send(e)
-          if (done) finish('done')
-          else if (!ok) finish('congested')
-        }
-        const onStop = (): void => finish('stopped')
-        const finish = (o: 'done' | 'congested' | 'stopped'): void => {
-          handle.off('event', onEvent)
-          signal.removeEventListener('abort', onStop)
-          this.shutdown.signal.removeEventListener('abort', onStop)
-          resolve(o)
-        }
-        if (stopped()) return resolve('stopped')
-        handle.on('event', onEvent)
-        signal.addEventListener('abort', onStop)
-        this.shutdown.signal.addEventListener('abort', onStop)
-      })
-      if (outcome === 'done') return true
-      if (outcome === 'stopped') return false
-      await drained()
-      if (stopped()) return false
-    }
+    return await this.runLog.follow(runId, after, { write, drained, signal: AbortSignal.any([signal, this.shutdown.signal]) }, () => this.runs.has(runId))
   }
 
   /**
-   * Shut down: stop admitting (503), let running runs finish for `graceMs`, then cancel the rest
-   * and wait until their trees are gone. Queued runs stay queued for the next start, except those
+   * What a previous process left, handed to recovery once the server holds its port (and
+   * `DATA_DIR`'s lock), so a server that cannot start never touches another one's runs. Once only.
+   */
+  async recover (): Promise<void> {
+    const leftovers = this.leftovers
+    this.leftovers = undefined
+    if (leftovers === undefined || this.closing) return
+    await recoverRuns(leftovers, {
+      store: this.store,
+      log: this.log,
+      maxOutputBytes: this.settings.maxOutputBytes,
+      requeue: async (r) => {
+        this.sessions.remember(r.sessionId, r.workingDirectory)
+        const log = this.log.child({ run_id: r.id, key_name: r.keyName })
+        const handle = new RunHandle(r.spec, false, r.keyName, log, this.runLog, await this.store.lastSeq(r.id))
+        handle.ticket = this.admission.readmit(r.spec.sessionId, r.keyName, () => handle.admit())
+        this.track(handle)
+      }
+    })
+  }
+
+  /**
+   * Shut down: stop admitting, let running runs finish for `graceMs`, then cancel the rest and
+   * wait until their trees are gone. Queued runs stay queued for the next start, except those
    * whose client waits on the connection that is about to close.
    */
   async close (graceMs = this.settings.shutdownGraceS * 1000): Promise<void> {
     this.closing = true
-    this.scheduler.pause()
+    this.admission.close()
     this.probe.stop()
-    clearInterval(this.pruneTimer)
+    this.retention.stop()
+    clearInterval(this.leaseTimer)
+    clearInterval(this.storeTimer)
     const live = [...this.runs.values()]
     for (const h of live) {
-      if (h.status === 'queued' && h.cancelOnDisconnect) h.cancel('server shutting down')
+      if (h.status === 'queued' && !h.wasAdmitted && h.cancelOnDisconnect) h.cancel('server shutting down')
     }
     // Admitted runs count as running: their spawn may be a tick away, and must not outlive the store.
     const running = live.filter(h => h.status === 'running' || h.wasAdmitted || h.cancelOnDisconnect)
@@ -390,85 +335,16 @@ export class Runner extends EventEmitter<RunnerEvents> {
     await Promise.all(running.map(h => h.result))
     // Runs left queued stay so in the store; their followers end now and reconnect later.
     this.shutdown.abort()
-    this.store.close()
+    await this.store.close()
   }
 
-  /** Build the live handle of a run and run it through its life. */
-  private track (spec: RunSpec, cancelOnDisconnect: boolean, lastSeq: number, keyName: string | null, requestId?: string): RunHandle {
-    const log = this.log.child({ run_id: spec.runId, key_name: keyName, ...(requestId !== undefined ? { request_id: requestId } : {}) })
-    const handle = new RunHandle(spec, cancelOnDisconnect, this.store, lastSeq, keyName, log)
+  /** Run a recorded run through its life, in the background. */
+  private track (handle: RunHandle): void {
     this.runs.set(handle.id, handle)
     void this.execute(handle).finally(() => {
       handle.ticket?.release()
       this.runs.delete(handle.id)
     })
-    return handle
-  }
-
-  /**
-   * What a previous process left: runs it had `running` are `interrupted` (after any process of
-   * theirs still alive is killed); runs it had `queued` are queued again, but for those whose
-   * client waited on a connection that died with it. Called once the server holds its port (and
-   * `DATA_DIR`'s lock), so a server that cannot start never touches another one's runs. Once only.
-   */
-  async recover (): Promise<void> {
-    const leftovers = this.leftovers
-    this.leftovers = undefined
-    if (leftovers === undefined || this.closing) return
-    for (const r of leftovers.running) {
-      let killed = 0
-      if (r.marker !== null) {
-        const report = await killRunTree({ rootPid: undefined, markerName: RUN_MARKER_VAR, markerValue: r.marker, graceMs: 0, rootExited: Promise.resolve() })
-        killed = report.killed
-      }
-      this.finishStored(r, { status: 'interrupted', error: 'The server stopped while this run was going; it did not finish' })
-      this.log.warn({ run_id: r.id, killed }, 'run interrupted by a server restart')
-    }
-    for (const r of leftovers.queued) {
-      if (r.cancelOnDisconnect || r.spec === null) {
-        this.finishStored(r, { status: 'cancelled', error: 'Run cancelled: its client\'s connection ended when the server stopped' })
-        continue
-      }
-      this.sessions.remember(r.sessionId, r.workingDirectory)
-      const handle = this.track(r.spec, false, this.store.lastSeq(r.id), r.keyName)
-      handle.ticket = this.scheduler.enter(r.spec.sessionId, handle.admit, true)
-      this.log.info({ run_id: r.id }, 'queued run recovered after a restart')
-    }
-  }
-
-  /** End a stored run that has no live process: result event, then the row. */
-  private finishStored (r: RunRecord, how: { status: 'interrupted' | 'cancelled', error: string }): void {
-    const now = Date.now()
-    const partialText = this.textOf(r)
-    const result: ExecuteResult = {
-      ...toExecuteResult({ runId: r.id, sessionId: r.sessionId, timeoutS: 0, exitCode: null, stderrTail: '', oversizeLines: 0, startedAt: r.createdAt, endedAt: now, maxOutputBytes: this.settings.maxOutputBytes, ended: { by: 'cancel', reason: '' }, partialText }),
-      status: how.status,
-      error_code: how.status,
-      error: how.error
-    }
-    const seq = this.store.lastSeq(r.id) + 1
-    this.store.appendEvent(r.id, seq, 'result', JSON.stringify(result))
-    this.store.markFinished(r.id, result, now)
-  }
-
-  /** The text a stored run had streamed, read back from its log (capped like any output). */
-  private textOf (r: RunRecord): string {
-    const partial = new PartialText(this.settings.maxOutputBytes)
-    let cursor = 0
-    for (;;) {
-      const page = this.store.eventsAfter(r.id, cursor, REPLAY_PAGE, REPLAY_PAGE_BYTES)
-      if (page.length === 0 || partial.truncated) break
-      for (const e of page) {
-        cursor = e.seq
-        if (e.type === 'text') partial.add((JSON.parse(e.data) as { text: string }).text, r.spec?.includePartialMessages !== true)
-      }
-    }
-    return partial.text
-  }
-
-  private prune (): void {
-    const removed = this.store.prune({ maxAgeMs: this.settings.retentionDays * 86_400_000, maxRuns: this.settings.retentionMaxRuns })
-    if (removed > 0) this.log.info({ removed }, 'pruned old runs')
   }
 
   private async execute (handle: RunHandle): Promise<void> {
@@ -492,8 +368,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
     try {
       await Promise.race([handle.admitted, ended, shutdown])
       // Left queued by a shutdown: it stays queued in the store for the next start.
-      if (handle.status === 'queued' && handle.endedBy === undefined && this.shutdown.signal.aborted) return
-      if (handle.endedBy === undefined) await this.spawn(handle, outcome, ended)
+      if (!handle.wasAdmitted && handle.endedBy === undefined && this.shutdown.signal.aborted) return
+      if (handle.endedBy === undefined) await this.run(handle, outcome, ended)
     } catch (err) {
       handle.log.error({ err }, 'run failed unexpectedly')
       outcome.spawnError = { message: (err as Error).message }
@@ -502,7 +378,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
     }
     if (handle.endedBy !== undefined) outcome.ended = handle.endedBy
     outcome.endedAt = Date.now()
-    const result = toExecuteResult(outcome)
+    const result = toRunResult(outcome)
     handle.log.info({
       session_id: result.session_id,
       status: result.status,
@@ -511,19 +387,34 @@ export class Runner extends EventEmitter<RunnerEvents> {
       cost_usd: result.total_cost_usd,
       num_turns: result.num_turns
     }, 'run finished')
-    handle.finish(result, outcome.endedAt)
+    handle.finish(result)
+    this.admission.spent(handle.keyName, result.total_cost_usd)
+    try {
+      await this.store.markFinished(handle.id, result, outcome.endedAt)
+    } catch (err) {
+      handle.log.error({ err }, 'recording the end of the run failed')
+    }
     this.emit('finished', handle, result)
   }
 
-  private async spawn (handle: RunHandle, outcome: RunOutcome, ended: Promise<void>): Promise<void> {
+  /** The run's turn: check its directory again, record the start, run the CLI. */
+  private async run (handle: RunHandle, outcome: RunOutcome, ended: Promise<void>): Promise<void> {
     const spec = handle.spec
+    // Checked again now, and used as checked: a directory swapped for a link since submission
+    // cannot lead outside the roots.
+    const cwd = await recheckWorkingDir(spec.cwd, this.settings)
+    if (typeof cwd !== 'string') {
+      outcome.refused = { code: 'working_directory_forbidden', message: cwd.refused }
+      return
+    }
+    spec.cwd = cwd
     if (spec.sessionMode !== 'fork') spec.sessionMode = await this.sessions.exists(spec.sessionId) ? 'resume' : 'new'
     if (handle.endedBy !== undefined) return
     const marker = randomUUID()
     const env = buildChildEnv(this.settings.serverEnv, spec.env, marker, this.settings.passEnv)
-    handle.status = 'running'
+    handle.markRunning()
     // Recorded before the spawn: if the server dies now, the next start finds and kills the tree.
-    this.store.markStarted(spec.runId, Date.now(), marker, spec.sessionId)
+    await this.store.markStarted(spec.runId, { startedAt: Date.now(), marker, sessionId: spec.sessionId, workingDirectory: cwd, owner: this.instanceId, leaseUntil: Date.now() + LEASE_MS })
     this.emit('started', handle)
     const execution = await executeRun(spec, env, marker, {
       cliPath: this.cliPath,

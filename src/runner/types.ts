@@ -1,5 +1,60 @@
 import type { PermissionMode } from '../config.js'
 
+/** Every state of a run; the last five are final. */
+export const RUN_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted'] as const
+export type RunStatus = typeof RUN_STATUSES[number]
+
+/** Why a run did not succeed. */
+export const ERROR_CODES = ['timeout', 'cancelled', 'interrupted', 'api_error', 'not_authenticated', 'max_turns', 'max_budget', 'session_not_found', 'cli_not_found', 'cli_error', 'working_directory_forbidden'] as const
+export type ErrorCode = typeof ERROR_CODES[number]
+
+/**
+ * What a client asks of a run, as the engine reads it (the HTTP schema validates the same shape,
+ * snake_case as on the wire, and this is how the request is stored).
+ */
+export interface RunRequest {
+  prompt: string
+  working_directory?: string
+  session_id?: string
+  fork_session?: boolean
+  stream?: boolean
+  timeout?: number
+  env_vars?: Record<string, string>
+  model?: string
+  system_prompt?: string
+  append_system_prompt?: string
+  permission_mode?: PermissionMode
+  allowed_tools?: string[]
+  disallowed_tools?: string[]
+  max_turns?: number
+  max_budget_usd?: number
+  output_schema?: Record<string, unknown>
+  include_partial_messages?: boolean
+  webhook_url?: string
+}
+
+/** How a run ended: the object `/api/execute` answers with and the `result` event carries. */
+export interface RunResult {
+  success: boolean
+  output: string
+  error: string | null
+  exit_code: number | null
+  execution_time: number
+  timestamp: string
+  run_id: string
+  session_id: string | null
+  status: RunStatus
+  error_code: ErrorCode | null
+  api_error_status: number | null
+  num_turns: number | null
+  total_cost_usd: number | null
+  usage: { input_tokens?: number, output_tokens?: number, cache_creation_input_tokens?: number, cache_read_input_tokens?: number, [k: string]: unknown } | null
+  duration_ms: number | null
+  permission_denials: Array<Record<string, unknown>>
+  structured_output: unknown
+  truncated: boolean
+}
+
 /** One run, fully resolved and checked against policy: what the runner executes. */
 export interface RunSpec {
   runId: string
@@ -23,6 +78,8 @@ export interface RunSpec {
   maxBudgetUsd?: number
   outputSchema?: Record<string, unknown>
   includePartialMessages: boolean
+  /** Where the run's summary is POSTed when it ends. */
+  webhookUrl?: string
 }
 
 /** The kinds of event a run's log holds, in the order clients see them. */

@@ -1,5 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { PERMISSION_MODES } from '../config.js'
+import { ERROR_CODES, RUN_STATUSES, type RunRequest, type RunResult } from '../runner/types.js'
 
 /** Limits the request schema takes from the configuration. */
 export interface RequestLimits {
@@ -42,9 +43,7 @@ export function executeRequestSchema (limits: RequestLimits) {
   })
 }
 export type ExecuteRequest = Static<ReturnType<typeof executeRequestSchema>>
-
-export const RUN_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted'] as const
-export const ERROR_CODES = ['timeout', 'cancelled', 'interrupted', 'api_error', 'not_authenticated', 'max_turns', 'max_budget', 'session_not_found', 'cli_not_found', 'cli_error'] as const
+export { RUN_STATUSES }
 
 const Nullable = <T extends ReturnType<typeof Type.String>>(t: T) => Type.Union([t, Type.Null()])
 
@@ -75,5 +74,12 @@ export const ExecuteResultSchema = Type.Object({
   truncated: Type.Boolean({ description: '`output` was cut at `MAX_OUTPUT_BYTES`.' })
 }, { $id: 'ExecuteResult', title: 'ExecuteResult' })
 export type ExecuteResult = Static<typeof ExecuteResultSchema>
-export type RunStatus = typeof RUN_STATUSES[number]
-export type ErrorCode = typeof ERROR_CODES[number]
+
+// The wire schemas and the domain's types describe the same objects: a change to one that the
+// other does not follow fails the type-check here.
+const requestMatchesDomain = (r: ExecuteRequest): RunRequest => r
+const resultMatchesDomain = (r: ExecuteResult): RunResult => r
+const domainMatchesResult = (r: RunResult): ExecuteResult => r
+void requestMatchesDomain
+void resultMatchesDomain
+void domainMatchesResult

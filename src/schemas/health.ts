@@ -9,6 +9,7 @@ export const HealthSchema = Type.Object({
   credentials: Type.Union([Type.Literal('ok'), Type.Literal('missing'), Type.Literal('unknown')], {
     description: 'Whether the CLI finds a Claude credential (`ANTHROPIC_API_KEY`, `CLAUDE_CODE_OAUTH_TOKEN`, a `claude` login, or a cloud provider). `missing`: runs fail with `not_authenticated`, and `status` is `degraded`. `unknown` while the CLI is unavailable.'
   }),
+  store: Type.Union([Type.Literal('ok'), Type.Literal('unavailable')], { description: 'Whether the run store answers. `unavailable`: runs cannot be started or read, and `status` is `degraded`.' }),
   uptime_s: Type.Number(),
   runs: Type.Object({ active: Type.Integer(), queued: Type.Integer() })
 }, { title: 'Health' })

@@ -47,5 +47,11 @@ export const MIGRATIONS: readonly string[] = [
     PRIMARY KEY (run_id, attempt)
   ) WITHOUT ROWID;
   CREATE INDEX runs_key_ended ON runs (key_name, ended_at);
+  `,
+  `
+  -- Ownership of running runs: the instance that started a run holds it while its lease lasts;
+  -- recovery takes only what it owned, or what nobody renewed.
+  ALTER TABLE runs ADD COLUMN owner TEXT;
+  ALTER TABLE runs ADD COLUMN lease_until INTEGER;
   `
 ]

@@ -12,5 +12,6 @@ test('/health says whether a Claude credential is configured: degraded (still 20
   const withKey = await build(t)
   const ok = (await withKey.app.inject({ url: '/health' })).json()
   t.equal(ok.credentials, 'ok')
+  t.equal(ok.store, 'ok', 'the run store answers')
   t.equal(ok.status, 'healthy')
 })

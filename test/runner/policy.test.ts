@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Value } from '@sinclair/typebox/value'
 import { ConfigSchema, toSettings, type RawConfig, type Settings } from '../../src/config.js'
-import type { ProblemError } from '../../src/errors.js'
+import { DomainError } from '../../src/errors.js'
+import { STATUS_OF_CODE } from '../../plugins/problem.js'
 import { checkEnvVars, checkPermissionMode, resolveWorkingDir } from '../../src/runner/policy.js'
 
 interface Box { base: string, work: string, work2: string, outside: string }
@@ -24,13 +25,14 @@ function settings (over: Partial<RawConfig>, cwd: string): Settings {
 }
 
 /** The rejection of `p`, as a problem error. */
-async function refusal (t: { fail: (message: string) => unknown }, p: Promise<unknown>): Promise<ProblemError> {
-  const err = await p.then(() => null, (e: ProblemError) => e)
+async function refusal (t: { fail: (message: string) => unknown }, p: Promise<unknown>): Promise<DomainError & { statusCode: number }> {
+  const err = await p.then(() => null, (e: DomainError) => e)
   if (err === null) {
     t.fail('expected a refusal')
-    return { name: '', message: '', code: '', statusCode: 0 }
+    return Object.assign(new DomainError('none', ''), { statusCode: 0 })
   }
-  return err
+  // The status the API answers with for this error.
+  return Object.assign(err, { statusCode: STATUS_OF_CODE[err.code] ?? 500 })
 }
 
 test('a directory inside the root passes and comes back as its real path', async t => {
@@ -114,21 +116,21 @@ test('checkPermissionMode: the default when none is asked, bypassPermissions onl
   const s = settings({ DEFAULT_WORKING_DIR: b.work }, b.base)
   t.equal(checkPermissionMode(undefined, s), 'acceptEdits')
   t.equal(checkPermissionMode('plan', s), 'plan')
-  const err = t.throws(() => checkPermissionMode('bypassPermissions', s)) as ProblemError
-  t.equal(err.statusCode, 403)
+  const err = t.throws(() => checkPermissionMode('bypassPermissions', s)) as DomainError
+  t.equal(STATUS_OF_CODE[err.code], 403)
   t.equal(err.code.toLowerCase(), 'permission_mode_forbidden')
 
   const custom = settings({ DEFAULT_WORKING_DIR: b.work, DEFAULT_PERMISSION_MODE: 'plan', ALLOWED_PERMISSION_MODES: 'plan,bypassPermissions' }, b.base)
   t.equal(checkPermissionMode(undefined, custom), 'plan', 'the configured default')
   t.equal(checkPermissionMode('bypassPermissions', custom), 'bypassPermissions')
-  t.equal((t.throws(() => checkPermissionMode('acceptEdits', custom)) as ProblemError).statusCode, 403)
+  t.equal(STATUS_OF_CODE[(t.throws(() => checkPermissionMode('acceptEdits', custom)) as DomainError).code], 403)
 })
 
 test('checkEnvVars passes ordinary names and refuses steering ones with 403, naming each', async t => {
   t.same(checkEnvVars(undefined), {})
   t.same(checkEnvVars({ MY_VAR: '1', DEBUG: 'x' }), { MY_VAR: '1', DEBUG: 'x' })
-  const err = t.throws(() => checkEnvVars({ MY_VAR: '1', LD_PRELOAD: '/x.so', ANTHROPIC_BASE_URL: 'http://evil' })) as ProblemError
-  t.equal(err.statusCode, 403)
+  const err = t.throws(() => checkEnvVars({ MY_VAR: '1', LD_PRELOAD: '/x.so', ANTHROPIC_BASE_URL: 'http://evil' })) as DomainError
+  t.equal(STATUS_OF_CODE[err.code], 403)
   t.equal(err.code.toLowerCase(), 'env_var_forbidden')
   t.match(err.message, 'LD_PRELOAD')
   t.match(err.message, 'ANTHROPIC_BASE_URL')

@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { capUtf8, toExecuteResult, type CliResultLine, type RunOutcome } from '../../src/runner/result.js'
+import { capUtf8, toRunResult, type CliResultLine, type RunOutcome } from '../../src/runner/result.js'
 
 const SESSION = '11111111-2222-4333-8444-555555555555'
 
@@ -37,7 +37,7 @@ function line (over: Partial<CliResultLine> = {}): CliResultLine {
 }
 
 test('a clean run succeeds and carries the CLI\'s figures', async t => {
-  const r = toExecuteResult(outcome({ resultLine: line() }))
+  const r = toRunResult(outcome({ resultLine: line() }))
   t.match(r, {
     success: true,
     output: 'Done!',
@@ -61,7 +61,7 @@ test('a clean run succeeds and carries the CLI\'s figures', async t => {
 })
 
 test('an API failure reported as subtype success with is_error true is a failed api_error', async t => {
-  const r = toExecuteResult(outcome({
+  const r = toRunResult(outcome({
     exitCode: 1,
     resultLine: line({ is_error: true, api_error_status: 529, result: 'API Error: 529 {"type":"error","error":{"type":"overloaded_error"}}' })
   }))
@@ -74,7 +74,7 @@ test('an API failure reported as subtype success with is_error true is a failed 
 })
 
 test('"Not logged in" is not_authenticated and says how to fix it', async t => {
-  const r = toExecuteResult(outcome({ exitCode: 1, resultLine: line({ is_error: true, result: 'Not logged in · Please run /login' }) }))
+  const r = toRunResult(outcome({ exitCode: 1, resultLine: line({ is_error: true, result: 'Not logged in · Please run /login' }) }))
   t.equal(r.success, false)
   t.equal(r.status, 'failed')
   t.equal(r.error_code, 'not_authenticated')
@@ -84,7 +84,7 @@ test('"Not logged in" is not_authenticated and says how to fix it', async t => {
 })
 
 test('error_max_turns is max_turns', async t => {
-  const r = toExecuteResult(outcome({ exitCode: 1, resultLine: line({ subtype: 'error_max_turns', is_error: true, result: undefined, errors: ['Reached maximum number of turns (1)'] }) }))
+  const r = toRunResult(outcome({ exitCode: 1, resultLine: line({ subtype: 'error_max_turns', is_error: true, result: undefined, errors: ['Reached maximum number of turns (1)'] }) }))
   t.equal(r.success, false)
   t.equal(r.status, 'failed')
   t.equal(r.error_code, 'max_turns')
@@ -93,7 +93,7 @@ test('error_max_turns is max_turns', async t => {
 })
 
 test('error_max_budget_usd is max_budget', async t => {
-  const r = toExecuteResult(outcome({ exitCode: 1, resultLine: line({ subtype: 'error_max_budget_usd', is_error: true, result: undefined, errors: [] }) }))
+  const r = toRunResult(outcome({ exitCode: 1, resultLine: line({ subtype: 'error_max_budget_usd', is_error: true, result: undefined, errors: [] }) }))
   t.equal(r.error_code, 'max_budget')
   t.equal(r.status, 'failed')
   t.type(r.error, 'string')
@@ -101,7 +101,7 @@ test('error_max_budget_usd is max_budget', async t => {
 })
 
 test('resuming an unknown session is session_not_found', async t => {
-  const r = toExecuteResult(outcome({
+  const r = toRunResult(outcome({
     exitCode: 1,
     resultLine: line({ subtype: 'error_during_execution', is_error: true, result: undefined, errors: ['No conversation found with session ID: x'] })
   }))
@@ -111,7 +111,7 @@ test('resuming an unknown session is session_not_found', async t => {
 })
 
 test('other error_during_execution is cli_error', async t => {
-  const r = toExecuteResult(outcome({
+  const r = toRunResult(outcome({
     exitCode: 1,
     resultLine: line({ subtype: 'error_during_execution', is_error: true, result: undefined, errors: ['tool crashed'] })
   }))
@@ -120,7 +120,7 @@ test('other error_during_execution is cli_error', async t => {
 })
 
 test('no result line and exit 143 is cli_error with the stderr tail', async t => {
-  const r = toExecuteResult(outcome({ exitCode: 143, stderrTail: 'some noise\nFATAL: segfault in worker\n' }))
+  const r = toRunResult(outcome({ exitCode: 143, stderrTail: 'some noise\nFATAL: segfault in worker\n' }))
   t.equal(r.success, false)
   t.equal(r.status, 'failed')
   t.equal(r.error_code, 'cli_error')
@@ -133,23 +133,23 @@ test('no result line and exit 143 is cli_error with the stderr tail', async t =>
 })
 
 test('dropped oversize lines are mentioned when no result arrived', async t => {
-  const r = toExecuteResult(outcome({ exitCode: 0, oversizeLines: 2 }))
+  const r = toRunResult(outcome({ exitCode: 0, oversizeLines: 2 }))
   t.equal(r.error_code, 'cli_error')
   t.match(r.error, /2 output line/)
 })
 
 test('a timeout is timed_out with the seed\'s wording, whatever the CLI said', async t => {
-  const r = toExecuteResult(outcome({ exitCode: null, ended: { by: 'timeout' }, resultLine: line() }))
+  const r = toRunResult(outcome({ exitCode: null, ended: { by: 'timeout' }, resultLine: line() }))
   t.equal(r.success, false)
   t.equal(r.status, 'timed_out')
   t.equal(r.error_code, 'timeout')
   t.equal(r.error, 'Execution timed out after 300 seconds')
-  const short = toExecuteResult(outcome({ exitCode: null, timeoutS: 7, ended: { by: 'timeout' } }))
+  const short = toRunResult(outcome({ exitCode: null, timeoutS: 7, ended: { by: 'timeout' } }))
   t.equal(short.error, 'Execution timed out after 7 seconds')
 })
 
 test('a cancel is cancelled with its reason', async t => {
-  const r = toExecuteResult(outcome({ exitCode: null, ended: { by: 'cancel', reason: 'client disconnected' } }))
+  const r = toRunResult(outcome({ exitCode: null, ended: { by: 'cancel', reason: 'client disconnected' } }))
   t.equal(r.success, false)
   t.equal(r.status, 'cancelled')
   t.equal(r.error_code, 'cancelled')
@@ -157,7 +157,7 @@ test('a cancel is cancelled with its reason', async t => {
 })
 
 test('a CLI that cannot be spawned (ENOENT) is cli_not_found', async t => {
-  const r = toExecuteResult(outcome({ exitCode: null, spawnError: { code: 'ENOENT', message: 'spawn /opt/claude ENOENT' } }))
+  const r = toRunResult(outcome({ exitCode: null, spawnError: { code: 'ENOENT', message: 'spawn /opt/claude ENOENT' } }))
   t.equal(r.success, false)
   t.equal(r.status, 'failed')
   t.equal(r.error_code, 'cli_not_found')
@@ -165,7 +165,7 @@ test('a CLI that cannot be spawned (ENOENT) is cli_not_found', async t => {
 })
 
 test('exit 0 with is_error true is not a success', async t => {
-  const r = toExecuteResult(outcome({ exitCode: 0, resultLine: line({ is_error: true, result: 'something went wrong' }) }))
+  const r = toRunResult(outcome({ exitCode: 0, resultLine: line({ is_error: true, result: 'something went wrong' }) }))
   t.equal(r.success, false)
   t.equal(r.status, 'failed')
   t.not(r.error_code, null)
@@ -173,14 +173,14 @@ test('exit 0 with is_error true is not a success', async t => {
 })
 
 test('exit 1 with is_error false is not a success either', async t => {
-  const r = toExecuteResult(outcome({ exitCode: 1, resultLine: line() }))
+  const r = toRunResult(outcome({ exitCode: 1, resultLine: line() }))
   t.equal(r.success, false)
   t.equal(r.status, 'failed')
 })
 
 test('output over maxOutputBytes is capped, flagged, and stays valid UTF-8', async t => {
   const text = 'ü'.repeat(3000) // 6000 bytes
-  const r = toExecuteResult(outcome({ maxOutputBytes: 1001, resultLine: line({ result: text }) }))
+  const r = toRunResult(outcome({ maxOutputBytes: 1001, resultLine: line({ result: text }) }))
   t.equal(r.truncated, true)
   t.ok(Buffer.byteLength(r.output) <= 1001)
   t.ok(Buffer.byteLength(r.output) >= 998, 'cut near the cap, not far below it')

@@ -1,6 +1,6 @@
 import { test } from 'tap'
 import { Scheduler, type Ticket } from '../../src/runner/scheduler.js'
-import { CapacityExceeded, type ProblemError } from '../../src/errors.js'
+import { CapacityExceeded, type DomainError } from '../../src/errors.js'
 
 /**
  * A scheduler with a log of which runs started, in order, and which are running now; it also
@@ -36,8 +36,8 @@ const capacityError = (fn: () => unknown): boolean => {
   try {
     fn()
   } catch (err) {
-    const e = err as ProblemError
-    return e instanceof CapacityExceeded && e.statusCode === 429 && e.code === 'CAPACITY_EXCEEDED' &&
+    const e = err as DomainError
+    return e instanceof CapacityExceeded && e.code === 'capacity_exceeded' &&
       typeof e.retryAfter === 'number' && e.retryAfter >= 1
   }
   return false
@@ -136,9 +136,8 @@ test('checkCapacity throws 429 CAPACITY_EXCEEDED when nothing can start and the 
   try {
     h.scheduler.checkCapacity()
   } catch (err) {
-    const e = err as ProblemError
-    t.equal(e.statusCode, 429)
-    t.equal(e.code, 'CAPACITY_EXCEEDED')
+    const e = err as DomainError
+    t.equal(e.code, 'capacity_exceeded')
     t.ok(e.retryAfter! >= 1 && e.retryAfter! <= 300, `retryAfter in [1, 300] (${e.retryAfter})`)
     t.match(e.message, /1 runs running and 2 queued/)
   }
@@ -259,7 +258,7 @@ test('retryAfter grows with the queue and stays within [1, 300]', async t => {
     try {
       s.checkCapacity()
     } catch (err) {
-      return (err as ProblemError).retryAfter!
+      return (err as DomainError).retryAfter!
     }
     return -1
   }

@@ -1,45 +1,11 @@
 import Database from 'better-sqlite3'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
-import type { ExecuteResult, RunStatus } from '../schemas/execute.js'
-import type { RunSpec } from '../runner/types.js'
+import type { RunResult, RunStatus } from '../runner/types.js'
 import { MIGRATIONS } from './migrations.js'
+import type { NewRun, RunFilter, RunRecord, RunStore, StoredEvent, WebhookDelivery } from './store.js'
 
-/** A stored event: `data` is the JSON text clients receive. */
-export interface StoredEvent {
-  seq: number
-  type: string
-  data: string
-}
-
-/** One attempt to deliver a run's webhook. */
-export interface WebhookDelivery {
-  attempt: number
-  attemptedAt: number
-  url: string
-  statusCode: number | null
-  error: string | null
-  durationMs: number
-}
-
-/** A run as stored. */
-export interface RunRecord {
-  id: string
-  /** Insertion order, for stable pagination. */
-  rowid: number
-  status: RunStatus
-  sessionId: string
-  workingDirectory: string
-  request: Record<string, unknown>
-  spec: RunSpec | null
-  keyName: string | null
-  cancelOnDisconnect: boolean
-  marker: string | null
-  createdAt: number
-  startedAt: number | null
-  endedAt: number | null
-  result: ExecuteResult | null
-}
+export type { RunRecord, StoredEvent, WebhookDelivery } from './store.js'
 
 interface RunRow {
   id: string
@@ -52,6 +18,8 @@ interface RunRow {
   key_name: string | null
   cancel_on_disconnect: number
   marker: string | null
+  owner: string | null
+  lease_until: number | null
   created_at: number
   started_at: number | null
   ended_at: number | null
@@ -69,6 +37,8 @@ const toRecord = (r: RunRow): RunRecord => ({
   keyName: r.key_name,
   cancelOnDisconnect: r.cancel_on_disconnect === 1,
   marker: r.marker,
+  owner: r.owner,
+  leaseUntil: r.lease_until,
   createdAt: r.created_at,
   startedAt: r.started_at,
   endedAt: r.ended_at,
@@ -89,11 +59,12 @@ export interface RunStoreOptions {
 }
 
 /**
- * The embedded run store: one row per run and an append-only event log per run, in SQLite (WAL).
- * Event appends are batched: they wait in memory at most `flushIntervalMs` and are written in one
- * transaction, so a chatty run is not slowed by the disk. Reads see unflushed events too.
+ * The embedded run store of one machine: one row per run and an append-only event log per run, in
+ * SQLite (WAL). Event appends are batched: they wait in memory at most `flushIntervalMs` and are
+ * written in one transaction, so a chatty run is not slowed by the disk. Reads see unflushed events
+ * too. The methods are async to fit `RunStore`; SQLite itself answers synchronously.
  */
-export class RunStore {
+export class SqliteRunStore implements RunStore {
   private readonly db: Database.Database
   private pending: Array<{ runId: string, seq: number, type: string, data: string }> = []
   private pendingBytes = 0
@@ -101,6 +72,7 @@ export class RunStore {
   private readonly timer: NodeJS.Timeout
   private readonly flushMaxEvents: number
   private readonly stmts
+  private readonly onError: ((err: Error) => void) | undefined
 
   constructor (opts: RunStoreOptions) {
     let file = ':memory:'
@@ -114,11 +86,12 @@ export class RunStore {
     this.db.pragma('synchronous = NORMAL')
     this.db.pragma('busy_timeout = 5000')
     this.migrate()
+    this.onError = opts.onError
     this.flushMaxEvents = opts.flushMaxEvents ?? 1000
     this.flushMaxBytes = opts.flushMaxBytes ?? 1024 * 1024
     this.timer = setInterval(() => {
       try {
-        this.flush()
+        this.flushNow()
       } catch (err) {
         // A full disk must not crash the server from a timer; the next flush tries again.
         opts.onError?.(err as Error)
@@ -130,7 +103,12 @@ export class RunStore {
       insert: db.prepare(`INSERT INTO runs (id, status, session_id, working_directory, request, spec, key_name, cancel_on_disconnect, created_at)
         VALUES (@id, @status, @session_id, @working_directory, @request, @spec, @key_name, @cancel_on_disconnect, @created_at)`),
       get: db.prepare('SELECT rowid, * FROM runs WHERE id = ?'),
-      started: db.prepare('UPDATE runs SET status = \'running\', started_at = ?, marker = ?, spec = NULL, session_id = ? WHERE id = ?'),
+      ping: db.prepare('SELECT 1'),
+      started: db.prepare('UPDATE runs SET status = \'running\', started_at = ?, marker = ?, spec = NULL, session_id = ?, working_directory = ?, owner = ?, lease_until = ? WHERE id = ?'),
+      renew: db.prepare('UPDATE runs SET lease_until = ? WHERE owner = ? AND status = \'running\''),
+      leftoverRunning: db.prepare('SELECT rowid, * FROM runs WHERE status = \'running\' AND (owner IS NULL OR owner = ? OR lease_until IS NULL OR lease_until < ?) ORDER BY rowid'),
+      spendSince: db.prepare('SELECT key_name, COALESCE(SUM(json_extract(result, \'$.total_cost_usd\')), 0) AS usd FROM runs WHERE key_name IS NOT NULL AND ended_at >= ? GROUP BY key_name'),
+      sessionOwners: db.prepare('SELECT session_id, key_name FROM runs r WHERE rowid = (SELECT MIN(rowid) FROM runs WHERE session_id = r.session_id)'),
       finished: db.prepare('UPDATE runs SET status = ?, ended_at = ?, result = ?, spec = NULL WHERE id = ?'),
       byStatus: db.prepare('SELECT rowid, * FROM runs WHERE status = ? ORDER BY rowid'),
       // OR IGNORE: a replayed append must never fail a whole batch (other runs' events with it).
@@ -141,8 +119,6 @@ export class RunStore {
       deleteDeliveries: db.prepare('DELETE FROM webhook_deliveries WHERE run_id = ?'),
       delivery: db.prepare('INSERT OR REPLACE INTO webhook_deliveries (run_id, attempt, attempted_at, url, status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?)'),
       deliveries: db.prepare('SELECT attempt, attempted_at, url, status_code, error, duration_ms FROM webhook_deliveries WHERE run_id = ? ORDER BY attempt'),
-      costSince: db.prepare('SELECT COALESCE(SUM(json_extract(result, \'$.total_cost_usd\')), 0) AS usd FROM runs WHERE key_name = ? AND ended_at >= ?'),
-      sessionOwner: db.prepare('SELECT key_name FROM runs WHERE session_id = ? ORDER BY rowid LIMIT 1'),
       deleteEvents: db.prepare('DELETE FROM events WHERE run_id = ?')
     }
   }
@@ -157,7 +133,11 @@ export class RunStore {
     }
   }
 
-  insertRun (r: { id: string, sessionId: string, workingDirectory: string, request: Record<string, unknown>, spec: RunSpec, keyName: string | null, cancelOnDisconnect: boolean, createdAt: number }): void {
+  async ping (): Promise<void> {
+    this.stmts.ping.get()
+  }
+
+  async insertRun (r: NewRun): Promise<void> {
     this.stmts.insert.run({
       id: r.id,
       status: 'queued',
@@ -171,27 +151,33 @@ export class RunStore {
     })
   }
 
-  /** The run started: its marker is recorded first, so a crash after spawn can be cleaned up. */
-  markStarted (id: string, startedAt: number, marker: string, sessionId: string): void {
-    this.stmts.started.run(startedAt, marker, sessionId, id)
+  async markStarted (id: string, s: { startedAt: number, marker: string, sessionId: string, workingDirectory: string, owner: string, leaseUntil: number }): Promise<void> {
+    this.stmts.started.run(s.startedAt, s.marker, s.sessionId, s.workingDirectory, s.owner, s.leaseUntil, id)
   }
 
-  markFinished (id: string, result: ExecuteResult, endedAt: number): void {
-    this.flush()
+  async markFinished (id: string, result: RunResult, endedAt: number): Promise<void> {
+    this.flushNow()
     this.stmts.finished.run(result.status, endedAt, JSON.stringify(result), id)
   }
 
-  getRun (id: string): RunRecord | undefined {
+  async renewLeases (owner: string, leaseUntil: number): Promise<void> {
+    this.stmts.renew.run(leaseUntil, owner)
+  }
+
+  async getRun (id: string): Promise<RunRecord | undefined> {
     const row = this.stmts.get.get(id) as RunRow | undefined
     return row === undefined ? undefined : toRecord(row)
   }
 
-  runsWithStatus (status: RunStatus): RunRecord[] {
-    return (this.stmts.byStatus.all(status) as RunRow[]).map(toRecord)
+  async leftovers (owner: string, now: number): Promise<{ running: RunRecord[], queued: RunRecord[] }> {
+    return {
+      running: (this.stmts.leftoverRunning.all(owner, now) as RunRow[]).map(toRecord),
+      queued: (this.stmts.byStatus.all('queued') as RunRow[]).map(toRecord)
+    }
   }
 
   /** Newest first; `before` is the `rowid` of the last run of the previous page. */
-  listRuns (filter: { status?: RunStatus, sessionId?: string, keyName?: string, before?: number, limit: number }): RunRecord[] {
+  async listRuns (filter: RunFilter): Promise<RunRecord[]> {
     const where: string[] = []
     const args: unknown[] = []
     if (filter.status !== undefined) { where.push('status = ?'); args.push(filter.status) }
@@ -206,7 +192,14 @@ export class RunStore {
   appendEvent (runId: string, seq: number, type: string, data: string): void {
     this.pending.push({ runId, seq, type, data })
     this.pendingBytes += data.length
-    if (this.pending.length >= this.flushMaxEvents || this.pendingBytes >= this.flushMaxBytes) this.flush()
+    if (this.pending.length >= this.flushMaxEvents || this.pendingBytes >= this.flushMaxBytes) {
+      try {
+        this.flushNow()
+      } catch (err) {
+        // Kept for the timer's next attempt; an append never throws.
+        this.onError?.(err as Error)
+      }
+    }
   }
 
   /**
@@ -214,36 +207,44 @@ export class RunStore {
    * no more than `maxBytes` of data (but always at least one event), so a page of big events
    * stays small.
    */
-  eventsAfter (runId: string, after: number, limit: number, maxBytes = Number.POSITIVE_INFINITY): StoredEvent[] {
+  async eventsAfter (runId: string, after: number, limit: number, maxBytes = Number.POSITIVE_INFINITY): Promise<StoredEvent[]> {
+    return this.eventsAfterNow(runId, after, limit, maxBytes)
+  }
+
+  private eventsAfterNow (runId: string, after: number, limit: number, maxBytes: number): StoredEvent[] {
     const out: StoredEvent[] = []
     let bytes = 0
-    const full = (): boolean => out.length >= limit || (out.length > 0 && bytes >= maxBytes)
+    /** Whether `e` still fits the page: always the first event, then within `limit` and `maxBytes`. */
+    const fits = (e: { data: string }): boolean => out.length === 0 || (out.length < limit && bytes + e.data.length <= maxBytes)
     for (const e of this.stmts.eventsAfter.iterate(runId, after, limit) as IterableIterator<StoredEvent>) {
+      if (!fits(e)) return out
       out.push(e)
       bytes += e.data.length
-      if (full()) return out
     }
     let last = out.at(-1)?.seq ?? after
     for (const e of this.pending) {
-      if (full()) break
-      if (e.runId === runId && e.seq > last) {
-        out.push({ seq: e.seq, type: e.type, data: e.data })
-        bytes += e.data.length
-        last = e.seq
-      }
+      if (e.runId !== runId || e.seq <= last) continue
+      if (!fits(e)) break
+      out.push({ seq: e.seq, type: e.type as StoredEvent['type'], data: e.data })
+      bytes += e.data.length
+      last = e.seq
     }
     return out
   }
 
   /** The highest event seq of a run (0 when none). */
-  lastSeq (runId: string): number {
+  async lastSeq (runId: string): Promise<number> {
     let seq = (this.stmts.lastSeq.get(runId) as { seq: number | null }).seq ?? 0
     for (const e of this.pending) if (e.runId === runId && e.seq > seq) seq = e.seq
     return seq
   }
 
+  async flush (): Promise<void> {
+    this.flushNow()
+  }
+
   /** Write the waiting events in one transaction. */
-  flush (): void {
+  private flushNow (): void {
     if (this.pending.length === 0) return
     const batch = this.pending
     this.pending = []
@@ -268,7 +269,7 @@ export class RunStore {
    * Retention: delete finished runs (and their events) older than `maxAgeMs`, and the oldest
    * finished runs beyond `maxRuns`. Queued and running runs are never deleted.
    */
-  prune (opts: { maxAgeMs: number, maxRuns: number, now?: number }): number {
+  async prune (opts: { maxAgeMs: number, maxRuns: number, now?: number }): Promise<number> {
     const now = opts.now ?? Date.now()
     const finished = "status NOT IN ('queued', 'running')"
     const old = this.db.prepare(`SELECT id FROM runs WHERE ${finished} AND created_at < ?`).all(now - opts.maxAgeMs) as Array<{ id: string }>
@@ -284,29 +285,32 @@ export class RunStore {
     return ids.size
   }
 
-  /** What a key's runs that ended since `sinceMs` cost, in USD. */
-  costSince (keyName: string, sinceMs: number): number {
-    return (this.stmts.costSince.get(keyName, sinceMs) as { usd: number }).usd
+  async spendSince (sinceMs: number): Promise<Map<string, number>> {
+    const rows = this.stmts.spendSince.all(sinceMs) as Array<{ key_name: string, usd: number }>
+    return new Map(rows.map(r => [r.key_name, r.usd]))
   }
 
-  /** The key that started a session's first run (undefined: no run of ours used it). */
-  sessionOwner (sessionId: string): string | null | undefined {
-    const row = this.stmts.sessionOwner.get(sessionId) as { key_name: string | null } | undefined
-    return row === undefined ? undefined : row.key_name
+  async sessionOwners (): Promise<Map<string, string | null>> {
+    const rows = this.stmts.sessionOwners.all() as Array<{ session_id: string, key_name: string | null }>
+    return new Map(rows.map(r => [r.session_id, r.key_name]))
   }
 
-  recordDelivery (runId: string, d: WebhookDelivery): void {
+  async recordDelivery (runId: string, d: WebhookDelivery): Promise<void> {
     this.stmts.delivery.run(runId, d.attempt, d.attemptedAt, d.url, d.statusCode, d.error, d.durationMs)
   }
 
-  deliveries (runId: string): WebhookDelivery[] {
+  async deliveries (runId: string): Promise<WebhookDelivery[]> {
     return (this.stmts.deliveries.all(runId) as Array<{ attempt: number, attempted_at: number, url: string, status_code: number | null, error: string | null, duration_ms: number }>)
       .map(r => ({ attempt: r.attempt, attemptedAt: r.attempted_at, url: r.url, statusCode: r.status_code, error: r.error, durationMs: r.duration_ms }))
   }
 
-  close (): void {
+  async close (): Promise<void> {
+    if (!this.db.open) return
     clearInterval(this.timer)
-    this.flush()
-    this.db.close()
+    try {
+      this.flushNow()
+    } finally {
+      this.db.close()
+    }
   }
 }

@@ -1,0 +1,34 @@
+import fp from 'fastify-plugin'
+import type { FastifyRequest } from 'fastify'
+import type { RunHandle } from '../src/runner/runner.js'
+import type { RunRequest } from '../src/runner/types.js'
+import { checkWebhookUrl } from '../src/runner/policy.js'
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /**
+     * Start a run on behalf of the request's key: request policy (webhook host, directory,
+     * environment, permission mode, session), then admission with the key's limits, in the engine.
+     */
+    startRun: (request: FastifyRequest, body: RunRequest, cancelOnDisconnect: boolean) => Promise<RunHandle>
+  }
+}
+
+/** The one way the API starts runs, shared by `/api/execute`, `/api/execute/stream` and `POST /api/runs`. */
+export default fp(async (fastify) => {
+  const { runner, config } = fastify
+  fastify.decorate('startRun', async (request: FastifyRequest, body: RunRequest, cancelOnDisconnect: boolean) => {
+    checkWebhookUrl(body.webhook_url, config.webhookAllowedHosts)
+    const spec = await runner.prepare(body)
+    const k = request.apiKey
+    const key = k === null
+      ? null
+      : {
+          name: k.name,
+          anySession: fastify.isAdmin(request),
+          ...(k.maxConcurrentRuns !== undefined ? { maxConcurrentRuns: k.maxConcurrentRuns } : {}),
+          ...(k.dailyBudgetUsd !== undefined ? { dailyBudgetUsd: k.dailyBudgetUsd } : {})
+        }
+    return await runner.submit(spec, { request: body, key, cancelOnDisconnect, requestId: request.id })
+  })
+}, { name: 'start-run', dependencies: ['config', 'auth', 'runner'] })

@@ -1,0 +1,25 @@
+import type { FastifyPluginAsync } from 'fastify'
+import { rateLimit } from '../plugins/auth.js'
+import { sendProblem } from '../plugins/problem.js'
+import executeRoutes from './execute.js'
+import runsRoutes from './runs.js'
+
+/**
+ * The `/api` scope: every API route, and what belongs to them alone, registered here so
+ * encapsulation (not URL matching) decides where it applies: the key check (also for unknown
+ * `/api` paths, so a 404 never tells what exists to a client without a key), the per-key rate
+ * limit, HTTP metrics, and the API's not-found answer. `/health`, `/metrics` and the docs stay
+ * outside and pay for none of it.
+ */
+const api: FastifyPluginAsync = async (fastify) => {
+  if (fastify.authenticate !== undefined) fastify.addHook('onRequest', fastify.authenticate)
+  if (fastify.rateLimitOptions !== undefined) await fastify.register(rateLimit, fastify.rateLimitOptions)
+  fastify.addHook('onResponse', fastify.observeHttp)
+  fastify.setNotFoundHandler((request, reply) =>
+    sendProblem(request, reply, 404, 'not_found', `No route ${request.method} ${request.url.split('?')[0]}`))
+
+  await fastify.register(executeRoutes)
+  await fastify.register(runsRoutes)
+}
+
+export default api

@@ -1,0 +1,138 @@
+import type { RunEvent, RunRequest, RunResult, RunSpec, RunStatus } from '../runner/types.js'
+
+/**
+ * The run store: what the engine and the API keep about runs, behind one interface that every
+ * backend implements (the embedded SQLite one for a single machine; PostgreSQL for a cluster).
+ * Every backend passes the same contract test suite (`test/store/contract.ts`).
+ *
+ * Rules every implementation keeps:
+ * - Methods are async; none throws for "not found" (`undefined` or an empty list instead).
+ * - `appendEvent` is buffered and never throws: the event is visible to `eventsAfter` and
+ *   `lastSeq` of this process at once, and durable after the next `flush()` (which a backend also
+ *   runs on its own, at least every few tens of milliseconds). An append of a `(runId, seq)` that
+ *   exists already is ignored, so a replay never fails a batch.
+ * - `markFinished` flushes the run's events first: a finished run's log is complete and durable.
+ * - Runs are ordered by insertion (`rowid`), newest first in lists, for stable cursor paging.
+ * - Ownership: a running run belongs to the instance that started it (`owner`) until its lease
+ *   (`leaseUntil`) runs out; the owner renews it while the run goes. Recovery takes only the
+ *   running runs an instance owned, or whose lease has lapsed (a lease ending exactly at `now` has
+ *   not lapsed yet). `leftovers().queued` come oldest first, so a restart requeues them in order.
+ * - `spendSince(t)` counts runs that ended at `t` or later.
+ */
+export interface RunStore {
+  /** Resolves when the store answers (health checks). */
+  ping: () => Promise<void>
+
+  insertRun: (run: NewRun) => Promise<void>
+  /**
+   * The run started on `owner`, in `workingDirectory` (the path checked at start): recorded
+   * before the spawn with its marker, so whoever recovers it can find and kill its processes.
+   */
+  markStarted: (id: string, start: { startedAt: number, marker: string, sessionId: string, workingDirectory: string, owner: string, leaseUntil: number }) => Promise<void>
+  markFinished: (id: string, result: RunResult, endedAt: number) => Promise<void>
+  /** Extend the lease of every running run `owner` holds. */
+  renewLeases: (owner: string, leaseUntil: number) => Promise<void>
+
+  getRun: (id: string) => Promise<RunRecord | undefined>
+  listRuns: (filter: RunFilter) => Promise<RunRecord[]>
+  /**
+   * What recovery takes over: the queued runs, and the running runs that `owner` held or whose
+   * lease ended before `now`.
+   */
+  leftovers: (owner: string, now: number) => Promise<{ running: RunRecord[], queued: RunRecord[] }>
+
+  appendEvent: (runId: string, seq: number, type: string, data: string) => void
+  flush: () => Promise<void>
+  /**
+   * Events of a run with `seq > after`, in order, unflushed ones included: at most `limit`, and
+   * no more than `maxBytes` of data (but always at least one event).
+   */
+  eventsAfter: (runId: string, after: number, limit: number, maxBytes?: number) => Promise<StoredEvent[]>
+  /** The highest event seq of a run (0 when none). */
+  lastSeq: (runId: string) => Promise<number>
+
+  /** Retention: delete finished runs older than `maxAgeMs`, and the oldest beyond `maxRuns`. */
+  prune: (opts: { maxAgeMs: number, maxRuns: number, now?: number }) => Promise<number>
+  /** What each key's runs that ended since `sinceMs` cost, in USD. */
+  spendSince: (sinceMs: number) => Promise<Map<string, number>>
+  /** The key that started each session's first run (null: a run without a key). */
+  sessionOwners: () => Promise<Map<string, string | null>>
+
+  recordDelivery: (runId: string, d: WebhookDelivery) => Promise<void>
+  deliveries: (runId: string) => Promise<WebhookDelivery[]>
+
+  /** Flush and let go. */
+  close: () => Promise<void>
+}
+
+/** A run as it is first recorded (queued). */
+export interface NewRun {
+  id: string
+  sessionId: string
+  workingDirectory: string
+  /** The request as the client sent it, env var values left out. */
+  request: RunRequest
+  /** The resolved run, to queue it again after a restart (holds env var values until it starts). */
+  spec: RunSpec
+  keyName: string | null
+  cancelOnDisconnect: boolean
+  createdAt: number
+}
+
+/** A stored event: `data` is the JSON text clients receive. */
+export interface StoredEvent {
+  seq: number
+  type: RunEvent['type']
+  data: string
+}
+
+/** One attempt to deliver a run's webhook. */
+export interface WebhookDelivery {
+  attempt: number
+  attemptedAt: number
+  url: string
+  statusCode: number | null
+  error: string | null
+  durationMs: number
+}
+
+export interface RunFilter {
+  status?: RunStatus
+  sessionId?: string
+  keyName?: string
+  /** The `rowid` of the last run of the previous page. */
+  before?: number
+  limit: number
+}
+
+/** A run as stored. */
+export interface RunRecord {
+  id: string
+  /** Insertion order, for stable pagination. */
+  rowid: number
+  status: RunStatus
+  sessionId: string
+  workingDirectory: string
+  request: RunRequest
+  spec: RunSpec | null
+  keyName: string | null
+  cancelOnDisconnect: boolean
+  marker: string | null
+  owner: string | null
+  leaseUntil: number | null
+  createdAt: number
+  startedAt: number | null
+  endedAt: number | null
+  result: RunResult | null
+}
+
+/**
+ * Live events of runs, for followers: whatever instance appends an event publishes it here. In
+ * one process it is an in-memory fan-out; across instances a backend's notifications carry it.
+ * Delivery is at most once and in order per run; followers read the store for anything else.
+ */
+export interface EventBus {
+  publish: (runId: string, event: RunEvent) => void
+  /** Listen to one run's events; returns the unsubscribe function. */
+  subscribe: (runId: string, listener: (event: RunEvent) => void) => () => void
+}
