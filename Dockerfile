@@ -35,31 +35,34 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends git ca-certificates bash tini \
  && rm -rf /var/lib/apt/lists/*
 
-# A non-root user: the CLI's bypassPermissions mode refuses to run as root, and the model's commands
-# should not run with root rights. The application files stay owned by root, so those commands
-# cannot modify the server.
-RUN groupadd --gid 10001 claude \
- && useradd --uid 10001 --gid 10001 --home-dir /home/claude --create-home --shell /bin/bash claude \
- && mkdir -p /data /workspace /home/claude/.claude \
- && chown -R claude:claude /data /workspace /home/claude
+# The server runs as root so that it can run every key's agent as an unprivileged identity of its
+# own (uids from AGENT_UID_BASE, HOMEs under /agents); ISOLATION=uid makes that a requirement: the
+# server refuses to start rather than run agents with its own rights. No run ever executes as root,
+# and the server's environment, /data and the keys file are unreadable to the agents.
+RUN mkdir -p /data /workspace /agents /home/claude/.claude \
+ && chmod 700 /data /home/claude \
+ && chmod 711 /agents
 
 WORKDIR /app
 COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
 
-# DATA_DIR: the run store. DEFAULT_WORKING_DIR: where runs execute; ALLOWED_WORKING_DIRS is left
-# unset, so it defaults to DEFAULT_WORKING_DIR (/workspace). CLAUDE_CONFIG_DIR: the CLI's login,
-# settings and sessions (mount a volume so sessions survive restarts).
+# DATA_DIR: the run store. DEFAULT_WORKING_DIR: where runs execute (each key in /workspace/<key>, its
+# own); ALLOWED_WORKING_DIRS is left unset, so it defaults to DEFAULT_WORKING_DIR. AGENTS_DIR: each
+# key's HOME and Claude config directory (sessions; mount a volume so they survive restarts).
+# CLAUDE_CONFIG_DIR: the server's own (the CLI probe).
 ENV HOST=0.0.0.0 \
     PORT=8000 \
     DATA_DIR=/data \
     DEFAULT_WORKING_DIR=/workspace \
     CLAUDE_CONFIG_DIR=/home/claude/.claude \
     HOME=/home/claude \
+    AGENTS_DIR=/agents \
+    ISOLATION=uid \
     NODE_ENV=production
 
-USER claude
+USER root
 EXPOSE 8000
 
 # No curl in slim images: use node's fetch. /health answers 200 even when the CLI is missing

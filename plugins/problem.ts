@@ -14,6 +14,7 @@ export const STATUS_OF_CODE: Readonly<Record<string, number>> = {
   working_directory_not_found: 400,
   unauthorized: 401,
   working_directory_forbidden: 403,
+  working_directory_not_writable: 403,
   env_var_forbidden: 403,
   permission_mode_forbidden: 403,
   insufficient_scope: 403,

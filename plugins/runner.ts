@@ -2,14 +2,33 @@ import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { Runner } from '../src/runner/runner.js'
+import { defaultCliPath, Runner } from '../src/runner/runner.js'
 import { SqliteRunStore } from '../src/store/sqlite-store.js'
 import { LocalEventBus } from '../src/store/event-bus.js'
 import { DataDirLock } from '../src/store/data-dir-lock.js'
+import { ConfigError } from '../src/config.js'
+import { CredentialBroker, isCloudProvider, operatorCredential } from '../src/isolation/broker.js'
+import { AgentIdentities, blockedOnTheWayTo, resolveIsolation, type IsolationLevel } from '../src/isolation/identities.js'
+import { chmodSync, statSync } from 'node:fs'
 
 declare module 'fastify' {
   interface FastifyInstance {
     runner: Runner
+    /** What keeps runs from the server and from each other, as `/health` reports it. */
+    isolation: { level: IsolationLevel, credential_broker: boolean }
+  }
+}
+
+/** Close a file or directory of the server's to everyone but its owner (for agent identities). */
+function closeToOthers (path: string | undefined, mode: number, log: { info: (o: object, m: string) => void }): void {
+  if (path === undefined) return
+  try {
+    const st = statSync(path)
+    if (st.uid !== process.getuid?.() || (st.mode & 0o077) === 0) return
+    chmodSync(path, mode)
+    log.info({ path, mode: mode.toString(8) }, 'closed a server path to the agent identities')
+  } catch {
+    // Missing: nothing to protect.
   }
 }
 
@@ -32,20 +51,67 @@ function instanceIdOf (dataDir: string): string {
  * before the server lets go.
  */
 export default fp(async (fastify) => {
-  const { dataDir } = fastify.config
+  const { dataDir, serverEnv } = fastify.config
+  const resolved = resolveIsolation(fastify.config.isolation)
+  if ('refused' in resolved) throw new ConfigError(resolved.refused)
+  let isolation = resolved
+  if (isolation.level === 'uid') {
+    // Agents must reach their work areas, their homes and the CLI itself.
+    const cli = fastify.config.claudePath ?? defaultCliPath()
+    for (const [what, path] of [['DEFAULT_WORKING_DIR', join(fastify.config.defaultWorkingDir, 'x')], ['AGENTS_DIR', join(fastify.config.agentsDir, 'x')], ['the Claude Code CLI', cli]] as const) {
+      const blocked = path.startsWith('/') ? blockedOnTheWayTo(path) : null
+      if (blocked === null) continue
+      const why = `${what} (${path.replace(/\/x$/, '')}) lies below ${blocked}, which other users cannot enter, so agent identities could not reach it`
+      if (fastify.config.isolation === 'uid') throw new ConfigError(`ISOLATION=uid: ${why}; move it, or chmod o+x ${blocked}`)
+      fastify.log.warn(`agent identities are off: ${why} (chmod o+x ${blocked}, or move it)`)
+      isolation = { level: 'none' }
+      break
+    }
+  }
   const lock = DataDirLock.acquire(dataDir)
   let runner: Runner
   let store: SqliteRunStore | undefined
+  let broker: CredentialBroker | undefined
   try {
+    // The broker fronts the operator's credential for every run; a cloud provider keeps its own.
+    const credential = operatorCredential(serverEnv)
+    if (credential !== null) {
+      broker = new CredentialBroker(credential, serverEnv.ANTHROPIC_BASE_URL, err => fastify.log.warn({ err }, 'credential broker: the upstream API failed'))
+      await broker.start()
+    } else {
+      fastify.log.warn(isCloudProvider(serverEnv)
+        ? 'credential broker off: a cloud provider (Bedrock/Vertex/Foundry) is configured, whose credentials runs receive as before'
+        : 'credential broker off: no ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN or CLAUDE_CODE_OAUTH_TOKEN to front')
+    }
+    let identities: AgentIdentities | undefined
+    if (isolation.level === 'uid') {
+      identities = new AgentIdentities(fastify.config.agentsDir, join(dataDir, 'agent-ids.json'), fastify.config.agentUidBase)
+      // What agent identities must never read: the run store, the keys file, the server's .env.
+      closeToOthers(dataDir, 0o700, fastify.log)
+      closeToOthers(fastify.config.apiKeysFile, 0o600, fastify.log)
+      closeToOthers(join(process.cwd(), '.env'), 0o600, fastify.log)
+    } else {
+      fastify.log.warn('ISOLATION level none: runs execute as the server\'s own user and can read what it can (start the server as root, as the Docker image does, for per-key agent identities)')
+    }
     store = new SqliteRunStore({ dataDir, onError: err => fastify.log.error({ err }, 'writing the event log failed; will retry') })
-    runner = new Runner({ settings: fastify.config, log: fastify.log.child({ component: 'runner' }), store, bus: new LocalEventBus(), instanceId: instanceIdOf(dataDir) })
+    runner = new Runner({
+      settings: fastify.config,
+      log: fastify.log.child({ component: 'runner' }),
+      store,
+      bus: new LocalEventBus(),
+      instanceId: instanceIdOf(dataDir),
+      ...(broker !== undefined ? { broker } : {}),
+      isolation: { level: isolation.level, ...(identities !== undefined ? { identities } : {}) }
+    })
     await runner.start()
   } catch (err) {
     await store?.close().catch(() => {})
+    await broker?.close()
     lock.release()
     throw err
   }
   fastify.decorate('runner', runner)
+  fastify.decorate('isolation', { level: isolation.level, credential_broker: broker !== undefined })
   // Only a server that got its port may kill and requeue what a previous one left.
   fastify.addHook('onListen', async () => {
     await runner.recover()
@@ -54,5 +120,8 @@ export default fp(async (fastify) => {
   fastify.addHook('preClose', async () => {
     await runner.close()
   })
-  fastify.addHook('onClose', async () => { lock.release() })
+  fastify.addHook('onClose', async () => {
+    await broker?.close()
+    lock.release()
+  })
 }, { name: 'runner', dependencies: ['config'] })

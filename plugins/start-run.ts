@@ -19,7 +19,7 @@ export default fp(async (fastify) => {
   const { runner, config } = fastify
   fastify.decorate('startRun', async (request: FastifyRequest, body: RunRequest, cancelOnDisconnect: boolean) => {
     checkWebhookUrl(body.webhook_url, config.webhookAllowedHosts)
-    const spec = await runner.prepare(body)
+    const spec = await runner.prepare(body, request.apiKeyName)
     const k = request.apiKey
     const key = k === null
       ? null

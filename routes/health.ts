@@ -29,6 +29,7 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
       claude_code_version: cli.version,
       credentials: cli.credentials,
       store: store ? 'ok' : 'unavailable',
+      isolation: fastify.isolation,
       uptime_s: Math.round((Date.now() - startedAt) / 100) / 10,
       runs: runner.stats()
     } as const

@@ -49,7 +49,10 @@ export const ConfigSchema = Type.Object({
   WEBHOOK_SECRET: Type.Optional(Type.String()),
   WEBHOOK_MAX_ATTEMPTS: Type.Integer({ default: 6, minimum: 1, maximum: 20 }),
   WEBHOOK_BACKOFF_MS: Type.Integer({ default: 2000, minimum: 1 }),
-  WEBHOOK_TIMEOUT_MS: Type.Integer({ default: 10_000, minimum: 100 })
+  WEBHOOK_TIMEOUT_MS: Type.Integer({ default: 10_000, minimum: 100 }),
+  ISOLATION: Type.Union(['auto', 'uid', 'sandbox', 'none'].map(l => Type.Literal(l)), { default: 'auto' }),
+  AGENT_UID_BASE: Type.Integer({ default: 20_000, minimum: 1000, maximum: 2_000_000_000 }),
+  AGENTS_DIR: Type.String({ default: './agents' })
 })
 export type RawConfig = Static<typeof ConfigSchema>
 
@@ -94,6 +97,9 @@ export interface Settings {
   webhookMaxAttempts: number
   webhookBackoffMs: number
   webhookTimeoutMs: number
+  isolation: 'auto' | 'uid' | 'sandbox' | 'none'
+  agentUidBase: number
+  agentsDir: string
   /** The server's own environment: the source of operator credentials for the CLI. */
   serverEnv: Environment
 }
@@ -229,7 +235,8 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     { what: 'DATA_DIR', path: dataDir },
     ...(apiKeysFile !== undefined ? [{ what: 'API_KEYS_FILE', path: apiKeysFile }] : []),
     { what: 'the server\'s .env', path: join(cwd, '.env') },
-    { what: 'the server\'s own code', path: PACKAGE_ROOT }
+    { what: 'the server\'s own code', path: PACKAGE_ROOT },
+    { what: 'AGENTS_DIR', path: resolve(cwd, raw.AGENTS_DIR) }
   ])
   const modes = list(raw.ALLOWED_PERMISSION_MODES)
   if (modes.length === 0) throw new ConfigError('ALLOWED_PERMISSION_MODES is empty: list at least one mode, e.g. ALLOWED_PERMISSION_MODES=default,acceptEdits,plan,dontAsk')
@@ -285,6 +292,9 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     webhookMaxAttempts: raw.WEBHOOK_MAX_ATTEMPTS,
     webhookBackoffMs: raw.WEBHOOK_BACKOFF_MS,
     webhookTimeoutMs: raw.WEBHOOK_TIMEOUT_MS,
+    isolation: raw.ISOLATION as Settings['isolation'],
+    agentUidBase: raw.AGENT_UID_BASE,
+    agentsDir: resolve(cwd, raw.AGENTS_DIR),
     serverEnv
   }
 }

@@ -28,6 +28,7 @@ const kind = (code: string) => class extends DomainError {
 export const InvalidRequest = kind('invalid_request')
 export const WorkingDirectoryNotFound = kind('working_directory_not_found')
 export const WorkingDirectoryForbidden = kind('working_directory_forbidden')
+export const WorkingDirectoryNotWritable = kind('working_directory_not_writable')
 export const EnvVarForbidden = kind('env_var_forbidden')
 export const PermissionModeForbidden = kind('permission_mode_forbidden')
 export const RunNotFound = kind('run_not_found')

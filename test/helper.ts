@@ -58,6 +58,8 @@ export function testEnv (box: Sandbox, model: FakeModel, extra: Record<string, s
     KILL_GRACE_MS: '300',
     DATA_DIR: join(box.home, 'data'),
     SHUTDOWN_GRACE_S: '0',
+    // The suite runs as root in CI: agent identities are tested on their own (test/isolation/).
+    ISOLATION: 'none',
     ...extra
   }
 }
@@ -176,8 +178,12 @@ const TSX = import.meta.resolve('tsx')
 
 /** Spawn `src/server.ts` as `npm start` would, from `cwd` (default: the repository). */
 function spawnServer (env: Record<string, string>, cwd = ROOT): ChildProcessWithoutNullStreams {
+  // RUN_AS_UID: start the server itself unprivileged (a test of a server without root).
+  const { RUN_AS_UID: uid, ...rest } = env
+  env = rest
   return spawn(process.execPath, [`--import=${TSX}`, join(ROOT, 'src', 'server.ts')], {
     cwd,
+    ...(uid !== undefined ? { uid: Number(uid), gid: Number(uid) } : {}),
     env: { HOST: '127.0.0.1', PORT: '0', ...env, LOG_LEVEL: env.LOG_LEVEL === undefined || env.LOG_LEVEL === 'silent' ? 'info' : env.LOG_LEVEL },
     stdio: ['pipe', 'pipe', 'pipe']
   })

@@ -31,6 +31,8 @@ export interface ExecutorSettings {
   maxLineBytes: number
   maxOutputBytes: number
   killGraceMs: number
+  /** The unprivileged identity the CLI runs as (agent isolation); the server's own when absent. */
+  identity?: { uid: number, gid: number }
 }
 
 /** What the executor learnt of a run: the parts of its outcome it is the source of. */
@@ -146,6 +148,7 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
       // Own process group, so the CLI and its ordinary children can be signalled at once.
       detached: true,
       cleanup: true,
+      ...(s.identity !== undefined ? { uid: s.identity.uid, gid: s.identity.gid } : {}),
       stdin: 'pipe',
       stripFinalNewline: false
     })

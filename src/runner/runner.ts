@@ -1,10 +1,12 @@
 import { EventEmitter, setMaxListeners } from 'node:events'
 import { randomUUID } from 'node:crypto'
-import { existsSync } from 'node:fs'
+import { chownSync, existsSync, mkdirSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import type { Settings } from '../config.js'
-import { SessionDirectoryMismatch, StoreUnavailable, WorkingDirectoryForbidden } from '../errors.js'
+import { SessionDirectoryMismatch, StoreUnavailable, WorkingDirectoryForbidden, WorkingDirectoryNotWritable } from '../errors.js'
+import { BROKERED_VARS, type CredentialBroker } from '../isolation/broker.js'
+import { writableBy, type AgentIdentities, type AgentIdentity, type IsolationLevel } from '../isolation/identities.js'
 import type { EventBus, RunRecord, RunStore } from '../store/store.js'
 import { Admission, type KeyLimits } from './admission.js'
 import { buildChildEnv } from './child-env.js'
@@ -53,6 +55,10 @@ export interface RunnerDeps {
   bus: EventBus
   /** This server instance: it owns the runs it starts (see `RunStore`). */
   instanceId: string
+  /** Hands each run a token of its own instead of the operator's credential (absent: not fronted). */
+  broker?: CredentialBroker
+  /** With `uid` isolation: the agent identity of each key's runs. */
+  isolation?: { level: IsolationLevel, identities?: AgentIdentities }
 }
 
 /**
@@ -96,6 +102,11 @@ export class Runner extends EventEmitter<RunnerEvents> {
   private readonly runLog: RunLog
   private readonly retention: Retention
   private readonly instanceId: string
+  private readonly broker: CredentialBroker | undefined
+  private readonly identities: AgentIdentities | undefined
+  /** The server's environment as runs may see it: without the operator's credential when brokered. */
+  private readonly runEnv: Settings['serverEnv']
+  private readonly registries = new Map<string, SessionRegistry>()
   private readonly runs = new Map<string, RunHandle>()
   private closing = false
   /** Aborted when the server shuts down: followers of runs that stay queued end their streams. */
@@ -113,6 +124,11 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.log = deps.log
     this.store = deps.store
     this.instanceId = deps.instanceId
+    this.broker = deps.broker
+    this.identities = deps.isolation?.level === 'uid' ? deps.isolation.identities : undefined
+    this.runEnv = deps.broker === undefined
+      ? settings.serverEnv
+      : Object.fromEntries(Object.entries(settings.serverEnv).filter(([k]) => !BROKERED_VARS.includes(k)))
     this.cliPath = settings.claudePath ?? defaultCliPath()
     this.probe = new CliProbe(this.cliPath, buildChildEnv(settings.serverEnv, {}, 'probe', settings.passEnv))
     const env = settings.serverEnv
@@ -180,17 +196,22 @@ export class Runner extends EventEmitter<RunnerEvents> {
    * errors (invalid or forbidden directory, env var, permission mode, session elsewhere); starts
    * nothing and reserves nothing.
    */
-  async prepare (req: RunRequest): Promise<RunSpec> {
+  async prepare (req: RunRequest, keyName: string | null = null): Promise<RunSpec> {
     const s = this.settings
     const permissionMode = checkPermissionMode(req.permission_mode, s)
     const env = checkEnvVars(req.env_vars)
-    let cwd = await resolveWorkingDir(req.working_directory, s)
+    // A session lives with the identity of the key that created it: resumes run as that identity.
+    const owner = req.session_id === undefined ? undefined : this.admission.ownerOf(req.session_id.toLowerCase())
+    const identity = this.identities?.identityFor(owner ?? keyName)
+    let cwd = identity !== undefined && req.working_directory === undefined
+      ? this.ownWorkArea(identity)
+      : await resolveWorkingDir(req.working_directory, s)
     let sessionId: string = randomUUID()
     let sessionMode: RunSpec['sessionMode'] = 'new'
     let forkedFrom: string | undefined
     if (req.session_id !== undefined) {
       const id = req.session_id.toLowerCase()
-      const home = await this.sessions.locate(id)
+      const home = await this.sessionsOf(identity).locate(id)
       if (home !== null) {
         if (req.working_directory !== undefined && home !== cwd) {
           throw new SessionDirectoryMismatch(`session ${id} belongs to working_directory ${home}; omit working_directory or name that one`)
@@ -207,6 +228,9 @@ export class Runner extends EventEmitter<RunnerEvents> {
         // Whether to create or resume is settled when the run starts: an earlier queued run may create it.
         sessionId = id
       }
+    }
+    if (identity !== undefined && !writableBy(cwd, identity.uid, identity.gid)) {
+      throw new WorkingDirectoryNotWritable(`working_directory ${cwd} is not writable by this key's agent identity (uid ${identity.uid}): make it writable by that uid (e.g. chown ${identity.uid} ${cwd}), or leave working_directory out to run in the key's own work area`)
     }
     const spec: RunSpec = {
       runId: randomUUID(),
@@ -229,7 +253,29 @@ export class Runner extends EventEmitter<RunnerEvents> {
     if (req.max_budget_usd !== undefined) spec.maxBudgetUsd = req.max_budget_usd
     if (req.output_schema !== undefined) spec.outputSchema = req.output_schema
     if (req.webhook_url !== undefined) spec.webhookUrl = req.webhook_url
+    if (identity !== undefined) spec.identity = identity.key
     return spec
+  }
+
+  /** The work area of a key's identity: `DEFAULT_WORKING_DIR/<key>`, its own, made on first use. */
+  private ownWorkArea (identity: AgentIdentity): string {
+    const dir = join(this.settings.defaultWorkingDir, identity.key)
+    if (!existsSync(dir)) {
+      mkdirSync(dir, { mode: 0o700 })
+      chownSync(dir, identity.uid, identity.gid)
+    }
+    return dir
+  }
+
+  /** Where a run's sessions are: its identity's Claude config directory, or the server's. */
+  private sessionsOf (identity: AgentIdentity | undefined): SessionRegistry {
+    if (identity === undefined) return this.sessions
+    let registry = this.registries.get(identity.key)
+    if (registry === undefined) {
+      registry = new SessionRegistry(identity.configDir)
+      this.registries.set(identity.key, registry)
+    }
+    return registry
   }
 
   /**
@@ -259,7 +305,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       throw new StoreUnavailable('the run store could not record the run; retry in a moment')
     }
     handle.ticket = ticket
-    this.sessions.remember(spec.sessionId, spec.cwd)
+    this.sessionsOf(this.identityOf(spec)).remember(spec.sessionId, spec.cwd)
     handle.push('run', { run_id: spec.runId, session_id: spec.sessionId, working_directory: spec.cwd })
     this.track(handle)
     return handle
@@ -295,7 +341,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       log: this.log,
       maxOutputBytes: this.settings.maxOutputBytes,
       requeue: async (r) => {
-        this.sessions.remember(r.sessionId, r.workingDirectory)
+        this.sessionsOf(this.identityOf(r.spec)).remember(r.sessionId, r.workingDirectory)
         const log = this.log.child({ run_id: r.id, key_name: r.keyName })
         const handle = new RunHandle(r.spec, false, r.keyName, log, this.runLog, await this.store.lastSeq(r.id))
         handle.ticket = this.admission.readmit(r.spec.sessionId, r.keyName, () => handle.admit())
@@ -408,25 +454,43 @@ export class Runner extends EventEmitter<RunnerEvents> {
       return
     }
     spec.cwd = cwd
-    if (spec.sessionMode !== 'fork') spec.sessionMode = await this.sessions.exists(spec.sessionId) ? 'resume' : 'new'
+    const identity = this.identityOf(spec)
+    if (spec.sessionMode !== 'fork') spec.sessionMode = await this.sessionsOf(identity).exists(spec.sessionId) ? 'resume' : 'new'
     if (handle.endedBy !== undefined) return
     const marker = randomUUID()
-    const env = buildChildEnv(this.settings.serverEnv, spec.env, marker, this.settings.passEnv)
+    const env = buildChildEnv(this.runEnv, spec.env, marker, this.settings.passEnv)
+    if (identity !== undefined) {
+      Object.assign(env, { HOME: identity.home, CLAUDE_CONFIG_DIR: identity.configDir, USER: `agent-${identity.key}`, LOGNAME: `agent-${identity.key}` })
+    }
+    // The run's own token, good for this run only, instead of the operator's credential.
+    const credential = this.broker?.issue(spec.runId)
+    if (credential !== undefined) Object.assign(env, credential.env)
     handle.markRunning()
-    // Recorded before the spawn: if the server dies now, the next start finds and kills the tree.
-    await this.store.markStarted(spec.runId, { startedAt: Date.now(), marker, sessionId: spec.sessionId, workingDirectory: cwd, owner: this.instanceId, leaseUntil: Date.now() + LEASE_MS })
-    this.emit('started', handle)
-    const execution = await executeRun(spec, env, marker, {
-      cliPath: this.cliPath,
-      settingSources: this.settings.settingSources,
-      maxLineBytes: this.settings.maxLineBytes,
-      maxOutputBytes: this.settings.maxOutputBytes,
-      killGraceMs: this.settings.killGraceMs
-    }, {
-      event: (type, data) => handle.push(type, data),
-      ended,
-      log: handle.log
-    })
-    Object.assign(outcome, execution)
+    try {
+      // Recorded before the spawn: if the server dies now, the next start finds and kills the tree.
+      await this.store.markStarted(spec.runId, { startedAt: Date.now(), marker, sessionId: spec.sessionId, workingDirectory: cwd, owner: this.instanceId, leaseUntil: Date.now() + LEASE_MS })
+      this.emit('started', handle)
+      const execution = await executeRun(spec, env, marker, {
+        cliPath: this.cliPath,
+        settingSources: this.settings.settingSources,
+        maxLineBytes: this.settings.maxLineBytes,
+        maxOutputBytes: this.settings.maxOutputBytes,
+        killGraceMs: this.settings.killGraceMs,
+        ...(identity !== undefined ? { identity: { uid: identity.uid, gid: identity.gid } } : {})
+      }, {
+        event: (type, data) => handle.push(type, data),
+        ended,
+        log: handle.log
+      })
+      Object.assign(outcome, execution)
+    } finally {
+      // The token dies with the run: whatever of it survives cannot use it.
+      credential?.revoke()
+    }
+  }
+
+  /** The agent identity a run executes as (uid isolation), from the key its spec names. */
+  private identityOf (spec: RunSpec): AgentIdentity | undefined {
+    return this.identities === undefined || spec.identity === undefined ? undefined : this.identities.identityFor(spec.identity)
   }
 }

@@ -80,6 +80,8 @@ export interface RunSpec {
   includePartialMessages: boolean
   /** Where the run's summary is POSTed when it ends. */
   webhookUrl?: string
+  /** With uid isolation: the key whose agent identity the run executes as. */
+  identity?: string
 }
 
 /** The kinds of event a run's log holds, in the order clients see them. */

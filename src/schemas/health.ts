@@ -10,6 +10,10 @@ export const HealthSchema = Type.Object({
     description: 'Whether the CLI finds a Claude credential (`ANTHROPIC_API_KEY`, `CLAUDE_CODE_OAUTH_TOKEN`, a `claude` login, or a cloud provider). `missing`: runs fail with `not_authenticated`, and `status` is `degraded`. `unknown` while the CLI is unavailable.'
   }),
   store: Type.Union([Type.Literal('ok'), Type.Literal('unavailable')], { description: 'Whether the run store answers. `unavailable`: runs cannot be started or read, and `status` is `degraded`.' }),
+  isolation: Type.Object({
+    level: Type.Union([Type.Literal('none'), Type.Literal('uid'), Type.Literal('sandbox')], { description: '`uid`: each key\'s runs execute as an unprivileged agent identity of their own; `none`: as the server\'s own user.' }),
+    credential_broker: Type.Boolean({ description: 'Runs get a per-run token instead of the operator\'s Claude credential (false with a cloud provider, or no credential to front).' })
+  }),
   uptime_s: Type.Number(),
   runs: Type.Object({ active: Type.Integer(), queued: Type.Integer() })
 }, { title: 'Health' })

@@ -155,13 +155,15 @@ test('volumes: named ones declared, bind sources there, targets where the server
     t.equal(target(source), env[key], `and at the image's ENV ${key}`)
   }
 
-  // A named volume takes the ownership of the image's directory at first use: the non-root user
-  // can only write where the image created and chowned the mount point.
-  const chowned = runtime.filter(i => i.op === 'RUN').flatMap(i => [...i.args.matchAll(/chown\s+(?:-R\s+)?\S+\s+([^&;]+)/g)].flatMap(m => m[1]!.trim().split(/\s+/)))
+  // A named volume takes the ownership of the image's directory at first use: the image must create
+  // every writable mount point (the server, as root, owns them; agents get their own below them).
+  const created = runtime.filter(i => i.op === 'RUN').flatMap(i => [...i.args.matchAll(/mkdir\s+(?:-p\s+)?([^&;]+)/g)].flatMap(m => m[1]!.trim().split(/\s+/)))
   // (A read-only mount, like the key file's directory, needs no writable mount point.)
   for (const { target: dir } of volumesOf(api).filter(v => !v.readOnly)) {
-    t.ok(chowned.some(c => dir === c || dir.startsWith(c + '/')), `the image creates ${dir} owned by its user`)
+    t.ok(created.some(c => dir === c || dir.startsWith(c + '/')), `the image creates ${dir}`)
   }
+  t.equal(target('agents'), apiEnv.AGENTS_DIR, 'each key\'s HOME and sessions live on a volume (AGENTS_DIR)')
+  t.equal(apiEnv.AGENTS_DIR, env.AGENTS_DIR)
 })
 
 test('the healthcheck gates nginx, and depends_on names real services', async t => {
@@ -174,7 +176,7 @@ test('the healthcheck gates nginx, and depends_on names real services', async t 
   }
 })
 
-test('the image: an LTS node base, a non-root user, and the CMD runs what `npm run build` writes', async t => {
+test('the image: an LTS node base, agents never as root, and the CMD runs what `npm run build` writes', async t => {
   const engines = JSON.parse(read('package.json')).engines.node as string
   const minimum = Number(/(\d+)/.exec(engines)?.[1])
   for (const from of instructions('FROM')) {
@@ -182,9 +184,16 @@ test('the image: an LTS node base, a non-root user, and the CMD runs what `npm r
     t.ok(major % 2 === 0, `${from}: an even (LTS) node major`)
     t.ok(major >= minimum, `${from}: satisfies engines.node ${engines}`)
   }
+  // The server runs as root only to run agents as unprivileged identities: ISOLATION=uid makes it
+  // refuse to start rather than run an agent with its own rights.
   const users = runtime.filter(i => i.op === 'USER').map(i => i.args)
-  t.ok(users.length > 0, 'the runtime stage sets a USER')
-  t.notOk(/^(root|0)(:|$)/.test(users.at(-1) ?? 'root'), `and runs as ${users.at(-1)}, not root`)
+  const asRoot = /^(root|0)(:|$)/.test(users.at(-1) ?? 'root')
+  if (asRoot) {
+    t.equal(dockerEnv().ISOLATION, 'uid', 'a root server requires agent identities (ISOLATION=uid)')
+    t.equal(environmentOf(services.api).ISOLATION, 'uid', 'and so does compose')
+  } else {
+    t.pass(`the server runs as ${users.at(-1)}`)
+  }
   const cmd = JSON.parse(instructions('CMD').at(-1) ?? '[]') as string[]
   t.same(cmd, ['node', 'dist/src/server.js'], 'CMD runs the compiled server')
 

@@ -1,0 +1,124 @@
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+
+/** What keeps runs apart from the server and from each other. */
+export type IsolationLevel = 'none' | 'uid' | 'sandbox'
+/** What the operator asks for (`ISOLATION`). */
+export type IsolationSetting = IsolationLevel | 'auto'
+
+/** The unprivileged identity one API key's runs execute as. */
+export interface AgentIdentity {
+  /** The key it belongs to (`default` for the single key, or with auth off). */
+  key: string
+  uid: number
+  gid: number
+  /** Its own HOME, with its own Claude config directory: transcripts and settings of no other key. */
+  home: string
+  configDir: string
+}
+
+/** Whether this process may run children under other uids (root, or CAP_SETUID and CAP_SETGID). */
+export function canSwitchUsers (): boolean {
+  if (process.getuid?.() === 0) return true
+  try {
+    const status = readFileSync('/proc/self/status', 'utf8')
+    const eff = BigInt('0x' + (/^CapEff:\s*([0-9a-f]+)/m.exec(status)?.[1] ?? '0'))
+    // CAP_SETGID = 6, CAP_SETUID = 7.
+    return (eff & (1n << 6n)) !== 0n && (eff & (1n << 7n)) !== 0n
+  } catch {
+    return false
+  }
+}
+
+/**
+ * The level in force: the one asked for when the machine allows it (else why not), or with
+ * `auto` the highest it allows. `sandbox` (namespaces) is not offered by this build.
+ */
+export function resolveIsolation (setting: IsolationSetting, switchUsers = canSwitchUsers()): { level: IsolationLevel } | { refused: string } {
+  switch (setting) {
+    case 'none': return { level: 'none' }
+    case 'uid':
+      return switchUsers ? { level: 'uid' } : { refused: 'ISOLATION=uid needs the server to run as root (or with CAP_SETUID and CAP_SETGID) so runs can drop to agent uids; start it so, or set ISOLATION=auto' }
+    case 'sandbox':
+      return { refused: 'ISOLATION=sandbox (PID and mount namespaces) is not available in this version; set ISOLATION=uid (as root) or ISOLATION=auto' }
+    case 'auto':
+      return { level: switchUsers ? 'uid' : 'none' }
+  }
+}
+
+const NAME_OK = /^[A-Za-z0-9_.-]{1,64}$/
+
+/**
+ * One unprivileged uid/gid per API key, from `base` up, remembered in `registryFile` so a key keeps
+ * its uid (and its files) across restarts; each with a HOME and Claude config directory of its
+ * own under `agentsDir`, owned by it and closed to everyone else.
+ */
+export class AgentIdentities {
+  private readonly byKey = new Map<string, number>()
+
+  constructor (private readonly agentsDir: string, private readonly registryFile: string, private readonly base: number) {
+    if (existsSync(registryFile)) {
+      const saved = JSON.parse(readFileSync(registryFile, 'utf8')) as Record<string, number>
+      for (const [k, uid] of Object.entries(saved)) if (Number.isInteger(uid)) this.byKey.set(k, uid)
+    }
+    mkdirSync(agentsDir, { recursive: true, mode: 0o711 })
+    // Others may pass through (to reach their own home), never list it.
+    chmodSync(agentsDir, 0o711)
+  }
+
+  /** The identity of a key's runs, created (uid, home, config directory) on first use. */
+  identityFor (keyName: string | null): AgentIdentity {
+    const key = keyName ?? 'default'
+    if (!NAME_OK.test(key)) throw new Error(`key name ${key} cannot name an agent identity`)
+    let uid = this.byKey.get(key)
+    if (uid === undefined) {
+      uid = this.base + this.byKey.size
+      while ([...this.byKey.values()].includes(uid)) uid++
+      this.byKey.set(key, uid)
+      writeFileSync(this.registryFile, JSON.stringify(Object.fromEntries(this.byKey), null, 2) + '\n', { mode: 0o600 })
+    }
+    const home = join(this.agentsDir, key)
+    const configDir = join(home, '.claude')
+    for (const dir of [home, configDir]) {
+      if (!existsSync(dir)) mkdirSync(dir, { mode: 0o700 })
+      const st = statSync(dir)
+      if (st.uid !== uid || st.gid !== uid) chownSync(dir, uid, uid)
+      if ((st.mode & 0o777) !== 0o700) chmodSync(dir, 0o700)
+    }
+    return { key, uid, gid: uid, home, configDir }
+  }
+}
+
+/** Whether `uid` may write in `dir` (owner, group or other write permission; no ACLs). */
+export function writableBy (dir: string, uid: number, gid: number): boolean {
+  const st = statSync(dir)
+  if (st.uid === uid) return (st.mode & 0o200) !== 0
+  if (st.gid === gid) return (st.mode & 0o020) !== 0
+  return (st.mode & 0o002) !== 0
+}
+
+/**
+ * The first directory on the way to `path` that other users cannot pass through (no `x` for
+ * others), or null when an agent identity can reach it.
+ */
+export function blockedOnTheWayTo (path: string): string | null {
+  let dir = dirname(path)
+  const chain: string[] = []
+  for (;;) {
+    chain.unshift(dir)
+    const up = dirname(dir)
+    if (up === dir) break
+    dir = up
+  }
+  for (const d of chain) {
+    let mode: number
+    try {
+      mode = statSync(d).mode
+    } catch {
+      // Not there yet: the server creates it (and what lies below) open to pass through.
+      return null
+    }
+    if ((mode & 0o001) === 0) return d
+  }
+  return null
+}

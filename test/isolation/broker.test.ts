@@ -1,0 +1,71 @@
+import { test } from 'tap'
+import { CredentialBroker, operatorCredential } from '../../src/isolation/broker.js'
+import { fakeModel } from '../helper.js'
+
+const body = JSON.stringify({ model: 'claude-x', max_tokens: 10, stream: true, messages: [{ role: 'user', content: 'hello broker' }] })
+
+test('a run token reaches the model as the operator\'s key, streamed; it ends with the run', async t => {
+  const model = await fakeModel(t)
+  model.on('hello broker', [{ text: ['one', 'two', 'three'], gapMs: 200 }])
+  const broker = new CredentialBroker({ kind: 'api_key', value: 'sk-ant-operator' }, model.url)
+  await broker.start()
+  t.teardown(() => broker.close())
+  const run = broker.issue('run-1')
+  const token = run.env.ANTHROPIC_API_KEY!
+  t.not(token, 'sk-ant-operator', 'the run gets a token of its own')
+  t.equal(run.env.ANTHROPIC_BASE_URL, broker.address)
+
+  const started = Date.now()
+  const res = await fetch(`${broker.address}/v1/messages?beta=true`, { method: 'POST', headers: { 'x-api-key': token, 'content-type': 'application/json', 'anthropic-version': '2023-06-01' }, body })
+  t.equal(res.status, 200)
+  const arrivals: number[] = []
+  let text = ''
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    arrivals.push(Date.now() - started)
+    text += Buffer.from(chunk).toString()
+  }
+  t.match(text, /"text":"one"[\s\S]*"text":"three"[\s\S]*message_stop/, 'the whole stream came back')
+  t.ok(arrivals.length >= 3 && arrivals.at(-1)! - arrivals[0]! >= 300, `events arrived as they were sent, not buffered (${arrivals.join(', ')} ms)`)
+  const seen = model.calls.at(-1)!
+  t.equal(seen.headers['x-api-key'], 'sk-ant-operator', 'the model received the operator\'s key')
+  t.equal(seen.headers['anthropic-version'], '2023-06-01', 'other headers pass through')
+
+  run.revoke()
+  const after = await fetch(`${broker.address}/v1/messages`, { method: 'POST', headers: { 'x-api-key': token, 'content-type': 'application/json' }, body })
+  t.equal(after.status, 401, 'refused once the run has ended')
+  t.equal(model.calls.length, 1, 'and nothing reached the model')
+})
+
+test('only run tokens, and only the Messages API', async t => {
+  const model = await fakeModel(t)
+  const broker = new CredentialBroker({ kind: 'api_key', value: 'sk-ant-operator' }, model.url)
+  await broker.start()
+  t.teardown(() => broker.close())
+  const token = broker.issue('run-1').env.ANTHROPIC_API_KEY!
+  const post = async (path: string, headers: Record<string, string>, method = 'POST') =>
+    await fetch(`${broker.address}${path}`, { method, headers: { 'content-type': 'application/json', ...headers }, ...(method === 'POST' ? { body } : {}) })
+  t.equal((await post('/v1/messages', {})).status, 401, 'no token')
+  t.equal((await post('/v1/messages', { 'x-api-key': 'sk-ant-operator' })).status, 401, 'not even the operator\'s own key')
+  t.equal((await post('/v1/messages', { 'x-api-key': token + 'x' })).status, 401, 'a forged token')
+  t.equal((await post('/v1/models', { 'x-api-key': token }, 'GET')).status, 403, 'other API paths are refused')
+  t.equal((await post('/v1/files', { 'x-api-key': token })).status, 403)
+  t.equal((await post('/v1/messages/batches', { 'x-api-key': token })).status, 403)
+  t.equal((await post('/v1/messages', { authorization: `Bearer ${token}` })).status, 200, 'a bearer token works too')
+  t.equal((await post('/v1/messages/count_tokens', { 'x-api-key': token })).status, 200, 'token counting is allowed')
+  t.equal(model.calls.length, 1, 'only the allowed message call reached the model (count_tokens is not a model call)')
+})
+
+test('the operator\'s credential: API key, auth token, OAuth token; none for cloud providers', async t => {
+  t.same(operatorCredential({ ANTHROPIC_API_KEY: 'k' }), { kind: 'api_key', value: 'k' })
+  t.same(operatorCredential({ ANTHROPIC_AUTH_TOKEN: 'b' }), { kind: 'bearer', value: 'b' })
+  t.same(operatorCredential({ CLAUDE_CODE_OAUTH_TOKEN: 'o' }), { kind: 'oauth', value: 'o' })
+  t.same(operatorCredential({ ANTHROPIC_API_KEY: '', CLAUDE_CODE_OAUTH_TOKEN: 'o' }), { kind: 'oauth', value: 'o' }, 'an empty key is unset')
+  t.equal(operatorCredential({ CLAUDE_CODE_USE_BEDROCK: '1', ANTHROPIC_API_KEY: 'k' }), null)
+  t.equal(operatorCredential({}), null)
+  const broker = new CredentialBroker({ kind: 'oauth', value: 'o' }, undefined)
+  t.teardown(() => broker.close())
+  await broker.start()
+  const env = broker.issue('r').env
+  t.ok(env.CLAUDE_CODE_OAUTH_TOKEN?.startsWith('sk-ant-run-'), 'an OAuth operator: the run gets an OAuth-style token')
+  t.equal(env.ANTHROPIC_API_KEY, undefined)
+})
