@@ -5,7 +5,8 @@
  * regressions. Writes bench/results/latest.json and latest.md and prints the table.
  */
 import autocannon from 'autocannon'
-import { mkdirSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { CredentialBroker } from '../src/isolation/broker.js'
 import { cpus, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { randomUUID } from 'node:crypto'
@@ -52,6 +53,8 @@ async function server (extra: Record<string, string> = {}, fakeCli = false): Pro
     ...cliEnv(home, model.url),
     DEFAULT_WORKING_DIR: runs,
     DATA_DIR: join(home, 'data'),
+    // Rows 1-7 measure the engine; row 8 measures the isolation levels against this one.
+    ISOLATION: 'none',
     ...(fakeCli ? { CLAUDE_CODE_PATH: FAKE_CLI } : {}),
     ...extra
   })
@@ -348,7 +351,105 @@ async function row7 (): Promise<void> {
   })
 }
 
-const all: Array<[number, () => Promise<void>]> = [[1, row1], [2, row2], [3, row3], [4, row4], [5, row5], [6, row6], [7, row7]]
+/** Arrival times (ms since the first) of each text delta of a streamed Messages response. */
+async function deltaArrivals (url: string, key: string, prompt: string): Promise<number[]> {
+  const res = await fetch(`${url}/v1/messages`, {
+    method: 'POST',
+    headers: { 'x-api-key': key, 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'claude-bench', max_tokens: 10, stream: true, messages: [{ role: 'user', content: prompt }] })
+  })
+  const times: number[] = []
+  let buffer = ''
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    const now = performance.now()
+    buffer += Buffer.from(chunk).toString()
+    let end
+    while ((end = buffer.indexOf('\n\n')) !== -1) {
+      if (buffer.slice(0, end).startsWith('event: content_block_delta')) times.push(now)
+      buffer = buffer.slice(end + 2)
+    }
+  }
+  return times.map(t => t - times[0]!)
+}
+
+async function row8 (): Promise<void> {
+  const n = quick ? 3 : 10
+  const events = quick ? 100 : 300
+  log(`row 8: isolation levels (${n} trivial runs each) and the credential broker (${events} streamed events)`)
+  // The broker, in process: the same stream read directly from the model and through the broker.
+  const broker = new CredentialBroker({ kind: 'api_key', value: 'sk-ant-bench' }, model.url)
+  await broker.start()
+  const added: number[] = []
+  try {
+    const token = broker.issue('bench').env.ANTHROPIC_API_KEY!
+    const pieces = Array.from({ length: events }, (_, i) => `e${i} `)
+    model.on('broker bench', [{ text: pieces, gapMs: 2 }])
+    for (let rep = 0; rep < 3; rep++) {
+      const direct = await deltaArrivals(model.url, 'sk-ant-bench', 'broker bench')
+      const via = await deltaArrivals(broker.address, token, 'broker bench')
+      for (let i = 1; i < Math.min(direct.length, via.length); i++) added.push(Math.max(0, via[i]! - direct[i]!))
+    }
+  } finally {
+    await broker.close()
+  }
+  // Trivial runs at each level the machine allows, against `none`.
+  const levels: Record<string, number> = {}
+  const root = process.getuid?.() === 0
+  const { dir: base, cleanup: done } = (() => {
+    const dir = mkdtempSync('/var/tmp/ccapi-bench-iso-')
+    return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) }
+  })()
+  try {
+    chmodSync(base, 0o755)
+    for (const level of root ? ['none', 'uid', 'sandbox'] : ['none']) {
+      const home = join(base, `home-${level}`)
+      const workDir = join(base, `work-${level}`)
+      mkdirSync(home, { recursive: true })
+      mkdirSync(workDir, { recursive: true, mode: 0o755 })
+      chmodSync(workDir, 0o755)
+      let srv: Proc
+      try {
+        srv = await startServer({ ...cliEnv(home, model.url), DEFAULT_WORKING_DIR: workDir, DATA_DIR: join(home, 'data'), AGENTS_DIR: join(base, `agents-${level}`), ISOLATION: level })
+      } catch {
+        continue
+      }
+      try {
+        await execute(srv.url, { prompt: 'say hi' })
+        const times: number[] = []
+        for (let i = 0; i < n; i++) {
+          const t0 = performance.now()
+          const r = await execute(srv.url, { prompt: 'say hi' })
+          times.push(performance.now() - t0)
+          if (r.success !== true) throw new Error(`run at ${level} failed: ${JSON.stringify(r).slice(0, 300)}`)
+        }
+        levels[level] = median(times)
+      } finally {
+        await srv.stop()
+      }
+    }
+  } finally {
+    done()
+  }
+  const none = levels.none ?? NaN
+  const highest = levels.sandbox !== undefined ? 'sandbox' : levels.uid !== undefined ? 'uid' : 'none'
+  const ratio = levels[highest]! / none
+  const p99 = quantile(added, 0.99)
+  rows.push({
+    row: 8,
+    what: `isolation: trivial run (median of ${n}) at each level; the credential broker's added latency per streamed model event (${events} events × 3)`,
+    compared_with: 'level none; the same stream read from the model directly',
+    measured: Object.entries(levels).map(([l, ms]) => `${l} ${round(ms, 0)} ms`).join(', ') + `; broker +${round(quantile(added, 0.5), 2)} ms p50, +${round(p99, 2)} ms p99 per event`,
+    baseline: `none ${round(none, 0)} ms`,
+    figure: round(ratio, 3),
+    unit: `× (${highest} vs none)`,
+    budget: 'highest level ≤ 1.10× of none; broker ≤ 1 ms p99 per event',
+    pass: ratio <= 1.10 && p99 <= 1,
+    smoke_pass: ratio <= 2 && p99 <= 20,
+    details: { levels_ms: levels, broker_added_ms_p50: quantile(added, 0.5), broker_added_ms_p99: p99 }
+  })
+}
+
+const all: Array<[number, () => Promise<void>]> = [[1, row1], [2, row2], [3, row3], [4, row4], [5, row5], [6, row6], [7, row7], [8, row8]]
 const started = Date.now()
 try {
   for (const [n, fn] of all) {

@@ -8,7 +8,8 @@ import { LocalEventBus } from '../src/store/event-bus.js'
 import { DataDirLock } from '../src/store/data-dir-lock.js'
 import { ConfigError } from '../src/config.js'
 import { CredentialBroker, isCloudProvider, operatorCredential } from '../src/isolation/broker.js'
-import { AgentIdentities, blockedOnTheWayTo, resolveIsolation, type IsolationLevel } from '../src/isolation/identities.js'
+import { AgentIdentities, blockedOnTheWayTo, canSwitchUsers, resolveIsolation, type IsolationLevel } from '../src/isolation/identities.js'
+import { findBwrap, sandboxWorks } from '../src/isolation/sandbox.js'
 import { chmodSync, statSync } from 'node:fs'
 
 declare module 'fastify' {
@@ -52,17 +53,25 @@ function instanceIdOf (dataDir: string): string {
  */
 export default fp(async (fastify) => {
   const { dataDir, serverEnv } = fastify.config
-  const resolved = resolveIsolation(fastify.config.isolation)
+  const setting = fastify.config.isolation
+  const switchUsers = canSwitchUsers()
+  const bwrap = findBwrap()
+  // Tried only where it could be used: as an agent identity would run it.
+  const sandbox = (setting === 'sandbox' || setting === 'auto') && switchUsers
+    ? bwrap === null ? { ok: false as const, why: 'bwrap is not installed' } : await sandboxWorks(bwrap, fastify.config.agentUidBase)
+    : { ok: false as const, why: 'not tried' }
+  if (setting === 'auto' && switchUsers && !sandbox.ok) fastify.log.info({ why: sandbox.why }, 'no sandbox (bubblewrap) here: agent identities only')
+  const resolved = resolveIsolation(setting, switchUsers, sandbox)
   if ('refused' in resolved) throw new ConfigError(resolved.refused)
   let isolation = resolved
-  if (isolation.level === 'uid') {
+  if (isolation.level !== 'none') {
     // Agents must reach their work areas, their homes and the CLI itself.
     const cli = fastify.config.claudePath ?? defaultCliPath()
     for (const [what, path] of [['DEFAULT_WORKING_DIR', join(fastify.config.defaultWorkingDir, 'x')], ['AGENTS_DIR', join(fastify.config.agentsDir, 'x')], ['the Claude Code CLI', cli]] as const) {
       const blocked = path.startsWith('/') ? blockedOnTheWayTo(path) : null
       if (blocked === null) continue
       const why = `${what} (${path.replace(/\/x$/, '')}) lies below ${blocked}, which other users cannot enter, so agent identities could not reach it`
-      if (fastify.config.isolation === 'uid') throw new ConfigError(`ISOLATION=uid: ${why}; move it, or chmod o+x ${blocked}`)
+      if (setting !== 'auto') throw new ConfigError(`ISOLATION=${setting}: ${why}; move it, or chmod o+x ${blocked}`)
       fastify.log.warn(`agent identities are off: ${why} (chmod o+x ${blocked}, or move it)`)
       isolation = { level: 'none' }
       break
@@ -84,7 +93,7 @@ export default fp(async (fastify) => {
         : 'credential broker off: no ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN or CLAUDE_CODE_OAUTH_TOKEN to front')
     }
     let identities: AgentIdentities | undefined
-    if (isolation.level === 'uid') {
+    if (isolation.level !== 'none') {
       identities = new AgentIdentities(fastify.config.agentsDir, join(dataDir, 'agent-ids.json'), fastify.config.agentUidBase)
       // What agent identities must never read: the run store, the keys file, the server's .env.
       closeToOthers(dataDir, 0o700, fastify.log)
@@ -101,7 +110,21 @@ export default fp(async (fastify) => {
       bus: new LocalEventBus(),
       instanceId: instanceIdOf(dataDir),
       ...(broker !== undefined ? { broker } : {}),
-      isolation: { level: isolation.level, ...(identities !== undefined ? { identities } : {}) }
+      isolation: {
+        level: isolation.level,
+        ...(identities !== undefined ? { identities } : {}),
+        ...(isolation.level === 'sandbox' && bwrap !== null
+          ? {
+              sandbox: {
+                bwrap,
+                agentsDir: fastify.config.agentsDir,
+                // The server's own: its store, its Claude config, its keys and .env.
+                hiddenDirs: [dataDir, serverEnv.CLAUDE_CONFIG_DIR ?? join(serverEnv.HOME ?? '/root', '.claude')],
+                hiddenFiles: [...(fastify.config.apiKeysFile !== undefined ? [fastify.config.apiKeysFile] : []), join(process.cwd(), '.env')]
+              }
+            }
+          : {})
+      }
     })
     await runner.start()
   } catch (err) {

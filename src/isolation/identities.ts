@@ -1,7 +1,7 @@
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 
-/** What keeps runs apart from the server and from each other. */
+/** What keeps runs apart from the server and from each other (see the README's security model). */
 export type IsolationLevel = 'none' | 'uid' | 'sandbox'
 /** What the operator asks for (`ISOLATION`). */
 export type IsolationSetting = IsolationLevel | 'auto'
@@ -32,17 +32,20 @@ export function canSwitchUsers (): boolean {
 
 /**
  * The level in force: the one asked for when the machine allows it (else why not), or with
- * `auto` the highest it allows. `sandbox` (namespaces) is not offered by this build.
+ * `auto` the highest it allows: `sandbox` needs agent identities and a working bubblewrap, `uid`
+ * needs the privilege to switch users.
  */
-export function resolveIsolation (setting: IsolationSetting, switchUsers = canSwitchUsers()): { level: IsolationLevel } | { refused: string } {
+export function resolveIsolation (setting: IsolationSetting, switchUsers: boolean, sandbox: { ok: true } | { ok: false, why: string }): { level: IsolationLevel } | { refused: string } {
+  const noRoot = 'the server to run as root (or with CAP_SETUID and CAP_SETGID) so runs can drop to agent uids'
   switch (setting) {
     case 'none': return { level: 'none' }
     case 'uid':
-      return switchUsers ? { level: 'uid' } : { refused: 'ISOLATION=uid needs the server to run as root (or with CAP_SETUID and CAP_SETGID) so runs can drop to agent uids; start it so, or set ISOLATION=auto' }
+      return switchUsers ? { level: 'uid' } : { refused: `ISOLATION=uid needs ${noRoot}; start it so, or set ISOLATION=auto` }
     case 'sandbox':
-      return { refused: 'ISOLATION=sandbox (PID and mount namespaces) is not available in this version; set ISOLATION=uid (as root) or ISOLATION=auto' }
+      if (!switchUsers) return { refused: `ISOLATION=sandbox needs ${noRoot}; start it so, or set ISOLATION=auto` }
+      return sandbox.ok ? { level: 'sandbox' } : { refused: `ISOLATION=sandbox needs bubblewrap with unprivileged user and PID namespaces (${sandbox.why}); install bubblewrap, or set ISOLATION=uid` }
     case 'auto':
-      return { level: switchUsers ? 'uid' : 'none' }
+      return { level: !switchUsers ? 'none' : sandbox.ok ? 'sandbox' : 'uid' }
   }
 }
 

@@ -33,6 +33,8 @@ export interface ExecutorSettings {
   killGraceMs: number
   /** The unprivileged identity the CLI runs as (agent isolation); the server's own when absent. */
   identity?: { uid: number, gid: number }
+  /** A program the CLI runs inside (the sandbox): `command args… -- cli cliArgs…`. */
+  wrap?: { command: string, args: string[] }
 }
 
 /** What the executor learnt of a run: the parts of its outcome it is the source of. */
@@ -139,7 +141,8 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
   const spawn = (o: SpawnOptions): SpawnedProcess => {
     const childEnv: Record<string, string> = {}
     for (const [k, v] of Object.entries(o.env)) if (v !== undefined) childEnv[k] = v
-    const child = execa(o.command, o.args, {
+    const [command, args] = s.wrap === undefined ? [o.command, o.args] : [s.wrap.command, [...s.wrap.args, '--', o.command, ...o.args]]
+    const child = execa(command, args, {
       cwd: o.cwd ?? spec.cwd,
       env: childEnv,
       extendEnv: false,

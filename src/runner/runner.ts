@@ -7,6 +7,7 @@ import type { Settings } from '../config.js'
 import { SessionDirectoryMismatch, StoreUnavailable, WorkingDirectoryForbidden, WorkingDirectoryNotWritable } from '../errors.js'
 import { BROKERED_VARS, type CredentialBroker } from '../isolation/broker.js'
 import { writableBy, type AgentIdentities, type AgentIdentity, type IsolationLevel } from '../isolation/identities.js'
+import { sandboxArgs } from '../isolation/sandbox.js'
 import type { EventBus, RunRecord, RunStore } from '../store/store.js'
 import { Admission, type KeyLimits } from './admission.js'
 import { buildChildEnv } from './child-env.js'
@@ -57,8 +58,8 @@ export interface RunnerDeps {
   instanceId: string
   /** Hands each run a token of its own instead of the operator's credential (absent: not fronted). */
   broker?: CredentialBroker
-  /** With `uid` isolation: the agent identity of each key's runs. */
-  isolation?: { level: IsolationLevel, identities?: AgentIdentities }
+  /** With `uid` or `sandbox` isolation: the agent identity of each key's runs, and the sandbox. */
+  isolation?: { level: IsolationLevel, identities?: AgentIdentities, sandbox?: { bwrap: string, agentsDir: string, hiddenDirs: string[], hiddenFiles: string[] } }
 }
 
 /**
@@ -104,6 +105,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
   private readonly instanceId: string
   private readonly broker: CredentialBroker | undefined
   private readonly identities: AgentIdentities | undefined
+  private readonly sandbox: NonNullable<RunnerDeps['isolation']>['sandbox']
   /** The server's environment as runs may see it: without the operator's credential when brokered. */
   private readonly runEnv: Settings['serverEnv']
   private readonly registries = new Map<string, SessionRegistry>()
@@ -125,7 +127,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.store = deps.store
     this.instanceId = deps.instanceId
     this.broker = deps.broker
-    this.identities = deps.isolation?.level === 'uid' ? deps.isolation.identities : undefined
+    this.identities = deps.isolation?.level === 'none' ? undefined : deps.isolation?.identities
+    this.sandbox = deps.isolation?.level === 'sandbox' ? deps.isolation.sandbox : undefined
     this.runEnv = deps.broker === undefined
       ? settings.serverEnv
       : Object.fromEntries(Object.entries(settings.serverEnv).filter(([k]) => !BROKERED_VARS.includes(k)))
@@ -476,7 +479,15 @@ export class Runner extends EventEmitter<RunnerEvents> {
         maxLineBytes: this.settings.maxLineBytes,
         maxOutputBytes: this.settings.maxOutputBytes,
         killGraceMs: this.settings.killGraceMs,
-        ...(identity !== undefined ? { identity: { uid: identity.uid, gid: identity.gid } } : {})
+        ...(identity !== undefined ? { identity: { uid: identity.uid, gid: identity.gid } } : {}),
+        ...(identity !== undefined && this.sandbox !== undefined
+          ? {
+              wrap: {
+                command: this.sandbox.bwrap,
+                args: sandboxArgs({ cwd, home: identity.home, agentsDir: this.sandbox.agentsDir, hiddenDirs: this.sandbox.hiddenDirs, hiddenFiles: this.sandbox.hiddenFiles })
+              }
+            }
+          : {})
       }, {
         event: (type, data) => handle.push(type, data),
         ended,

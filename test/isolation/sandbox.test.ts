@@ -1,0 +1,84 @@
+import { test } from 'tap'
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { sha256Hex } from '../../src/auth/keys.js'
+import { findBwrap } from '../../src/isolation/sandbox.js'
+import { eventually, fakeModel, pidsMatching, startServer, testEnv, type Sandbox } from '../helper.js'
+
+/** Like the helper's sandbox, but outside /tmp: inside the sandbox /tmp is a private tmpfs, which would hide the very paths under test. */
+function varTmpBox (t: { teardown: (fn: () => unknown) => void }): Sandbox {
+  const base = realpathSync(mkdtempSync('/var/tmp/ccapi-sandbox-test-'))
+  const dirs = { home: join(base, 'home'), work: join(base, 'work'), outside: join(base, 'outside') }
+  for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true })
+  t.teardown(() => rmSync(base, { recursive: true, force: true }))
+  return dirs
+}
+
+/**
+ * The sandbox level: each run in its own PID and mount namespace (bubblewrap) as its key's agent
+ * identity. As root with bubblewrap installed, as CI runs (.ci/run installs it).
+ */
+const skip = process.getuid?.() !== 0 ? 'the sandbox needs root' : findBwrap() === null && process.env.REQUIRE_SANDBOX !== '1' ? 'bubblewrap is not installed (apt-get install bubblewrap)' : false
+
+const KEY = 'cca_alice-0123456789abcdefghijklmnopqrstuv'
+
+const lastToolResult = (calls: Array<{ body: any }>): string => {
+  const results = (calls.at(-1)?.body.messages as any[] ?? []).flatMap(m => Array.isArray(m.content) ? m.content.filter((b: any) => b.type === 'tool_result') : [])
+  const c = results.at(-1)?.content
+  return typeof c === 'string' ? c : JSON.stringify(c ?? '')
+}
+
+test('a sandboxed run sees only itself, none of the server\'s paths, and leaves nothing behind, even detached and env-cleared', { skip }, async t => {
+  const box = varTmpBox(t)
+  const model = await fakeModel(t)
+  const base = join(box.home, '..')
+  chmodSync(base, 0o755)
+  chmodSync(box.work, 0o755)
+  const keysFile = join(box.home, 'keys.json')
+  writeFileSync(keysFile, JSON.stringify({ keys: [{ name: 'alice', key_sha256: sha256Hex(KEY), scopes: ['runs:write', 'runs:read'] }] }))
+  const env = testEnv(box, model, { ISOLATION: 'sandbox', AGENTS_DIR: join(base, 'agents'), AGENT_UID_BASE: String(23_000 + (process.pid % 1000) * 10), API_KEYS_FILE: keysFile })
+  const server = await startServer(t, env)
+  const health = await (await fetch(`${server.base}/health`)).json() as any
+  t.same(health.isolation, { level: 'sandbox', credential_broker: true })
+
+  const own = join(box.work, 'alice')
+  const script = [
+    'echo "PS:"; ls /proc | grep -E "^[0-9]+$" | wc -l',
+    `echo "ENVIRON:"; head -c 100 /proc/${server.child.pid}/environ 2>&1`,
+    `echo "STORE:"; ls -A ${env.DATA_DIR} 2>&1 | wc -l`,
+    `echo "KEYS:"; wc -c < ${keysFile} 2>&1`,
+    `echo "CONFIG:"; ls -A ${join(box.home, '.claude')} 2>&1 | wc -l`,
+    `echo "OUTSIDE:"; touch ${join(box.work, 'escaped')} 2>&1`,
+    // Processes that drop the run marker and detach, the ways that beat a marker sweep.
+    'env -i setsid nohup sleep 3613 > /dev/null 2>&1 &',
+    '(bash -c "exec -c sleep 3614" > /dev/null 2>&1 &)',
+    'echo "END:"'
+  ].join('\n') + '\n'
+  model.on('try to escape', [
+    { tool: 'Write', input: { file_path: join(own, 'escape.sh'), content: script } },
+    { tool: 'Bash', input: { command: 'sh escape.sh' } },
+    { text: 'stayed inside' }
+  ])
+  const res = await fetch(`${server.base}/api/execute`, { method: 'POST', headers: { 'x-api-key': KEY, 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'try to escape', allowed_tools: ['Bash(sh *)'] }) })
+  const result = await res.json() as any
+  t.equal(result.status, 'succeeded', result.error)
+  const out = lastToolResult(model.calls)
+  const section = (name: string): string => (new RegExp(`${name}:\\n?([\\s\\S]*?)\\n[A-Z]+:`).exec(out)?.[1] ?? '').trim()
+  t.ok(Number(section('PS')) <= 10, `the run sees only its own few processes (${section('PS')})`)
+  t.match(section('ENVIRON'), /No such file|Permission denied/, 'the server\'s process is not even there')
+  t.equal(section('STORE'), '0', 'DATA_DIR is an empty directory inside')
+  t.match(section('KEYS'), /^0$|Permission denied/, 'the keys file is empty or unreadable inside')
+  t.equal(section('CONFIG'), '0', 'the server\'s Claude config is hidden')
+  t.match(section('OUTSIDE'), /Read-only file system|Permission denied/, 'nothing outside its own directory is writable')
+  t.match(out, /END:/, 'the script ran to its end')
+  t.ok(await eventually(() => pidsMatching('sleep 3613').length === 0 && pidsMatching('sleep 3614').length === 0, 5000), 'the detached, env-cleared sleeps died with the run')
+  t.equal(statSync(join(own, 'escape.sh')).uid, 23_000 + (process.pid % 1000) * 10, 'the run wrote in its own directory, as its identity')
+
+  model.on('write and resume', [{ tool: 'Write', input: { file_path: join(own, 'notes.txt'), content: 'inside\n' } }, { text: 'written' }])
+  const first = await (await fetch(`${server.base}/api/execute`, { method: 'POST', headers: { 'x-api-key': KEY, 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'write and resume' }) })).json() as any
+  t.equal(first.status, 'succeeded', first.error)
+  t.equal(readFileSync(join(own, 'notes.txt'), 'utf8'), 'inside\n', 'Write works in the sandbox')
+  const again = await (await fetch(`${server.base}/api/execute`, { method: 'POST', headers: { 'x-api-key': KEY, 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'and again', session_id: first.session_id }) })).json() as any
+  t.equal(again.status, 'succeeded', again.error)
+  t.ok(model.calls.at(-1)!.userTexts.includes('write and resume'), 'resume carries the history')
+})
