@@ -1,7 +1,6 @@
 import { execa } from 'execa'
 import { existsSync } from 'node:fs'
 
-
 /** What a run's sandbox must show, hide and let it write. */
 export interface SandboxPaths {
   /** The run's working directory: the one place of the shared tree it may write. */
@@ -55,5 +54,3 @@ export async function sandboxWorks (bwrap: string, uid: number): Promise<{ ok: t
     return { ok: false, why: (err as Error).message.split('\n').find(l => l.includes('bwrap:')) ?? (err as Error).message.split('\n')[0] ?? 'bwrap failed' }
   }
 }
-
-

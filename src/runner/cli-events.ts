@@ -44,3 +44,14 @@ export function mapCliLine (msg: unknown, shown: string, includePartialMessages:
   }
   return effects
 }
+
+/**
+ * The CLI lines the Agent SDK needs to drive the CLI: its control traffic (initialize, permission
+ * and hook requests, interrupt answers), system lines and the result. The run's content (assistant,
+ * user, stream_event lines) is ours alone: the SDK is spared parsing it a second time.
+ */
+export function sdkNeeds (msg: unknown): boolean {
+  if (msg === null || typeof msg !== 'object') return false
+  const type = (msg as { type?: unknown }).type
+  return type === 'result' || type === 'system' || (typeof type === 'string' && PROTOCOL_TYPES.has(type))
+}

@@ -4,7 +4,7 @@ import { query, type SDKUserMessage, type SpawnedProcess, type SpawnOptions } fr
 import { execa, type ResultPromise } from 'execa'
 import { RUN_MARKER_VAR } from './child-env.js'
 import { sdkOptions } from './cli-options.js'
-import { mapCliLine } from './cli-events.js'
+import { mapCliLine, sdkNeeds } from './cli-events.js'
 import { LineSplitter } from './line-splitter.js'
 import { killRunTree, type KillReport } from './process-tree.js'
 import { PartialText, type CliResultLine } from './result.js'
@@ -129,8 +129,8 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
       }
     }
     if (shrunk) hooks.log.warn({ max: s.maxLineBytes }, 'a CLI output line over MAX_LINE_BYTES was shrunk: its longest strings were cut')
-    // The SDK reads the same (possibly shrunk) line for its own protocol.
-    contained?.stdout.write(line + '\n')
+    // The SDK reads the lines of its protocol (shrunk, if they had to be).
+    if (sdkNeeds(msg)) contained?.stdout.write(line + '\n')
   }, bytes => {
     out.oversizeLines++
     hooks.log.warn({ bytes, max: s.maxLineBytes }, 'dropped a CLI output line over MAX_LINE_BYTES')

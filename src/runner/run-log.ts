@@ -50,10 +50,22 @@ export class RunLog {
       return ok ? 'ok' : 'congested'
     }
     while (!f.signal.aborted) {
+      // Until the backlog is read, live events wait in `live`; then they are written as they come,
+      // synchronously, until something needs the loop: the result, congestion, a gap, the end.
       const live: RunEvent[] = []
+      let direct = false
+      let stop: 'done' | 'reread' | undefined
       let wake: (() => void) | undefined
       const unsubscribe = this.bus.subscribe(runId, e => {
-        live.push(e)
+        if (!direct) {
+          live.push(e)
+          return
+        }
+        if (stop !== undefined || e.seq <= cursor) return
+        // A gap means this follower missed events: they are read from the store.
+        const r = e.seq > cursor + 1 ? 'congested' : deliver(e)
+        if (r === 'ok') return
+        stop = r === 'done' ? 'done' : 'reread'
         wake?.()
       })
       try {
@@ -69,46 +81,44 @@ export class RunLog {
           if (congested || page.length === 0 || f.signal.aborted) break
         }
         if (f.signal.aborted) return false
-        if (congested) {
-          unsubscribe()
-          await f.drained()
-          continue
-        }
-        // Live, starting with what arrived while the backlog was read.
-        for (;;) {
-          while (live.length > 0) {
-            const e = live.shift()!
-            // A gap means this follower missed events (it was not yet attached): read them from the store.
-            if (e.seq > cursor + 1) { congested = true; break }
-            const r = deliver(e)
+        if (!congested) {
+          // What arrived while the backlog was read, then live.
+          for (const e of live.splice(0)) {
+            if (e.seq <= cursor) continue
+            const r = e.seq > cursor + 1 ? 'congested' : deliver(e)
             if (r === 'done') return true
             if (r === 'congested') { congested = true; break }
           }
-          if (congested || f.signal.aborted) break
-          if (!isLive()) {
-            // Ended (its result is in the store by now) or never coming back: one last read decides.
-            const rest = await this.store.eventsAfter(runId, cursor, REPLAY_PAGE, REPLAY_PAGE_BYTES)
-            if (rest.length === 0) return false
-            congested = true
-            break
-          }
-          await new Promise<void>(resolve => {
-            const done = (): void => {
-              clearTimeout(timer)
-              f.signal.removeEventListener('abort', done)
-              wake = undefined
-              resolve()
+        }
+        if (!congested) {
+          direct = true
+          while (stop === undefined && !f.signal.aborted) {
+            if (!isLive()) {
+              // Ended (its result is in the store by now) or never coming back: one last read decides.
+              direct = false
+              const rest = await this.store.eventsAfter(runId, cursor, REPLAY_PAGE, REPLAY_PAGE_BYTES)
+              if (rest.length === 0 && live.length === 0) return false
+              stop = 'reread'
+              break
             }
-            // A run can stop being live without a new event (left queued at shutdown): look again now and then.
-            const timer = setTimeout(done, 1000)
-            timer.unref()
-            wake = done
-            f.signal.addEventListener('abort', done, { once: true })
-          })
+            await new Promise<void>(resolve => {
+              const done = (): void => {
+                clearTimeout(timer)
+                f.signal.removeEventListener('abort', done)
+                wake = undefined
+                resolve()
+              }
+              // A run can stop being live without a new event (left queued at shutdown): look again now and then.
+              const timer = setTimeout(done, 1000)
+              timer.unref()
+              wake = done
+              f.signal.addEventListener('abort', done, { once: true })
+            })
+          }
+          if (stop === 'done') return true
         }
         if (f.signal.aborted) return false
         unsubscribe()
-        live.length = 0
         await f.drained()
       } finally {
         unsubscribe()

@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { mapCliLine } from '../../src/runner/cli-events.js'
+import { mapCliLine, sdkNeeds } from '../../src/runner/cli-events.js'
 
 const line = (o: object): [object, string] => [o, JSON.stringify(o)]
 
@@ -48,4 +48,10 @@ test('the result line is recognised; an oversized line is shown as its preview',
   const result = { type: 'result', subtype: 'success', is_error: false, result: 'x'.repeat(10) }
   const effects = mapCliLine(result, 'preview', false)
   t.same(effects, [{ kind: 'message', data: 'preview' }, { kind: 'result', line: result }])
+})
+
+test('the SDK gets its protocol, system lines and the result, not the run\'s content', async t => {
+  for (const type of ['control_request', 'control_response', 'control_cancel_request', 'keep_alive', 'system', 'result']) t.ok(sdkNeeds({ type }), type)
+  for (const type of ['assistant', 'user', 'stream_event', 'something_new']) t.notOk(sdkNeeds({ type }), type)
+  t.notOk(sdkNeeds(null))
 })
