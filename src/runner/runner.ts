@@ -1,25 +1,26 @@
 import { EventEmitter, setMaxListeners } from 'node:events'
 import { randomUUID } from 'node:crypto'
-import { chownSync, existsSync, mkdirSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import type { Settings } from '../config.js'
-import { SessionDirectoryMismatch, StoreUnavailable, WorkingDirectoryForbidden, WorkingDirectoryNotWritable } from '../errors.js'
+import { StoreUnavailable } from '../errors.js'
 import { BROKERED_VARS, type CredentialBroker } from '../isolation/broker.js'
-import { writableBy, type AgentIdentities, type AgentIdentity, type IsolationLevel } from '../isolation/identities.js'
+import type { AgentIdentities, IsolationLevel } from '../isolation/identities.js'
 import { sandboxArgs } from '../isolation/sandbox.js'
 import type { EventBus, RunRecord, RunStore } from '../store/store.js'
 import { Admission, type KeyLimits } from './admission.js'
 import { buildChildEnv } from './child-env.js'
 import { CliProbe } from './cli-probe.js'
 import { executeRun, type RunnerLogger } from './executor.js'
-import { checkEnvVars, checkPermissionMode, isInside, recheckWorkingDir, resolveWorkingDir } from './policy.js'
+import { recheckWorkingDir } from './policy.js'
 import { recoverRuns } from './recovery.js'
 import { toRunResult, type RunOutcome } from './result.js'
 import { Retention } from './retention.js'
 import { RunHandle } from './run-handle.js'
 import { RunLog } from './run-log.js'
 import { SessionRegistry } from './sessions.js'
+import { RunPlanner } from './planner.js'
 import type { RunEvent, RunRequest, RunResult, RunSpec } from './types.js'
 
 export type { RunnerLogger }
@@ -104,11 +105,10 @@ export class Runner extends EventEmitter<RunnerEvents> {
   private readonly retention: Retention
   private readonly instanceId: string
   private readonly broker: CredentialBroker | undefined
-  private readonly identities: AgentIdentities | undefined
+  private readonly planner: RunPlanner
   private readonly sandbox: NonNullable<RunnerDeps['isolation']>['sandbox']
   /** The server's environment as runs may see it: without the operator's credential when brokered. */
   private readonly runEnv: Settings['serverEnv']
-  private readonly registries = new Map<string, SessionRegistry>()
   private readonly runs = new Map<string, RunHandle>()
   private closing = false
   /** Aborted when the server shuts down: followers of runs that stay queued end their streams. */
@@ -127,7 +127,6 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.store = deps.store
     this.instanceId = deps.instanceId
     this.broker = deps.broker
-    this.identities = deps.isolation?.level === 'none' ? undefined : deps.isolation?.identities
     this.sandbox = deps.isolation?.level === 'sandbox' ? deps.isolation.sandbox : undefined
     this.runEnv = deps.broker === undefined
       ? settings.serverEnv
@@ -137,6 +136,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
     const env = settings.serverEnv
     this.sessions = new SessionRegistry(env.CLAUDE_CONFIG_DIR ?? join(env.HOME ?? '/', '.claude'))
     this.admission = new Admission({ maxConcurrent: settings.maxConcurrentRuns, maxQueued: settings.maxQueuedRuns })
+    const identities = deps.isolation?.level === 'none' ? undefined : deps.isolation?.identities
+    this.planner = new RunPlanner(settings, this.sessions, identities, session => this.admission.ownerOf(session))
     this.runLog = new RunLog(deps.store, deps.bus)
     this.retention = new Retention(deps.store, { days: settings.retentionDays, maxRuns: settings.retentionMaxRuns }, deps.log)
     // Every queued run and every follower listens for the shutdown.
@@ -195,90 +196,11 @@ export class Runner extends EventEmitter<RunnerEvents> {
   }
 
   /**
-   * Check a request against policy and resolve its directory and session. Throws the domain's
-   * errors (invalid or forbidden directory, env var, permission mode, session elsewhere); starts
-   * nothing and reserves nothing.
+   * Check a request against policy and resolve its directory, session and identity (see
+   * `RunPlanner`); starts nothing and reserves nothing.
    */
   async prepare (req: RunRequest, keyName: string | null = null): Promise<RunSpec> {
-    const s = this.settings
-    const permissionMode = checkPermissionMode(req.permission_mode, s)
-    const env = checkEnvVars(req.env_vars)
-    // A session lives with the identity of the key that created it: resumes run as that identity.
-    const owner = req.session_id === undefined ? undefined : this.admission.ownerOf(req.session_id.toLowerCase())
-    const identity = this.identities?.identityFor(owner ?? keyName)
-    let cwd = identity !== undefined && req.working_directory === undefined
-      ? this.ownWorkArea(identity)
-      : await resolveWorkingDir(req.working_directory, s)
-    let sessionId: string = randomUUID()
-    let sessionMode: RunSpec['sessionMode'] = 'new'
-    let forkedFrom: string | undefined
-    if (req.session_id !== undefined) {
-      const id = req.session_id.toLowerCase()
-      const home = await this.sessionsOf(identity).locate(id)
-      if (home !== null) {
-        if (req.working_directory !== undefined && home !== cwd) {
-          throw new SessionDirectoryMismatch(`session ${id} belongs to working_directory ${home}; omit working_directory or name that one`)
-        }
-        if (!s.allowedRoots.some(root => isInside(root, home))) {
-          throw new WorkingDirectoryForbidden(`session ${id} lives in ${home}, which is outside the allowed roots: ${s.allowedRoots.join(', ')}`)
-        }
-        cwd = home
-      }
-      if (req.fork_session === true) {
-        sessionMode = 'fork'
-        forkedFrom = id
-      } else {
-        // Whether to create or resume is settled when the run starts: an earlier queued run may create it.
-        sessionId = id
-      }
-    }
-    if (identity !== undefined && !writableBy(cwd, identity.uid, identity.gid)) {
-      throw new WorkingDirectoryNotWritable(`working_directory ${cwd} is not writable by this key's agent identity (uid ${identity.uid}): make it writable by that uid (e.g. chown ${identity.uid} ${cwd}), or leave working_directory out to run in the key's own work area`)
-    }
-    const spec: RunSpec = {
-      runId: randomUUID(),
-      prompt: req.prompt,
-      cwd,
-      sessionId,
-      sessionMode,
-      timeoutS: req.timeout ?? s.defaultTimeoutS,
-      env,
-      permissionMode,
-      includePartialMessages: req.include_partial_messages === true
-    }
-    if (forkedFrom !== undefined) spec.forkedFrom = forkedFrom
-    if (req.model !== undefined) spec.model = req.model
-    if (req.system_prompt !== undefined) spec.systemPrompt = req.system_prompt
-    if (req.append_system_prompt !== undefined) spec.appendSystemPrompt = req.append_system_prompt
-    if (req.allowed_tools !== undefined) spec.allowedTools = req.allowed_tools
-    if (req.disallowed_tools !== undefined) spec.disallowedTools = req.disallowed_tools
-    if (req.max_turns !== undefined) spec.maxTurns = req.max_turns
-    if (req.max_budget_usd !== undefined) spec.maxBudgetUsd = req.max_budget_usd
-    if (req.output_schema !== undefined) spec.outputSchema = req.output_schema
-    if (req.webhook_url !== undefined) spec.webhookUrl = req.webhook_url
-    if (identity !== undefined) spec.identity = identity.key
-    return spec
-  }
-
-  /** The work area of a key's identity: `DEFAULT_WORKING_DIR/<key>`, its own, made on first use. */
-  private ownWorkArea (identity: AgentIdentity): string {
-    const dir = join(this.settings.defaultWorkingDir, identity.key)
-    if (!existsSync(dir)) {
-      mkdirSync(dir, { mode: 0o700 })
-      chownSync(dir, identity.uid, identity.gid)
-    }
-    return dir
-  }
-
-  /** Where a run's sessions are: its identity's Claude config directory, or the server's. */
-  private sessionsOf (identity: AgentIdentity | undefined): SessionRegistry {
-    if (identity === undefined) return this.sessions
-    let registry = this.registries.get(identity.key)
-    if (registry === undefined) {
-      registry = new SessionRegistry(identity.configDir)
-      this.registries.set(identity.key, registry)
-    }
-    return registry
+    return await this.planner.prepare(req, keyName)
   }
 
   /**
@@ -308,7 +230,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       throw new StoreUnavailable('the run store could not record the run; retry in a moment')
     }
     handle.ticket = ticket
-    this.sessionsOf(this.identityOf(spec)).remember(spec.sessionId, spec.cwd)
+    this.planner.sessionsOf(this.planner.identityOf(spec)).remember(spec.sessionId, spec.cwd)
     handle.push('run', { run_id: spec.runId, session_id: spec.sessionId, working_directory: spec.cwd })
     this.track(handle)
     return handle
@@ -344,7 +266,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       log: this.log,
       maxOutputBytes: this.settings.maxOutputBytes,
       requeue: async (r) => {
-        this.sessionsOf(this.identityOf(r.spec)).remember(r.sessionId, r.workingDirectory)
+        this.planner.sessionsOf(this.planner.identityOf(r.spec)).remember(r.sessionId, r.workingDirectory)
         const log = this.log.child({ run_id: r.id, key_name: r.keyName })
         const handle = new RunHandle(r.spec, false, r.keyName, log, this.runLog, await this.store.lastSeq(r.id))
         handle.ticket = this.admission.readmit(r.spec.sessionId, r.keyName, () => handle.admit())
@@ -457,8 +379,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
       return
     }
     spec.cwd = cwd
-    const identity = this.identityOf(spec)
-    if (spec.sessionMode !== 'fork') spec.sessionMode = await this.sessionsOf(identity).exists(spec.sessionId) ? 'resume' : 'new'
+    const identity = this.planner.identityOf(spec)
+    if (spec.sessionMode !== 'fork') spec.sessionMode = await this.planner.sessionsOf(identity).exists(spec.sessionId) ? 'resume' : 'new'
     if (handle.endedBy !== undefined) return
     const marker = randomUUID()
     const env = buildChildEnv(this.runEnv, spec.env, marker, this.settings.passEnv)
@@ -498,10 +420,5 @@ export class Runner extends EventEmitter<RunnerEvents> {
       // The token dies with the run: whatever of it survives cannot use it.
       credential?.revoke()
     }
-  }
-
-  /** The agent identity a run executes as (uid isolation), from the key its spec names. */
-  private identityOf (spec: RunSpec): AgentIdentity | undefined {
-    return this.identities === undefined || spec.identity === undefined ? undefined : this.identities.identityFor(spec.identity)
   }
 }
