@@ -31,6 +31,9 @@ export function serverOptions (logLevel: string, trustProxy: TrustProxy = false)
     },
     // Only we decide the body limit per route; this is the ceiling for anything else.
     bodyLimit: 1024 * 1024,
+    // A request (headers and body) must arrive within 30 s: a client trickling a body cannot hold a
+    // connection (and a file descriptor) for minutes. Responses (streams) are not limited by it.
+    requestTimeout: 30_000,
     // While draining, our own handlers answer: 503 problem+json for new runs, health says so,
     // and the runs API still reads.
     return503OnClosing: false,

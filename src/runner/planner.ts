@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import type { Settings } from '../config.js'
 import { SessionDirectoryMismatch, WorkingDirectoryForbidden, WorkingDirectoryNotWritable } from '../errors.js'
 import { writableBy, type AgentIdentities, type AgentIdentity } from '../isolation/identities.js'
-import { checkEnvVars, checkPermissionMode, isInside, resolveWorkingDir } from './policy.js'
+import { checkEnvVars, checkOutputSchema, checkPermissionMode, isInside, resolveWorkingDir } from './policy.js'
 import { SessionRegistry } from './sessions.js'
 import type { RunRequest, RunSpec } from './types.js'
 
@@ -34,6 +34,7 @@ export class RunPlanner {
     const s = this.settings
     const permissionMode = checkPermissionMode(req.permission_mode, s)
     const env = checkEnvVars(req.env_vars)
+    checkOutputSchema(req.output_schema)
     // A session lives with the identity of the key that created it: resumes run as that identity.
     const owner = req.session_id === undefined ? undefined : this.ownerOf(req.session_id.toLowerCase())
     const identity = this.identities?.identityFor(owner ?? keyName)

@@ -29,9 +29,19 @@ export async function resolveWorkingDir (requested: string | undefined, settings
   return real
 }
 
+/** All of a run's extra environment together: a process's environment and arguments share ~2 MiB. */
+export const MAX_ENV_BYTES = 256 * 1024
+/** The JSON Schema of `output_schema` travels as one argument (≤ 128 KiB on Linux). */
+export const MAX_OUTPUT_SCHEMA_BYTES = 64 * 1024
+const MAX_OUTPUT_SCHEMA_DEPTH = 64
+
 /** Refuse (403) any request variable that could steer credentials, routing, loading or the sandbox. */
 export function checkEnvVars (vars: Record<string, string> | undefined): Record<string, string> {
   if (vars === undefined) return {}
+  const bytes = Object.entries(vars).reduce((n, [k, v]) => n + Buffer.byteLength(k) + Buffer.byteLength(v) + 2, 0)
+  if (bytes > MAX_ENV_BYTES) {
+    throw withProblem(new InvalidRequest(`env_vars hold ${bytes} bytes in all; at most ${MAX_ENV_BYTES} fit a process's environment`), { problem: { errors: [{ path: '/env_vars', message: `more than ${MAX_ENV_BYTES} bytes in all` }] } })
+  }
   const refused = Object.keys(vars).map(name => ({ name, why: refusedEnvName(name) })).filter(r => r.why !== null)
   if (refused.length > 0) {
     throw withProblem(new EnvVarForbidden(`env_vars not allowed: ${refused.map(r => r.why).join('; ')}`), {
@@ -86,4 +96,22 @@ export function checkWebhookUrl (webhookUrl: string | undefined, allowedHosts: r
       problem: { errors: [{ path: '/webhook_url', message: 'host not allowed' }] }
     })
   }
+}
+
+/**
+ * `output_schema` must fit the CLI's command line: at most 64 nesting levels (checked without
+ * recursion) and 64 KiB of JSON. Refused (400) here rather than failing at spawn.
+ */
+export function checkOutputSchema (schema: Record<string, unknown> | undefined): void {
+  if (schema === undefined) return
+  const refuse = (message: string): never => {
+    throw withProblem(new InvalidRequest(`output_schema ${message}`), { problem: { errors: [{ path: '/output_schema', message }] } })
+  }
+  const stack: Array<{ v: unknown, depth: number }> = [{ v: schema, depth: 1 }]
+  while (stack.length > 0) {
+    const { v, depth } = stack.pop()!
+    if (depth > MAX_OUTPUT_SCHEMA_DEPTH) refuse(`is nested more than ${MAX_OUTPUT_SCHEMA_DEPTH} levels deep`)
+    if (v !== null && typeof v === 'object') for (const child of Object.values(v)) stack.push({ v: child, depth: depth + 1 })
+  }
+  if (Buffer.byteLength(JSON.stringify(schema)) > MAX_OUTPUT_SCHEMA_BYTES) refuse(`is larger than ${MAX_OUTPUT_SCHEMA_BYTES} bytes of JSON`)
 }
