@@ -1,4 +1,4 @@
-import type { RunRecord, RunStore } from '../store/store.js'
+import { MAX_UNFLUSHED_EVENTS, type RunRecord, type RunStore } from '../store/store.js'
 import { RUN_MARKER_VAR } from './child-env.js'
 import type { RunnerLogger } from './executor.js'
 import { killRunTree } from './process-tree.js'
@@ -51,7 +51,9 @@ async function finishStored (r: RunRecord, how: { status: 'interrupted' | 'cance
     error_code: how.status,
     error: how.error
   }
-  const seq = await ctx.store.lastSeq(r.id) + 1
+  // Past every id the crash may have lost: clients may have received those, for other events.
+  const stored = await ctx.store.lastSeq(r.id)
+  const seq = r.status === 'running' ? stored + MAX_UNFLUSHED_EVENTS + 1 : stored + 1
   ctx.store.appendEvent(r.id, seq, 'result', JSON.stringify(result))
   await ctx.store.markFinished(r.id, result, now)
 }

@@ -233,6 +233,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.planner.sessionsOf(this.planner.identityOf(spec)).remember(spec.sessionId, spec.cwd)
     handle.push('run', { run_id: spec.runId, session_id: spec.sessionId, working_directory: spec.cwd })
     this.track(handle)
+    // Durable before the client hears of it: a crash right after the 202 keeps the run's first event.
+    await this.store.flush().catch((err: unknown) => log.error({ err }, 'flushing the run event failed; will retry'))
     return handle
   }
 

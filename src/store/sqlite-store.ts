@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import type { RunResult, RunStatus } from '../runner/types.js'
 import { MIGRATIONS } from './migrations.js'
-import type { NewRun, RunFilter, RunRecord, RunStore, StoredEvent, WebhookDelivery } from './store.js'
+import { MAX_UNFLUSHED_EVENTS, type NewRun, type RunFilter, type RunRecord, type RunStore, type StoredEvent, type WebhookDelivery } from './store.js'
 
 export type { RunRecord, StoredEvent, WebhookDelivery } from './store.js'
 
@@ -87,7 +87,8 @@ export class SqliteRunStore implements RunStore {
     this.db.pragma('busy_timeout = 5000')
     this.migrate()
     this.onError = opts.onError
-    this.flushMaxEvents = opts.flushMaxEvents ?? 1000
+    // Tests may hold more back; the server keeps the default, which recovery relies on.
+    this.flushMaxEvents = opts.flushMaxEvents ?? MAX_UNFLUSHED_EVENTS
     this.flushMaxBytes = opts.flushMaxBytes ?? 1024 * 1024
     this.timer = setInterval(() => {
       try {

@@ -19,6 +19,13 @@ import type { RunEvent, RunRequest, RunResult, RunSpec, RunStatus } from '../run
  *   not lapsed yet). `leftovers().queued` come oldest first, so a restart requeues them in order.
  * - `spendSince(t)` counts runs that ended at `t` or later.
  */
+/**
+ * At most this many appended events wait unflushed (a backend flushes when it reaches it): all a
+ * crash can lose. Recovery numbers a crashed run's `result` past them, so no id a client may have
+ * received is ever given to another event.
+ */
+export const MAX_UNFLUSHED_EVENTS = 1000
+
 export interface RunStore {
   /** Resolves when the store answers (health checks). */
   ping: () => Promise<void>
