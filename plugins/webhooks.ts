@@ -11,9 +11,8 @@ export default fp(async (fastify) => {
     backoffMs: config.webhookBackoffMs,
     timeoutMs: config.webhookTimeoutMs
   }, runner.store, fastify.log.child({ component: 'webhooks' }))
-  runner.on('finished', (handle, result) => {
-    const url = handle.spec.webhookUrl
-    if (url !== undefined) sender.deliver(url, handle.id, handle.keyName, result)
+  runner.on('finished', (run, result) => {
+    if (run.webhookUrl !== undefined) sender.deliver(run.webhookUrl, run.id, run.keyName, result)
   })
   fastify.addHook('onClose', async () => sender.close())
 }, { name: 'webhooks', dependencies: ['config', 'runner'] })

@@ -1,4 +1,6 @@
 import { test } from 'tap'
+import { createServer } from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { auth, eventually, fakeModel, pidsInDir, pidsMatching, readSse, sandbox, startServer, testEnv } from './helper.js'
 
 const json = { ...auth, 'content-type': 'application/json' }
@@ -110,4 +112,32 @@ test('SIGTERM drains: 503 for new runs, running runs finish within the grace, th
   t.equal(JSON.parse(rest.at(-1)!.data).status, 'succeeded', 'the queued run ran at the next start')
   two.child.kill('SIGTERM')
   await two.exited
+})
+
+test('a run interrupted by kill -9 still gets its run.finished webhook after the restart', async t => {
+  const box = sandbox(t)
+  const model = await fakeModel(t)
+  const received: string[] = []
+  const hook = createServer((req, res) => {
+    let body = ''
+    req.on('data', (c: Buffer) => { body += c.toString() })
+    req.on('end', () => { received.push(body); res.end('ok') })
+  })
+  await new Promise<void>(resolve => hook.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { hook.closeAllConnections(); hook.close() })
+  const hookHost = `127.0.0.1:${(hook.address() as AddressInfo).port}`
+  model.on('interrupt my webhook', [{ tool: 'Bash', input: { command: 'sh -c "sleep 3608"' } }, { text: 'woke' }])
+  const env = testEnv(box, model, { WEBHOOK_ALLOWED_HOSTS: hookHost, WEBHOOK_SECRET: 'whsec-test-0123456789', WEBHOOK_BACKOFF_MS: '100' })
+  const one = await startServer(t, env)
+  const run = await (await post(one.base, '/api/runs', { prompt: 'interrupt my webhook', allowed_tools: ['Bash(sh *)'], webhook_url: `http://${hookHost}/hook` })).json() as any
+  t.ok(await eventually(() => pidsMatching('sleep 3608').length > 0, 15_000), 'the run is in its sleep')
+  one.child.kill('SIGKILL')
+  await one.exited
+  await startServer(t, env)
+  t.ok(await eventually(() => received.length > 0, 15_000), 'the webhook arrived after the restart')
+  const body = JSON.parse(received[0]!)
+  t.equal(body.event, 'run.finished')
+  t.equal(body.run.id, run.id)
+  t.equal(body.run.status, 'interrupted', 'saying the run was interrupted')
+  t.ok(await eventually(() => pidsMatching('sleep 3608').length === 0, 10_000))
 })

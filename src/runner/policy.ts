@@ -78,7 +78,10 @@ export async function recheckWorkingDir (cwd: string, settings: Settings): Promi
   return real
 }
 
-/** A run's `webhook_url` must be a valid URL to a host (or host:port) the operator allows, with no credentials in it. */
+/**
+ * A run's `webhook_url` must be a valid URL without credentials, to a host the operator allows:
+ * `host:port` entries allow that port, bare `host` entries only the scheme's default port.
+ */
 export function checkWebhookUrl (webhookUrl: string | undefined, allowedHosts: readonly string[]): void {
   if (webhookUrl === undefined) return
   let url: URL
@@ -89,12 +92,17 @@ export function checkWebhookUrl (webhookUrl: string | undefined, allowedHosts: r
   }
   const host = url.host.toLowerCase()
   const hostname = url.hostname.toLowerCase()
-  if (!allowedHosts.includes(host) && !allowedHosts.includes(hostname)) {
+  // An entry with a port allows that port; an entry without one, only the scheme's default port.
+  const allowed = allowedHosts.includes(host) || (url.port === '' && allowedHosts.includes(hostname))
+  if (!allowed) {
     throw withProblem(new WebhookHostForbidden(allowedHosts.length === 0
       ? 'webhooks are not enabled on this server (WEBHOOK_ALLOWED_HOSTS is empty)'
       : `webhook_url host ${host} is not allowed; allowed: ${allowedHosts.join(', ')}`), {
       problem: { errors: [{ path: '/webhook_url', message: 'host not allowed' }] }
     })
+  }
+  if (url.username !== '' || url.password !== '') {
+    throw withProblem(new InvalidRequest('webhook_url must not carry credentials (user:password@); the signature authenticates the server'), { problem: { errors: [{ path: '/webhook_url', message: 'has credentials' }] } })
   }
 }
 

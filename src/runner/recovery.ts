@@ -11,6 +11,8 @@ export interface RecoveryContext {
   store: RunStore
   log: RunnerLogger
   maxOutputBytes: number
+  /** A stored run was ended here (interrupted or cancelled). */
+  finished: (r: RunRecord, result: RunResult) => void
   /** Queue a recovered run again (it was accepted before the restart). */
   requeue: (r: RunRecord & { spec: NonNullable<RunRecord['spec']> }) => Promise<void>
 }
@@ -56,6 +58,7 @@ async function finishStored (r: RunRecord, how: { status: 'interrupted' | 'cance
   const seq = r.status === 'running' ? stored + MAX_UNFLUSHED_EVENTS + 1 : stored + 1
   ctx.store.appendEvent(r.id, seq, 'result', JSON.stringify(result))
   await ctx.store.markFinished(r.id, result, now)
+  ctx.finished(r, result)
 }
 
 /** The text a stored run had streamed, read back from its log (capped like any output). */

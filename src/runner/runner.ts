@@ -43,10 +43,17 @@ export interface SubmitOptions {
   requestId?: string
 }
 
-/** What the runner tells the rest of the server (metrics, webhooks). */
+/** A run as the rest of the server hears of it. */
+export interface RunSummary {
+  id: string
+  keyName: string | null
+  webhookUrl: string | undefined
+}
+
+/** What the runner tells the rest of the server (metrics, webhooks), for live and recovered runs alike. */
 export interface RunnerEvents {
-  started: [RunHandle]
-  finished: [RunHandle, RunResult]
+  started: [RunSummary]
+  finished: [RunSummary, RunResult]
 }
 
 /** What the engine is built from. */
@@ -267,6 +274,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
       store: this.store,
       log: this.log,
       maxOutputBytes: this.settings.maxOutputBytes,
+      // Interrupted and cancelled runs end too: their webhooks and metrics hear of it.
+      finished: (r, result) => this.emit('finished', { id: r.id, keyName: r.keyName, webhookUrl: r.request.webhook_url }, result),
       requeue: async (r) => {
         this.planner.sessionsOf(this.planner.identityOf(r.spec)).remember(r.sessionId, r.workingDirectory)
         const log = this.log.child({ run_id: r.id, key_name: r.keyName })
@@ -367,7 +376,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
     } catch (err) {
       handle.log.error({ err }, 'recording the end of the run failed')
     }
-    this.emit('finished', handle, result)
+    this.emit('finished', { id: handle.id, keyName: handle.keyName, webhookUrl: handle.spec.webhookUrl }, result)
   }
 
   /** The run's turn: check its directory again, record the start, run the CLI. */
@@ -396,7 +405,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
     try {
       // Recorded before the spawn: if the server dies now, the next start finds and kills the tree.
       await this.store.markStarted(spec.runId, { startedAt: Date.now(), marker, sessionId: spec.sessionId, workingDirectory: cwd, owner: this.instanceId, leaseUntil: Date.now() + LEASE_MS })
-      this.emit('started', handle)
+      this.emit('started', { id: handle.id, keyName: handle.keyName, webhookUrl: handle.spec.webhookUrl })
       const execution = await executeRun(spec, env, marker, {
         cliPath: this.cliPath,
         settingSources: this.settings.settingSources,

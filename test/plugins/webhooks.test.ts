@@ -219,11 +219,23 @@ test('WEBHOOK_ALLOWED_HOSTS without WEBHOOK_SECRET: the app refuses to start', a
   await t.rejects(build(t, { box, env: { WEBHOOK_ALLOWED_HOSTS: 'hooks.example.com', WEBHOOK_SECRET: ' ' } }), /WEBHOOK_SECRET/, 'a blank secret counts as none')
 })
 
-test('an allowed hostname without a port admits any port of it', async t => {
+test('an allowed hostname without a port does not admit its other ports', async t => {
   const hook = await receiver(t)
-  const { app } = await build(t, { env: { WEBHOOK_ALLOWED_HOSTS: '127.0.0.1', WEBHOOK_SECRET: SECRET } })
+  const { app, model } = await build(t, { env: { WEBHOOK_ALLOWED_HOSTS: '127.0.0.1', WEBHOOK_SECRET: SECRET } })
   const res = await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'any port', webhook_url: hook.url } })
-  t.equal(res.json().success, true)
-  t.ok(await eventually(() => hook.received.length === 1))
-  t.equal(hook.received[0]!.headers['x-signature-256'], hmac(hook.received[0]!.body))
+  t.equal(res.statusCode, 403, `${hook.url} is refused: the entry allows 127.0.0.1's default port only`)
+  t.equal(res.json().code, 'webhook_host_forbidden')
+  t.notOk(model.calls.some(c => c.prompt === 'any port'))
+  t.equal(hook.received.length, 0)
+})
+
+test('WEBHOOK_ALLOWED_HOSTS: a bare host allows only the default port; a URL with credentials is refused', async t => {
+  const { app, model } = await build(t, { env: { WEBHOOK_ALLOWED_HOSTS: 'hooks.example.com,127.0.0.1:8443', WEBHOOK_SECRET: SECRET } })
+  const start = async (url: string) => await app.inject({ method: 'POST', url: '/api/runs', headers: auth, payload: { prompt: 'port check', webhook_url: url } })
+  t.equal((await start('http://hooks.example.com:6379/')).statusCode, 403, 'another port of a bare host is refused (no SSRF to its other services)')
+  t.equal((await start('http://127.0.0.1:8444/')).statusCode, 403, 'a host:port entry allows only that port')
+  const creds = await start('http://user:pass@hooks.example.com/hook')
+  t.equal(creds.statusCode, 400, 'credentials in the URL: 400')
+  t.equal(creds.json().errors[0].path, '/webhook_url')
+  t.notOk(model.calls.some(c => c.prompt === 'port check'), 'none of them ran')
 })
