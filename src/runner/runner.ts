@@ -404,7 +404,14 @@ export class Runner extends EventEmitter<RunnerEvents> {
     handle.markRunning()
     try {
       // Recorded before the spawn: if the server dies now, the next start finds and kills the tree.
-      await this.store.markStarted(spec.runId, { startedAt: Date.now(), marker, sessionId: spec.sessionId, workingDirectory: cwd, owner: this.instanceId, leaseUntil: Date.now() + LEASE_MS })
+      // Unrecorded (a full disk), the run does not start: it could not be found again after a crash.
+      try {
+        await this.store.markStarted(spec.runId, { startedAt: Date.now(), marker, sessionId: spec.sessionId, workingDirectory: cwd, owner: this.instanceId, leaseUntil: Date.now() + LEASE_MS })
+      } catch (err) {
+        handle.log.error({ err }, 'recording the start of the run failed; it does not start')
+        outcome.refused = { code: 'store_unavailable', message: `The run store could not record the start of the run (${(err as Error).message}); it did not start` }
+        return
+      }
       this.emit('started', { id: handle.id, keyName: handle.keyName, webhookUrl: handle.spec.webhookUrl })
       const execution = await executeRun(spec, env, marker, {
         cliPath: this.cliPath,

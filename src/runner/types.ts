@@ -5,7 +5,7 @@ export const RUN_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'timed_
 export type RunStatus = typeof RUN_STATUSES[number]
 
 /** Why a run did not succeed. */
-export const ERROR_CODES = ['timeout', 'cancelled', 'interrupted', 'api_error', 'not_authenticated', 'max_turns', 'max_budget', 'session_not_found', 'cli_not_found', 'cli_error', 'working_directory_forbidden'] as const
+export const ERROR_CODES = ['timeout', 'cancelled', 'interrupted', 'api_error', 'not_authenticated', 'max_turns', 'max_budget', 'session_not_found', 'cli_not_found', 'cli_error', 'working_directory_forbidden', 'store_unavailable'] as const
 export type ErrorCode = typeof ERROR_CODES[number]
 
 /**

@@ -73,6 +73,8 @@ export class SqliteRunStore implements RunStore {
   private readonly flushMaxEvents: number
   private readonly stmts
   private readonly onError: ((err: Error) => void) | undefined
+  private readonly pendingFinishes = new Map<string, { result: RunResult, endedAt: number }>()
+  private writeError: Error | undefined
 
   constructor (opts: RunStoreOptions) {
     let file = ':memory:'
@@ -134,8 +136,10 @@ export class SqliteRunStore implements RunStore {
     }
   }
 
+  /** Answers, and the last write went through (a full disk makes the store unavailable until one does). */
   async ping (): Promise<void> {
     this.stmts.ping.get()
+    if (this.writeError !== undefined) throw this.writeError
   }
 
   async insertRun (r: NewRun): Promise<void> {
@@ -157,8 +161,9 @@ export class SqliteRunStore implements RunStore {
   }
 
   async markFinished (id: string, result: RunResult, endedAt: number): Promise<void> {
+    // Recorded first, written with the events: if the disk is full, the next flush tries again.
+    this.pendingFinishes.set(id, { result, endedAt })
     this.flushNow()
-    this.stmts.finished.run(result.status, endedAt, JSON.stringify(result), id)
   }
 
   async renewLeases (owner: string, leaseUntil: number): Promise<void> {
@@ -167,7 +172,11 @@ export class SqliteRunStore implements RunStore {
 
   async getRun (id: string): Promise<RunRecord | undefined> {
     const row = this.stmts.get.get(id) as RunRow | undefined
-    return row === undefined ? undefined : toRecord(row)
+    if (row === undefined) return undefined
+    const record = toRecord(row)
+    // An end not yet written (full disk) is the truth all the same.
+    const f = this.pendingFinishes.get(id)
+    return f === undefined ? record : { ...record, status: f.result.status, endedAt: f.endedAt, result: f.result, spec: null }
   }
 
   async leftovers (owner: string, now: number): Promise<{ running: RunRecord[], queued: RunRecord[] }> {
@@ -244,18 +253,32 @@ export class SqliteRunStore implements RunStore {
     this.flushNow()
   }
 
-  /** Write the waiting events in one transaction. */
+  /**
+   * Write the waiting events in one transaction, then the run ends that could not be written
+   * before (a full disk): both are kept, in order, until a write succeeds.
+   */
   private flushNow (): void {
-    if (this.pending.length === 0) return
-    const batch = this.pending
-    this.pending = []
-    this.pendingBytes = 0
     try {
-      this.writeBatch(batch)
+      if (this.pending.length > 0) {
+        const batch = this.pending
+        this.pending = []
+        this.pendingBytes = 0
+        try {
+          this.writeBatch(batch)
+        } catch (err) {
+          // Keep them (in order, ahead of newer ones) for the next attempt.
+          this.pending = batch.concat(this.pending)
+          for (const e of batch) this.pendingBytes += e.data.length
+          throw err
+        }
+      }
+      for (const [id, f] of this.pendingFinishes) {
+        this.stmts.finished.run(f.result.status, f.endedAt, JSON.stringify(f.result), id)
+        this.pendingFinishes.delete(id)
+      }
+      this.writeError = undefined
     } catch (err) {
-      // Keep them (in order, ahead of newer ones) for the next attempt.
-      this.pending = batch.concat(this.pending)
-      for (const e of batch) this.pendingBytes += e.data.length
+      this.writeError = err as Error
       throw err
     }
   }
