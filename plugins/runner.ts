@@ -20,16 +20,24 @@ declare module 'fastify' {
   }
 }
 
-/** Close a file or directory of the server's to everyone but its owner (for agent identities). */
-function closeToOthers (path: string | undefined, mode: number, log: { info: (o: object, m: string) => void }): void {
+/**
+ * Close a file or directory of the server's to everyone but its owner (for agent identities),
+ * whoever owns it; say so loudly when it cannot be done (a read-only mount, say).
+ */
+function closeToOthers (path: string | undefined, log: { info: (o: object, m: string) => void, warn: (o: object, m: string) => void }): void {
   if (path === undefined) return
+  let mode: number
   try {
-    const st = statSync(path)
-    if (st.uid !== process.getuid?.() || (st.mode & 0o077) === 0) return
-    chmodSync(path, mode)
-    log.info({ path, mode: mode.toString(8) }, 'closed a server path to the agent identities')
+    mode = statSync(path).mode & 0o7777
   } catch {
-    // Missing: nothing to protect.
+    return
+  }
+  if ((mode & 0o077) === 0) return
+  try {
+    chmodSync(path, mode & ~0o077)
+    log.info({ path, mode: (mode & ~0o077).toString(8) }, 'closed a server path to the agent identities')
+  } catch (err) {
+    log.warn({ path, err: (err as Error).message }, 'a server path stays readable by agent identities: make it readable by the server only (chmod go-rwx)')
   }
 }
 
@@ -96,9 +104,9 @@ export default fp(async (fastify) => {
     if (isolation.level !== 'none') {
       identities = new AgentIdentities(fastify.config.agentsDir, join(dataDir, 'agent-ids.json'), fastify.config.agentUidBase)
       // What agent identities must never read: the run store, the keys file, the server's .env.
-      closeToOthers(dataDir, 0o700, fastify.log)
-      closeToOthers(fastify.config.apiKeysFile, 0o600, fastify.log)
-      closeToOthers(join(process.cwd(), '.env'), 0o600, fastify.log)
+      closeToOthers(dataDir, fastify.log)
+      closeToOthers(fastify.config.apiKeysFile, fastify.log)
+      closeToOthers(join(process.cwd(), '.env'), fastify.log)
     } else {
       fastify.log.warn('ISOLATION level none: runs execute as the server\'s own user and can read what it can (start the server as root, as the Docker image does, for per-key agent identities)')
     }

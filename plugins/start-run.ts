@@ -19,7 +19,7 @@ export default fp(async (fastify) => {
   const { runner, config } = fastify
   fastify.decorate('startRun', async (request: FastifyRequest, body: RunRequest, cancelOnDisconnect: boolean) => {
     checkWebhookUrl(body.webhook_url, config.webhookAllowedHosts)
-    const spec = await runner.prepare(body, request.apiKeyName)
+    const spec = await runner.prepare(body, request.apiKeyName, request.apiKey === null || fastify.isAdmin(request))
     const k = request.apiKey
     const key = k === null
       ? null
@@ -29,6 +29,9 @@ export default fp(async (fastify) => {
           ...(k.maxConcurrentRuns !== undefined ? { maxConcurrentRuns: k.maxConcurrentRuns } : {}),
           ...(k.dailyBudgetUsd !== undefined ? { dailyBudgetUsd: k.dailyBudgetUsd } : {})
         }
-    return await runner.submit(spec, { request: body, key, cancelOnDisconnect, requestId: request.id })
+    const handle = await runner.submit(spec, { request: body, key, cancelOnDisconnect, requestId: request.id })
+    // A client that left while its run was being set up never hears of it: end the run now.
+    if (cancelOnDisconnect && request.raw.socket?.destroyed === true) handle.cancel('client disconnected')
+    return handle
   })
 }, { name: 'start-run', dependencies: ['config', 'auth', 'runner'] })

@@ -80,7 +80,7 @@ const positiveInt = (flag: string, v: string | undefined): number | undefined =>
 
 switch (command) {
   case 'add': {
-    if (name === undefined || !/^[A-Za-z0-9_.-]{1,64}$/.test(name)) fail('usage: keys add NAME (letters, digits, _ . -)')
+    if (name === undefined || !/^(?!\.+$)[A-Za-z0-9_.-]{1,64}$/.test(name)) fail('usage: keys add NAME (letters, digits, _ . -)')
     if (keys.some(k => k.name === name)) fail(`a key named ${name} exists already in ${file}`)
     const scopes = values.scopes.split(',').map(s => s.trim()).filter(s => s !== '')
     for (const s of scopes) if (!(SCOPES as readonly string[]).includes(s)) fail(`unknown scope ${s} (known: ${SCOPES.join(', ')})`)

@@ -22,7 +22,8 @@ export const ConfigSchema = Type.Object({
   ALLOWED_WORKING_DIRS: Type.Optional(Type.String()),
   // No schema default: unset, it follows MAX_TIMEOUT down (300 s, or MAX_TIMEOUT when that is lower).
   DEFAULT_TIMEOUT: Type.Optional(Type.Integer({ minimum: 1 })),
-  MAX_TIMEOUT: Type.Integer({ default: 3600, minimum: 1 }),
+  // At most what a timer can wait (24.8 days).
+  MAX_TIMEOUT: Type.Integer({ default: 3600, minimum: 1, maximum: 2_147_483 }),
   DEFAULT_PERMISSION_MODE: Type.Union(PERMISSION_MODES.map(m => Type.Literal(m)), { default: 'acceptEdits' }),
   ALLOWED_PERMISSION_MODES: Type.String({ default: 'default,acceptEdits,plan,dontAsk' }),
   MAX_CONCURRENT_RUNS: Type.Integer({ default: 4, minimum: 1 }),

@@ -13,7 +13,8 @@ export const SCOPES = ['runs:write', 'runs:read', 'runs:read_all', 'admin'] as c
 export type Scope = typeof SCOPES[number]
 
 const KeyEntrySchema = Type.Object({
-  name: Type.String({ pattern: '^[A-Za-z0-9_.-]{1,64}$' }),
+  // Also a directory name (agent identities): not `.` or `..`.
+  name: Type.String({ pattern: '^(?!\\.+$)[A-Za-z0-9_.-]{1,64}$' }),
   key_sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }),
   scopes: Type.Array(Type.Union(SCOPES.map(s => Type.Literal(s))), { minItems: 1 }),
   max_concurrent_runs: Type.Optional(Type.Integer({ minimum: 1 })),

@@ -1,4 +1,4 @@
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, closeSync, constants, existsSync, fchmodSync, fchownSync, fstatSync, lstatSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs'
 import { dirname, join } from 'node:path'
 
 /** What keeps runs apart from the server and from each other (see the README's security model). */
@@ -49,7 +49,8 @@ export function resolveIsolation (setting: IsolationSetting, switchUsers: boolea
   }
 }
 
-const NAME_OK = /^[A-Za-z0-9_.-]{1,64}$/
+/** A key name that is also a safe directory name (not `.` or `..`). */
+const NAME_OK = /^(?!\.+$)[A-Za-z0-9_.-]{1,64}$/
 
 /**
  * One unprivileged uid/gid per API key, from `base` up, remembered in `registryFile` so a key keeps
@@ -82,12 +83,7 @@ export class AgentIdentities {
     }
     const home = join(this.agentsDir, key)
     const configDir = join(home, '.claude')
-    for (const dir of [home, configDir]) {
-      if (!existsSync(dir)) mkdirSync(dir, { mode: 0o700 })
-      const st = statSync(dir)
-      if (st.uid !== uid || st.gid !== uid) chownSync(dir, uid, uid)
-      if ((st.mode & 0o777) !== 0o700) chmodSync(dir, 0o700)
-    }
+    for (const dir of [home, configDir]) ownedDirectory(dir, uid)
     return { key, uid, gid: uid, home, configDir }
   }
 }
@@ -124,4 +120,31 @@ export function blockedOnTheWayTo (path: string): string | null {
     if ((mode & 0o001) === 0) return d
   }
   return null
+}
+
+/**
+ * Make `dir` a real directory owned by `uid`, mode 0700, without ever following a link: the agent
+ * owns what is inside its home and could put a link to any path of the server's there. A link
+ * (or anything that is not a directory) in its place is removed first. Owner and mode are set on
+ * the open directory itself, so nothing can be swapped in between.
+ */
+function ownedDirectory (dir: string, uid: number): void {
+  let st = lstatOrNull(dir)
+  if (st !== null && !st.isDirectory()) {
+    rmSync(dir, { force: true, recursive: false })
+    st = null
+  }
+  if (st === null) mkdirSync(dir, { mode: 0o700 })
+  const fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
+  try {
+    const now = fstatSync(fd)
+    if (now.uid !== uid || now.gid !== uid) fchownSync(fd, uid, uid)
+    if ((now.mode & 0o777) !== 0o700) fchmodSync(fd, 0o700)
+  } finally {
+    closeSync(fd)
+  }
+}
+
+function lstatOrNull (path: string): Stats | null {
+  return lstatSync(path, { throwIfNoEntry: false }) ?? null
 }

@@ -18,6 +18,8 @@ export interface AdmissionRequest {
   claims: string[]
   /** null with auth off: no per-key limits, and sessions owned by no key. */
   key: KeyLimits | null
+  /** Who a new session becomes owned by, when not the key itself (where its transcript lives). */
+  newSessionOwner?: string
 }
 
 /** The start of the UTC day `now` falls in, and seconds until the next one. */
@@ -90,7 +92,7 @@ export class Admission {
     }
     // Throws CapacityExceeded when the run could not start now and the queue is full.
     const ticket = this.scheduler.enter(req.sessionId, start)
-    return this.recorded(req.sessionId, key?.name ?? null, ticket)
+    return this.recorded(req.sessionId, key?.name ?? null, ticket, req.newSessionOwner)
   }
 
   /**
@@ -133,8 +135,8 @@ export class Admission {
     this.scheduler.pause()
   }
 
-  private recorded (sessionId: string, keyName: string | null, ticket: Ticket): Ticket {
-    if (!this.sessionOwners.has(sessionId)) this.sessionOwners.set(sessionId, keyName)
+  private recorded (sessionId: string, keyName: string | null, ticket: Ticket, newSessionOwner?: string): Ticket {
+    if (!this.sessionOwners.has(sessionId)) this.sessionOwners.set(sessionId, newSessionOwner ?? keyName)
     if (keyName !== null) this.liveByKey.set(keyName, (this.liveByKey.get(keyName) ?? 0) + 1)
     let released = false
     return {

@@ -23,6 +23,8 @@ const STDERR_TAIL_BYTES = 8 * 1024
 const SHRINK_ABOVE_BYTES = 1024 * 1024
 /** An oversized line is shown to clients as a preview with strings cut to this. */
 const PREVIEW_STRING_BYTES = 64 * 1024
+/** After the CLI exits, how long its output may take to drain before the pipe is given up. */
+const OUTPUT_GRACE_MS = 2000
 
 /** How the executor runs CLIs: the same for every run. */
 export interface ExecutorSettings {
@@ -137,7 +139,7 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
   }, s.maxOutputBytes, SHRINK_ABOVE_BYTES, PREVIEW_STRING_BYTES)
 
   let contained: ContainedProcess | undefined
-  let exited: Promise<{ exitCode?: number, failed: boolean, cause?: unknown, message?: string }> | undefined
+  let exited: Promise<{ exitCode?: number | undefined, failed: boolean, cause?: unknown, message?: string | undefined }> | undefined
   const spawn = (o: SpawnOptions): SpawnedProcess => {
     const childEnv: Record<string, string> = {}
     for (const [k, v] of Object.entries(o.env)) if (v !== undefined) childEnv[k] = v
@@ -167,10 +169,23 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     child.stderr?.on('data', (chunk: Buffer) => {
       out.stderrTail = (out.stderrTail + chunk.toString('utf8')).slice(-STDERR_TAIL_BYTES)
     })
-    exited = child.then(async r => {
-      await stdoutDone
+    const processExit = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>(resolve => child.once('exit', (code, signal) => resolve({ code, signal })))
+    exited = Promise.race([
+      // A spawn that failed (no such CLI) ends here, with its cause.
+      child.then(r => ({ exitCode: r.exitCode, failed: r.failed, cause: r.cause, message: r.message, signal: (r.signal as NodeJS.Signals | undefined) ?? null })),
+      // The CLI exited: its output is read to the end, but not waited for past a grace, since a
+      // process it left behind (detached, without the marker) may hold the pipe open forever.
+      processExit.then(async ({ code, signal }) => {
+        let timer: NodeJS.Timeout | undefined
+        await Promise.race([stdoutDone, new Promise(resolve => { timer = setTimeout(resolve, OUTPUT_GRACE_MS) })])
+        clearTimeout(timer)
+        return { exitCode: code ?? undefined, failed: code !== 0, cause: undefined, message: undefined, signal }
+      })
+    ]).then(r => {
+      child.stdout?.destroy()
+      child.stderr?.destroy()
       splitter.end()
-      c.exited(r.exitCode ?? null, (r.signal as NodeJS.Signals | undefined) ?? null)
+      c.exited(r.exitCode ?? null, r.signal)
       return r
     })
     // Ended while the SDK was still starting: the process goes at once.

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto'
 import { chownSync, existsSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Settings } from '../config.js'
-import { SessionDirectoryMismatch, WorkingDirectoryForbidden, WorkingDirectoryNotWritable } from '../errors.js'
+import { SessionDirectoryMismatch, SessionForbidden, WorkingDirectoryForbidden, WorkingDirectoryNotWritable } from '../errors.js'
 import { writableBy, type AgentIdentities, type AgentIdentity } from '../isolation/identities.js'
 import { checkEnvVars, checkOutputSchema, checkPermissionMode, isInside, resolveWorkingDir } from './policy.js'
 import { SessionRegistry } from './sessions.js'
@@ -30,13 +30,15 @@ export class RunPlanner {
    * errors (invalid or forbidden directory, env var, permission mode, session elsewhere); starts
    * nothing and reserves nothing.
    */
-  async prepare (req: RunRequest, keyName: string | null): Promise<RunSpec> {
+  async prepare (req: RunRequest, keyName: string | null, anySession: boolean): Promise<RunSpec> {
     const s = this.settings
     const permissionMode = checkPermissionMode(req.permission_mode, s)
     const env = checkEnvVars(req.env_vars)
     checkOutputSchema(req.output_schema)
     // A session lives with the identity of the key that created it: resumes run as that identity.
     const owner = req.session_id === undefined ? undefined : this.ownerOf(req.session_id.toLowerCase())
+    // Another key's session: refused before anything about it (its directory, its identity) is looked at.
+    if (owner !== undefined && owner !== keyName && !anySession) throw new SessionForbidden(`session ${req.session_id ?? ''} belongs to another key`)
     const identity = this.identities?.identityFor(owner ?? keyName)
     let cwd = identity !== undefined && req.working_directory === undefined
       ? this.ownWorkArea(identity)

@@ -206,8 +206,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
    * Check a request against policy and resolve its directory, session and identity (see
    * `RunPlanner`); starts nothing and reserves nothing.
    */
-  async prepare (req: RunRequest, keyName: string | null = null): Promise<RunSpec> {
-    return await this.planner.prepare(req, keyName)
+  async prepare (req: RunRequest, keyName: string | null = null, anySession = keyName === null): Promise<RunSpec> {
+    return await this.planner.prepare(req, keyName, anySession)
   }
 
   /**
@@ -219,7 +219,9 @@ export class Runner extends EventEmitter<RunnerEvents> {
     const log = this.log.child({ run_id: spec.runId, key_name: keyName, ...(opts.requestId !== undefined ? { request_id: opts.requestId } : {}) })
     const handle = new RunHandle(spec, opts.cancelOnDisconnect, keyName, log, this.runLog, 0)
     const claims = spec.forkedFrom !== undefined ? [spec.sessionId, spec.forkedFrom] : [spec.sessionId]
-    const ticket = this.admission.admit({ sessionId: spec.sessionId, claims, key: opts.key }, () => handle.admit())
+    // A new session belongs where its transcript is written: the identity it runs as (a fork of
+    // another key's session by an admin lives with that key), else the requesting key.
+    const ticket = this.admission.admit({ sessionId: spec.sessionId, claims, key: opts.key, ...(spec.identity !== undefined ? { newSessionOwner: spec.identity } : {}) }, () => handle.admit())
     try {
       await this.store.insertRun({
         id: spec.runId,
@@ -346,7 +348,11 @@ export class Runner extends EventEmitter<RunnerEvents> {
       endedAt: 0,
       maxOutputBytes: this.settings.maxOutputBytes
     }
-    const shutdown = new Promise<void>(resolve => this.shutdown.signal.addEventListener('abort', () => resolve(), { once: true }))
+    let onShutdown: (() => void) | undefined
+    const shutdown = new Promise<void>(resolve => {
+      onShutdown = () => resolve()
+      this.shutdown.signal.addEventListener('abort', onShutdown, { once: true })
+    })
     try {
       await Promise.race([handle.admitted, ended, shutdown])
       // Left queued by a shutdown: it stays queued in the store for the next start.
@@ -357,6 +363,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
       outcome.spawnError = { message: (err as Error).message }
     } finally {
       clearTimeout(deadline)
+      // One listener per run would pile up for the server's life.
+      if (onShutdown !== undefined) this.shutdown.signal.removeEventListener('abort', onShutdown)
     }
     if (handle.endedBy !== undefined) outcome.ended = handle.endedBy
     outcome.endedAt = Date.now()

@@ -1,3 +1,4 @@
+import { constants } from 'node:fs'
 import { access, open, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 
@@ -71,11 +72,13 @@ export class SessionRegistry {
 async function readCwd (file: string): Promise<string | null> {
   let handle
   try {
-    handle = await open(file, 'r')
+    // An agent may own this file: never follow a link, never block on a FIFO, read only a regular file.
+    handle = await open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
   } catch {
     return null
   }
   try {
+    if (!(await handle.stat()).isFile()) return null
     const buf = Buffer.alloc(256 * 1024)
     const { bytesRead } = await handle.read(buf, 0, buf.length, 0)
     for (const line of buf.subarray(0, bytesRead).toString('utf8').split('\n')) {

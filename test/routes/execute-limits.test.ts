@@ -21,7 +21,7 @@ test('what cannot reach the CLI is a 400 naming the field, and nothing runs', as
     t.equal(res.statusCode, 400, `${what}: 400`)
     t.equal(res.json().code, 'invalid_request', what)
     t.ok((res.json().errors as Array<{ path: string }>).some(e => e.path.startsWith(path)), `${what}: names ${path}`)
-    t.notMatch(res.body, /hi\u0000there/, `${what}: no value echoed`)
+    t.notOk(res.body.includes('hi\u0000there'), `${what}: no value echoed`)
   }
   const deep = await app.inject({ method: 'POST', url: '/api/runs', headers: { ...auth, 'content-type': 'application/json' }, payload: `{"prompt":"limits: deep","output_schema":${deepText}}` })
   t.equal(deep.statusCode, 400, 'an output_schema 5000 levels deep: 400, not a 500')
