@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import { randomUUID } from 'node:crypto'
 import { existsSync, readFileSync, writeFileSync } from 'node:fs'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { defaultCliPath, Runner } from '../src/runner/runner.js'
 import { SqliteRunStore } from '../src/store/sqlite-store.js'
 import { LocalEventBus } from '../src/store/event-bus.js'
@@ -128,7 +128,9 @@ export default fp(async (fastify) => {
                 agentsDir: fastify.config.agentsDir,
                 // The server's own: its store, its Claude config, its keys and .env.
                 hiddenDirs: [dataDir, serverEnv.CLAUDE_CONFIG_DIR ?? join(serverEnv.HOME ?? '/root', '.claude')],
-                hiddenFiles: [...(fastify.config.apiKeysFile !== undefined ? [fastify.config.apiKeysFile] : []), join(process.cwd(), '.env')]
+                hiddenFiles: [...(fastify.config.apiKeysFile !== undefined ? [fastify.config.apiKeysFile] : []), join(process.cwd(), '.env')],
+                // The CLI itself, wherever it is installed (a private /tmp would hide one below it).
+                readOnly: [dirname(fastify.config.claudePath ?? defaultCliPath())].filter(d => d.startsWith('/'))
               }
             }
           : {})

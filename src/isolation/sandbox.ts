@@ -12,6 +12,8 @@ export interface SandboxPaths {
   /** The server's paths: hidden (an empty tmpfs or /dev/null in their place). */
   hiddenDirs: string[]
   hiddenFiles: string[]
+  /** Directories the run must see even where the sandbox replaces their parent (the CLI's, under /tmp). */
+  readOnly?: string[]
 }
 
 /** The bubblewrap executable, if this machine has one. */
@@ -36,6 +38,8 @@ export function sandboxArgs (p: SandboxPaths): string[] {
     '--tmpfs', '/tmp',
     '--tmpfs', '/dev/shm'
   ]
+  // After the private /tmp: a CLI installed below /tmp must stay visible.
+  for (const d of p.readOnly ?? []) if (existsSync(d)) args.push('--ro-bind', d, d)
   for (const d of p.hiddenDirs) if (existsSync(d)) args.push('--tmpfs', d)
   for (const f of p.hiddenFiles) if (existsSync(f)) args.push('--ro-bind', '/dev/null', f)
   args.push('--tmpfs', p.agentsDir, '--bind', p.home, p.home, '--bind', p.cwd, p.cwd, '--chdir', p.cwd)

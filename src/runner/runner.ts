@@ -67,7 +67,7 @@ export interface RunnerDeps {
   /** Hands each run a token of its own instead of the operator's credential (absent: not fronted). */
   broker?: CredentialBroker
   /** With `uid` or `sandbox` isolation: the agent identity of each key's runs, and the sandbox. */
-  isolation?: { level: IsolationLevel, identities?: AgentIdentities, sandbox?: { bwrap: string, agentsDir: string, hiddenDirs: string[], hiddenFiles: string[] } }
+  isolation?: { level: IsolationLevel, identities?: AgentIdentities, sandbox?: { bwrap: string, agentsDir: string, hiddenDirs: string[], hiddenFiles: string[], readOnly?: string[] } }
 }
 
 /**
@@ -432,7 +432,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
           ? {
               wrap: {
                 command: this.sandbox.bwrap,
-                args: sandboxArgs({ cwd, home: identity.home, agentsDir: this.sandbox.agentsDir, hiddenDirs: this.sandbox.hiddenDirs, hiddenFiles: this.sandbox.hiddenFiles })
+                args: sandboxArgs({ cwd, home: identity.home, agentsDir: this.sandbox.agentsDir, hiddenDirs: this.sandbox.hiddenDirs, hiddenFiles: this.sandbox.hiddenFiles, readOnly: this.sandbox.readOnly ?? [] })
               }
             }
           : {})
