@@ -216,3 +216,9 @@ export async function serverThatFails (env: Record<string, string>, cwd?: string
   clearTimeout(timer)
   return { code, stdout, stderr, ms: Date.now() - started }
 }
+
+/** The tool results of a conversation with the fake model, oldest first, as text (the last call carries the whole history). */
+export function toolResults (calls: Array<{ body: any }>): string[] {
+  return (calls.at(-1)?.body.messages as any[] ?? []).flatMap(m =>
+    Array.isArray(m.content) ? m.content.filter((b: any) => b.type === 'tool_result').map((b: any) => typeof b.content === 'string' ? b.content : JSON.stringify(b.content)) : [])
+}

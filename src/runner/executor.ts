@@ -54,8 +54,6 @@ export interface Execution {
 export interface ExecutionHooks {
   /** An event for the run's log: `message` (a CLI line as shown) or `text`. */
   event: (type: 'message' | 'text', data: unknown) => void
-  /** The CLI process exists (its pid), before it prints anything. */
-  spawned?: (pid: number | undefined) => void
   /** Resolves when the run must end early (timeout, cancel, disconnect, shutdown). */
   ended: Promise<void>
   log: RunnerLogger
@@ -158,7 +156,6 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
       stripFinalNewline: false
     })
     contained = new ContainedProcess(child)
-    hooks.spawned?.(child.pid)
     hooks.log.debug({ pid: child.pid, args: o.args }, 'CLI started')
     const c = contained
     const stdoutDone = new Promise<void>(resolve => {

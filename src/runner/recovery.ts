@@ -3,7 +3,7 @@ import { RUN_MARKER_VAR } from './child-env.js'
 import type { RunnerLogger } from './executor.js'
 import { killRunTree } from './process-tree.js'
 import { PartialText, toRunResult } from './result.js'
-import { REPLAY_PAGE_BYTES } from './run-log.js'
+import { REPLAY_PAGE, REPLAY_PAGE_BYTES } from './run-log.js'
 import type { RunResult } from './types.js'
 
 /** What recovery needs of the engine. */
@@ -66,7 +66,7 @@ export async function storedText (store: RunStore, r: RunRecord, maxOutputBytes:
   const partial = new PartialText(maxOutputBytes)
   let cursor = 0
   for (;;) {
-    const page = await store.eventsAfter(r.id, cursor, 500, REPLAY_PAGE_BYTES)
+    const page = await store.eventsAfter(r.id, cursor, REPLAY_PAGE, REPLAY_PAGE_BYTES)
     if (page.length === 0 || partial.truncated) break
     for (const e of page) {
       cursor = e.seq

@@ -1,7 +1,8 @@
 import type { EventBus, RunStore } from '../store/store.js'
 import type { RunEvent, RunEventType } from './types.js'
 
-const REPLAY_PAGE = 500
+/** Events per replay page. */
+export const REPLAY_PAGE = 500
 /** A replay page holds at most this much data, however big the events. */
 export const REPLAY_PAGE_BYTES = 1024 * 1024
 

@@ -2,7 +2,7 @@ import { test } from 'tap'
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { sha256Hex } from '../../src/auth/keys.js'
-import { fakeModel, readSse, sandbox, serverThatFails, startServer, testEnv } from '../helper.js'
+import { fakeModel, readSse, sandbox, serverThatFails, startServer, testEnv, toolResults } from '../helper.js'
 
 /**
  * Runs as agent identities, attacked the way a prompt injection would: real server process (its
@@ -13,10 +13,6 @@ const skip = root ? false : 'agent identities need root (CI runs as root)'
 
 const KEYS = { alice: 'cca_alice-0123456789abcdefghijklmnopqrstuv', bob: 'cca_bob-0123456789abcdefghijklmnopqrstuvwxy' }
 const SECRETS = { CLAUDE_API_KEY: 'admin-key-never-seen-by-runs', ANTHROPIC_API_KEY: 'sk-ant-operator-secret', WEBHOOK_SECRET: 'webhook-secret-never-seen' }
-
-/** The tool results of a conversation, oldest first, as text (the last call carries the whole history). */
-const toolResults = (calls: Array<{ body: any }>): string[] => (calls.at(-1)?.body.messages as any[] ?? []).flatMap(m =>
-  Array.isArray(m.content) ? m.content.filter((b: any) => b.type === 'tool_result').map((b: any) => typeof b.content === 'string' ? b.content : JSON.stringify(b.content)) : [])
 
 async function isolatedServer (t: Parameters<typeof sandbox>[0]) {
   const box = sandbox(t)

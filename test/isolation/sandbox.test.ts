@@ -3,7 +3,7 @@ import { chmodSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, 
 import { join } from 'node:path'
 import { sha256Hex } from '../../src/auth/keys.js'
 import { findBwrap } from '../../src/isolation/sandbox.js'
-import { eventually, fakeModel, pidsMatching, startServer, testEnv, type Sandbox } from '../helper.js'
+import { eventually, fakeModel, pidsMatching, startServer, testEnv, toolResults, type Sandbox } from '../helper.js'
 
 /** Like the helper's sandbox, but outside /tmp: inside the sandbox /tmp is a private tmpfs, which would hide the very paths under test. */
 function varTmpBox (t: { teardown: (fn: () => unknown) => void }): Sandbox {
@@ -21,12 +21,6 @@ function varTmpBox (t: { teardown: (fn: () => unknown) => void }): Sandbox {
 const skip = process.getuid?.() !== 0 ? 'the sandbox needs root' : findBwrap() === null && process.env.REQUIRE_SANDBOX !== '1' ? 'bubblewrap is not installed (apt-get install bubblewrap)' : false
 
 const KEY = 'cca_alice-0123456789abcdefghijklmnopqrstuv'
-
-const lastToolResult = (calls: Array<{ body: any }>): string => {
-  const results = (calls.at(-1)?.body.messages as any[] ?? []).flatMap(m => Array.isArray(m.content) ? m.content.filter((b: any) => b.type === 'tool_result') : [])
-  const c = results.at(-1)?.content
-  return typeof c === 'string' ? c : JSON.stringify(c ?? '')
-}
 
 test('a sandboxed run sees only itself, none of the server\'s paths, and leaves nothing behind, even detached and env-cleared', { skip }, async t => {
   const box = varTmpBox(t)
@@ -62,7 +56,7 @@ test('a sandboxed run sees only itself, none of the server\'s paths, and leaves 
   const res = await fetch(`${server.base}/api/execute`, { method: 'POST', headers: { 'x-api-key': KEY, 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'try to escape', allowed_tools: ['Bash(sh *)'] }) })
   const result = await res.json() as any
   t.equal(result.status, 'succeeded', result.error)
-  const out = lastToolResult(model.calls)
+  const out = toolResults(model.calls).at(-1) ?? ''
   const section = (name: string): string => (new RegExp(`${name}:\\n?([\\s\\S]*?)\\n[A-Z]+:`).exec(out)?.[1] ?? '').trim()
   t.ok(Number(section('PS')) <= 10, `the run sees only its own few processes (${section('PS')})`)
   t.match(section('ENVIRON'), /No such file|Permission denied/, 'the server\'s process is not even there')
