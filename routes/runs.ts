@@ -38,6 +38,37 @@ async function view (r: RunRecord, runner: Runner): Promise<Run> {
   }
 }
 
+/** In lists, a field whose JSON is larger than this is shortened (strings) or left out. */
+export const LIST_FIELD_BYTES = 2048
+
+/**
+ * A run as lists show it: every `request` and `result` field larger than `LIST_FIELD_BYTES` is
+ * cut (strings) or left out (objects), and named in `abridged`, so a page of a hundred runs stays
+ * small whatever the runs hold. The run's own view has them whole.
+ */
+function abridge (run: Run): Run {
+  const abridged: string[] = []
+  const big = (v: unknown): boolean => v !== undefined && v !== null && JSON.stringify(v).length > LIST_FIELD_BYTES
+  const cut = (v: string): string => v.slice(0, LIST_FIELD_BYTES)
+  const request: Record<string, unknown> = {}
+  for (const [k, v] of Object.entries(run.request)) {
+    if (!big(v)) request[k] = v
+    else {
+      abridged.push(`request.${k}`)
+      if (typeof v === 'string') request[k] = cut(v)
+    }
+  }
+  let result = run.result
+  if (result !== null) {
+    result = { ...result }
+    if (big(result.output)) { result.output = cut(result.output); abridged.push('result.output') }
+    if (result.error !== null && big(result.error)) { result.error = cut(result.error); abridged.push('result.error') }
+    if (big(result.structured_output)) { result.structured_output = null; abridged.push('result.structured_output') }
+    if (big(result.permission_denials)) { result.permission_denials = []; abridged.push('result.permission_denials') }
+  }
+  return { ...run, request, result, abridged }
+}
+
 const EVENTS_DESCRIPTION = `The run's event log as Server-Sent Events: from the start, or after \`Last-Event-ID\` (or
 \`?after=N\`), then live until the terminal \`result\` event, after which the stream ends. Events are
 \`run\`, \`message\`, \`text\` and \`result\`, as on \`/api/execute/stream\`, each with its \`id\`. A client that
@@ -90,7 +121,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['runs'],
       summary: 'List runs',
-      description: 'Newest first, filtered by `status` and `session_id` (keys with `admin` or `runs:read_all` see every key\'s runs and may filter by `key_name`; other keys see only their own), a page at a time (`cursor`).',
+      description: 'Newest first, filtered by `status` and `session_id` (keys with `admin` or `runs:read_all` see every key\'s runs and may filter by `key_name`; other keys see only their own), a page at a time (`cursor`). Fields larger than 2 KiB (a long prompt, an `output_schema`, a long output) are cut short or left out and named in each run\'s `abridged`; `getRun` has them whole.',
       operationId: 'listRuns',
       security,
       querystring: RunListQuerySchema,
@@ -109,7 +140,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
     })
     const more = page.length > limit
     const shown = page.slice(0, limit)
-    return { runs: await Promise.all(shown.map(async r => await view(r, runner))), next_cursor: more ? String(shown.at(-1)!.rowid) : null }
+    return { runs: await Promise.all(shown.map(async r => abridge(await view(r, runner)))), next_cursor: more ? String(shown.at(-1)!.rowid) : null }
   })
 
   fastify.get('/runs/:id', {

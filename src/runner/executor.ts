@@ -23,7 +23,7 @@ const STDERR_TAIL_BYTES = 8 * 1024
 const SHRINK_ABOVE_BYTES = 1024 * 1024
 /** An oversized line is shown to clients as a preview with strings cut to this. */
 const PREVIEW_STRING_BYTES = 64 * 1024
-/** After the CLI exits, how long its output may take to drain before the pipe is given up. */
+/** After the CLI exits, how long its output may stay silent before the pipe is given up. */
 const OUTPUT_GRACE_MS = 2000
 
 /** How the executor runs CLIs: the same for every run. */
@@ -158,9 +158,13 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     contained = new ContainedProcess(child)
     hooks.log.debug({ pid: child.pid, args: o.args }, 'CLI started')
     const c = contained
+    let lastOutputAt = Date.now()
     const stdoutDone = new Promise<void>(resolve => {
       if (child.stdout === null) return resolve()
-      child.stdout.on('data', (chunk: Buffer) => splitter.push(chunk))
+      child.stdout.on('data', (chunk: Buffer) => {
+        lastOutputAt = Date.now()
+        splitter.push(chunk)
+      })
       child.stdout.once('close', () => resolve())
     })
     child.stderr?.on('data', (chunk: Buffer) => {
@@ -172,9 +176,19 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
       child.then(r => ({ exitCode: r.exitCode, failed: r.failed, cause: r.cause, message: r.message, signal: (r.signal as NodeJS.Signals | undefined) ?? null })),
       // The CLI exited: its output is read to the end, but not waited for past a grace, since a
       // process it left behind (detached, without the marker) may hold the pipe open forever.
+      // The grace counts from the last output, so a busy server still reads a long tail whole.
       processExit.then(async ({ code, signal }) => {
         let timer: NodeJS.Timeout | undefined
-        await Promise.race([stdoutDone, new Promise(resolve => { timer = setTimeout(resolve, OUTPUT_GRACE_MS) })])
+        const quiet = new Promise<void>(resolve => {
+          const check = (): void => {
+            const idle = Date.now() - lastOutputAt
+            if (idle >= OUTPUT_GRACE_MS) resolve()
+            else timer = setTimeout(check, OUTPUT_GRACE_MS - idle)
+          }
+          lastOutputAt = Math.max(lastOutputAt, Date.now())
+          check()
+        })
+        await Promise.race([stdoutDone, quiet])
         clearTimeout(timer)
         return { exitCode: code ?? undefined, failed: code !== 0, cause: undefined, message: undefined, signal }
       })

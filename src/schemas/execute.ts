@@ -11,11 +11,6 @@ export interface RequestLimits {
 const ENV_NAME = '^[A-Za-z_][A-Za-z0-9_]{0,255}$'
 /** No NUL: the operating system cannot pass one in an argument or an environment variable. */
 const NO_NUL = '^[^\\u0000]*$'
-/**
- * System prompts travel as command-line arguments, which Linux caps at 128 KiB each: 30,000
- * characters stay under it whatever the characters, so a longer one is refused here, not at spawn.
- */
-export const MAX_SYSTEM_PROMPT_CHARS = 30_000
 
 /** The body of `POST /api/execute` and `/api/execute/stream`; unknown fields are refused. */
 export function executeRequestSchema (limits: RequestLimits) {
@@ -32,8 +27,8 @@ export function executeRequestSchema (limits: RequestLimits) {
       description: 'Extra environment for the run. Names that steer credentials, routing, code loading or the sandbox (`ANTHROPIC_*`, `CLAUDE_*`, `PATH`, `HOME`, `LD_*`, `NODE_*`, `*_PROXY`, …) are refused with 403.'
     })),
     model: Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: NO_NUL, description: 'Claude model (`--model`).' })),
-    system_prompt: Type.Optional(Type.String({ maxLength: Math.min(limits.maxPromptChars, MAX_SYSTEM_PROMPT_CHARS), pattern: NO_NUL, description: 'Replaces the system prompt (`--system-prompt`).' })),
-    append_system_prompt: Type.Optional(Type.String({ maxLength: Math.min(limits.maxPromptChars, MAX_SYSTEM_PROMPT_CHARS), pattern: NO_NUL, description: 'Appended to the system prompt (`--append-system-prompt`).' })),
+    system_prompt: Type.Optional(Type.String({ maxLength: limits.maxPromptChars, pattern: NO_NUL, description: 'Replaces the system prompt. Sent in the CLI\'s initialize message, not as an argument, so it has no argument-size limit.' })),
+    append_system_prompt: Type.Optional(Type.String({ maxLength: limits.maxPromptChars, pattern: NO_NUL, description: 'Appended to the default system prompt (sent like `system_prompt`).' })),
     permission_mode: Type.Optional(Type.Union(PERMISSION_MODES.map(m => Type.Literal(m)), { description: 'Claude Code permission mode; must be one the operator allows (403 otherwise).' })),
     allowed_tools: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 1000 }), { maxItems: 200, description: 'Tool rules to allow, e.g. `"Bash(git *)"`.' })),
     disallowed_tools: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 1000 }), { maxItems: 200, description: 'Tool rules to refuse.' })),

@@ -27,7 +27,8 @@ export const RunSchema = Type.Object({
       error: Type.Union([Type.String(), Type.Null()]),
       duration_ms: Type.Integer()
     }), { description: 'Every delivery attempt, oldest first.' })
-  }), Type.Null()], { description: 'With `webhook_url`: the URL and every delivery attempt.' })
+  }), Type.Null()], { description: 'With `webhook_url`: the URL and every delivery attempt.' }),
+  abridged: Type.Optional(Type.Array(Type.String(), { description: 'In lists only: the fields larger than 2 KiB, cut short (strings) or left out, e.g. `request.output_schema`, `result.output`. `GET /api/runs/{id}` has them whole.' }))
 }, { $id: 'Run', title: 'Run' })
 export type Run = Static<typeof RunSchema>
 

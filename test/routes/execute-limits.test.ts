@@ -10,8 +10,7 @@ test('what cannot reach the CLI is a 400 naming the field, and nothing runs', as
   const cases: Array<[string, Record<string, unknown>, string]> = [
     ['a NUL byte in model', { model: 'claude\u0000x' }, '/model'],
     ['a NUL byte in an env value', { env_vars: { GREETING: 'hi\u0000there' } }, '/env_vars/GREETING'],
-    ['a system prompt past the argument limit', { system_prompt: 'x'.repeat(150_000) }, '/system_prompt'],
-    ['an appended system prompt past the argument limit', { append_system_prompt: 'x'.repeat(40_000) }, '/append_system_prompt'],
+    ['a system prompt past MAX_PROMPT_CHARS', { system_prompt: 'x'.repeat(200_001) }, '/system_prompt'],
     ['an env var name of 300 characters', { env_vars: { ['N'.repeat(300)]: '1' } }, '/env_vars/'],
     ['384 KiB of env values', { env_vars: big }, '/env_vars'],
     ['an output_schema of 1 MB', { output_schema: { type: 'object', description: 'd'.repeat(1_000_000) } }, '/output_schema']
@@ -29,4 +28,17 @@ test('what cannot reach the CLI is a 400 naming the field, and nothing runs', as
   t.notOk(model.calls.some(c => c.prompt.startsWith('limits:')), 'none of them ran')
   const runs = (await app.inject({ url: '/api/runs', headers: auth })).json()
   t.same(runs.runs, [], 'none was recorded')
+})
+
+test('a 150,000-character system prompt reaches the model whole (it never travels as an argument)', async t => {
+  const { app, model } = await build(t)
+  const system = 'Rule: ' + 'be brief. '.repeat(15_000)
+  const appended = 'Also: ' + 'cite sources. '.repeat(3_000)
+  const res = await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'long system prompt', system_prompt: system } })
+  t.equal(res.json().status, 'succeeded', res.json().error ?? '')
+  const sent = (call: { body: any }): string => JSON.stringify(call.body.system)
+  t.ok(sent(model.calls.find(c => c.prompt === 'long system prompt')!).includes(system.slice(-2000)), 'the model got all of it')
+  const res2 = await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'long appended prompt', append_system_prompt: appended } })
+  t.equal(res2.json().status, 'succeeded', res2.json().error ?? '')
+  t.ok(sent(model.calls.find(c => c.prompt === 'long appended prompt')!).includes(appended.slice(-2000)), 'the appended part whole')
 })

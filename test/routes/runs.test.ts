@@ -196,3 +196,24 @@ test('leaving a run\'s event stream does not cancel it', async t => {
   t.equal(done.status, 'succeeded')
   t.equal(done.result.output, 'b')
 })
+
+test('lists abridge large fields; the run view keeps them whole', async t => {
+  const { app } = await build(t)
+  const prompt = 'abridge me ' + 'p'.repeat(10_000)
+  const schema = { type: 'object', description: 'd'.repeat(60_000), properties: { a: { type: 'string' } } }
+  const created = await app.inject({ method: 'POST', url: '/api/runs', headers: auth, payload: { prompt, output_schema: schema, model: 'claude-small' } })
+  t.equal(created.statusCode, 202)
+  const id = created.json().id
+  const list = await app.inject({ url: '/api/runs', headers: auth })
+  const item = list.json().runs.find((r: any) => r.id === id)
+  t.ok(list.body.length < 16 * 1024, `the page is small (${list.body.length} bytes)`)
+  t.same(item.abridged.sort(), ['request.output_schema', 'request.prompt'])
+  t.equal(item.request.prompt, prompt.slice(0, 2048), 'a long prompt is cut short')
+  t.notOk('output_schema' in item.request, 'a large object is left out')
+  t.equal(item.request.model, 'claude-small', 'small fields stay')
+  const one = (await app.inject({ url: `/api/runs/${id}`, headers: auth })).json()
+  t.equal(one.request.prompt, prompt, 'the run view has the prompt whole')
+  t.same(one.request.output_schema, schema, 'and the schema')
+  t.notOk('abridged' in one)
+  await app.inject({ method: 'POST', url: `/api/runs/${id}/cancel`, headers: auth })
+})
