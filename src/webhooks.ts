@@ -1,6 +1,6 @@
 import { createHmac, randomUUID } from 'node:crypto'
 import type { RunResult } from './runner/types.js'
-import type { RunStore } from './store/store.js'
+import type { PendingWebhook, RunStore } from './store/store.js'
 import { capUtf8 } from './runner/result.js'
 
 export interface WebhookOptions {
@@ -26,7 +26,9 @@ const retryable = (status: number | null): boolean => status === null || status 
  * attempt is recorded on the run.
  */
 export class WebhookSender {
-  private readonly pending = new Set<NodeJS.Timeout>()
+  private readonly timers = new Map<string, NodeJS.Timeout>()
+  /** Runs whose webhook is scheduled or being sent by this process. */
+  private readonly active = new Set<string>()
   private closed = false
 
   constructor (
@@ -35,14 +37,16 @@ export class WebhookSender {
     private readonly log: { warn: (o: object, m: string) => void, info: (o: object, m: string) => void }
   ) {}
 
-  /** Start delivering (returns at once; retries happen in the background). */
+  /**
+   * Start delivering (returns at once; retries happen in the background). The webhook is in the
+   * store before the first attempt, so a restart resumes it.
+   */
   deliver (url: string, runId: string, keyName: string | null, result: RunResult): void {
     const { text: output, truncated } = capUtf8(result.output, 64 * 1024)
-    const timestamp = new Date().toISOString()
     const body = JSON.stringify({
       event: 'run.finished',
       delivery_id: randomUUID(),
-      timestamp,
+      timestamp: new Date().toISOString(),
       run: {
         id: runId,
         key_name: keyName,
@@ -61,6 +65,51 @@ export class WebhookSender {
         url: `/api/runs/${runId}`
       }
     })
+    const w: PendingWebhook = { runId, url, body, attempt: 1, dueAt: Date.now() }
+    this.active.add(runId)
+    void this.save(w).then(async () => await this.attempt(w))
+  }
+
+  /** Resume the webhooks a previous process left pending, each at its scheduled time. */
+  async resume (): Promise<number> {
+    const pending = (await this.store.pendingWebhooks()).filter(w => !this.active.has(w.runId))
+    for (const w of pending) this.schedule(w)
+    if (pending.length > 0) this.log.info({ webhooks: pending.length }, 'resuming pending webhooks')
+    return pending.length
+  }
+
+  /** Stop retrying (deliveries under way finish; none are scheduled anew). Pending ones stay stored. */
+  close (): void {
+    this.closed = true
+    for (const t of this.timers.values()) clearTimeout(t)
+    this.timers.clear()
+  }
+
+  private schedule (w: PendingWebhook): void {
+    if (this.closed) return
+    this.active.add(w.runId)
+    const timer = setTimeout(() => {
+      this.timers.delete(w.runId)
+      void this.attempt(w)
+    }, Math.max(0, w.dueAt - Date.now()))
+    timer.unref()
+    this.timers.set(w.runId, timer)
+  }
+
+  /** Store the webhook's state; a store that cannot write (full disk) only costs durability. */
+  private async save (w: PendingWebhook | { done: string }): Promise<void> {
+    try {
+      if ('done' in w) await this.store.webhookDone(w.done)
+      else await this.store.queueWebhook(w)
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'could not record a webhook\'s schedule')
+    }
+  }
+
+  private async attempt (w: PendingWebhook): Promise<void> {
+    if (this.closed) return
+    const { runId, url, body, attempt } = w
+    const timestamp = (JSON.parse(body) as { timestamp: string }).timestamp
     const headers = {
       'content-type': 'application/json',
       'user-agent': 'claude-code-api-webhook',
@@ -68,18 +117,6 @@ export class WebhookSender {
       'x-webhook-timestamp': String(Math.floor(Date.parse(timestamp) / 1000)),
       'x-webhook-event': 'run.finished'
     }
-    void this.attempt(url, runId, body, headers, 1)
-  }
-
-  /** Stop retrying (deliveries under way finish; none are scheduled anew). */
-  close (): void {
-    this.closed = true
-    for (const t of this.pending) clearTimeout(t)
-    this.pending.clear()
-  }
-
-  private async attempt (url: string, runId: string, body: string, headers: Record<string, string>, attempt: number): Promise<void> {
-    if (this.closed) return
     const started = Date.now()
     let status: number | null = null
     let error: string | null = null
@@ -95,23 +132,20 @@ export class WebhookSender {
     try {
       await this.store.recordDelivery(runId, delivery)
     } catch {
-      // The store is closed (shutdown): the attempt happened all the same.
+      // The store is closed (shutdown) or full: the attempt happened all the same.
     }
-    if (error === null) {
-      this.log.info({ run_id: runId, attempt, status }, 'webhook delivered')
-      return
-    }
-    if (!retryable(status) || attempt >= this.opts.maxAttempts || this.closed) {
-      this.log.warn({ run_id: runId, attempt, status, error }, 'webhook not delivered; giving up')
+    if (error === null || !retryable(status) || attempt >= this.opts.maxAttempts) {
+      if (error === null) this.log.info({ run_id: runId, attempt, status }, 'webhook delivered')
+      else this.log.warn({ run_id: runId, attempt, status, error }, 'webhook not delivered; giving up')
+      await this.save({ done: runId })
+      this.active.delete(runId)
       return
     }
     const delay = Math.min(300_000, this.opts.backoffMs * 2 ** (attempt - 1))
     this.log.warn({ run_id: runId, attempt, status, error, retry_in_ms: delay }, 'webhook not delivered; will retry')
-    const timer = setTimeout(() => {
-      this.pending.delete(timer)
-      void this.attempt(url, runId, body, headers, attempt + 1)
-    }, delay)
-    timer.unref()
-    this.pending.add(timer)
+    const next = { ...w, attempt: attempt + 1, dueAt: Date.now() + delay }
+    // Stored before it is scheduled: a restart from here on resumes at the same time.
+    await this.save(next)
+    this.schedule(next)
   }
 }

@@ -141,3 +141,43 @@ test('a run interrupted by kill -9 still gets its run.finished webhook after the
   t.equal(body.run.status, 'interrupted', 'saying the run was interrupted')
   t.ok(await eventually(() => pidsMatching('sleep 3608').length === 0, 10_000))
 })
+
+test('a webhook retry schedule survives kill -9: the next attempt comes from the restarted server, same body', async t => {
+  const box = sandbox(t)
+  const model = await fakeModel(t)
+  const received: Array<{ at: number, body: string }> = []
+  const answers = [503]
+  const hook = createServer((req, res) => {
+    let body = ''
+    req.on('data', (c: Buffer) => { body += c.toString() })
+    req.on('end', () => { received.push({ at: Date.now(), body }); res.writeHead(answers.shift() ?? 200).end('ok') })
+  })
+  await new Promise<void>(resolve => hook.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { hook.closeAllConnections(); hook.close() })
+  const hookHost = `127.0.0.1:${(hook.address() as AddressInfo).port}`
+  model.on('retry my webhook', [{ text: 'Done.' }])
+  // The first retry is due 4 s after the first attempt: long enough to kill the server first.
+  const env = testEnv(box, model, { WEBHOOK_ALLOWED_HOSTS: hookHost, WEBHOOK_SECRET: 'whsec-test-0123456789', WEBHOOK_BACKOFF_MS: '4000' })
+  const one = await startServer(t, env)
+  const result = await (await post(one.base, '/api/execute', { prompt: 'retry my webhook', webhook_url: `http://${hookHost}/hook` })).json() as any
+  t.equal(result.status, 'succeeded')
+  t.ok(await eventually(() => received.length === 1, 10_000), 'the first attempt arrived (and got a 503)')
+  await new Promise(resolve => setTimeout(resolve, 300))
+  one.child.kill('SIGKILL')
+  await one.exited
+  t.equal(received.length, 1, 'no second attempt before the crash')
+  const two = await startServer(t, env)
+  t.ok(await eventually(() => received.length >= 2, 15_000), 'the retry came after the restart')
+  t.equal(received[1]!.body, received[0]!.body, 'the same body (same delivery_id)')
+  t.ok(received[1]!.at - received[0]!.at >= 3500, `at its scheduled time (${received[1]!.at - received[0]!.at} ms after the first)`)
+  await new Promise(resolve => setTimeout(resolve, 500))
+  t.equal(received.length, 2, 'delivered once 200, no more')
+  let webhook: any
+  t.ok(await eventually(async () => {
+    webhook = (await (await fetch(`${two.base}/api/runs/${result.run_id}`, { headers: auth })).json() as any).webhook
+    return webhook.deliveries.length === 2
+  }), 'both attempts are recorded on the run')
+  t.same(webhook.deliveries.map((d: any) => d.status_code), [503, 200])
+  two.child.kill('SIGTERM')
+  await two.exited
+})

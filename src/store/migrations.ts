@@ -53,5 +53,16 @@ export const MIGRATIONS: readonly string[] = [
   -- recovery takes only what it owned, or what nobody renewed.
   ALTER TABLE runs ADD COLUMN owner TEXT;
   ALTER TABLE runs ADD COLUMN lease_until INTEGER;
+  `,
+  `
+  -- Webhooks still to be sent: the signed body and when the next attempt is due, so a restart
+  -- resumes the schedule. A row goes once the webhook is delivered or given up.
+  CREATE TABLE webhook_outbox (
+    run_id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    body TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    due_at INTEGER NOT NULL
+  ) WITHOUT ROWID;
   `
 ]

@@ -3,7 +3,7 @@ import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import type { RunResult, RunStatus } from '../runner/types.js'
 import { MIGRATIONS } from './migrations.js'
-import { MAX_UNFLUSHED_EVENTS, type NewRun, type RunFilter, type RunRecord, type RunStore, type StoredEvent, type WebhookDelivery } from './store.js'
+import { MAX_UNFLUSHED_EVENTS, type NewRun, type PendingWebhook, type RunFilter, type RunRecord, type RunStore, type StoredEvent, type WebhookDelivery } from './store.js'
 
 export type { RunRecord, StoredEvent, WebhookDelivery } from './store.js'
 
@@ -122,7 +122,10 @@ export class SqliteRunStore implements RunStore {
       deleteDeliveries: db.prepare('DELETE FROM webhook_deliveries WHERE run_id = ?'),
       delivery: db.prepare('INSERT OR REPLACE INTO webhook_deliveries (run_id, attempt, attempted_at, url, status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?)'),
       deliveries: db.prepare('SELECT attempt, attempted_at, url, status_code, error, duration_ms FROM webhook_deliveries WHERE run_id = ? ORDER BY attempt'),
-      deleteEvents: db.prepare('DELETE FROM events WHERE run_id = ?')
+      deleteEvents: db.prepare('DELETE FROM events WHERE run_id = ?'),
+      queueWebhook: db.prepare('INSERT OR REPLACE INTO webhook_outbox (run_id, url, body, attempt, due_at) VALUES (?, ?, ?, ?, ?)'),
+      webhookDone: db.prepare('DELETE FROM webhook_outbox WHERE run_id = ?'),
+      pendingWebhooks: db.prepare('SELECT run_id, url, body, attempt, due_at FROM webhook_outbox ORDER BY due_at')
     }
   }
 
@@ -303,6 +306,7 @@ export class SqliteRunStore implements RunStore {
       for (const id of ids) {
         this.stmts.deleteEvents.run(id)
         this.stmts.deleteDeliveries.run(id)
+        this.stmts.webhookDone.run(id)
         this.stmts.deleteRun.run(id)
       }
     })()
@@ -326,6 +330,19 @@ export class SqliteRunStore implements RunStore {
   async deliveries (runId: string): Promise<WebhookDelivery[]> {
     return (this.stmts.deliveries.all(runId) as Array<{ attempt: number, attempted_at: number, url: string, status_code: number | null, error: string | null, duration_ms: number }>)
       .map(r => ({ attempt: r.attempt, attemptedAt: r.attempted_at, url: r.url, statusCode: r.status_code, error: r.error, durationMs: r.duration_ms }))
+  }
+
+  async queueWebhook (w: PendingWebhook): Promise<void> {
+    this.stmts.queueWebhook.run(w.runId, w.url, w.body, w.attempt, w.dueAt)
+  }
+
+  async webhookDone (runId: string): Promise<void> {
+    this.stmts.webhookDone.run(runId)
+  }
+
+  async pendingWebhooks (): Promise<PendingWebhook[]> {
+    return (this.stmts.pendingWebhooks.all() as Array<{ run_id: string, url: string, body: string, attempt: number, due_at: number }>)
+      .map(r => ({ runId: r.run_id, url: r.url, body: r.body, attempt: r.attempt, dueAt: r.due_at }))
   }
 
   async close (): Promise<void> {

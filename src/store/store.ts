@@ -67,6 +67,12 @@ export interface RunStore {
 
   recordDelivery: (runId: string, d: WebhookDelivery) => Promise<void>
   deliveries: (runId: string) => Promise<WebhookDelivery[]>
+  /** Record (or move) a run's pending webhook: its next attempt and when it is due. */
+  queueWebhook: (w: PendingWebhook) => Promise<void>
+  /** The run's webhook was delivered or given up: it is no longer pending. */
+  webhookDone: (runId: string) => Promise<void>
+  /** Every pending webhook, soonest first (to resume after a restart). */
+  pendingWebhooks: () => Promise<PendingWebhook[]>
 
   /** Flush and let go. */
   close: () => Promise<void>
@@ -101,6 +107,16 @@ export interface WebhookDelivery {
   statusCode: number | null
   error: string | null
   durationMs: number
+}
+
+/** A webhook still to be sent: the exact body (signed when sent) and its next attempt. */
+export interface PendingWebhook {
+  runId: string
+  url: string
+  body: string
+  /** The number of the next attempt (1 for the first). */
+  attempt: number
+  dueAt: number
 }
 
 export interface RunFilter {

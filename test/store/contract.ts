@@ -1,6 +1,6 @@
 import { test, type Test } from 'tap'
 import type { RunRequest, RunResult, RunSpec, RunStatus } from '../../src/runner/types.js'
-import type { NewRun, RunRecord, RunStore, StoredEvent, WebhookDelivery } from '../../src/store/store.js'
+import type { NewRun, PendingWebhook, RunRecord, RunStore, StoredEvent, WebhookDelivery } from '../../src/store/store.js'
 
 /**
  * The contract every `RunStore` backend passes: the rules of `src/store/store.ts`, checked through
@@ -624,6 +624,26 @@ export function runStoreContract (name: string, open: OpenStore): void {
     t.strictSame(await store.deliveries('run-2'), [other], 'each run its own')
     t.strictSame(await store.deliveries('run-3'), [])
     t.strictSame(await (await reopen()).deliveries('run-1'), [d1, d2, d3], 'stored')
+  })
+
+  test(`${name}: pending webhooks are stored, moved, resumed soonest first, and gone once done or pruned`, async t => {
+    const { store, reopen } = await open(t)
+    await addRun(store, 'run-1', { status: 'succeeded', endedAt: T0 })
+    await addRun(store, 'run-2', { status: 'failed', endedAt: T0 })
+    const w1: PendingWebhook = { runId: 'run-1', url: 'https://hooks.example/a', body: '{"event":"run.finished","n":1}', attempt: 1, dueAt: T0 + 100 }
+    const w2: PendingWebhook = { runId: 'run-2', url: 'https://hooks.example/b', body: '{"event":"run.finished","n":2}', attempt: 1, dueAt: T0 + 50 }
+    await store.queueWebhook(w1)
+    await store.queueWebhook(w2)
+    t.strictSame(await store.pendingWebhooks(), [w2, w1], 'soonest first')
+    const moved = { ...w1, attempt: 2, dueAt: T0 + 10 }
+    await store.queueWebhook(moved)
+    t.strictSame(await store.pendingWebhooks(), [moved, w2], 'a retry replaces the run\'s entry')
+    const again = await reopen()
+    t.strictSame(await again.pendingWebhooks(), [moved, w2], 'stored')
+    await again.webhookDone('run-2')
+    t.strictSame(await again.pendingWebhooks(), [moved], 'done: gone')
+    await again.prune({ maxAgeMs: 0, maxRuns: 0, now: T0 + 1_000_000 })
+    t.strictSame(await again.pendingWebhooks(), [], 'a pruned run\'s webhook goes with it')
   })
 
   test(`${name}: close, then a store reopened on the same data has everything`, async t => {
