@@ -1,4 +1,5 @@
-import type { FastifyPluginAsync, FastifyServerOptions } from 'fastify'
+import type { FastifyHttpOptions, FastifyInstance, FastifyPluginAsync } from 'fastify'
+import type { Server } from 'node:http'
 import type { Environment, TrustProxy } from './config.js'
 import configPlugin from '../plugins/config.js'
 import problemPlugin from '../plugins/problem.js'
@@ -21,7 +22,8 @@ export interface AppOptions extends AuthPluginOptions {
 }
 
 /** Fastify options the app expects from whoever builds the instance (server or test). */
-export function serverOptions (logLevel: string, trustProxy: TrustProxy = false): FastifyServerOptions {
+export function serverOptions (logLevel: string, trustProxy: TrustProxy = false, requestTimeoutS = 30): FastifyHttpOptions<Server> {
+  const requestTimeout = requestTimeoutS * 1000
   return {
     // Behind Nginx: believe X-Forwarded-For from the configured proxies, so logs show the client.
     trustProxy,
@@ -31,14 +33,33 @@ export function serverOptions (logLevel: string, trustProxy: TrustProxy = false)
     },
     // Only we decide the body limit per route; this is the ceiling for anything else.
     bodyLimit: 1024 * 1024,
-    // A request (headers and body) must arrive within 30 s: a client trickling a body cannot hold a
-    // connection (and a file descriptor) for minutes. Responses (streams) are not limited by it.
-    requestTimeout: 30_000,
+    // A request (headers and body) must arrive within REQUEST_TIMEOUT_S (30 s), its headers within
+    // 15 s: a client trickling them cannot hold a connection (and a file descriptor) for minutes.
+    // Responses (streams) are not limited by it. Checked every second (Node's default: 30 s).
+    requestTimeout,
+    http: { headersTimeout: Math.min(15_000, requestTimeout), connectionsCheckingInterval: 1000 },
     // While draining, our own handlers answer: 503 problem+json for new runs, health says so,
     // and the runs API still reads.
     return503OnClosing: false,
     ajv: { customOptions: { removeAdditional: false } }
   }
+}
+
+/**
+ * At most MAX_CONNECTIONS connections at once: the next are closed as they arrive (and logged, at
+ * most every 10 s), so a flood of clients cannot take the descriptors that runs and the store need.
+ */
+function limitConnections (fastify: FastifyInstance): void {
+  fastify.server.maxConnections = fastify.config.maxConnections
+  let lastWarned = 0
+  let dropped = 0
+  fastify.server.on('drop', () => {
+    dropped++
+    if (Date.now() - lastWarned < 10_000) return
+    lastWarned = Date.now()
+    fastify.log.warn({ max_connections: fastify.config.maxConnections, dropped }, 'connection limit reached: new connections are closed')
+    dropped = 0
+  })
 }
 
 /**
@@ -48,6 +69,8 @@ export function serverOptions (logLevel: string, trustProxy: TrustProxy = false)
  */
 const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(configPlugin, { env: opts.env, ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}) })
+
+  limitConnections(fastify)
 
   await fastify.register(problemPlugin)
   await fastify.register(docsPlugin)

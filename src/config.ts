@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { existsSync, mkdirSync, realpathSync, statSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, realpathSync, statSync } from 'node:fs'
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path'
 import { PACKAGE_ROOT } from './package-info.js'
 
@@ -40,6 +40,9 @@ export const ConfigSchema = Type.Object({
   PASS_ENV: Type.String({ default: '' }),
   KILL_GRACE_MS: Type.Integer({ default: 3000, minimum: 0 }),
   SSE_KEEPALIVE_MS: Type.Integer({ default: 15_000, minimum: 100 }),
+  REQUEST_TIMEOUT_S: Type.Integer({ default: 30, minimum: 1, maximum: 3600 }),
+  // 0: derived from the open-file limit (three quarters of it, less 64 for runs and the store).
+  MAX_CONNECTIONS: Type.Integer({ default: 0, minimum: 0 }),
   CLI_PROBE_INTERVAL_S: Type.Integer({ default: 60, minimum: 1 }),
   SHUTDOWN_GRACE_S: Type.Integer({ default: 25, minimum: 0 }),
   RUN_RETENTION_DAYS: Type.Number({ default: 30, exclusiveMinimum: 0 }),
@@ -87,6 +90,7 @@ export interface Settings {
   passEnv: string[]
   killGraceMs: number
   sseKeepAliveMs: number
+  maxConnections: number
   cliProbeIntervalS: number
   shutdownGraceS: number
   retentionDays: number
@@ -282,6 +286,7 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     passEnv: list(raw.PASS_ENV),
     killGraceMs: raw.KILL_GRACE_MS,
     sseKeepAliveMs: raw.SSE_KEEPALIVE_MS,
+    maxConnections: raw.MAX_CONNECTIONS > 0 ? raw.MAX_CONNECTIONS : defaultMaxConnections(openFileLimit()),
     cliProbeIntervalS: raw.CLI_PROBE_INTERVAL_S,
     shutdownGraceS: raw.SHUTDOWN_GRACE_S,
     retentionDays: raw.RUN_RETENTION_DAYS,
@@ -298,4 +303,22 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     agentsDir: resolve(cwd, raw.AGENTS_DIR),
     serverEnv
   }
+}
+
+/** The process's soft limit on open files (from /proc; 1024 where it cannot be read). */
+export function openFileLimit (): number {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'))
+    if (m !== null) return m[1] === 'unlimited' ? 1_048_576 : Number(m[1])
+  } catch {}
+  return 1024
+}
+
+/**
+ * Connections the server accepts at once: three quarters of the open-file limit, less 64 kept for
+ * runs' pipes and the store, so a flood of clients is refused before the process runs out of
+ * descriptors (at 1024: 704). At most 16,384.
+ */
+export function defaultMaxConnections (fileLimit: number): number {
+  return Math.min(16_384, Math.max(16, Math.floor(fileLimit * 0.75) - 64))
 }

@@ -31,11 +31,15 @@ const readListenSettings = (): RawConfig => {
 }
 const listen = readListenSettings()
 
-const server = Fastify(serverOptions(listen.LOG_LEVEL, parseTrustProxy(listen.TRUST_PROXY)))
+const server = Fastify(serverOptions(listen.LOG_LEVEL, parseTrustProxy(listen.TRUST_PROXY), listen.REQUEST_TIMEOUT_S))
 server.register(app, { env })
 
+// A promise nobody awaited that failed is a bug in one request's path: it is logged loudly, and
+// the server, and every other run, goes on (an uncaught exception still shuts down).
+process.on('unhandledRejection', (err) => { server.log.error({ err }, 'unhandled rejection (a bug: please report it)') })
+
 // Time for the drain (SHUTDOWN_GRACE_S) plus killing what is left; a second signal exits at once.
-closeWithGrace({ delay: (listen.SHUTDOWN_GRACE_S + 15) * 1000 }, async ({ signal, err }) => {
+closeWithGrace({ delay: (listen.SHUTDOWN_GRACE_S + 15) * 1000, skip: ['unhandledRejection'] }, async ({ signal, err }) => {
   if (err !== undefined) server.log.error({ err }, 'shutting down after an error')
   else server.log.info({ signal }, 'shutting down')
   await server.close()

@@ -179,9 +179,14 @@ const TSX = import.meta.resolve('tsx')
 /** Spawn `src/server.ts` as `npm start` would, from `cwd` (default: the repository). */
 function spawnServer (env: Record<string, string>, cwd = ROOT): ChildProcessWithoutNullStreams {
   // RUN_AS_UID: start the server itself unprivileged (a test of a server without root).
-  const { RUN_AS_UID: uid, ...rest } = env
+  // NOFILE: start it with that open-file limit (a test of running out of descriptors).
+  const { RUN_AS_UID: uid, NOFILE: nofile, ...rest } = env
   env = rest
-  return spawn(process.execPath, [`--import=${TSX}`, join(ROOT, 'src', 'server.ts')], {
+  const argv = [`--import=${TSX}`, join(ROOT, 'src', 'server.ts')]
+  const [command, args] = nofile === undefined
+    ? [process.execPath, argv]
+    : ['/bin/sh', ['-c', `ulimit -n ${Number(nofile)} && exec "$0" "$@"`, process.execPath, ...argv]]
+  return spawn(command, args, {
     cwd,
     ...(uid !== undefined ? { uid: Number(uid), gid: Number(uid) } : {}),
     env: { HOST: '127.0.0.1', PORT: '0', ...env, LOG_LEVEL: env.LOG_LEVEL === undefined || env.LOG_LEVEL === 'silent' ? 'info' : env.LOG_LEVEL },

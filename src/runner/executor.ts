@@ -243,7 +243,8 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
   if (partial.truncated && typeof out.resultLine?.result !== 'string') out.resultShrunk = true
   // The CLI is gone; whatever its tools left behind (background tasks, daemons) goes too.
   const report = await (killing ?? killRunTree({ rootPid: undefined, markerName: RUN_MARKER_VAR, markerValue: marker, graceMs: 0, rootExited: Promise.resolve() }))
-  if (report.survivors.length > 0) hooks.log.error({ survivors: report.survivors }, 'processes of the run survived SIGKILL')
+  if (report.error !== undefined) hooks.log.error({ error: report.error }, 'could not verify that the run\'s processes are gone')
+  else if (report.survivors.length > 0) hooks.log.error({ survivors: report.survivors }, 'processes of the run survived SIGKILL')
   else if (report.killed > 0) hooks.log.info({ killed: report.killed }, 'ended the run\'s remaining processes')
   return out
 }

@@ -92,6 +92,8 @@ export interface KillReport {
   killed: number
   /** Processes still alive at the end (should be 0; logged loudly otherwise). */
   survivors: number[]
+  /** Set when the last sweep could not read /proc (its survivors are then unknown). */
+  error?: string
 }
 
 /**
@@ -113,8 +115,17 @@ export async function killRunTree (opts: {
   // Once reaped, the root's pid (and group id) may be reused by a stranger: stop using them.
   const root = (): number | undefined => exited ? undefined : opts.rootPid
   const seen = new Set<number>()
-  const sweep = (): number[] => {
-    const pids = findRunProcesses(markerName, markerValue, root())
+  let unreadable: Error | undefined
+  /** The run's processes; null when /proc cannot be read just now (EMFILE: out of descriptors). */
+  const sweep = (): number[] | null => {
+    let pids: number[]
+    try {
+      pids = findRunProcesses(markerName, markerValue, root())
+    } catch (err) {
+      unreadable = err as Error
+      return null
+    }
+    unreadable = undefined
     for (const p of pids) seen.add(p)
     return pids
   }
@@ -127,7 +138,7 @@ export async function killRunTree (opts: {
       signal([rootPid], 'SIGTERM')
     }
   }
-  signal(sweep(), 'SIGTERM')
+  signal(sweep() ?? [], 'SIGTERM')
 
   if (opts.graceMs > 0) {
     let timer: NodeJS.Timeout | undefined
@@ -148,10 +159,16 @@ export async function killRunTree (opts: {
         // The group is gone.
       }
     }
-    survivors = sweep()
+    const found = sweep()
+    if (found === null) {
+      // Try again shortly: descriptors free up as connections close.
+      await sleep(100)
+      continue
+    }
+    survivors = found
     if (survivors.length === 0) break
     signal(survivors, 'SIGKILL')
     await sleep(round < 10 ? 10 : 50)
   }
-  return { killed: seen.size, survivors }
+  return { killed: seen.size, survivors, ...(unreadable !== undefined ? { error: `could not read /proc: ${unreadable.message}` } : {}) }
 }
