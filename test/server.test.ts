@@ -181,3 +181,43 @@ test('a webhook retry schedule survives kill -9: the next attempt comes from the
   two.child.kill('SIGTERM')
   await two.exited
 })
+
+test('kill -9 mid-stream: every event a client received is in the log after the restart, and reconnecting with its last id gets the rest and the result', async t => {
+  const box = sandbox(t)
+  const model = await fakeModel(t)
+  const words = Array.from({ length: 400 }, (_, i) => `t${i} `)
+  model.on('chatty then crash', [{ text: words, deltas: true, gapMs: 5 }])
+  const env = testEnv(box, model)
+  const one = await startServer(t, env)
+  const run = await (await post(one.base, '/api/runs', { prompt: 'chatty then crash', include_partial_messages: true })).json() as any
+  // Follow live; kill the server the moment the 60th event arrives.
+  const seen: Array<{ id: number, event: string, data: string }> = []
+  const stream = await fetch(`${one.base}/api/runs/${run.id}/events`, { headers: auth })
+  await readSse(stream, e => {
+    seen.push(e)
+    if (seen.length === 60) one.child.kill('SIGKILL')
+  }).catch(() => null)
+  await one.exited
+  t.ok(seen.length >= 60, `the client saw ${seen.length} events before the crash`)
+
+  const two = await startServer(t, env)
+  let ended = false
+  t.ok(await eventually(async () => {
+    const r = await (await fetch(`${two.base}/api/runs/${run.id}`, { headers: auth })).json() as any
+    ended = r.status !== 'running'
+    return ended
+  }, 15_000), 'recovery ended the run')
+  const log = (await readSse(await fetch(`${two.base}/api/runs/${run.id}/events`, { headers: auth }))).events
+  const byId = new Map(log.map(e => [e.id, e]))
+  const missing = seen.filter(e => byId.get(e.id)?.data !== e.data)
+  t.same(missing.map(e => e.id), [], 'every event the client received is in the log, under the same id')
+  t.equal(new Set(log.map(e => e.id)).size, log.length, 'no id twice')
+
+  const last = seen.at(-1)!.id
+  const rest = (await readSse(await fetch(`${two.base}/api/runs/${run.id}/events`, { headers: { ...auth, 'last-event-id': String(last) } }))).events
+  t.ok(rest.length > 0 && rest.every(e => e.id > last), 'reconnecting with the last id seen: only later events')
+  t.equal(rest.at(-1)?.event, 'result', 'ending with the result')
+  t.equal(JSON.parse(rest.at(-1)!.data).status, 'interrupted')
+  two.child.kill('SIGTERM')
+  await two.exited
+})

@@ -20,14 +20,39 @@ export interface Follower {
  * every event after a given id exactly once, from the store and then live.
  */
 export class RunLog {
+  /** Appended this tick, to publish once committed. */
+  private unpublished: Array<{ runId: string, event: RunEvent }> = []
+  /** The commits under way, in order (a store may commit asynchronously). */
+  private committing: Promise<void> = Promise.resolve()
+
   constructor (private readonly store: RunStore, private readonly bus: EventBus) {}
 
-  /** Append an event with the next `seq` (the caller counts) and publish it to live followers. */
+  /**
+   * Append an event with the next `seq` (the caller counts). Live followers get it once it is
+   * committed: the appends of one tick are written in one transaction, then published, so an
+   * event any client has received survives a crash of the process (`kill -9`). Where the store
+   * cannot write (a full disk), events are published all the same and written once it can.
+   */
   append (runId: string, seq: number, type: RunEventType, data: string): RunEvent {
     const event: RunEvent = { seq, type, data }
     this.store.appendEvent(runId, seq, type, data)
-    this.bus.publish(runId, event)
+    if (this.unpublished.push({ runId, event }) === 1) setImmediate(this.commit)
     return event
+  }
+
+  private readonly commit = (): void => {
+    const batch = this.unpublished
+    this.unpublished = []
+    this.committing = this.committing
+      .then(async () => await this.store.flush())
+      .catch(() => { /* kept by the store for its next write; followers need not wait for it */ })
+      .then(() => { for (const { runId, event } of batch) this.bus.publish(runId, event) })
+  }
+
+  /** Resolves once every event appended so far is committed (or given to the store to keep) and published. */
+  async settled (): Promise<void> {
+    if (this.unpublished.length > 0) this.commit()
+    await this.committing
   }
 
   /**
