@@ -156,7 +156,7 @@ async function row2 (): Promise<void> {
     budget: '≤ 2 ms added at p99',
     pass: added <= 2 && viaServer.length === lines,
     smoke_pass: added <= 20 && viaServer.length === lines,
-    details: { lines_received: viaServer.length, lines_direct: direct.length }
+    details: { lines_received: viaServer.length, lines_direct: direct.length, worst: viaServer.map((d, i) => [i, round(d)]).sort((a, b) => b[1]! - a[1]!).slice(0, 15) }
   })
 }
 

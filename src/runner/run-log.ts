@@ -29,14 +29,15 @@ export class RunLog {
 
   /**
    * Append an event with the next `seq` (the caller counts). Live followers get it once it is
-   * committed: the appends of one tick are written in one transaction, then published, so an
+   * committed: the appends made in one go (a chunk of CLI output) are written in one transaction
+   * right after it, then published, so an
    * event any client has received survives a crash of the process (`kill -9`). Where the store
    * cannot write (a full disk), events are published all the same and written once it can.
    */
   append (runId: string, seq: number, type: RunEventType, data: string): RunEvent {
     const event: RunEvent = { seq, type, data }
     this.store.appendEvent(runId, seq, type, data)
-    if (this.unpublished.push({ runId, event }) === 1) setImmediate(this.commit)
+    if (this.unpublished.push({ runId, event }) === 1) queueMicrotask(this.commit)
     return event
   }
 

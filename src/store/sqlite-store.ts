@@ -2,6 +2,7 @@ import Database from 'better-sqlite3'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import type { RunResult, RunStatus } from '../runner/types.js'
+import { Checkpointer } from './checkpointer.js'
 import { MIGRATIONS } from './migrations.js'
 import { MAX_UNFLUSHED_EVENTS, type NewRun, type PendingWebhook, type RunFilter, type RunRecord, type RunStore, type StoredEvent, type WebhookDelivery } from './store.js'
 
@@ -75,6 +76,7 @@ export class SqliteRunStore implements RunStore {
   private readonly onError: ((err: Error) => void) | undefined
   private readonly pendingFinishes = new Map<string, { result: RunResult, endedAt: number }>()
   private writeError: Error | undefined
+  private readonly checkpointer: Checkpointer | undefined
 
   constructor (opts: RunStoreOptions) {
     let file = ':memory:'
@@ -88,6 +90,11 @@ export class SqliteRunStore implements RunStore {
     this.db.pragma('synchronous = NORMAL')
     this.db.pragma('busy_timeout = 5000')
     this.migrate()
+    if (file !== ':memory:') {
+      // Checkpoints happen off the event loop (their fsync would stall live events).
+      this.db.pragma('wal_autocheckpoint = 0')
+      this.checkpointer = new Checkpointer(file)
+    }
     this.onError = opts.onError
     // Tests may hold more back; the server keeps the default, which recovery relies on.
     this.flushMaxEvents = opts.flushMaxEvents ?? MAX_UNFLUSHED_EVENTS
@@ -352,6 +359,7 @@ export class SqliteRunStore implements RunStore {
       this.flushNow()
     } finally {
       this.db.close()
+      await this.checkpointer?.close()
     }
   }
 }
