@@ -14,8 +14,8 @@ declare module 'fastify' {
     apiKeyName: string | null
   }
   interface FastifyContextConfig {
-    /** The scope a route needs. */
-    scope?: Scope
+    /** The scope a route needs (a list: any of them). */
+    scope?: Scope | Scope[]
   }
   interface FastifyInstance {
     /** Whether the request may see and act on everything (admin key, or auth off). */
@@ -122,8 +122,9 @@ export default fp<AuthPluginOptions>(async (fastify, opts) => {
     request.log = request.log.child({ key_name: key.name })
     reply.log = request.log
     const scope = request.routeOptions.config.scope
-    if (scope !== undefined && !allows(key, scope)) {
-      done(new InsufficientScope(`the key ${key.name} lacks the scope ${scope} (it has: ${[...key.scopes].join(', ')})`))
+    const anyOf = scope === undefined ? [] : [scope].flat()
+    if (anyOf.length > 0 && !anyOf.some(s => allows(key, s))) {
+      done(new InsufficientScope(`the key ${key.name} lacks the scope ${anyOf.join(' or ')} (it has: ${[...key.scopes].join(', ')})`))
       return
     }
     done()

@@ -6,6 +6,7 @@ import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { ProblemSchema } from '../src/schemas/problem.js'
 import { ExecuteResultSchema } from '../src/schemas/execute.js'
 import { RunSchema } from '../src/schemas/runs.js'
+import { ApprovalSchema } from '../src/schemas/interactive.js'
 import { DomainError } from '../src/errors.js'
 
 /** The HTTP status of each domain error: the domain says what happened, the API how to answer. */
@@ -21,6 +22,9 @@ export const STATUS_OF_CODE: Readonly<Record<string, number>> = {
   webhook_host_forbidden: 403,
   session_forbidden: 403,
   run_not_found: 404,
+  approval_not_found: 404,
+  approval_resolved: 409,
+  run_finished: 409,
   session_directory_mismatch: 409,
   capacity_exceeded: 429,
   rate_limited: 429,
@@ -42,6 +46,7 @@ export default fp(async (fastify) => {
   fastify.addSchema(ProblemSchema)
   fastify.addSchema(ExecuteResultSchema)
   fastify.addSchema(RunSchema)
+  fastify.addSchema(ApprovalSchema)
 
   const base: AjvOptions = { allErrors: true, removeAdditional: false, useDefaults: true, strict: false }
   const bodyAjv = addFormats.default(new Ajv({ ...base, coerceTypes: false }))

@@ -14,6 +14,9 @@ export default fp(async (fastify) => {
   runner.on('finished', (run, result) => {
     if (run.webhookUrl !== undefined) sender.deliver(run.webhookUrl, run.id, run.keyName, result)
   })
+  runner.on('approval', (run, approval) => {
+    if (run.webhookUrl !== undefined) sender.approvalRequested(run.webhookUrl, run.id, run.keyName, approval)
+  })
   // After a restart: the retries a previous process had scheduled go on at their times.
   fastify.addHook('onReady', async () => { await sender.resume() })
   fastify.addHook('onClose', async () => sender.close())

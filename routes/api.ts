@@ -3,6 +3,7 @@ import { rateLimit } from '../plugins/auth.js'
 import { sendProblem } from '../plugins/problem.js'
 import executeRoutes from './execute.js'
 import runsRoutes from './runs.js'
+import interactiveRoutes from './interactive.js'
 
 /**
  * The `/api` scope: every API route, and what belongs to them alone, registered here so
@@ -20,6 +21,7 @@ const api: FastifyPluginAsync = async (fastify) => {
 
   await fastify.register(executeRoutes)
   await fastify.register(runsRoutes)
+  await fastify.register(interactiveRoutes)
 }
 
 export default api

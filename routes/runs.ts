@@ -1,4 +1,4 @@
-import type { FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import { InvalidRequest, RunNotFound, withProblem } from '../src/errors.js'
@@ -29,10 +29,11 @@ async function view (r: RunRecord, runner: Runner): Promise<Run> {
     request: r.request,
     result: r.result,
     events_url: `/api/runs/${r.id}/events`,
+    pending_approvals: runner.approvals.pendingOf(r.id),
     webhook: typeof r.request.webhook_url === 'string'
       ? {
           url: r.request.webhook_url,
-          deliveries: (await runner.store.deliveries(r.id)).map(d => ({ attempt: d.attempt, attempted_at: iso(d.attemptedAt)!, status_code: d.statusCode, error: d.error, duration_ms: d.durationMs }))
+          deliveries: (await runner.store.deliveries(r.id)).map(d => ({ event: d.event ?? 'run.finished', attempt: d.attempt, attempted_at: iso(d.attemptedAt)!, status_code: d.statusCode, error: d.error, duration_ms: d.durationMs }))
         }
       : null
   }
@@ -77,19 +78,23 @@ reconnects with the last id it saw gets every later event exactly once. Works fo
 cancel it.`
 
 /** The runs API: durable runs with their own ids and event logs. */
-const runs: FastifyPluginAsyncTypebox = async (fastify) => {
-  const { config, runner } = fastify
-  const store = runner.store
-  /**
-   * A run the request may see (`read`) or change (`write`): a key sees only its own runs, unless it
-   * is an admin key; `runs:read_all` reads every run but changes none but its own.
-   */
-  const find = async (request: FastifyRequest, id: string, access: 'read' | 'write' = 'read'): Promise<RunRecord> => {
-    const r = await store.getRun(id)
+/**
+ * Finds a run the request may see (`read`) or change (`write`): a key sees only its own runs,
+ * unless it is an admin key; `runs:read_all` reads every run but changes none but its own.
+ */
+export function runFinder (fastify: FastifyInstance) {
+  return async (request: FastifyRequest, id: string, access: 'read' | 'write' = 'read'): Promise<RunRecord> => {
+    const r = await fastify.runner.store.getRun(id)
     const all = access === 'read' ? fastify.readsAllRuns(request) : fastify.isAdmin(request)
     if (r === undefined || (!all && r.keyName !== request.apiKeyName)) throw new RunNotFound(`no run ${id}`)
     return r
   }
+}
+
+const runs: FastifyPluginAsyncTypebox = async (fastify) => {
+  const { config, runner } = fastify
+  const store = runner.store
+  const find = runFinder(fastify)
 
   fastify.post('/runs', {
     bodyLimit: config.maxBodyBytes,

@@ -40,6 +40,7 @@ export const ConfigSchema = Type.Object({
   PASS_ENV: Type.String({ default: '' }),
   KILL_GRACE_MS: Type.Integer({ default: 3000, minimum: 0 }),
   SSE_KEEPALIVE_MS: Type.Integer({ default: 15_000, minimum: 100 }),
+  APPROVAL_TIMEOUT_S: Type.Integer({ default: 300, minimum: 1, maximum: 86_400 }),
   REQUEST_TIMEOUT_S: Type.Integer({ default: 30, minimum: 1, maximum: 3600 }),
   // 0: derived from the open-file limit (three quarters of it, less 64 for runs and the store).
   MAX_CONNECTIONS: Type.Integer({ default: 0, minimum: 0 }),
@@ -91,6 +92,7 @@ export interface Settings {
   killGraceMs: number
   sseKeepAliveMs: number
   maxConnections: number
+  approvalTimeoutS: number
   cliProbeIntervalS: number
   shutdownGraceS: number
   retentionDays: number
@@ -286,6 +288,7 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     passEnv: list(raw.PASS_ENV),
     killGraceMs: raw.KILL_GRACE_MS,
     sseKeepAliveMs: raw.SSE_KEEPALIVE_MS,
+    approvalTimeoutS: raw.APPROVAL_TIMEOUT_S,
     maxConnections: raw.MAX_CONNECTIONS > 0 ? raw.MAX_CONNECTIONS : defaultMaxConnections(openFileLimit()),
     cliProbeIntervalS: raw.CLI_PROBE_INTERVAL_S,
     shutdownGraceS: raw.SHUTDOWN_GRACE_S,

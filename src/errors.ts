@@ -43,6 +43,9 @@ export const BudgetExceeded = kind('budget_exceeded')
 export const WebhookHostForbidden = kind('webhook_host_forbidden')
 export const SessionForbidden = kind('session_forbidden')
 export const StoreUnavailable = kind('store_unavailable')
+export const ApprovalNotFound = kind('approval_not_found')
+export const ApprovalResolved = kind('approval_resolved')
+export const RunFinished = kind('run_finished')
 
 /** Attach extra members to an error before throwing it. */
 export function withProblem<E extends DomainError> (err: E, extra: { problem?: Record<string, unknown>, retryAfter?: number }): E {

@@ -1,6 +1,6 @@
 import { createHmac, randomUUID } from 'node:crypto'
 import type { RunResult } from './runner/types.js'
-import type { PendingWebhook, RunStore } from './store/store.js'
+import type { ApprovalRecord, PendingWebhook, RunStore } from './store/store.js'
 import { capUtf8 } from './runner/result.js'
 
 export interface WebhookOptions {
@@ -43,10 +43,7 @@ export class WebhookSender {
    */
   deliver (url: string, runId: string, keyName: string | null, result: RunResult): void {
     const { text: output, truncated } = capUtf8(result.output, 64 * 1024)
-    const body = JSON.stringify({
-      event: 'run.finished',
-      delivery_id: randomUUID(),
-      timestamp: new Date().toISOString(),
+    this.send(url, runId, 'run.finished', {
       run: {
         id: runId,
         key_name: keyName,
@@ -65,14 +62,35 @@ export class WebhookSender {
         url: `/api/runs/${runId}`
       }
     })
-    const w: PendingWebhook = { runId, url, body, attempt: 1, dueAt: Date.now() }
-    this.active.add(runId)
+  }
+
+  /** Tell `url` that a run waits for an approval (a chat bot can then ask a person). */
+  approvalRequested (url: string, runId: string, keyName: string | null, a: ApprovalRecord): void {
+    this.send(url, runId, 'approval.requested', {
+      run: { id: runId, key_name: keyName, url: `/api/runs/${runId}` },
+      approval: {
+        approval_id: a.id,
+        tool_name: a.toolName,
+        input: a.input,
+        title: a.title,
+        description: a.description,
+        expires_at: new Date(a.expiresAt).toISOString(),
+        url: `/api/runs/${runId}/approvals/${a.id}`
+      }
+    })
+  }
+
+  private send (url: string, runId: string, event: string, payload: Record<string, unknown>): void {
+    const id = randomUUID()
+    const body = JSON.stringify({ event, delivery_id: id, timestamp: new Date().toISOString(), ...payload })
+    const w: PendingWebhook = { id, runId, event, url, body, attempt: 1, dueAt: Date.now() }
+    this.active.add(id)
     void this.save(w).then(async () => await this.attempt(w))
   }
 
   /** Resume the webhooks a previous process left pending, each at its scheduled time. */
   async resume (): Promise<number> {
-    const pending = (await this.store.pendingWebhooks()).filter(w => !this.active.has(w.runId))
+    const pending = (await this.store.pendingWebhooks()).filter(w => !this.active.has(w.id))
     for (const w of pending) this.schedule(w)
     if (pending.length > 0) this.log.info({ webhooks: pending.length }, 'resuming pending webhooks')
     return pending.length
@@ -87,13 +105,13 @@ export class WebhookSender {
 
   private schedule (w: PendingWebhook): void {
     if (this.closed) return
-    this.active.add(w.runId)
+    this.active.add(w.id)
     const timer = setTimeout(() => {
-      this.timers.delete(w.runId)
+      this.timers.delete(w.id)
       void this.attempt(w)
     }, Math.max(0, w.dueAt - Date.now()))
     timer.unref()
-    this.timers.set(w.runId, timer)
+    this.timers.set(w.id, timer)
   }
 
   /** Store the webhook's state; a store that cannot write (full disk) only costs durability. */
@@ -115,7 +133,7 @@ export class WebhookSender {
       'user-agent': 'claude-code-api-webhook',
       'x-signature-256': sign(this.opts.secret, body),
       'x-webhook-timestamp': String(Math.floor(Date.parse(timestamp) / 1000)),
-      'x-webhook-event': 'run.finished'
+      'x-webhook-event': w.event
     }
     const started = Date.now()
     let status: number | null = null
@@ -128,7 +146,7 @@ export class WebhookSender {
     } catch (err) {
       error = (err as Error).name === 'TimeoutError' ? `no answer within ${this.opts.timeoutMs} ms` : (err as Error).message
     }
-    const delivery = { attempt, attemptedAt: started, url, statusCode: status, error, durationMs: Date.now() - started }
+    const delivery = { deliveryId: w.id, event: w.event, attempt, attemptedAt: started, url, statusCode: status, error, durationMs: Date.now() - started }
     try {
       await this.store.recordDelivery(runId, delivery)
     } catch {
@@ -137,8 +155,8 @@ export class WebhookSender {
     if (error === null || !retryable(status) || attempt >= this.opts.maxAttempts) {
       if (error === null) this.log.info({ run_id: runId, attempt, status }, 'webhook delivered')
       else this.log.warn({ run_id: runId, attempt, status, error }, 'webhook not delivered; giving up')
-      await this.save({ done: runId })
-      this.active.delete(runId)
+      await this.save({ done: w.id })
+      this.active.delete(w.id)
       return
     }
     const delay = Math.min(300_000, this.opts.backoffMs * 2 ** (attempt - 1))

@@ -7,9 +7,11 @@ import { ConfigError } from '../config.js'
 
 /**
  * What a key may do. `runs:write` starts and cancels its own runs; `runs:read` reads its own runs;
- * `runs:read_all` reads every key's runs (a dashboard) and changes nothing; `admin` does all of it.
+ * `runs:read_all` reads every key's runs (a dashboard) and changes nothing; `approvals:write`
+ * answers the approvals of the runs it may read (a person deciding for a bot), without starting
+ * anything; `admin` does all of it.
  */
-export const SCOPES = ['runs:write', 'runs:read', 'runs:read_all', 'admin'] as const
+export const SCOPES = ['runs:write', 'runs:read', 'runs:read_all', 'approvals:write', 'admin'] as const
 export type Scope = typeof SCOPES[number]
 
 const KeyEntrySchema = Type.Object({

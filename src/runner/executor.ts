@@ -1,6 +1,8 @@
 import { EventEmitter } from 'node:events'
 import { PassThrough, type Writable } from 'node:stream'
-import { query, type SDKUserMessage, type SpawnedProcess, type SpawnOptions } from '@anthropic-ai/claude-agent-sdk'
+import { query, type CanUseTool, type SDKUserMessage, type SpawnedProcess, type SpawnOptions } from '@anthropic-ai/claude-agent-sdk'
+import { userContent } from './attachments.js'
+import type { Inbox } from './inbox.js'
 import { execa, type ResultPromise } from 'execa'
 import { RUN_MARKER_VAR } from './child-env.js'
 import { sdkOptions } from './cli-options.js'
@@ -48,12 +50,18 @@ export interface Execution {
   stderrTail: string
   oversizeLines: number
   partialText: string
+  /** An interrupt that the CLI did not honour in time: the tree was killed instead. */
+  interruptKilled?: boolean
 }
 
 /** What the executor tells its run while it goes. */
 export interface ExecutionHooks {
-  /** An event for the run's log: `message` (a CLI line as shown) or `text`. */
-  event: (type: 'message' | 'text', data: unknown) => void
+  /** An event for the run's log: `message` (a CLI line as shown), `text`, or `user_message`. */
+  event: (type: 'message' | 'text' | 'user_message', data: unknown) => void
+  /** Follow-up messages and interrupts (none: the run answers its prompt and ends). */
+  inbox?: Inbox
+  /** With `approvals: ask`: decides each permission request of the CLI (and its subagents). */
+  askApproval?: CanUseTool
   /** Resolves when the run must end early (timeout, cancel, disconnect, shutdown). */
   ended: Promise<void>
   log: RunnerLogger
@@ -99,10 +107,23 @@ class ContainedProcess extends EventEmitter implements SpawnedProcess {
 export async function executeRun (spec: RunSpec, env: Record<string, string>, marker: string, s: ExecutorSettings, hooks: ExecutionHooks): Promise<Execution> {
   const out: Execution = { exitCode: null, stderrTail: '', oversizeLines: 0, partialText: '' }
   const partial = new PartialText(s.maxOutputBytes)
-  let answered!: () => void
-  // The input stays open until the CLI has answered (the later interactive issue queues more here).
-  const inputDone = new Promise<void>(resolve => { answered = resolve })
-  void hooks.ended.then(() => answered())
+  // The input stays open turn by turn: each user turn is handed over once the previous one is
+  // answered (its `result`), until the inbox has nothing more, or the run is ended early.
+  let turnEnded: () => void = () => {}
+  let turnDone = new Promise<void>(resolve => { turnEnded = resolve })
+  let inputClosed = false
+  const closeInput = (): void => {
+    inputClosed = true
+    hooks.inbox?.close()
+    turnEnded()
+  }
+  void hooks.ended.then(closeInput)
+  // An interrupt waits for the CLI's init (one sent earlier does nothing); if the turn has not
+  // ended within the kill grace, the tree is killed instead.
+  let initSeen = false
+  let interruptWanted = false
+  let interruptFallback: NodeJS.Timeout | undefined
+  let interrupt: () => void = () => { interruptWanted = true }
 
   const splitter = new LineSplitter(s.maxLineBytes, (line, shrunk, preview) => {
     let msg: unknown
@@ -123,10 +144,15 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
         case 'block': partial.newBlock(); break
         case 'result':
           out.resultLine = effect.line
-          if (shrunk) out.resultShrunk = true
-          answered()
+          out.resultShrunk = shrunk
+          clearTimeout(interruptFallback)
+          turnEnded()
           break
       }
+    }
+    if (!initSeen && (msg as { type?: unknown, subtype?: unknown }).type === 'system' && (msg as { subtype?: unknown }).subtype === 'init') {
+      initSeen = true
+      if (interruptWanted) interrupt()
     }
     if (shrunk) hooks.log.warn({ max: s.maxLineBytes }, 'a CLI output line over MAX_LINE_BYTES was shrunk: its longest strings were cut')
     // The SDK reads the lines of its protocol (shrunk, if they had to be).
@@ -204,9 +230,21 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     return contained
   }
 
+  const userMessage = (prompt: string, attachments: RunSpec['attachments']): SDKUserMessage =>
+    ({ type: 'user', message: { role: 'user', content: userContent(prompt, attachments) as SDKUserMessage['message']['content'] }, parent_tool_use_id: null, session_id: spec.sessionId })
+
   async function * input (): AsyncGenerator<SDKUserMessage> {
-    yield { type: 'user', message: { role: 'user', content: spec.prompt }, parent_tool_use_id: null, session_id: spec.sessionId }
-    await inputDone
+    yield userMessage(spec.prompt, spec.attachments)
+    for (;;) {
+      await turnDone
+      if (inputClosed) return
+      // Taken, or the inbox closed, in one synchronous step: nothing accepted is left behind.
+      const next = hooks.inbox?.takeOrClose()
+      if (next === undefined) return
+      turnDone = new Promise<void>(resolve => { turnEnded = resolve })
+      hooks.event('user_message', { message_id: next.id, prompt: next.prompt, attachments: next.attachments?.length ?? 0 })
+      yield userMessage(next.prompt, next.attachments)
+    }
   }
 
   let killing: Promise<KillReport> | undefined
@@ -220,7 +258,32 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
   void hooks.ended.then(endTree)
 
   try {
-    const q = query({ prompt: input(), options: { ...sdkOptions(spec, s.settingSources), env, pathToClaudeCodeExecutable: s.cliPath, spawnClaudeCodeProcess: spawn } })
+    const q = query({
+      prompt: input(),
+      options: {
+        ...sdkOptions(spec, s.settingSources),
+        ...(spec.approvals === 'ask' && hooks.askApproval !== undefined ? { canUseTool: hooks.askApproval } : {}),
+        env,
+        pathToClaudeCodeExecutable: s.cliPath,
+        spawnClaudeCodeProcess: spawn
+      }
+    })
+    interrupt = () => {
+      if (!initSeen) {
+        interruptWanted = true
+        return
+      }
+      interruptWanted = false
+      q.interrupt().catch((err: unknown) => hooks.log.debug({ err }, 'the interrupt was not acknowledged'))
+      clearTimeout(interruptFallback)
+      interruptFallback = setTimeout(() => {
+        hooks.log.warn({ grace_ms: s.killGraceMs }, 'the CLI did not stop its turn on interrupt; killing the run\'s tree')
+        out.interruptKilled = true
+        endTree()
+      }, s.killGraceMs)
+      interruptFallback.unref()
+    }
+    if (hooks.inbox !== undefined) hooks.inbox.interruptTurn = () => interrupt()
     // The events come from the lines themselves (above); the SDK's parsed messages are not needed.
     const messages = q[Symbol.asyncIterator]()
     while ((await messages.next()).done !== true) { /* drained */ }
@@ -229,7 +292,9 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     hooks.log.debug({ err }, 'the SDK ended with an error')
     if (contained === undefined) out.spawnError = { message: (err as Error).message }
   }
-  answered()
+  clearTimeout(interruptFallback)
+  if (hooks.inbox !== undefined) hooks.inbox.interruptTurn = undefined
+  closeInput()
   if (exited !== undefined) {
     const res = await exited
     out.exitCode = res.exitCode ?? null

@@ -4,6 +4,7 @@ import { join } from 'node:path'
 import type { Settings } from '../config.js'
 import { SessionDirectoryMismatch, SessionForbidden, WorkingDirectoryForbidden, WorkingDirectoryNotWritable } from '../errors.js'
 import { writableBy, type AgentIdentities, type AgentIdentity } from '../isolation/identities.js'
+import { checkAttachments } from './attachments.js'
 import { checkEnvVars, checkOutputSchema, checkPermissionMode, isInside, resolveWorkingDir } from './policy.js'
 import { SessionRegistry } from './sessions.js'
 import type { RunRequest, RunSpec } from './types.js'
@@ -35,6 +36,7 @@ export class RunPlanner {
     const permissionMode = checkPermissionMode(req.permission_mode, s)
     const env = checkEnvVars(req.env_vars)
     checkOutputSchema(req.output_schema)
+    checkAttachments(req.attachments)
     // A session lives with the identity of the key that created it: resumes run as that identity.
     const owner = req.session_id === undefined ? undefined : this.ownerOf(req.session_id.toLowerCase())
     // Another key's session: refused before anything about it (its directory, its identity) is looked at.
@@ -78,8 +80,11 @@ export class RunPlanner {
       timeoutS: req.timeout ?? s.defaultTimeoutS,
       env,
       permissionMode,
-      includePartialMessages: req.include_partial_messages === true
+      includePartialMessages: req.include_partial_messages === true,
+      approvals: req.approvals ?? 'deny',
+      approvalTimeoutS: req.approval_timeout ?? s.approvalTimeoutS
     }
+    if (req.attachments !== undefined && req.attachments.length > 0) spec.attachments = req.attachments
     if (forkedFrom !== undefined) spec.forkedFrom = forkedFrom
     if (req.model !== undefined) spec.model = req.model
     if (req.system_prompt !== undefined) spec.systemPrompt = req.system_prompt

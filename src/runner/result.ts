@@ -25,6 +25,8 @@ export interface RunOutcome {
   exitCode: number | null
   /** Why the server ended the run, if it did. */
   ended?: { by: 'timeout' } | { by: 'cancel', reason: string }
+  /** An interrupt the CLI did not honour in time ended it by a tree kill. */
+  interruptKilled?: boolean
   spawnError?: { code?: string, message: string }
   /** The run was refused when its turn came (its directory no longer passes the policy). */
   refused?: { code: ErrorCode, message: string }

@@ -1,5 +1,6 @@
 import type { RunnerLogger } from './executor.js'
 import type { RunLog } from './run-log.js'
+import { Inbox } from './inbox.js'
 import type { Ticket } from './scheduler.js'
 import type { RunEventType, RunResult, RunSpec, RunStatus } from './types.js'
 
@@ -26,6 +27,8 @@ export class RunHandle {
   private serialized = ''
   /** Its place with admission (queue position, slot). */
   ticket: Ticket | undefined
+  /** Follow-up messages and interrupts while it lives. */
+  readonly inbox = new Inbox()
 
   constructor (
     readonly spec: RunSpec,

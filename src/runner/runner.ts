@@ -4,14 +4,16 @@ import { existsSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import type { Settings } from '../config.js'
-import { StoreUnavailable } from '../errors.js'
+import { StoreUnavailable, RunFinished } from '../errors.js'
 import { BROKERED_VARS, type CredentialBroker } from '../isolation/broker.js'
 import type { AgentIdentities, IsolationLevel } from '../isolation/identities.js'
 import { sandboxArgs } from '../isolation/sandbox.js'
-import type { EventBus, RunRecord, RunStore } from '../store/store.js'
+import type { ApprovalRecord, EventBus, RunRecord, RunStore } from '../store/store.js'
 import { Admission, type KeyLimits } from './admission.js'
 import { buildChildEnv } from './child-env.js'
 import { CliProbe } from './cli-probe.js'
+import { ApprovalDesk } from './approvals.js'
+import { describeAttachments } from './attachments.js'
 import { executeRun, type RunnerLogger } from './executor.js'
 import { recheckWorkingDir } from './policy.js'
 import { recoverRuns } from './recovery.js'
@@ -21,7 +23,7 @@ import { RunHandle } from './run-handle.js'
 import { RunLog } from './run-log.js'
 import { SessionRegistry } from './sessions.js'
 import { RunPlanner } from './planner.js'
-import type { RunEvent, RunRequest, RunResult, RunSpec } from './types.js'
+import type { RunEvent, RunRequest, RunResult, RunSpec, UserTurn } from './types.js'
 
 export type { RunnerLogger }
 export { RunHandle }
@@ -54,6 +56,8 @@ export interface RunSummary {
 export interface RunnerEvents {
   started: [RunSummary]
   finished: [RunSummary, RunResult]
+  /** An `approvals: ask` run started waiting for an answer. */
+  approval: [RunSummary, ApprovalRecord]
 }
 
 /** What the engine is built from. */
@@ -91,6 +95,8 @@ export function defaultCliPath (): string {
 function redactRequest (req: RunRequest): RunRequest {
   const copy: RunRequest = { ...req }
   if (req.env_vars !== undefined) copy.env_vars = Object.fromEntries(Object.keys(req.env_vars).map(k => [k, '[redacted]']))
+  // Images are kept in the spec (to queue the run again after a restart), not in the request shown.
+  if (req.attachments !== undefined) (copy as unknown as Record<string, unknown>).attachments = describeAttachments(req.attachments)
   return copy
 }
 
@@ -117,6 +123,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
   /** The server's environment as runs may see it: without the operator's credential when brokered. */
   private readonly runEnv: Settings['serverEnv']
   private readonly runs = new Map<string, RunHandle>()
+  /** The permission requests of `approvals: ask` runs, parked until answered. */
+  readonly approvals: ApprovalDesk
   private closing = false
   /** Aborted when the server shuts down: followers of runs that stay queued end their streams. */
   private readonly shutdown = new AbortController()
@@ -146,6 +154,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
     const identities = deps.isolation?.level === 'none' ? undefined : deps.isolation?.identities
     this.planner = new RunPlanner(settings, this.sessions, identities, session => this.admission.ownerOf(session))
     this.runLog = new RunLog(deps.store, deps.bus)
+    this.approvals = new ApprovalDesk(deps.store, (handle, record) =>
+      this.emit('approval', { id: handle.id, keyName: handle.keyName, webhookUrl: handle.spec.webhookUrl }, record))
     this.retention = new Retention(deps.store, { days: settings.retentionDays, maxRuns: settings.retentionMaxRuns }, deps.log)
     // Every queued run and every follower listens for the shutdown.
     setMaxListeners(0, this.shutdown.signal)
@@ -245,6 +255,34 @@ export class Runner extends EventEmitter<RunnerEvents> {
     // Durable before the client hears of it: a crash right after the 202 keeps the run's first event.
     await this.store.flush().catch((err: unknown) => log.error({ err }, 'flushing the run event failed; will retry'))
     return handle
+  }
+
+  /**
+   * Hand a follow-up message to a live run: its id. A run that has ended, or takes no more input
+   * (its last turn answered, or interrupted to stop), refuses it (`RunFinished`).
+   */
+  message (runId: string, turn: UserTurn): string {
+    const id = this.runs.get(runId)?.inbox.post(turn)
+    if (id === undefined) throw new RunFinished(`run ${runId} has ended or takes no more messages; start a new run with its session_id`)
+    return id
+  }
+
+  /**
+   * Stop a run's current turn through the CLI's own interrupt; with a prompt, that prompt is the
+   * next turn and the run goes on, without one the run ends as cancelled. A queued run that has not
+   * started: without a prompt it is cancelled, with one the prompt waits as a message.
+   */
+  interrupt (runId: string, turn?: UserTurn): void {
+    const handle = this.runs.get(runId)
+    if (handle === undefined || handle.isFinished() || handle.inbox.isClosed || handle.inbox.stopRequested) {
+      throw new RunFinished(`run ${runId} has ended; nothing to interrupt`)
+    }
+    if (!handle.wasAdmitted || handle.status === 'queued') {
+      if (turn === undefined) handle.cancel('interrupted before it started')
+      else handle.inbox.post(turn)
+      return
+    }
+    handle.inbox.interrupt(turn)
   }
 
   /** Cancel a queued or running run; false when it is not live (finished, or unknown). */
@@ -367,6 +405,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       if (onShutdown !== undefined) this.shutdown.signal.removeEventListener('abort', onShutdown)
     }
     if (handle.endedBy !== undefined) outcome.ended = handle.endedBy
+    else if (handle.inbox.stopRequested || outcome.interruptKilled === true) outcome.ended = { by: 'cancel', reason: 'interrupted by the client' }
     outcome.endedAt = Date.now()
     const result = toRunResult(outcome)
     handle.log.info({
@@ -438,6 +477,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
           : {})
       }, {
         event: (type, data) => handle.push(type, data),
+        inbox: handle.inbox,
+        askApproval: async (toolName, input, ask) => await this.approvals.ask(handle, toolName, input, ask),
         ended,
         log: handle.log
       })

@@ -31,6 +31,22 @@ export interface RunRequest {
   output_schema?: Record<string, unknown>
   include_partial_messages?: boolean
   webhook_url?: string
+  approvals?: 'deny' | 'ask'
+  approval_timeout?: number
+  attachments?: Attachment[]
+}
+
+/** An image for the model, as sent (base64). */
+export interface Attachment {
+  type: 'image'
+  media_type: 'image/png' | 'image/jpeg' | 'image/gif' | 'image/webp'
+  data: string
+}
+
+/** One user turn: its text and images. */
+export interface UserTurn {
+  prompt: string
+  attachments?: Attachment[]
 }
 
 /** How a run ended: the object `/api/execute` answers with and the `result` event carries. */
@@ -82,10 +98,16 @@ export interface RunSpec {
   webhookUrl?: string
   /** With uid isolation: the key whose agent identity the run executes as. */
   identity?: string
+  /** `ask`: permission requests are parked and answered over HTTP; `deny` (default): refused. */
+  approvals: 'deny' | 'ask'
+  /** Seconds an unanswered approval waits before it is denied. */
+  approvalTimeoutS: number
+  /** Images for the first prompt. */
+  attachments?: Attachment[]
 }
 
 /** The kinds of event a run's log holds, in the order clients see them. */
-export type RunEventType = 'run' | 'message' | 'text' | 'result'
+export type RunEventType = 'run' | 'message' | 'text' | 'approval_requested' | 'approval_resolved' | 'user_message' | 'result'
 
 /**
  * An event of a run as clients receive it: `seq` increases from 1 without gaps; `data` is the

@@ -1,5 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { PERMISSION_MODES } from '../config.js'
+import { MEDIA_TYPES } from '../runner/attachments.js'
 import { ERROR_CODES, RUN_STATUSES, type RunRequest, type RunResult } from '../runner/types.js'
 
 /** Limits the request schema takes from the configuration. */
@@ -11,6 +12,13 @@ export interface RequestLimits {
 const ENV_NAME = '^[A-Za-z_][A-Za-z0-9_]{0,255}$'
 /** No NUL: the operating system cannot pass one in an argument or an environment variable. */
 const NO_NUL = '^[^\\u0000]*$'
+
+/** Images for a prompt; checked further (base64, size, format) before anything is accepted. */
+export const AttachmentsSchema = Type.Array(Type.Object({
+  type: Type.Literal('image'),
+  media_type: Type.Union(MEDIA_TYPES.map(m => Type.Literal(m))),
+  data: Type.String({ minLength: 1, description: 'The image, base64; at most 5 MiB decoded.' })
+}, { additionalProperties: false }), { maxItems: 20, description: 'Images for the prompt (PNG, JPEG, GIF, WebP; each at most 5 MiB decoded), handed to the model as image blocks.' })
 
 /** The body of `POST /api/execute` and `/api/execute/stream`; unknown fields are refused. */
 export function executeRequestSchema (limits: RequestLimits) {
@@ -36,6 +44,9 @@ export function executeRequestSchema (limits: RequestLimits) {
     max_budget_usd: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
     output_schema: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'A JSON Schema; the result then carries `structured_output`.' })),
     include_partial_messages: Type.Optional(Type.Boolean({ description: 'Stream only: add token-level `stream_event` messages and `text` deltas.' })),
+    approvals: Type.Optional(Type.Union([Type.Literal('deny'), Type.Literal('ask')], { description: '`deny` (default): a tool call that needs permission is refused, as headless runs always were. `ask`: the run parks the request (event `approval_requested`) and waits for an answer over HTTP (`POST /api/runs/{id}/approvals/{approval_id}`).' })),
+    approval_timeout: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400, description: 'Seconds an unanswered approval waits before it is denied (default `APPROVAL_TIMEOUT_S`, 300). The run\'s own `timeout` still bounds the whole run.' })),
+    attachments: Type.Optional(AttachmentsSchema),
     webhook_url: Type.Optional(Type.String({ format: 'uri', pattern: '^https?://', maxLength: 2000, description: 'When the run ends, its summary is POSTed here, signed (`X-Signature-256: sha256=HMAC(WEBHOOK_SECRET, body)`; the body carries a `timestamp`), retried with backoff. The host must be in the operator\'s `WEBHOOK_ALLOWED_HOSTS` (403 otherwise).' }))
   }, {
     additionalProperties: false,

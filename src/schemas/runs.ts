@@ -18,10 +18,12 @@ export const RunSchema = Type.Object({
   request: Type.Object({}, { additionalProperties: true, description: 'The request as sent, env var values left out.' }),
   result: Type.Union([resultRef, Type.Null()], { description: 'Once ended: the same object `/api/execute` returns.' }),
   events_url: Type.String({ description: 'The run\'s event stream (SSE).' }),
+  pending_approvals: Type.Integer({ minimum: 0, description: 'Tool approvals waiting for an answer (`approvals: ask`).' }),
   webhook: Type.Union([Type.Object({
     url: Type.String(),
     deliveries: Type.Array(Type.Object({
-      attempt: Type.Integer(),
+      event: Type.String({ description: '`run.finished` or `approval.requested`.' }),
+      attempt: Type.Integer({ description: 'Counted per webhook.' }),
       attempted_at: Timestamp,
       status_code: Type.Union([Type.Integer(), Type.Null()]),
       error: Type.Union([Type.String(), Type.Null()]),

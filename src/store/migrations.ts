@@ -58,11 +58,45 @@ export const MIGRATIONS: readonly string[] = [
   -- Webhooks still to be sent: the signed body and when the next attempt is due, so a restart
   -- resumes the schedule. A row goes once the webhook is delivered or given up.
   CREATE TABLE webhook_outbox (
-    run_id TEXT PRIMARY KEY,
+    id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    event TEXT NOT NULL,
     url TEXT NOT NULL,
     body TEXT NOT NULL,
     attempt INTEGER NOT NULL,
     due_at INTEGER NOT NULL
   ) WITHOUT ROWID;
+  CREATE INDEX webhook_outbox_run ON webhook_outbox (run_id);
+  -- A run may have several webhooks now (run.finished, approval.requested): attempts are kept
+  -- per delivery.
+  CREATE TABLE webhook_attempts (
+    run_id TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    attempted_at INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    status_code INTEGER,
+    error TEXT,
+    duration_ms INTEGER NOT NULL,
+    PRIMARY KEY (run_id, delivery_id, attempt)
+  ) WITHOUT ROWID;
+  INSERT INTO webhook_attempts SELECT run_id, '', 'run.finished', attempt, attempted_at, url, status_code, error, duration_ms FROM webhook_deliveries;
+  DROP TABLE webhook_deliveries;
+  ALTER TABLE webhook_attempts RENAME TO webhook_deliveries;
+  `,
+  `
+  -- Tool approvals of interactive runs: asked, then allowed or denied (answered, timed out, or
+  -- ended with their run). The record is JSON; the columns are what lists filter by.
+  CREATE TABLE approvals (
+    id TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    key_name TEXT,
+    status TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    record TEXT NOT NULL
+  );
+  CREATE INDEX approvals_run ON approvals (run_id, created_at);
+  CREATE INDEX approvals_status ON approvals (status, created_at);
   `
 ]

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import type { RunResult, RunStatus } from '../runner/types.js'
 import { Checkpointer } from './checkpointer.js'
 import { MIGRATIONS } from './migrations.js'
-import { MAX_UNFLUSHED_EVENTS, type NewRun, type PendingWebhook, type RunFilter, type RunRecord, type RunStore, type StoredEvent, type WebhookDelivery } from './store.js'
+import { MAX_UNFLUSHED_EVENTS, type ApprovalRecord, type NewRun, type PendingWebhook, type RunFilter, type RunRecord, type RunStore, type StoredEvent, type WebhookDelivery } from './store.js'
 
 export type { RunRecord, StoredEvent, WebhookDelivery } from './store.js'
 
@@ -127,12 +127,16 @@ export class SqliteRunStore implements RunStore {
       lastSeq: db.prepare('SELECT MAX(seq) AS seq FROM events WHERE run_id = ?'),
       deleteRun: db.prepare('DELETE FROM runs WHERE id = ?'),
       deleteDeliveries: db.prepare('DELETE FROM webhook_deliveries WHERE run_id = ?'),
-      delivery: db.prepare('INSERT OR REPLACE INTO webhook_deliveries (run_id, attempt, attempted_at, url, status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?)'),
-      deliveries: db.prepare('SELECT attempt, attempted_at, url, status_code, error, duration_ms FROM webhook_deliveries WHERE run_id = ? ORDER BY attempt'),
+      delivery: db.prepare('INSERT OR REPLACE INTO webhook_deliveries (run_id, delivery_id, event, attempt, attempted_at, url, status_code, error, duration_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)'),
+      deliveries: db.prepare('SELECT delivery_id, event, attempt, attempted_at, url, status_code, error, duration_ms FROM webhook_deliveries WHERE run_id = ? ORDER BY attempted_at, attempt'),
       deleteEvents: db.prepare('DELETE FROM events WHERE run_id = ?'),
-      queueWebhook: db.prepare('INSERT OR REPLACE INTO webhook_outbox (run_id, url, body, attempt, due_at) VALUES (?, ?, ?, ?, ?)'),
-      webhookDone: db.prepare('DELETE FROM webhook_outbox WHERE run_id = ?'),
-      pendingWebhooks: db.prepare('SELECT run_id, url, body, attempt, due_at FROM webhook_outbox ORDER BY due_at')
+      queueWebhook: db.prepare('INSERT OR REPLACE INTO webhook_outbox (id, run_id, event, url, body, attempt, due_at) VALUES (?, ?, ?, ?, ?, ?, ?)'),
+      webhookDone: db.prepare('DELETE FROM webhook_outbox WHERE id = ?'),
+      deleteWebhooks: db.prepare('DELETE FROM webhook_outbox WHERE run_id = ?'),
+      pendingWebhooks: db.prepare('SELECT id, run_id, event, url, body, attempt, due_at FROM webhook_outbox ORDER BY due_at'),
+      saveApproval: db.prepare('INSERT OR REPLACE INTO approvals (id, run_id, key_name, status, created_at, record) VALUES (?, ?, ?, ?, ?, ?)'),
+      getApproval: db.prepare('SELECT record FROM approvals WHERE id = ?'),
+      deleteApprovals: db.prepare('DELETE FROM approvals WHERE run_id = ?')
     }
   }
 
@@ -313,7 +317,8 @@ export class SqliteRunStore implements RunStore {
       for (const id of ids) {
         this.stmts.deleteEvents.run(id)
         this.stmts.deleteDeliveries.run(id)
-        this.stmts.webhookDone.run(id)
+        this.stmts.deleteWebhooks.run(id)
+        this.stmts.deleteApprovals.run(id)
         this.stmts.deleteRun.run(id)
       }
     })()
@@ -331,25 +336,53 @@ export class SqliteRunStore implements RunStore {
   }
 
   async recordDelivery (runId: string, d: WebhookDelivery): Promise<void> {
-    this.stmts.delivery.run(runId, d.attempt, d.attemptedAt, d.url, d.statusCode, d.error, d.durationMs)
+    this.stmts.delivery.run(runId, d.deliveryId ?? '', d.event ?? 'run.finished', d.attempt, d.attemptedAt, d.url, d.statusCode, d.error, d.durationMs)
   }
 
   async deliveries (runId: string): Promise<WebhookDelivery[]> {
-    return (this.stmts.deliveries.all(runId) as Array<{ attempt: number, attempted_at: number, url: string, status_code: number | null, error: string | null, duration_ms: number }>)
-      .map(r => ({ attempt: r.attempt, attemptedAt: r.attempted_at, url: r.url, statusCode: r.status_code, error: r.error, durationMs: r.duration_ms }))
+    return (this.stmts.deliveries.all(runId) as Array<{ delivery_id: string, event: string, attempt: number, attempted_at: number, url: string, status_code: number | null, error: string | null, duration_ms: number }>)
+      .map(r => ({
+        ...(r.delivery_id !== '' ? { deliveryId: r.delivery_id } : {}),
+        ...(r.event !== 'run.finished' ? { event: r.event } : {}),
+        attempt: r.attempt,
+        attemptedAt: r.attempted_at,
+        url: r.url,
+        statusCode: r.status_code,
+        error: r.error,
+        durationMs: r.duration_ms
+      }))
   }
 
   async queueWebhook (w: PendingWebhook): Promise<void> {
-    this.stmts.queueWebhook.run(w.runId, w.url, w.body, w.attempt, w.dueAt)
+    this.stmts.queueWebhook.run(w.id, w.runId, w.event, w.url, w.body, w.attempt, w.dueAt)
   }
 
-  async webhookDone (runId: string): Promise<void> {
-    this.stmts.webhookDone.run(runId)
+  async webhookDone (id: string): Promise<void> {
+    this.stmts.webhookDone.run(id)
   }
 
   async pendingWebhooks (): Promise<PendingWebhook[]> {
-    return (this.stmts.pendingWebhooks.all() as Array<{ run_id: string, url: string, body: string, attempt: number, due_at: number }>)
-      .map(r => ({ runId: r.run_id, url: r.url, body: r.body, attempt: r.attempt, dueAt: r.due_at }))
+    return (this.stmts.pendingWebhooks.all() as Array<{ id: string, run_id: string, event: string, url: string, body: string, attempt: number, due_at: number }>)
+      .map(r => ({ id: r.id, runId: r.run_id, event: r.event, url: r.url, body: r.body, attempt: r.attempt, dueAt: r.due_at }))
+  }
+
+  async saveApproval (a: ApprovalRecord): Promise<void> {
+    this.stmts.saveApproval.run(a.id, a.runId, a.keyName, a.status, a.createdAt, JSON.stringify(a))
+  }
+
+  async getApproval (id: string): Promise<ApprovalRecord | undefined> {
+    const row = this.stmts.getApproval.get(id) as { record: string } | undefined
+    return row === undefined ? undefined : JSON.parse(row.record) as ApprovalRecord
+  }
+
+  async listApprovals (filter: { runId?: string, keyName?: string, status?: ApprovalRecord['status'], limit: number }): Promise<ApprovalRecord[]> {
+    const where: string[] = []
+    const args: unknown[] = []
+    if (filter.runId !== undefined) { where.push('run_id = ?'); args.push(filter.runId) }
+    if (filter.keyName !== undefined) { where.push('key_name = ?'); args.push(filter.keyName) }
+    if (filter.status !== undefined) { where.push('status = ?'); args.push(filter.status) }
+    const sql = `SELECT record FROM approvals ${where.length > 0 ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY created_at, rowid LIMIT ?`
+    return (this.db.prepare(sql).all(...args, filter.limit) as Array<{ record: string }>).map(r => JSON.parse(r.record) as ApprovalRecord)
   }
 
   async close (): Promise<void> {

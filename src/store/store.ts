@@ -69,10 +69,16 @@ export interface RunStore {
   deliveries: (runId: string) => Promise<WebhookDelivery[]>
   /** Record (or move) a run's pending webhook: its next attempt and when it is due. */
   queueWebhook: (w: PendingWebhook) => Promise<void>
-  /** The run's webhook was delivered or given up: it is no longer pending. */
-  webhookDone: (runId: string) => Promise<void>
+  /** The webhook (by its delivery id) was delivered or given up: it is no longer pending. */
+  webhookDone: (id: string) => Promise<void>
   /** Every pending webhook, soonest first (to resume after a restart). */
   pendingWebhooks: () => Promise<PendingWebhook[]>
+
+  /** Record an approval (new, or as it is now). */
+  saveApproval: (a: ApprovalRecord) => Promise<void>
+  getApproval: (id: string) => Promise<ApprovalRecord | undefined>
+  /** Approvals, oldest first: of one run, of one key's runs, and/or in one state. */
+  listApprovals: (filter: { runId?: string, keyName?: string, status?: ApprovalRecord['status'], limit: number }) => Promise<ApprovalRecord[]>
 
   /** Flush and let go. */
   close: () => Promise<void>
@@ -101,6 +107,10 @@ export interface StoredEvent {
 
 /** One attempt to deliver a run's webhook. */
 export interface WebhookDelivery {
+  /** The webhook's delivery id (absent on attempts recorded before there were several a run). */
+  deliveryId?: string
+  /** Absent: `run.finished`. */
+  event?: string
   attempt: number
   attemptedAt: number
   url: string
@@ -109,9 +119,36 @@ export interface WebhookDelivery {
   durationMs: number
 }
 
+/** A tool call the agent asked permission for, and what became of it. */
+export interface ApprovalRecord {
+  id: string
+  runId: string
+  keyName: string | null
+  status: 'pending' | 'allowed' | 'denied'
+  toolName: string
+  input: unknown
+  toolUseId: string | null
+  title: string | null
+  description: string | null
+  suggestions: unknown[] | null
+  /** The subagent that asked, if one did. */
+  agentId: string | null
+  createdAt: number
+  expiresAt: number
+  resolvedAt: number | null
+  decisionReason: 'answered' | 'timed_out' | 'run_ended' | null
+  /** The key that answered. */
+  decidedBy: string | null
+  message: string | null
+}
+
 /** A webhook still to be sent: the exact body (signed when sent) and its next attempt. */
 export interface PendingWebhook {
+  /** Its delivery id (as in the body). */
+  id: string
   runId: string
+  /** `run.finished` or `approval.requested`. */
+  event: string
   url: string
   body: string
   /** The number of the next attempt (1 for the first). */

@@ -8,6 +8,8 @@ const OLD_ID = '11111111-2222-4333-8444-555555555555'
 function spec (over: Partial<RunSpec> = {}): RunSpec {
   return {
     runId: 'run-1',
+    approvals: 'deny',
+    approvalTimeoutS: 300,
     prompt: '--dangerously-skip-permissions please list the files',
     cwd: '/srv/work',
     sessionId: NEW_ID,

@@ -40,6 +40,8 @@ export function spec (runId: string, over: Partial<RunSpec> = {}): RunSpec {
   return {
     runId,
     prompt: 'say hi',
+    approvals: 'deny',
+    approvalTimeoutS: 300,
     cwd: '/srv/work',
     sessionId: SESSION,
     sessionMode: 'new',
@@ -630,17 +632,17 @@ export function runStoreContract (name: string, open: OpenStore): void {
     const { store, reopen } = await open(t)
     await addRun(store, 'run-1', { status: 'succeeded', endedAt: T0 })
     await addRun(store, 'run-2', { status: 'failed', endedAt: T0 })
-    const w1: PendingWebhook = { runId: 'run-1', url: 'https://hooks.example/a', body: '{"event":"run.finished","n":1}', attempt: 1, dueAt: T0 + 100 }
-    const w2: PendingWebhook = { runId: 'run-2', url: 'https://hooks.example/b', body: '{"event":"run.finished","n":2}', attempt: 1, dueAt: T0 + 50 }
+    const w1: PendingWebhook = { id: 'd-1', event: 'run.finished', runId: 'run-1', url: 'https://hooks.example/a', body: '{"event":"run.finished","n":1}', attempt: 1, dueAt: T0 + 100 }
+    const w2: PendingWebhook = { id: 'd-2', event: 'approval.requested', runId: 'run-2', url: 'https://hooks.example/b', body: '{"event":"run.finished","n":2}', attempt: 1, dueAt: T0 + 50 }
     await store.queueWebhook(w1)
     await store.queueWebhook(w2)
     t.strictSame(await store.pendingWebhooks(), [w2, w1], 'soonest first')
     const moved = { ...w1, attempt: 2, dueAt: T0 + 10 }
     await store.queueWebhook(moved)
-    t.strictSame(await store.pendingWebhooks(), [moved, w2], 'a retry replaces the run\'s entry')
+    t.strictSame(await store.pendingWebhooks(), [moved, w2], 'a retry replaces the delivery\'s entry')
     const again = await reopen()
     t.strictSame(await again.pendingWebhooks(), [moved, w2], 'stored')
-    await again.webhookDone('run-2')
+    await again.webhookDone('d-2')
     t.strictSame(await again.pendingWebhooks(), [moved], 'done: gone')
     await again.prune({ maxAgeMs: 0, maxRuns: 0, now: T0 + 1_000_000 })
     t.strictSame(await again.pendingWebhooks(), [], 'a pruned run\'s webhook goes with it')
