@@ -138,7 +138,7 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
       operationId: 'interruptRun',
       security,
       params: RunParamsSchema,
-      body: Type.Optional(interruptSchema(config.maxPromptChars)),
+      body: interruptSchema(config.maxPromptChars),
       response: {
         202: { ...InterruptAcceptedSchema, description: 'The interrupt is on its way.' },
         400: problemResponses[400],
@@ -147,12 +147,14 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
         409: conflict('The run has ended (`run_finished`).'),
         413: problemResponses[413]
       }
-    }
+    },
+    // A bodiless POST (plain curl -X POST) is an interrupt without a prompt.
+    preValidation: async (request) => { request.body ??= {} }
   }, async (request, reply) => {
     const id = request.params.id.toLowerCase()
     await find(request, id, 'write')
     const body = request.body
-    runner.interrupt(id, body?.prompt === undefined ? undefined : turn({ prompt: body.prompt, ...(body.attachments !== undefined ? { attachments: body.attachments } : {}) }))
+    runner.interrupt(id, body.prompt === undefined ? undefined : turn({ prompt: body.prompt, ...(body.attachments !== undefined ? { attachments: body.attachments } : {}) }))
     return await reply.code(202).send({ run_id: id, status: 'interrupting' as const })
   })
 }

@@ -31,6 +31,7 @@ Usage:
 Scopes: ${SCOPES.join(', ')}
   runs:write     start and cancel runs            runs:read      read its own runs
   runs:read_all  read every key's runs (dashboards) admin        everything, every key's runs
+  approvals:write  answer approvals of the runs it may read (a person deciding for a bot)
 
 --file defaults to API_KEYS_FILE (from the environment or .env), else ./api-keys.json.
 `
