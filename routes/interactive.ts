@@ -25,8 +25,8 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
   const { config, runner } = fastify
   const find = runFinder(fastify)
   const turn = (body: { prompt: string, attachments?: UserTurn['attachments'] }): UserTurn => {
-    checkAttachments(body.attachments)
-    return { prompt: body.prompt, ...(body.attachments !== undefined && body.attachments.length > 0 ? { attachments: body.attachments } : {}) }
+    const attachments = checkAttachments(body.attachments)
+    return { prompt: body.prompt, ...(attachments !== undefined && attachments.length > 0 ? { attachments } : {}) }
   }
 
   fastify.get('/runs/:id/approvals', {
@@ -154,7 +154,7 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
     const id = request.params.id.toLowerCase()
     await find(request, id, 'write')
     const body = request.body
-    runner.interrupt(id, body.prompt === undefined ? undefined : turn({ prompt: body.prompt, ...(body.attachments !== undefined ? { attachments: body.attachments } : {}) }))
+    runner.interrupt(id, body.prompt === undefined ? undefined : turn({ ...body, prompt: body.prompt }))
     return await reply.code(202).send({ run_id: id, status: 'interrupting' as const })
   })
 }

@@ -1,11 +1,12 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import app, { serverOptions } from '../src/app.js'
+import { sha256Hex, type Scope } from '../src/auth/keys.js'
 import { startFakeModel, type FakeModel } from './fixtures/fake-model.js'
 
 export const API_KEY = 'test-key-0123456789'
@@ -226,4 +227,12 @@ export async function serverThatFails (env: Record<string, string>, cwd?: string
 export function toolResults (calls: Array<{ body: any }>): string[] {
   return (calls.at(-1)?.body.messages as any[] ?? []).flatMap(m =>
     Array.isArray(m.content) ? m.content.filter((b: any) => b.type === 'tool_result').map((b: any) => typeof b.content === 'string' ? b.content : JSON.stringify(b.content)) : [])
+}
+
+/** Write `box.home/keys.json` (readable by all, as agents' servers need) with these named keys; its path. */
+export function keysFile (box: Sandbox, keys: Record<string, { key: string, scopes: Scope[] }>): string {
+  const path = join(box.home, 'keys.json')
+  const entries = Object.entries(keys).map(([name, k]) => ({ name, key_sha256: sha256Hex(k.key), scopes: k.scopes }))
+  writeFileSync(path, JSON.stringify({ keys: entries }), { mode: 0o644 })
+  return path
 }

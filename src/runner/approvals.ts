@@ -32,6 +32,8 @@ interface Waiting {
   handle: RunHandle
   /** Settle it: false when it already was (a second answer, or one after its deadline). */
   settle: (outcome: Outcome) => boolean
+  /** Resolves with the record once its outcome is stored and logged. */
+  recorded: Promise<ApprovalRecord>
 }
 
 /**
@@ -86,7 +88,9 @@ export class ApprovalDesk {
       resolveSettled(o)
       return true
     }
-    this.waiting.set(record.id, { record, handle, settle })
+    let resolveRecorded!: (r: ApprovalRecord) => void
+    const recorded = new Promise<ApprovalRecord>(resolve => { resolveRecorded = resolve })
+    this.waiting.set(record.id, { record, handle, settle, recorded })
     await this.save(handle, record)
     handle.push('approval_requested', {
       approval_id: record.id,
@@ -129,6 +133,7 @@ export class ApprovalDesk {
       key_name: record.decidedBy,
       message: record.message
     })
+    resolveRecorded(record)
     if (!allow) return { behavior: 'deny', message, toolUseID: ask.toolUseID }
     const always: PermissionUpdate[] = answer?.always === true
       ? (ask.suggestions !== undefined && ask.suggestions.length > 0 ? ask.suggestions : [{ type: 'addRules', rules: [{ toolName }], behavior: 'allow', destination: 'session' }])
@@ -146,18 +151,11 @@ export class ApprovalDesk {
     const w = this.waiting.get(approvalId)
     if (w !== undefined && w.record.runId === runId) {
       if (!w.settle({ answer, reason: 'answered' })) throw new ApprovalResolved(`approval ${approvalId} was already settled`)
-      // The record is settled synchronously above; its store write follows.
-      return await this.settledRecord(approvalId, w)
+      return await w.recorded
     }
     const stored = await this.store.getApproval(approvalId)
     if (stored === undefined || stored.runId !== runId) throw new ApprovalNotFound(`no approval ${approvalId} on run ${runId}`)
     throw new ApprovalResolved(`approval ${approvalId} was already ${stored.status} (${stored.decisionReason ?? 'answered'})`)
-  }
-
-  private async settledRecord (approvalId: string, w: Waiting): Promise<ApprovalRecord> {
-    // Wait until `ask` has recorded the outcome (a few microtasks).
-    for (let i = 0; i < 100 && this.waiting.has(approvalId); i++) await new Promise(resolve => setImmediate(resolve))
-    return w.record
   }
 
   private async save (handle: RunHandle, record: ApprovalRecord): Promise<void> {

@@ -18,9 +18,10 @@ const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/
 /**
  * Check images before a run or message is accepted: real base64, at most 5 MiB decoded, and bytes
  * that are what `media_type` says. Refused with 400 naming the item (`/attachments/2/data`).
+ * Returns them with the whitespace of their base64 taken out, as the model gets them.
  */
-export function checkAttachments (list: Attachment[] | undefined, path = '/attachments'): void {
-  list?.forEach((a, i) => {
+export function checkAttachments (list: Attachment[] | undefined, path = '/attachments'): Attachment[] | undefined {
+  return list?.map((a, i) => {
     const refuse = (field: string, message: string): never => {
       throw withProblem(new InvalidRequest(`attachments[${i}].${field} ${message}`), { problem: { errors: [{ path: `${path}/${i}/${field}`, message }] } })
     }
@@ -30,6 +31,7 @@ export function checkAttachments (list: Attachment[] | undefined, path = '/attac
     const bytes = Buffer.from(data, 'base64')
     if (bytes.length > MAX_ATTACHMENT_BYTES) refuse('data', `is ${bytes.length} bytes decoded; at most ${MAX_ATTACHMENT_BYTES}`)
     if (!MAGIC[a.media_type](bytes)) refuse('data', `is not a ${a.media_type} image`)
+    return { ...a, data }
   })
 }
 
@@ -38,11 +40,11 @@ export function describeAttachments (list: Attachment[]): Array<{ type: 'image',
   return list.map(a => ({ type: 'image', media_type: a.media_type, bytes: Math.floor(a.data.replace(/\s+/g, '').length * 3 / 4) }))
 }
 
-/** A user turn as the model reads it: the images first, then the text. */
+/** A user turn as the model reads it: the images (as `checkAttachments` returned them) first, then the text. */
 export function userContent (prompt: string, attachments: Attachment[] | undefined): string | Array<Record<string, unknown>> {
   if (attachments === undefined || attachments.length === 0) return prompt
   return [
-    ...attachments.map(a => ({ type: 'image', source: { type: 'base64', media_type: a.media_type, data: a.data.replace(/\s+/g, '') } })),
+    ...attachments.map(a => ({ type: 'image', source: { type: 'base64', media_type: a.media_type, data: a.data } })),
     { type: 'text', text: prompt }
   ]
 }

@@ -124,6 +124,8 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
   let interruptWanted = false
   let interruptFallback: NodeJS.Timeout | undefined
   let interrupt: () => void = () => { interruptWanted = true }
+  // Wired before the CLI exists: an interrupt that comes first is remembered, and sent after init.
+  if (hooks.inbox !== undefined) hooks.inbox.interruptTurn = () => interrupt()
 
   const splitter = new LineSplitter(s.maxLineBytes, (line, shrunk, preview) => {
     let msg: unknown
@@ -211,7 +213,7 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
             if (idle >= OUTPUT_GRACE_MS) resolve()
             else timer = setTimeout(check, OUTPUT_GRACE_MS - idle)
           }
-          lastOutputAt = Math.max(lastOutputAt, Date.now())
+          lastOutputAt = Date.now()
           check()
         })
         await Promise.race([stdoutDone, quiet])
@@ -283,7 +285,6 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
       }, s.killGraceMs)
       interruptFallback.unref()
     }
-    if (hooks.inbox !== undefined) hooks.inbox.interruptTurn = () => interrupt()
     // The events come from the lines themselves (above); the SDK's parsed messages are not needed.
     const messages = q[Symbol.asyncIterator]()
     while ((await messages.next()).done !== true) { /* drained */ }

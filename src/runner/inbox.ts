@@ -22,7 +22,6 @@ export class Inbox {
 
   get isClosed (): boolean { return this.closed }
   get stopRequested (): boolean { return this.stopping }
-  get waiting (): number { return this.queue.length }
 
   /** Accept a message for the agent: its id, or undefined once the run takes no more. */
   post (turn: UserTurn): string | undefined {

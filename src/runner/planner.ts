@@ -36,7 +36,7 @@ export class RunPlanner {
     const permissionMode = checkPermissionMode(req.permission_mode, s)
     const env = checkEnvVars(req.env_vars)
     checkOutputSchema(req.output_schema)
-    checkAttachments(req.attachments)
+    const attachments = checkAttachments(req.attachments)
     // A session lives with the identity of the key that created it: resumes run as that identity.
     const owner = req.session_id === undefined ? undefined : this.ownerOf(req.session_id.toLowerCase())
     // Another key's session: refused before anything about it (its directory, its identity) is looked at.
@@ -84,7 +84,7 @@ export class RunPlanner {
       approvals: req.approvals ?? 'deny',
       approvalTimeoutS: req.approval_timeout ?? s.approvalTimeoutS
     }
-    if (req.attachments !== undefined && req.attachments.length > 0) spec.attachments = req.attachments
+    if (attachments !== undefined && attachments.length > 0) spec.attachments = attachments
     if (forkedFrom !== undefined) spec.forkedFrom = forkedFrom
     if (req.model !== undefined) spec.model = req.model
     if (req.system_prompt !== undefined) spec.systemPrompt = req.system_prompt

@@ -30,9 +30,9 @@ export class RunLog {
   /**
    * Append an event with the next `seq` (the caller counts). Live followers get it once it is
    * committed: the appends made in one go (a chunk of CLI output) are written in one transaction
-   * right after it, then published, so an
-   * event any client has received survives a crash of the process (`kill -9`). Where the store
-   * cannot write (a full disk), events are published all the same and written once it can.
+   * right after it, then published, so an event any client has received survives a crash of the
+   * process (`kill -9`). Where the store cannot write (a full disk), events are published all the
+   * same and written once it can.
    */
   append (runId: string, seq: number, type: RunEventType, data: string): RunEvent {
     const event: RunEvent = { seq, type, data }
@@ -48,12 +48,6 @@ export class RunLog {
       .then(async () => await this.store.flush())
       .catch(() => { /* kept by the store for its next write; followers need not wait for it */ })
       .then(() => { for (const { runId, event } of batch) this.bus.publish(runId, event) })
-  }
-
-  /** Resolves once every event appended so far is committed (or given to the store to keep) and published. */
-  async settled (): Promise<void> {
-    if (this.unpublished.length > 0) this.commit()
-    await this.committing
   }
 
   /**

@@ -274,15 +274,14 @@ export class Runner extends EventEmitter<RunnerEvents> {
    */
   interrupt (runId: string, turn?: UserTurn): void {
     const handle = this.runs.get(runId)
-    if (handle === undefined || handle.isFinished() || handle.inbox.isClosed || handle.inbox.stopRequested) {
-      throw new RunFinished(`run ${runId} has ended; nothing to interrupt`)
-    }
-    if (!handle.wasAdmitted || handle.status === 'queued') {
+    const nothing = (): never => { throw new RunFinished(`run ${runId} has ended; nothing to interrupt`) }
+    if (handle === undefined || handle.isFinished()) return nothing()
+    if (handle.status === 'queued') {
       if (turn === undefined) handle.cancel('interrupted before it started')
-      else handle.inbox.post(turn)
+      else if (handle.inbox.post(turn) === undefined) nothing()
       return
     }
-    handle.inbox.interrupt(turn)
+    if (!handle.inbox.interrupt(turn)) nothing()
   }
 
   /** Cancel a queued or running run; false when it is not live (finished, or unknown). */

@@ -1,8 +1,7 @@
 import { test } from 'tap'
-import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
-import { sha256Hex } from '../../src/auth/keys.js'
-import { fakeModel, readSse, sandbox, serverThatFails, startServer, testEnv, toolResults } from '../helper.js'
+import { fakeModel, keysFile as writeKeys, readSse, sandbox, serverThatFails, startServer, testEnv, toolResults } from '../helper.js'
 
 /**
  * Runs as agent identities, attacked the way a prompt injection would: real server process (its
@@ -21,23 +20,20 @@ async function isolatedServer (t: Parameters<typeof sandbox>[0]) {
   const base = join(box.home, '..')
   chmodSync(base, 0o755)
   chmodSync(box.work, 0o755)
-  const keysFile = join(box.home, 'keys.json')
-  writeFileSync(keysFile, JSON.stringify({
-    keys: [
-      { name: 'alice', key_sha256: sha256Hex(KEYS.alice), scopes: ['runs:write', 'runs:read'] },
-      { name: 'bob', key_sha256: sha256Hex(KEYS.bob), scopes: ['runs:write', 'runs:read'] }
-    ]
-  }), { mode: 0o644 })
+  const keys = writeKeys(box, {
+    alice: { key: KEYS.alice, scopes: ['runs:write', 'runs:read'] },
+    bob: { key: KEYS.bob, scopes: ['runs:write', 'runs:read'] }
+  })
   const env = testEnv(box, model, {
     ...SECRETS,
     ISOLATION: 'uid',
     AGENTS_DIR: join(base, 'agents'),
     AGENT_UID_BASE: String(21_000 + (process.pid % 1000) * 10),
-    API_KEYS_FILE: keysFile,
+    API_KEYS_FILE: keys,
     CLAUDE_CODE_MAX_RETRIES: '0'
   })
   const server = await startServer(t, env)
-  return { box, model, server, env, keysFile, base }
+  return { box, model, server, env, keysFile: keys, base }
 }
 
 const run = async (base: string, key: string, body: object): Promise<any> => {

@@ -1,9 +1,8 @@
 import { test } from 'tap'
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
-import { sha256Hex } from '../../src/auth/keys.js'
 import { findBwrap } from '../../src/isolation/sandbox.js'
-import { eventually, fakeModel, pidsMatching, startServer, testEnv, toolResults, type Sandbox } from '../helper.js'
+import { eventually, fakeModel, keysFile as writeKeys, pidsMatching, startServer, testEnv, toolResults, type Sandbox } from '../helper.js'
 
 /** Like the helper's sandbox, but outside /tmp: inside the sandbox /tmp is a private tmpfs, which would hide the very paths under test. */
 function varTmpBox (t: { teardown: (fn: () => unknown) => void }): Sandbox {
@@ -28,8 +27,7 @@ test('a sandboxed run sees only itself, none of the server\'s paths, and leaves 
   const base = join(box.home, '..')
   chmodSync(base, 0o755)
   chmodSync(box.work, 0o755)
-  const keysFile = join(box.home, 'keys.json')
-  writeFileSync(keysFile, JSON.stringify({ keys: [{ name: 'alice', key_sha256: sha256Hex(KEY), scopes: ['runs:write', 'runs:read'] }] }))
+  const keysFile = writeKeys(box, { alice: { key: KEY, scopes: ['runs:write', 'runs:read'] } })
   const env = testEnv(box, model, { ISOLATION: 'sandbox', AGENTS_DIR: join(base, 'agents'), AGENT_UID_BASE: String(23_000 + (process.pid % 1000) * 10), API_KEYS_FILE: keysFile })
   const server = await startServer(t, env)
   const health = await (await fetch(`${server.base}/health`)).json() as any

@@ -30,6 +30,11 @@ test('a run waiting for an approval sends a signed approval.requested webhook', 
   const answer = await app.inject({ method: 'POST', url: `/api/runs/${run.id}/approvals/${body.approval.approval_id}`, headers: auth, payload: { decision: 'allow' } })
   t.equal(answer.statusCode, 200, 'its approval_id answers the approval')
   t.ok(await eventually(() => received.some(r => r.headers['x-webhook-event'] === 'run.finished'), 20_000), 'then run.finished')
-  const view = (await app.inject({ url: `/api/runs/${run.id}`, headers: auth })).json()
-  t.same(view.webhook.deliveries.map((d: any) => d.event).sort(), ['approval.requested', 'run.finished'], 'both deliveries are listed on the run')
+  // The receiver may see an attempt before the server has recorded its answer.
+  let events: string[] = []
+  await eventually(async () => {
+    events = (await app.inject({ url: `/api/runs/${run.id}`, headers: auth })).json().webhook.deliveries.map((d: any) => d.event).sort()
+    return events.length === 2
+  })
+  t.same(events, ['approval.requested', 'run.finished'], 'both deliveries are listed on the run')
 })

@@ -1,24 +1,18 @@
 import { test } from 'tap'
-import { writeFileSync } from 'node:fs'
-import { createHash } from 'node:crypto'
 import { join } from 'node:path'
-import { build, eventually, sandbox } from '../helper.js'
+import { build, eventually, keysFile, sandbox } from '../helper.js'
 
-const sha = (k: string): string => createHash('sha256').update(k).digest('hex')
 const KEYS = { bot: 'bot-key-0123456789abcdef', person: 'person-key-0123456789abc', other: 'other-key-0123456789abcd', peek: 'peek-key-0123456789abcde' }
 const as = (k: keyof typeof KEYS) => ({ 'x-api-key': KEYS[k] })
 
 test('who may see and answer approvals; messages and interrupts are the run\'s key\'s', async t => {
   const box = sandbox(t)
-  const file = join(box.home, 'api-keys.json')
-  writeFileSync(file, JSON.stringify({
-    keys: [
-      { name: 'bot', key_sha256: sha(KEYS.bot), scopes: ['runs:write', 'runs:read'] },
-      { name: 'person', key_sha256: sha(KEYS.person), scopes: ['approvals:write', 'runs:read_all'] },
-      { name: 'other', key_sha256: sha(KEYS.other), scopes: ['runs:write', 'runs:read'] },
-      { name: 'peek', key_sha256: sha(KEYS.peek), scopes: ['runs:read'] }
-    ]
-  }))
+  const file = keysFile(box, {
+    bot: { key: KEYS.bot, scopes: ['runs:write', 'runs:read'] },
+    person: { key: KEYS.person, scopes: ['approvals:write', 'runs:read_all'] },
+    other: { key: KEYS.other, scopes: ['runs:write', 'runs:read'] },
+    peek: { key: KEYS.peek, scopes: ['runs:read'] }
+  })
   const { app, model } = await build(t, { box, env: { API_KEYS_FILE: file, CLAUDE_API_KEY: '' } })
   model.on('bot wants to write', [{ tool: 'Write', input: { file_path: join(box.work, 'bot.txt'), content: 'x' } }, { text: 'ok' }])
   const run = (await app.inject({ method: 'POST', url: '/api/runs', headers: as('bot'), payload: { prompt: 'bot wants to write', permission_mode: 'default', approvals: 'ask' } })).json()
