@@ -37,6 +37,8 @@ export default fp(async (fastify) => {
       tags: [
         { name: 'execute', description: 'Run Claude Code to completion or streamed' },
         { name: 'runs', description: 'Durable runs: start, follow, replay, list, cancel' },
+        { name: 'approvals', description: 'Tool permission requests of interactive runs' },
+        { name: 'sessions', description: 'Claude sessions: list, read, rename, fork, delete' },
         { name: 'system', description: 'Health and service information' }
       ],
       components: {

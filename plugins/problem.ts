@@ -7,6 +7,7 @@ import { ProblemSchema } from '../src/schemas/problem.js'
 import { ExecuteResultSchema } from '../src/schemas/execute.js'
 import { RunSchema } from '../src/schemas/runs.js'
 import { ApprovalSchema } from '../src/schemas/interactive.js'
+import { SessionSchema } from '../src/schemas/sessions.js'
 import { DomainError } from '../src/errors.js'
 
 /** The HTTP status of each domain error: the domain says what happened, the API how to answer. */
@@ -25,6 +26,10 @@ export const STATUS_OF_CODE: Readonly<Record<string, number>> = {
   approval_not_found: 404,
   approval_resolved: 409,
   run_finished: 409,
+  session_not_found: 404,
+  session_busy: 409,
+  session_empty: 409,
+  transcript_unreadable: 409,
   session_directory_mismatch: 409,
   capacity_exceeded: 429,
   rate_limited: 429,
@@ -47,6 +52,7 @@ export default fp(async (fastify) => {
   fastify.addSchema(ExecuteResultSchema)
   fastify.addSchema(RunSchema)
   fastify.addSchema(ApprovalSchema)
+  fastify.addSchema(SessionSchema)
 
   const base: AjvOptions = { allErrors: true, removeAdditional: false, useDefaults: true, strict: false }
   const bodyAjv = addFormats.default(new Ajv({ ...base, coerceTypes: false }))

@@ -4,6 +4,7 @@ import { sendProblem } from '../plugins/problem.js'
 import executeRoutes from './execute.js'
 import runsRoutes from './runs.js'
 import interactiveRoutes from './interactive.js'
+import sessionsRoutes from './sessions.js'
 
 /**
  * The `/api` scope: every API route, and what belongs to them alone, registered here so
@@ -22,6 +23,7 @@ const api: FastifyPluginAsync = async (fastify) => {
   await fastify.register(executeRoutes)
   await fastify.register(runsRoutes)
   await fastify.register(interactiveRoutes)
+  await fastify.register(sessionsRoutes)
 }
 
 export default api

@@ -46,6 +46,10 @@ export const StoreUnavailable = kind('store_unavailable')
 export const ApprovalNotFound = kind('approval_not_found')
 export const ApprovalResolved = kind('approval_resolved')
 export const RunFinished = kind('run_finished')
+export const SessionNotFound = kind('session_not_found')
+export const SessionBusy = kind('session_busy')
+export const SessionEmpty = kind('session_empty')
+export const TranscriptUnreadable = kind('transcript_unreadable')
 
 /** Attach extra members to an error before throwing it. */
 export function withProblem<E extends DomainError> (err: E, extra: { problem?: Record<string, unknown>, retryAfter?: number }): E {

@@ -1,4 +1,4 @@
-import { BudgetExceeded, KeyConcurrencyExceeded, SessionForbidden, ShuttingDown, withProblem } from '../errors.js'
+import { BudgetExceeded, KeyConcurrencyExceeded, SessionBusy, SessionForbidden, ShuttingDown, withProblem } from '../errors.js'
 import { Scheduler, type Ticket } from './scheduler.js'
 
 /** What admission needs to know of the API key a run is started with. */
@@ -41,6 +41,8 @@ export class Admission {
   private readonly scheduler: Scheduler
   private readonly liveByKey = new Map<string, number>()
   private readonly sessionOwners = new Map<string, string | null>()
+  /** Sessions being deleted: no run of them is admitted meanwhile. */
+  private readonly held = new Map<string, number>()
   private spend = { dayStart: 0, byKey: new Map<string, number>() }
   private closed = false
 
@@ -67,6 +69,7 @@ export class Admission {
    */
   admit (req: AdmissionRequest, start: () => void): Ticket {
     if (this.closed) throw new ShuttingDown('the server is shutting down; retry in a moment')
+    for (const session of req.claims) if (this.held.has(session)) throw new SessionBusy(`session ${session} is being deleted`)
     const key = req.key
     // Auth off (no key) and admin keys may continue any session.
     if (key !== null && key.anySession !== true) {
@@ -119,6 +122,29 @@ export class Admission {
   /** Runs of a key queued or running now. */
   liveRunsOf (keyName: string): number {
     return this.liveByKey.get(keyName) ?? 0
+  }
+
+  /** Whether a session has a run queued or running. */
+  hasRuns (sessionId: string): boolean {
+    return this.scheduler.hasRuns(sessionId)
+  }
+
+  /** Admit no run of a session until the returned release is called (it is being deleted). */
+  hold (sessionId: string): () => void {
+    this.held.set(sessionId, (this.held.get(sessionId) ?? 0) + 1)
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      const n = (this.held.get(sessionId) ?? 1) - 1
+      if (n <= 0) this.held.delete(sessionId)
+      else this.held.set(sessionId, n)
+    }
+  }
+
+  /** A session made without a run (a fork) belongs to `owner`. */
+  adopt (sessionId: string, owner: string | null): void {
+    if (!this.sessionOwners.has(sessionId)) this.sessionOwners.set(sessionId, owner)
   }
 
   /** The key that owns a session: undefined when no run has used it. */

@@ -23,7 +23,9 @@ export class RunPlanner {
     private readonly sessions: SessionRegistry,
     private readonly identities: AgentIdentities | undefined,
     /** The key that owns a session (admission knows). */
-    private readonly ownerOf: (sessionId: string) => string | null | undefined
+    private readonly ownerOf: (sessionId: string) => string | null | undefined,
+    /** The server's own Claude config directory. */
+    private readonly serverConfigDir: string
   ) {}
 
   /**
@@ -118,6 +120,13 @@ export class RunPlanner {
       this.registries.set(identity.key, registry)
     }
     return registry
+  }
+
+  /** Where the sessions of a key are kept: its identity's config directory, or the server's. */
+  placeOf (owner: string | null): { configDir: string, owner?: { uid: number, gid: number } } {
+    if (this.identities === undefined) return { configDir: this.serverConfigDir }
+    const identity = this.identities.identityFor(owner)
+    return { configDir: identity.configDir, owner: { uid: identity.uid, gid: identity.gid } }
   }
 
   /** The agent identity a run executes as, from the key its spec names (none without identities). */

@@ -23,6 +23,7 @@ import { RunHandle } from './run-handle.js'
 import { RunLog } from './run-log.js'
 import { SessionRegistry } from './sessions.js'
 import { RunPlanner } from './planner.js'
+import { SessionCatalog } from '../sessions/catalog.js'
 import type { RunEvent, RunRequest, RunResult, RunSpec, UserTurn } from './types.js'
 
 export type { RunnerLogger }
@@ -109,7 +110,9 @@ function redactRequest (req: RunRequest): RunRequest {
 export class Runner extends EventEmitter<RunnerEvents> {
   readonly cliPath: string
   readonly probe: CliProbe
-  readonly sessions: SessionRegistry
+  /** The sessions API: browse, read, rename, fork and delete sessions. */
+  readonly sessions: SessionCatalog
+  private readonly sessionDirs: SessionRegistry
   readonly store: RunStore
   readonly admission: Admission
   private readonly settings: Settings
@@ -149,10 +152,21 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.cliPath = settings.claudePath ?? defaultCliPath()
     this.probe = new CliProbe(this.cliPath, buildChildEnv(settings.serverEnv, {}, 'probe', settings.passEnv))
     const env = settings.serverEnv
-    this.sessions = new SessionRegistry(env.CLAUDE_CONFIG_DIR ?? join(env.HOME ?? '/', '.claude'))
+    const configDir = env.CLAUDE_CONFIG_DIR ?? join(env.HOME ?? '/', '.claude')
+    this.sessionDirs = new SessionRegistry(configDir)
     this.admission = new Admission({ maxConcurrent: settings.maxConcurrentRuns, maxQueued: settings.maxQueuedRuns })
     const identities = deps.isolation?.level === 'none' ? undefined : deps.isolation?.identities
-    this.planner = new RunPlanner(settings, this.sessions, identities, session => this.admission.ownerOf(session))
+    this.planner = new RunPlanner(settings, this.sessionDirs, identities, session => this.admission.ownerOf(session), configDir)
+    this.sessions = new SessionCatalog({
+      store: deps.store,
+      placeOf: owner => this.planner.placeOf(owner),
+      live: session => this.admission.hasRuns(session),
+      hold: session => this.admission.hold(session),
+      adopt: (session, owner, cwd) => {
+        this.admission.adopt(session, owner)
+        this.planner.sessionsOf(identities === undefined ? undefined : identities.identityFor(owner)).remember(session, cwd)
+      }
+    })
     this.runLog = new RunLog(deps.store, deps.bus)
     this.approvals = new ApprovalDesk(deps.store, (handle, record) =>
       this.emit('approval', { id: handle.id, keyName: handle.keyName, webhookUrl: handle.spec.webhookUrl }, record))
@@ -240,6 +254,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
         request: redactRequest(opts.request),
         spec,
         keyName,
+        ...(spec.identity !== undefined ? { sessionOwner: spec.identity } : {}),
         cancelOnDisconnect: opts.cancelOnDisconnect,
         createdAt: handle.submittedAt
       })

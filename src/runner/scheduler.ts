@@ -37,6 +37,9 @@ export class Scheduler {
   /** Whether a session has a run going now. */
   isBusy (sessionId: string): boolean { return this.busy.has(sessionId) }
 
+  /** Whether a session has a run going or waiting. */
+  hasRuns (sessionId: string): boolean { return this.busy.has(sessionId) || this.queue.some(e => e.sessionId === sessionId) }
+
   /**
    * Throws `CapacityExceeded` (429) when the run could not start now and the queue is full. A run
    * whose session is busy cannot start now either, so it counts against the queue like any other.

@@ -98,5 +98,24 @@ export const MIGRATIONS: readonly string[] = [
   );
   CREATE INDEX approvals_run ON approvals (run_id, created_at);
   CREATE INDEX approvals_status ON approvals (status, created_at);
+  `,
+  `
+  -- Sessions as records of their own: who owns one no longer depends on its runs, which retention
+  -- prunes. Sessions known before are taken from their first run.
+  CREATE TABLE sessions (
+    id TEXT PRIMARY KEY,
+    key_name TEXT,
+    working_directory TEXT NOT NULL,
+    title TEXT,
+    first_prompt TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    deleted_at INTEGER
+  );
+  CREATE INDEX sessions_active ON sessions (updated_at, id);
+  INSERT INTO sessions (id, key_name, working_directory, title, first_prompt, created_at, updated_at)
+    SELECT r.session_id, r.key_name, r.working_directory, NULL, substr(json_extract(r.request, '$.prompt'), 1, 200), r.created_at,
+      (SELECT MAX(COALESCE(ended_at, created_at)) FROM runs WHERE session_id = r.session_id)
+    FROM runs r WHERE r.rowid = (SELECT MIN(rowid) FROM runs WHERE session_id = r.session_id);
   `
 ]

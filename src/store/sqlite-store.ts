@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import type { RunResult, RunStatus } from '../runner/types.js'
 import { Checkpointer } from './checkpointer.js'
 import { MIGRATIONS } from './migrations.js'
-import { MAX_UNFLUSHED_EVENTS, type ApprovalRecord, type NewRun, type PendingWebhook, type RunFilter, type RunRecord, type RunStore, type StoredEvent, type WebhookDelivery } from './store.js'
+import { MAX_UNFLUSHED_EVENTS, type ApprovalRecord, type NewRun, type NewSession, type PendingWebhook, type RunFilter, type RunRecord, type RunStore, type SessionFilter, type SessionRecord, type StoredEvent, type WebhookDelivery } from './store.js'
 
 export type { RunRecord, StoredEvent, WebhookDelivery } from './store.js'
 
@@ -27,6 +27,40 @@ interface RunRow {
   result: string | null
 }
 
+interface SessionRow {
+  id: string
+  key_name: string | null
+  working_directory: string
+  title: string | null
+  first_prompt: string | null
+  created_at: number
+  updated_at: number
+  deleted_at: number | null
+  run_count: number
+  last_run_id: string | null
+  busy: number
+}
+
+const toSession = (r: SessionRow): SessionRecord => ({
+  id: r.id,
+  keyName: r.key_name,
+  workingDirectory: r.working_directory,
+  title: r.title,
+  firstPrompt: r.first_prompt,
+  createdAt: r.created_at,
+  updatedAt: r.updated_at,
+  deletedAt: r.deleted_at,
+  runCount: r.run_count,
+  lastRunId: r.last_run_id,
+  busy: r.busy === 1
+})
+
+/** A session's columns and its runs' figures. */
+const SESSION_COLUMNS = `s.*,
+  (SELECT COUNT(*) FROM runs WHERE session_id = s.id) AS run_count,
+  (SELECT id FROM runs WHERE session_id = s.id ORDER BY rowid DESC LIMIT 1) AS last_run_id,
+  EXISTS (SELECT 1 FROM runs WHERE session_id = s.id AND status IN ('queued', 'running')) AS busy`
+
 const toRecord = (r: RunRow): RunRecord => ({
   id: r.id,
   rowid: r.rowid,
@@ -44,6 +78,18 @@ const toRecord = (r: RunRow): RunRecord => ({
   startedAt: r.started_at,
   endedAt: r.ended_at,
   result: r.result === null ? null : JSON.parse(r.result)
+})
+
+/** How much of a session's first prompt is kept to show until it has a title. */
+const FIRST_PROMPT_CHARS = 200
+
+const sessionRow = (s: NewSession): Record<string, unknown> => ({
+  id: s.id,
+  key_name: s.keyName,
+  working_directory: s.workingDirectory,
+  title: s.title,
+  first_prompt: s.firstPrompt === null ? null : s.firstPrompt.slice(0, FIRST_PROMPT_CHARS),
+  created_at: s.createdAt
 })
 
 export interface RunStoreOptions {
@@ -118,7 +164,19 @@ export class SqliteRunStore implements RunStore {
       renew: db.prepare('UPDATE runs SET lease_until = ? WHERE owner = ? AND status = \'running\''),
       leftoverRunning: db.prepare('SELECT rowid, * FROM runs WHERE status = \'running\' AND (owner IS NULL OR owner = ? OR lease_until IS NULL OR lease_until < ?) ORDER BY rowid'),
       spendSince: db.prepare('SELECT key_name, COALESCE(SUM(json_extract(result, \'$.total_cost_usd\')), 0) AS usd FROM runs WHERE key_name IS NOT NULL AND ended_at >= ? GROUP BY key_name'),
-      sessionOwners: db.prepare('SELECT session_id, key_name FROM runs r WHERE rowid = (SELECT MIN(rowid) FROM runs WHERE session_id = r.session_id)'),
+      sessionOwners: db.prepare('SELECT id, key_name FROM sessions'),
+      // A session named again after it was deleted starts anew (its owner stays: admission saw to that).
+      session: db.prepare(`INSERT INTO sessions (id, key_name, working_directory, title, first_prompt, created_at, updated_at)
+        VALUES (@id, @key_name, @working_directory, @title, @first_prompt, @created_at, @created_at)
+        ON CONFLICT (id) DO UPDATE SET
+          working_directory = CASE WHEN deleted_at IS NULL THEN working_directory ELSE excluded.working_directory END,
+          title = CASE WHEN deleted_at IS NULL THEN title ELSE excluded.title END,
+          first_prompt = CASE WHEN deleted_at IS NULL THEN first_prompt ELSE excluded.first_prompt END,
+          created_at = CASE WHEN deleted_at IS NULL THEN created_at ELSE excluded.created_at END,
+          updated_at = MAX(updated_at, excluded.updated_at),
+          deleted_at = NULL`),
+      getSession: db.prepare(`SELECT ${SESSION_COLUMNS} FROM sessions s WHERE id = ?`),
+      touchSessionOfRun: db.prepare('UPDATE sessions SET updated_at = MAX(updated_at, ?) WHERE id = (SELECT session_id FROM runs WHERE id = ?)'),
       finished: db.prepare('UPDATE runs SET status = ?, ended_at = ?, result = ?, spec = NULL WHERE id = ?'),
       byStatus: db.prepare('SELECT rowid, * FROM runs WHERE status = ? ORDER BY rowid'),
       // OR IGNORE: a replayed append must never fail a whole batch (other runs' events with it).
@@ -157,6 +215,20 @@ export class SqliteRunStore implements RunStore {
   }
 
   async insertRun (r: NewRun): Promise<void> {
+    this.db.transaction(() => {
+      this.insertRunNow(r)
+      this.stmts.session.run(sessionRow({
+        id: r.sessionId,
+        keyName: r.sessionOwner === undefined ? r.keyName : r.sessionOwner,
+        workingDirectory: r.workingDirectory,
+        title: null,
+        firstPrompt: typeof r.request.prompt === 'string' ? r.request.prompt : null,
+        createdAt: r.createdAt
+      }))
+    })()
+  }
+
+  private insertRunNow (r: NewRun): void {
     this.stmts.insert.run({
       id: r.id,
       status: 'queued',
@@ -288,6 +360,7 @@ export class SqliteRunStore implements RunStore {
       }
       for (const [id, f] of this.pendingFinishes) {
         this.stmts.finished.run(f.result.status, f.endedAt, JSON.stringify(f.result), id)
+        this.stmts.touchSessionOfRun.run(f.endedAt, id)
         this.pendingFinishes.delete(id)
       }
       this.writeError = undefined
@@ -331,8 +404,37 @@ export class SqliteRunStore implements RunStore {
   }
 
   async sessionOwners (): Promise<Map<string, string | null>> {
-    const rows = this.stmts.sessionOwners.all() as Array<{ session_id: string, key_name: string | null }>
-    return new Map(rows.map(r => [r.session_id, r.key_name]))
+    const rows = this.stmts.sessionOwners.all() as Array<{ id: string, key_name: string | null }>
+    return new Map(rows.map(r => [r.id, r.key_name]))
+  }
+
+  async insertSession (s: NewSession): Promise<void> {
+    this.stmts.session.run(sessionRow(s))
+  }
+
+  async getSession (id: string): Promise<SessionRecord | undefined> {
+    const row = this.stmts.getSession.get(id) as SessionRow | undefined
+    return row === undefined ? undefined : toSession(row)
+  }
+
+  async listSessions (filter: SessionFilter): Promise<SessionRecord[]> {
+    const where = ['deleted_at IS NULL']
+    const args: unknown[] = []
+    if (filter.keyName !== undefined) { where.push('key_name IS ?'); args.push(filter.keyName) }
+    if (filter.workingDirectory !== undefined) { where.push('working_directory = ?'); args.push(filter.workingDirectory) }
+    if (filter.before !== undefined) { where.push('(updated_at, id) < (?, ?)'); args.push(filter.before.updatedAt, filter.before.id) }
+    const sql = `SELECT ${SESSION_COLUMNS} FROM sessions s WHERE ${where.join(' AND ')} ORDER BY updated_at DESC, id DESC LIMIT ?`
+    return (this.db.prepare(sql).all(...args, filter.limit) as SessionRow[]).map(toSession)
+  }
+
+  async updateSession (id: string, change: { title?: string | null, updatedAt?: number, deletedAt?: number }): Promise<void> {
+    const sets: string[] = []
+    const args: unknown[] = []
+    if (change.title !== undefined) { sets.push('title = ?'); args.push(change.title) }
+    if (change.updatedAt !== undefined) { sets.push('updated_at = MAX(updated_at, ?)'); args.push(change.updatedAt) }
+    if (change.deletedAt !== undefined) { sets.push('deleted_at = ?'); args.push(change.deletedAt) }
+    if (sets.length === 0) return
+    this.db.prepare(`UPDATE sessions SET ${sets.join(', ')} WHERE id = ?`).run(...args, id)
   }
 
   async recordDelivery (runId: string, d: WebhookDelivery): Promise<void> {

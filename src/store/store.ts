@@ -62,8 +62,22 @@ export interface RunStore {
   prune: (opts: { maxAgeMs: number, maxRuns: number, now?: number }) => Promise<number>
   /** What each key's runs that ended since `sinceMs` cost, in USD. */
   spendSince: (sinceMs: number) => Promise<Map<string, number>>
-  /** The key that started each session's first run (null: a run without a key). */
+  /**
+   * The key that owns each session (null: made without a key), deleted ones included: ownership
+   * is the session's own record, so pruning its runs never frees it for another key.
+   */
   sessionOwners: () => Promise<Map<string, string | null>>
+  /**
+   * Record a session made without a run (a fork). A session is otherwise recorded by the first
+   * `insertRun` that names it. An existing session is left as it is (a deleted one is made anew).
+   */
+  insertSession: (s: NewSession) => Promise<void>
+  /** A session with its runs' figures; deleted ones too (`deletedAt` set). */
+  getSession: (id: string) => Promise<SessionRecord | undefined>
+  /** Sessions not deleted, most recently active first (then by id), a page at a time. */
+  listSessions: (filter: SessionFilter) => Promise<SessionRecord[]>
+  /** Change a session's title, activity time, or mark it deleted. Unknown ids are ignored. */
+  updateSession: (id: string, change: { title?: string | null, updatedAt?: number, deletedAt?: number }) => Promise<void>
 
   recordDelivery: (runId: string, d: WebhookDelivery) => Promise<void>
   deliveries: (runId: string) => Promise<WebhookDelivery[]>
@@ -94,8 +108,45 @@ export interface NewRun {
   /** The resolved run, to queue it again after a restart (holds env var values until it starts). */
   spec: RunSpec
   keyName: string | null
+  /**
+   * Who a session this run creates belongs to, when not `keyName` (the key whose agent identity
+   * holds its transcript: an admin forking another key's session).
+   */
+  sessionOwner?: string | null
   cancelOnDisconnect: boolean
   createdAt: number
+}
+
+/** A session as it is first recorded. */
+export interface NewSession {
+  id: string
+  /** The key it belongs to (null: made without a key). */
+  keyName: string | null
+  workingDirectory: string
+  title: string | null
+  /** What the session was first asked (shown as its title until it has one), cut short. */
+  firstPrompt: string | null
+  createdAt: number
+}
+
+/** A session as stored, with what the run store knows of its runs. */
+export interface SessionRecord extends NewSession {
+  /** Its last activity: a run submitted or ended, a rename. */
+  updatedAt: number
+  deletedAt: number | null
+  runCount: number
+  /** Its newest run (null once its runs are pruned). */
+  lastRunId: string | null
+  /** A run of it is queued or running. */
+  busy: boolean
+}
+
+export interface SessionFilter {
+  keyName?: string | null
+  workingDirectory?: string
+  /** The `(updatedAt, id)` of the last session of the previous page. */
+  before?: { updatedAt: number, id: string }
+  limit: number
 }
 
 /** A stored event: `data` is the JSON text clients receive. */

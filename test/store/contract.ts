@@ -610,6 +610,68 @@ export function runStoreContract (name: string, open: OpenStore): void {
     t.strictSame(entries(owners), [[S1, 'alice'], [S2, null], [S3, 'bob']], 'one entry a session: the first run\'s key (null: no key)')
   })
 
+  test(`${name}: a run records its session: owner, directory, first prompt, and its runs' figures`, async t => {
+    const { store, reopen } = await open(t)
+    t.equal(await store.getSession(SESSION), undefined)
+    await store.insertRun(newRun('r1', { createdAt: T0, request: { prompt: 'x'.repeat(500) } }))
+    await store.insertRun(newRun('r2', { createdAt: T0 + 1000, keyName: 'bob', request: { prompt: 'second' } }))
+    await store.insertRun(newRun('r3', { sessionId: OTHER_SESSION, keyName: 'admin', sessionOwner: 'carol', createdAt: T0 + 2000 }))
+    let s = await store.getSession(SESSION)
+    t.match(s, { id: SESSION, keyName: 'alice', workingDirectory: '/srv/work', title: null, createdAt: T0, updatedAt: T0 + 1000, deletedAt: null, runCount: 2, lastRunId: 'r2', busy: true })
+    t.equal(s?.firstPrompt?.length, 200, 'the first prompt is kept, cut short')
+    t.equal((await store.getSession(OTHER_SESSION))?.keyName, 'carol', 'sessionOwner wins over the run\'s key')
+    await store.markStarted('r1', { startedAt: T0 + 10, marker: 'm', sessionId: SESSION, workingDirectory: '/srv/work', owner: OWNER_A, leaseUntil: T0 + 60_000 })
+    await store.markFinished('r1', result('r1', 'succeeded'), T0 + 5000)
+    await store.markStarted('r2', { startedAt: T0 + 5010, marker: 'm', sessionId: SESSION, workingDirectory: '/srv/work', owner: OWNER_A, leaseUntil: T0 + 60_000 })
+    await store.markFinished('r2', result('r2', 'failed'), T0 + 9000)
+    s = await (await reopen()).getSession(SESSION)
+    t.match(s, { busy: false, runCount: 2, updatedAt: T0 + 9000 }, 'an ended run is activity; nothing runs now')
+    t.strictSame(entries(await store.sessionOwners()), [[SESSION, 'alice'], [OTHER_SESSION, 'carol']])
+  })
+
+  test(`${name}: sessions: most recently active first, filters, (updatedAt, id) cursor, rename, delete`, async t => {
+    const { store } = await open(t)
+    const ids = ['a', 'b', 'c', 'd', 'e'].map(c => `${c.repeat(8)}-0000-4000-8000-000000000000`)
+    for (const [i, id] of ids.entries()) {
+      await store.insertSession({ id, keyName: i % 2 === 0 ? 'alice' : 'bob', workingDirectory: i < 3 ? '/w/one' : '/w/two', title: null, firstPrompt: `p${i}`, createdAt: T0 + (i < 2 ? 0 : i) })
+    }
+    // a and b share their time: the id breaks the tie, newest-looking (greatest) first.
+    t.strictSame((await store.listSessions({ limit: 10 })).map(s => s.id), [ids[4], ids[3], ids[2], ids[1], ids[0]])
+    t.strictSame((await store.listSessions({ limit: 10, keyName: 'alice' })).map(s => s.id), [ids[4], ids[2], ids[0]])
+    t.strictSame((await store.listSessions({ limit: 10, workingDirectory: '/w/one' })).map(s => s.id), [ids[2], ids[1], ids[0]])
+    const seen: string[] = []
+    let before: { updatedAt: number, id: string } | undefined
+    for (let guard = 0; guard < 10; guard++) {
+      const page = await store.listSessions({ limit: 2, ...(before !== undefined ? { before } : {}) })
+      if (page.length === 0) break
+      seen.push(...page.map(s => s.id))
+      before = { updatedAt: page.at(-1)!.updatedAt, id: page.at(-1)!.id }
+    }
+    t.strictSame(seen, [ids[4], ids[3], ids[2], ids[1], ids[0]], 'pages follow each other without gaps or repeats')
+
+    await store.updateSession(ids[0]!, { title: 'renamed', updatedAt: T0 + 100 })
+    t.match(await store.getSession(ids[0]!), { title: 'renamed', updatedAt: T0 + 100 })
+    t.equal((await store.listSessions({ limit: 1 }))[0]?.id, ids[0], 'activity moves a session to the top')
+    await store.insertSession({ id: ids[0]!, keyName: 'bob', workingDirectory: '/elsewhere', title: null, firstPrompt: null, createdAt: T0 })
+    t.match(await store.getSession(ids[0]!), { keyName: 'alice', workingDirectory: '/w/one', title: 'renamed' }, 'recording a known session changes nothing')
+
+    await store.updateSession(ids[1]!, { deletedAt: T0 + 200 })
+    t.notOk((await store.listSessions({ limit: 10 })).some(s => s.id === ids[1]), 'a deleted session is not listed')
+    t.match(await store.getSession(ids[1]!), { deletedAt: T0 + 200, keyName: 'bob' }, 'but its record (and owner) stays')
+    t.equal((await store.sessionOwners()).get(ids[1]!), 'bob')
+    await store.insertRun(newRun('again', { sessionId: ids[1]!, keyName: 'bob', workingDirectory: '/w/new', createdAt: T0 + 300, request: { prompt: 'anew' } }))
+    t.match(await store.getSession(ids[1]!), { deletedAt: null, workingDirectory: '/w/new', firstPrompt: 'anew', createdAt: T0 + 300, runCount: 1 }, 'a run naming a deleted session makes it anew')
+    await t.resolves(store.updateSession('no-such-session', { title: 'x' }))
+  })
+
+  test(`${name}: pruning a session's runs keeps the session and its owner`, async t => {
+    const { store } = await open(t)
+    await addRun(store, 'r1', { keyName: 'alice', status: 'succeeded', createdAt: T0 })
+    t.equal(await store.prune({ maxAgeMs: 0, maxRuns: 0, now: T0 + DAY }), 1)
+    t.match(await store.getSession(SESSION), { keyName: 'alice', runCount: 0, lastRunId: null, busy: false })
+    t.equal((await store.sessionOwners()).get(SESSION), 'alice')
+  })
+
   test(`${name}: recordDelivery + deliveries round-trip, in attempt order`, async t => {
     const { store, reopen } = await open(t)
     await addRun(store, 'run-1', { status: 'succeeded' })

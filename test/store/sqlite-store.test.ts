@@ -190,6 +190,26 @@ test('migrations: a database from before run ownership is migrated; its running 
   t.equal(db.pragma('user_version', { simple: true }), MIGRATIONS.length)
 })
 
+test('migrations: sessions known before sessions were records are taken from their first run', async t => {
+  const dir = tempDir(t)
+  const sessions = MIGRATIONS.findIndex(m => m.includes('CREATE TABLE sessions'))
+  t.ok(sessions > 0, 'setup: the sessions migration exists')
+  const old = new Database(join(dir, 'runs.db'))
+  for (let v = 0; v < sessions; v++) old.exec(MIGRATIONS[v]!)
+  old.pragma(`user_version = ${sessions}`)
+  const insert = old.prepare(`INSERT INTO runs (id, status, session_id, working_directory, request, key_name, created_at, ended_at)
+    VALUES (?, ?, ?, '/w', ?, ?, ?, ?)`)
+  insert.run('r1', 'succeeded', 's1', '{"prompt":"first of s1"}', 'alice', 10, 20)
+  insert.run('r2', 'succeeded', 's1', '{"prompt":"second"}', 'bob', 30, 40)
+  insert.run('r3', 'queued', 's2', '{"prompt":"only"}', null, 50, null)
+  old.close()
+
+  const store = openStore(t, dir)
+  t.match(await store.getSession('s1'), { keyName: 'alice', workingDirectory: '/w', firstPrompt: 'first of s1', createdAt: 10, updatedAt: 40, runCount: 2, lastRunId: 'r2', busy: false })
+  t.match(await store.getSession('s2'), { keyName: null, createdAt: 50, updatedAt: 50, busy: true })
+  t.strictSame((await store.listSessions({ limit: 10 })).map(s => s.id), ['s2', 's1'])
+})
+
 test('an in-memory store works without a data dir', async t => {
   const store = new SqliteRunStore({ dataDir: ':memory:', flushIntervalMs: 60_000 })
   t.teardown(() => store.close())
