@@ -44,6 +44,10 @@ export default fp(async (fastify) => {
   new Gauge({ name: 'ccapi_runs_active', help: 'Claude Code CLIs running now', registers: [registry], collect () { this.set(runner.stats().active) } })
   // eslint-disable-next-line no-new
   new Gauge({ name: 'ccapi_claude_code_available', help: '1 when the CLI probe succeeds', registers: [registry], collect () { this.set(runner.probe.status.available ? 1 : 0) } })
+  // eslint-disable-next-line no-new
+  new Gauge({ name: 'ccapi_warm_spares_parked', help: 'Warm spares (parked CLIs) ready for new sessions', registers: [registry], collect () { this.set(runner.warmStats().parked) } })
+  const warm = new Counter({ name: 'ccapi_warm_claims_total', help: 'Runs of new sessions by how they started: on a warm spare (hit), cold for want of one (miss), cold after the spare refused (refused)', labelNames: ['outcome'], registers: [registry] })
+  for (const outcome of ['hit', 'miss', 'refused']) warm.inc({ outcome }, 0)
   const http = new Counter({ name: 'ccapi_http_requests_total', help: 'HTTP requests by route and status', labelNames: ['method', 'route', 'status'], registers: [registry] })
   const httpDuration = new Histogram({
     name: 'ccapi_http_request_duration_seconds',
@@ -54,6 +58,7 @@ export default fp(async (fastify) => {
   })
 
   runner.on('started', handle => started.inc({ key: key(handle.keyName) }))
+  runner.on('warm', outcome => warm.inc({ outcome }))
   runner.on('finished', (handle, result) => {
     const k = key(handle.keyName)
     finished.inc({ status: result.status, key: k })

@@ -31,7 +31,8 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
       store: store ? 'ok' : 'unavailable',
       isolation: fastify.isolation,
       uptime_s: Math.round((Date.now() - startedAt) / 100) / 10,
-      runs: runner.stats()
+      runs: runner.stats(),
+      warm: runner.warmStats()
     } as const
   })
 }

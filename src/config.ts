@@ -41,6 +41,8 @@ export const ConfigSchema = Type.Object({
   KILL_GRACE_MS: Type.Integer({ default: 3000, minimum: 0 }),
   SSE_KEEPALIVE_MS: Type.Integer({ default: 15_000, minimum: 100 }),
   APPROVAL_TIMEOUT_S: Type.Integer({ default: 300, minimum: 1, maximum: 86_400 }),
+  // Parked CLIs (~230-260 MB each) that new sessions start on; 0 turns warm start off.
+  WARM_SPARES: Type.Integer({ default: 1, minimum: 0, maximum: 64 }),
   REQUEST_TIMEOUT_S: Type.Integer({ default: 30, minimum: 1, maximum: 3600 }),
   // 0: derived from the open-file limit (three quarters of it, less 64 for runs and the store).
   MAX_CONNECTIONS: Type.Integer({ default: 0, minimum: 0 }),
@@ -93,6 +95,7 @@ export interface Settings {
   sseKeepAliveMs: number
   maxConnections: number
   approvalTimeoutS: number
+  warmSpares: number
   cliProbeIntervalS: number
   shutdownGraceS: number
   retentionDays: number
@@ -289,6 +292,7 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     killGraceMs: raw.KILL_GRACE_MS,
     sseKeepAliveMs: raw.SSE_KEEPALIVE_MS,
     approvalTimeoutS: raw.APPROVAL_TIMEOUT_S,
+    warmSpares: raw.WARM_SPARES,
     maxConnections: raw.MAX_CONNECTIONS > 0 ? raw.MAX_CONNECTIONS : defaultMaxConnections(openFileLimit()),
     cliProbeIntervalS: raw.CLI_PROBE_INTERVAL_S,
     shutdownGraceS: raw.SHUTDOWN_GRACE_S,

@@ -59,6 +59,8 @@ export function testEnv (box: Sandbox, model: FakeModel, extra: Record<string, s
     KILL_GRACE_MS: '300',
     DATA_DIR: join(box.home, 'data'),
     SHUTDOWN_GRACE_S: '0',
+    // Warm spares cost a CLI each: only the tests of warm start park them.
+    WARM_SPARES: '0',
     // The suite runs as root in CI: agent identities are tested on their own (test/isolation/).
     ISOLATION: 'none',
     ...extra

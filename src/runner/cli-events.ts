@@ -28,6 +28,8 @@ export function mapCliLine (msg: unknown, shown: string, includePartialMessages:
   if (msg === null || typeof msg !== 'object' || Array.isArray(msg)) return []
   const line = msg as CliLine
   if ((typeof line.type === 'string' && PROTOCOL_TYPES.has(line.type)) || line.sdk_host_only === true) return []
+  // A hint to an interactive UI (a claimed warm spare sends them): nothing a run's client uses.
+  if (line.type === 'system' && (msg as { subtype?: unknown }).subtype === 'ui_invalidate') return []
   const effects: CliEffect[] = [{ kind: 'message', data: shown }]
   if (line.type === 'result') {
     effects.push({ kind: 'result', line: msg as CliResultLine })

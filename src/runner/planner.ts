@@ -45,7 +45,7 @@ export class RunPlanner {
     if (owner !== undefined && owner !== keyName && !anySession) throw new SessionForbidden(`session ${req.session_id ?? ''} belongs to another key`)
     const identity = this.identities?.identityFor(owner ?? keyName)
     let cwd = identity !== undefined && req.working_directory === undefined
-      ? this.ownWorkArea(identity)
+      ? this.workAreaOf(identity)
       : await resolveWorkingDir(req.working_directory, s)
     let sessionId: string = randomUUID()
     let sessionMode: RunSpec['sessionMode'] = 'new'
@@ -102,7 +102,7 @@ export class RunPlanner {
   }
 
   /** The work area of a key's identity: `DEFAULT_WORKING_DIR/<key>`, its own, made on first use. */
-  private ownWorkArea (identity: AgentIdentity): string {
+  workAreaOf (identity: AgentIdentity): string {
     const dir = join(this.settings.defaultWorkingDir, identity.key)
     if (!existsSync(dir)) {
       mkdirSync(dir, { mode: 0o700 })

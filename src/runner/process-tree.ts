@@ -77,6 +77,39 @@ export function findRunProcesses (name: string, value: string, rootPid?: number)
   return [...found]
 }
 
+/**
+ * Live processes whose environment has `name` set to a value `match` accepts (the leftovers of a
+ * family of markers, e.g. the warm spares of a server that died).
+ */
+export function findMarkedProcesses (name: string, match: (value: string) => boolean): number[] {
+  const prefix = `${name}=`
+  const found: number[] = []
+  for (const pid of allPids()) {
+    const env = readEnviron(pid)
+    if (env === null || parentOf(pid) === null) continue
+    for (const entry of env.toString('utf8').split('\0')) {
+      if (entry.startsWith(prefix) && match(entry.slice(prefix.length))) {
+        found.push(pid)
+        break
+      }
+    }
+  }
+  return found
+}
+
+/** SIGKILL `pids`, again until none of them is left (at most a second). */
+export async function killAll (find: () => number[]): Promise<number> {
+  let killed = 0
+  for (let round = 0; round < 20; round++) {
+    const pids = find()
+    if (pids.length === 0) break
+    killed += pids.length
+    signal(pids, 'SIGKILL')
+    await sleep(50)
+  }
+  return killed
+}
+
 function signal (pids: Iterable<number>, sig: NodeJS.Signals): void {
   for (const pid of pids) {
     try {

@@ -2,6 +2,7 @@ import type { RunnerLogger } from './executor.js'
 import type { RunLog } from './run-log.js'
 import { Inbox } from './inbox.js'
 import type { Ticket } from './scheduler.js'
+import type { WarmSpare } from './warm-pool.js'
 import type { RunEventType, RunResult, RunSpec, RunStatus } from './types.js'
 
 /** Why the server ended a run early. */
@@ -29,6 +30,8 @@ export class RunHandle {
   ticket: Ticket | undefined
   /** Follow-up messages and interrupts while it lives. */
   readonly inbox = new Inbox()
+  /** The warm spare taken for it at admission, until it starts on it (or gives it back). */
+  warm: WarmSpare | undefined
 
   constructor (
     readonly spec: RunSpec,

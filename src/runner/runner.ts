@@ -1,16 +1,21 @@
 import { EventEmitter, setMaxListeners } from 'node:events'
 import { randomUUID } from 'node:crypto'
-import { existsSync } from 'node:fs'
+import { chownSync, existsSync, mkdirSync } from 'node:fs'
+import { prewarm } from '@anthropic-ai/claude-agent-sdk'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import type { Settings } from '../config.js'
 import { StoreUnavailable, RunFinished } from '../errors.js'
 import { BROKERED_VARS, type CredentialBroker } from '../isolation/broker.js'
-import type { AgentIdentities, IsolationLevel } from '../isolation/identities.js'
+import type { AgentIdentities, AgentIdentity, IsolationLevel } from '../isolation/identities.js'
 import { sandboxArgs } from '../isolation/sandbox.js'
 import type { ApprovalRecord, EventBus, RunRecord, RunStore } from '../store/store.js'
 import { Admission, type KeyLimits } from './admission.js'
-import { buildChildEnv } from './child-env.js'
+import { buildChildEnv, RUN_MARKER_VAR } from './child-env.js'
+import { cliSpawner, type CliProcess, type ExecutorSettings } from './cli-process.js'
+import { settingSourcesOf } from './cli-options.js'
+import { findMarkedProcesses, killAll } from './process-tree.js'
+import { WarmPool, type ClaimOutcome, type WarmSpare } from './warm-pool.js'
 import { CliProbe } from './cli-probe.js'
 import { ApprovalDesk } from './approvals.js'
 import { describeAttachments } from './attachments.js'
@@ -59,7 +64,12 @@ export interface RunnerEvents {
   finished: [RunSummary, RunResult]
   /** An `approvals: ask` run started waiting for an answer. */
   approval: [RunSummary, ApprovalRecord]
+  /** A run of a new session started on a warm spare (`hit`), or cold (`miss`, `refused`). */
+  warm: [ClaimOutcome]
 }
+
+/** How long a spare may take to park before it counts as failed. */
+const SPARE_PARK_TIMEOUT_MS = 30_000
 
 /** What the engine is built from. */
 export interface RunnerDeps {
@@ -126,6 +136,11 @@ export class Runner extends EventEmitter<RunnerEvents> {
   /** The server's environment as runs may see it: without the operator's credential when brokered. */
   private readonly runEnv: Settings['serverEnv']
   private readonly runs = new Map<string, RunHandle>()
+  private readonly identities: AgentIdentities | undefined
+  /** Warm spares (`WARM_SPARES`); absent when off. */
+  private readonly warm: WarmPool | undefined
+  /** This process among the lives of this instance: its spares' markers carry it. */
+  private readonly bootId = randomUUID().slice(0, 8)
   /** The permission requests of `approvals: ask` runs, parked until answered. */
   readonly approvals: ApprovalDesk
   private closing = false
@@ -156,6 +171,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.sessionDirs = new SessionRegistry(configDir)
     this.admission = new Admission({ maxConcurrent: settings.maxConcurrentRuns, maxQueued: settings.maxQueuedRuns })
     const identities = deps.isolation?.level === 'none' ? undefined : deps.isolation?.identities
+    this.identities = identities
     this.planner = new RunPlanner(settings, this.sessionDirs, identities, session => this.admission.ownerOf(session), configDir)
     this.sessions = new SessionCatalog({
       store: deps.store,
@@ -171,6 +187,9 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.approvals = new ApprovalDesk(deps.store, (handle, record) =>
       this.emit('approval', { id: handle.id, keyName: handle.keyName, webhookUrl: handle.spec.webhookUrl }, record))
     this.retention = new Retention(deps.store, { days: settings.retentionDays, maxRuns: settings.retentionMaxRuns }, deps.log)
+    if (settings.warmSpares > 0) {
+      this.warm = new WarmPool({ target: settings.warmSpares, perIdentity: identities !== undefined, start: async profile => await this.startSpare(profile), log: deps.log })
+    }
     // Every queued run and every follower listens for the shutdown.
     setMaxListeners(0, this.shutdown.signal)
   }
@@ -185,6 +204,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
     if (!status.available) this.log.warn({ cli: this.cliPath, error: status.error }, 'Claude Code CLI not available: runs will fail with cli_not_found')
     else if (status.credentials === 'missing') this.log.warn({ cli: this.cliPath }, 'no Claude credential configured (ANTHROPIC_API_KEY, CLAUDE_CODE_OAUTH_TOKEN or a `claude` login): runs will fail with not_authenticated')
     this.probe.startBackground(this.settings.cliProbeIntervalS)
+    if (status.available) this.warm?.start()
     // Read now, before any new run exists, so recovery never touches a run of this process.
     this.leftovers = await this.store.leftovers(this.instanceId, Date.now())
     await this.checkStore()
@@ -219,6 +239,11 @@ export class Runner extends EventEmitter<RunnerEvents> {
     return { active: this.admission.active, queued: this.admission.queued }
   }
 
+  /** The warm spares parked now, and how many there should be (0: warm start is off). */
+  warmStats (): { parked: number, target: number } {
+    return { parked: this.warm?.parkedCount ?? 0, target: this.warm?.target ?? 0 }
+  }
+
   get shuttingDown (): boolean { return this.closing }
 
   /** The live handle of a queued or running run. */
@@ -242,10 +267,20 @@ export class Runner extends EventEmitter<RunnerEvents> {
     const keyName = opts.key?.name ?? null
     const log = this.log.child({ run_id: spec.runId, key_name: keyName, ...(opts.requestId !== undefined ? { request_id: opts.requestId } : {}) })
     const handle = new RunHandle(spec, opts.cancelOnDisconnect, keyName, log, this.runLog, 0)
+    // A new session starts on a warm spare when one fits: the run takes the spare's session id.
+    const warm = this.takeSpare(spec, opts.request)
+    if (warm !== undefined) spec.sessionId = warm.sessionId
     const claims = spec.forkedFrom !== undefined ? [spec.sessionId, spec.forkedFrom] : [spec.sessionId]
     // A new session belongs where its transcript is written: the identity it runs as (a fork of
     // another key's session by an admin lives with that key), else the requesting key.
-    const ticket = this.admission.admit({ sessionId: spec.sessionId, claims, key: opts.key, ...(spec.identity !== undefined ? { newSessionOwner: spec.identity } : {}) }, () => handle.admit())
+    let ticket
+    try {
+      ticket = this.admission.admit({ sessionId: spec.sessionId, claims, key: opts.key, ...(spec.identity !== undefined ? { newSessionOwner: spec.identity } : {}) }, () => handle.admit())
+    } catch (err) {
+      if (warm !== undefined) this.warm?.giveBack(warm)
+      throw err
+    }
+    handle.warm = warm
     try {
       await this.store.insertRun({
         id: spec.runId,
@@ -260,6 +295,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       })
     } catch (err) {
       ticket.release()
+      if (warm !== undefined) this.warm?.giveBack(warm)
       log.error({ err }, 'recording the run failed')
       throw new StoreUnavailable('the run store could not record the run; retry in a moment')
     }
@@ -324,6 +360,11 @@ export class Runner extends EventEmitter<RunnerEvents> {
     const leftovers = this.leftovers
     this.leftovers = undefined
     if (leftovers === undefined || this.closing) return
+    // The spares a previous life of this instance left parked (it was killed): nobody claims them now.
+    const mine = `warm-${this.instanceId}-`
+    const now = `${mine}${this.bootId}-`
+    const ended = await killAll(() => findMarkedProcesses(RUN_MARKER_VAR, v => v.startsWith(mine) && !v.startsWith(now)))
+    if (ended > 0) this.log.info({ killed: ended }, 'ended the warm spares a previous process left')
     await recoverRuns(leftovers, {
       store: this.store,
       log: this.log,
@@ -348,6 +389,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
   async close (graceMs = this.settings.shutdownGraceS * 1000): Promise<void> {
     this.closing = true
     this.admission.close()
+    // Spares are nobody's runs: they go at once.
+    const spares = this.warm?.close()
     this.probe.stop()
     this.retention.stop()
     clearInterval(this.leaseTimer)
@@ -369,6 +412,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
     }
     for (const h of running) h.cancel('server shutting down')
     await Promise.all(running.map(h => h.result))
+    await spares
     // Runs left queued stay so in the store; their followers end now and reconnect later.
     this.shutdown.abort()
     await this.store.close()
@@ -415,6 +459,11 @@ export class Runner extends EventEmitter<RunnerEvents> {
       outcome.spawnError = { message: (err as Error).message }
     } finally {
       clearTimeout(deadline)
+      // Its spare was never claimed (the run ended before it started, or did not start).
+      if (handle.warm !== undefined) {
+        this.warm?.giveBack(handle.warm)
+        handle.warm = undefined
+      }
       // One listener per run would pile up for the server's life.
       if (onShutdown !== undefined) this.shutdown.signal.removeEventListener('abort', onShutdown)
     }
@@ -454,15 +503,17 @@ export class Runner extends EventEmitter<RunnerEvents> {
     const identity = this.planner.identityOf(spec)
     if (spec.sessionMode !== 'fork') spec.sessionMode = await this.planner.sessionsOf(identity).exists(spec.sessionId) ? 'resume' : 'new'
     if (handle.endedBy !== undefined) return
-    const marker = randomUUID()
+    // On a spare, the run is the spare's: its marker, its token. The spare is the run's from here.
+    const warm = handle.warm
+    handle.warm = undefined
+    const marker = warm?.process.marker ?? randomUUID()
     const env = buildChildEnv(this.runEnv, spec.env, marker, this.settings.passEnv)
-    if (identity !== undefined) {
-      Object.assign(env, { HOME: identity.home, CLAUDE_CONFIG_DIR: identity.configDir, USER: `agent-${identity.key}`, LOGNAME: `agent-${identity.key}` })
-    }
+    if (identity !== undefined) Object.assign(env, identityEnv(identity))
     // The run's own token, good for this run only, instead of the operator's credential.
-    const credential = this.broker?.issue(spec.runId)
+    const credential = warm?.credential ?? this.broker?.issue(spec.runId)
     if (credential !== undefined) Object.assign(env, credential.env)
     handle.markRunning()
+    let claimed = false
     try {
       // Recorded before the spawn: if the server dies now, the next start finds and kills the tree.
       // Unrecorded (a full disk), the run does not start: it could not be found again after a crash.
@@ -471,35 +522,123 @@ export class Runner extends EventEmitter<RunnerEvents> {
       } catch (err) {
         handle.log.error({ err }, 'recording the start of the run failed; it does not start')
         outcome.refused = { code: 'store_unavailable', message: `The run store could not record the start of the run (${(err as Error).message}); it did not start` }
+        if (warm !== undefined) this.warm?.giveBack(warm)
         return
       }
       this.emit('started', { id: handle.id, keyName: handle.keyName, webhookUrl: handle.spec.webhookUrl })
-      const execution = await executeRun(spec, env, marker, {
-        cliPath: this.cliPath,
-        settingSources: this.settings.settingSources,
-        maxLineBytes: this.settings.maxLineBytes,
-        maxOutputBytes: this.settings.maxOutputBytes,
-        killGraceMs: this.settings.killGraceMs,
-        ...(identity !== undefined ? { identity: { uid: identity.uid, gid: identity.gid } } : {}),
-        ...(identity !== undefined && this.sandbox !== undefined
-          ? {
-              wrap: {
-                command: this.sandbox.bwrap,
-                args: sandboxArgs({ cwd, home: identity.home, agentsDir: this.sandbox.agentsDir, hiddenDirs: this.sandbox.hiddenDirs, hiddenFiles: this.sandbox.hiddenFiles, readOnly: this.sandbox.readOnly ?? [] })
-              }
-            }
-          : {})
-      }, {
+      const execution = await executeRun(spec, env, marker, this.executorSettings(identity, cwd), {
         event: (type, data) => handle.push(type, data),
         inbox: handle.inbox,
         askApproval: async (toolName, input, ask) => await this.approvals.ask(handle, toolName, input, ask),
         ended,
         log: handle.log
-      })
+      }, warm === undefined
+        ? undefined
+        : {
+            spare: warm.spare,
+            process: warm.process,
+            outcome: (o) => {
+              claimed = true
+              this.emit('warm', o)
+            }
+          })
+      // Ended before it could start on its spare: the spare is parked again.
+      if (warm !== undefined && !claimed) this.warm?.giveBack(warm)
       Object.assign(outcome, execution)
     } finally {
-      // The token dies with the run: whatever of it survives cannot use it.
-      credential?.revoke()
+      // The token dies with the run: whatever of it survives cannot use it (a spare handed back keeps its own).
+      if (warm === undefined || claimed) credential?.revoke()
     }
   }
+
+  /** How the executor runs a CLI as `identity` (and in the sandbox, with `cwd` bound), or as the server. */
+  private executorSettings (identity: AgentIdentity | undefined, cwd: string, chdir?: string): ExecutorSettings {
+    const args = identity !== undefined && this.sandbox !== undefined
+      ? sandboxArgs({ cwd, home: identity.home, agentsDir: this.sandbox.agentsDir, hiddenDirs: this.sandbox.hiddenDirs, hiddenFiles: this.sandbox.hiddenFiles, readOnly: this.sandbox.readOnly ?? [] })
+      : undefined
+    // A spare parks elsewhere than the directory it serves (both are inside the sandbox).
+    if (args !== undefined && chdir !== undefined) args[args.length - 1] = chdir
+    return {
+      cliPath: this.cliPath,
+      settingSources: this.settings.settingSources,
+      maxLineBytes: this.settings.maxLineBytes,
+      maxOutputBytes: this.settings.maxOutputBytes,
+      killGraceMs: this.settings.killGraceMs,
+      ...(identity !== undefined ? { identity: { uid: identity.uid, gid: identity.gid } } : {}),
+      ...(args !== undefined ? { wrap: { command: this.sandbox!.bwrap, args } } : {})
+    }
+  }
+
+  /**
+   * A warm spare for a run of a new session, if one is parked for its identity and can take its
+   * options (the claim sets directory, model, permission mode and appended system prompt; the rest
+   * was fixed when the spare started). Taken synchronously, before admission.
+   */
+  private takeSpare (spec: RunSpec, request: RunRequest): WarmSpare | undefined {
+    if (this.warm === undefined || request.session_id !== undefined || spec.sessionMode !== 'new') return undefined
+    const claimable = Object.keys(spec.env).length === 0 && spec.systemPrompt === undefined && spec.allowedTools === undefined &&
+      spec.disallowedTools === undefined && spec.maxTurns === undefined && spec.maxBudgetUsd === undefined &&
+      spec.outputSchema === undefined && spec.approvals === 'deny' && !spec.includePartialMessages
+    const spare = this.warm.take(spec.identity ?? '', s => claimable && (s.onlyCwd === undefined || s.onlyCwd === spec.cwd))
+    if (spare === undefined) this.emit('warm', 'miss')
+    return spare
+  }
+
+  /**
+   * Start a CLI and park it (the SDK's `prewarm()`), with everything a run would have but its
+   * session: the server's options, the identity's user, home and sandbox, a marker of its own
+   * (`warm-<instance>-<boot>-<id>`, so a restart finds what a killed server left), and its own
+   * broker token.
+   */
+  private async startSpare (profile: string): Promise<WarmSpare> {
+    const identity = profile === '' || this.identities === undefined ? undefined : this.identities.identityFor(profile)
+    const id = randomUUID()
+    const marker = `warm-${this.instanceId}-${this.bootId}-${id}`
+    const env = buildChildEnv(this.runEnv, {}, marker, this.settings.passEnv)
+    if (identity !== undefined) Object.assign(env, identityEnv(identity))
+    const credential = this.broker?.issue(`spare-${id}`)
+    if (credential !== undefined) Object.assign(env, credential.env)
+    // An identity's spare parks in its home (made its own), never in a directory it will serve.
+    let parking: string | undefined
+    let onlyCwd: string | undefined
+    if (identity !== undefined) {
+      parking = join(identity.home, '.spares')
+      if (!existsSync(parking)) {
+        mkdirSync(parking, { mode: 0o700 })
+        chownSync(parking, identity.uid, identity.gid)
+      }
+      if (this.sandbox !== undefined) onlyCwd = this.planner.workAreaOf(identity)
+    }
+    let proc: CliProcess | undefined
+    const log = this.log.child({ spare: id, ...(identity !== undefined ? { identity: identity.key } : {}) })
+    const sessionId = randomUUID()
+    try {
+      const spare = await prewarm({
+        options: {
+          env,
+          pathToClaudeCodeExecutable: this.cliPath,
+          settingSources: settingSourcesOf(this.settings.settingSources),
+          strictMcpConfig: true,
+          includePartialMessages: false,
+          sessionId,
+          ...(this.settings.allowedPermissionModes.includes('bypassPermissions') ? { allowDangerouslySkipPermissions: true } : {}),
+          ...(parking !== undefined ? { cwd: parking } : {}),
+          spawnClaudeCodeProcess: cliSpawner(marker, this.executorSettings(identity, onlyCwd ?? parking ?? this.settings.defaultWorkingDir, onlyCwd !== undefined ? parking : undefined), parking ?? this.settings.defaultWorkingDir, log, p => { proc = p })
+        },
+        initializeTimeoutMs: SPARE_PARK_TIMEOUT_MS
+      })
+      if (proc === undefined) throw new Error('the SDK parked a spare without spawning it')
+      log.debug({ session_id: sessionId }, 'warm spare parked')
+      return { id, profile, sessionId, spare, process: proc, ...(credential !== undefined ? { credential } : {}), ...(onlyCwd !== undefined ? { onlyCwd } : {}) }
+    } catch (err) {
+      credential?.revoke()
+      await proc?.end(0)
+      throw err
+    }
+  }
+}
+
+/** The user, home and Claude config of an agent identity, in a CLI's environment. */
+function identityEnv (identity: AgentIdentity): Record<string, string> {
+  return { HOME: identity.home, CLAUDE_CONFIG_DIR: identity.configDir, USER: `agent-${identity.key}`, LOGNAME: `agent-${identity.key}` }
 }

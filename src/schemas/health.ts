@@ -15,6 +15,10 @@ export const HealthSchema = Type.Object({
     credential_broker: Type.Boolean({ description: 'Runs get a per-run token instead of the operator\'s Claude credential (false with a cloud provider, or no credential to front).' })
   }),
   uptime_s: Type.Number(),
-  runs: Type.Object({ active: Type.Integer(), queued: Type.Integer() })
+  runs: Type.Object({ active: Type.Integer(), queued: Type.Integer() }),
+  warm: Type.Object({
+    parked: Type.Integer({ description: 'Warm spares parked now, ready for a new session.' }),
+    target: Type.Integer({ description: 'How many there should be (`WARM_SPARES`; 0: warm start is off).' })
+  }, { description: 'Warm start: CLIs started ahead of demand, which runs of new sessions start on.' })
 }, { title: 'Health' })
 export type Health = Static<typeof HealthSchema>
