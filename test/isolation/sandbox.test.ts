@@ -74,3 +74,38 @@ test('a sandboxed run sees only itself, none of the server\'s paths, and leaves 
   t.equal(again.status, 'succeeded', again.error)
   t.ok(model.calls.at(-1)!.userTexts.includes('write and resume'), 'resume carries the history')
 })
+
+test('a warm spare in the sandbox serves its key\'s own work area, sandboxed like a cold run', { skip }, async t => {
+  const box = varTmpBox(t)
+  const model = await fakeModel(t)
+  const base = join(box.home, '..')
+  chmodSync(base, 0o755)
+  chmodSync(box.work, 0o755)
+  const keysFile = writeKeys(box, { alice: { key: KEY, scopes: ['runs:write', 'runs:read'] } })
+  const env = testEnv(box, model, { ISOLATION: 'sandbox', AGENTS_DIR: join(base, 'agents'), AGENT_UID_BASE: String(25_000 + (process.pid % 1000) * 10), API_KEYS_FILE: keysFile, WARM_SPARES: '1', ALLOWED_PERMISSION_MODES: 'acceptEdits,bypassPermissions' })
+  const server = await startServer(t, env)
+  const run = async (body: object): Promise<any> => await (await fetch(`${server.base}/api/execute`, { method: 'POST', headers: { 'x-api-key': KEY, 'content-type': 'application/json' }, body: JSON.stringify(body) })).json()
+  const warm = async (): Promise<any> => (await (await fetch(`${server.base}/health`)).json() as any).warm
+  const first = await run({ prompt: 'hello' })
+  t.equal(first.success, true, first.error)
+  t.ok(await eventually(async () => (await warm()).parked === 1, 60_000), 'a sandboxed spare is parked for alice')
+
+  model.on('look around', [{ tool: 'Bash', input: { command: `ls -A ${env.DATA_DIR!}` } }, { tool: 'Bash', input: { command: 'ls /proc' } }, { text: 'looked' }])
+  // bypassPermissions: the CLI's own checks step aside, so only the sandbox stands in the way.
+  const looked = await run({ prompt: 'look around', permission_mode: 'bypassPermissions' })
+  t.equal(looked.success, true, looked.error)
+  const metrics = await (await fetch(`${server.base}/metrics`, { headers: { 'x-api-key': env.CLAUDE_API_KEY! } })).text()
+  t.match(metrics, /ccapi_warm_claims_total\{outcome="hit"\} 1/, 'the run took the spare')
+  const [store, procs] = toolResults(model.calls).slice(-2)
+  t.ok(store !== undefined, 'setup: the listing ran')
+  t.notMatch(store ?? '', /runs\.db|instance-id/, 'the server\'s store is hidden from the warm run, as from a cold one')
+  t.ok((procs ?? '').split('\n').filter(l => /^\d+$/.test(l)).length <= 10, 'and it sees only its own few processes')
+  const shared = join(box.work, 'shared')
+  mkdirSync(shared)
+  chmodSync(shared, 0o777)
+  const elsewhere = await run({ prompt: 'elsewhere', working_directory: shared })
+  t.equal(elsewhere.success, true, 'a run in another directory starts cold, and succeeds')
+  t.match(await (await fetch(`${server.base}/metrics`, { headers: { 'x-api-key': env.CLAUDE_API_KEY! } })).text(), /ccapi_warm_claims_total\{outcome="miss"\} 2/)
+  server.child.kill('SIGTERM')
+  await server.exited
+})

@@ -109,18 +109,18 @@ test('warm start: SIGTERM leaves no spare behind; nor does kill -9 once the serv
   // What a spare that ignored its closed input (or a process it started) would look like.
   const straggler = spawn('sh', ['-c', 'sleep 600'], { detached: true, stdio: 'ignore', env: { PATH: process.env.PATH ?? '/usr/bin:/bin', CLAUDE_API_RUN_MARKER: `${mine}deadboot-0000` } })
   straggler.unref()
-  t.teardown(() => { try { process.kill(straggler.pid!, 'SIGKILL') } catch {} })
+  t.teardown(() => { try { process.kill(-straggler.pid!, 'SIGKILL') } catch {} })
   const strays = (): number => spareProcesses().filter(p => p.pid === straggler.pid).length
   t.ok(await eventually(() => strays() === 1), 'setup: a marked leftover runs')
   const other = spawn('sh', ['-c', 'sleep 600'], { detached: true, stdio: 'ignore', env: { PATH: process.env.PATH ?? '/usr/bin:/bin', CLAUDE_API_RUN_MARKER: 'warm-another-instance-boot-0000' } })
-  t.teardown(() => { try { process.kill(other.pid!, 'SIGKILL') } catch {} })
+  t.teardown(() => { try { process.kill(-other.pid!, 'SIGKILL') } catch {} })
   const three = await startServer(t, env)
   t.ok(await eventually(() => strays() === 0, 30_000), 'the next start ends what carries this instance\'s spare marker')
   t.ok(await eventually(() => orphans.every(p => !spareProcesses().some(q => q.pid === p.pid)), 30_000), 'no spare of the killed server is left (they see their input close; the next start sweeps any that did not)')
   t.ok(await eventually(async () => await parked(three.base) === 2, 60_000), 'and parks its own')
   const res = await fetch(`${three.base}/api/execute`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'after the crash' }) })
   t.equal((await res.json()).success, true, 'a run takes one of them')
-  t.ok(spareProcesses().some(p => p.pid === other.pid), 'another instance\'s spares are not touched')
+  t.ok(spareProcesses().some(p => p.marker.startsWith('warm-another-instance-')), 'another instance\'s spares are not touched')
   three.child.kill('SIGTERM')
   await three.exited
   t.strictSame(sparesOf(mine), [], 'and none is left at the end')
