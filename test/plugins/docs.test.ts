@@ -239,3 +239,27 @@ test('/metrics is in the document, with its token auth', async t => {
   t.ok(op.responses['401'], 'with its 401')
   t.match(op.description, /METRICS_TOKEN/)
 })
+
+test('the sessions API is in the document: every operation, the Session component, its errors', async t => {
+  const { app } = await build(t)
+  const doc = (await app.inject({ method: 'GET', url: '/openapi.json' })).json()
+  const ops: Array<[string, string, string]> = [
+    ['/api/sessions', 'get', 'listSessions'],
+    ['/api/sessions/{id}', 'get', 'getSession'],
+    ['/api/sessions/{id}', 'patch', 'renameSession'],
+    ['/api/sessions/{id}', 'delete', 'deleteSession'],
+    ['/api/sessions/{id}/messages', 'get', 'getSessionMessages'],
+    ['/api/sessions/{id}/fork', 'post', 'forkSession']
+  ]
+  for (const [path, method, id] of ops) {
+    const op = doc.paths?.[path]?.[method]
+    t.equal(op?.operationId, id, `${method.toUpperCase()} ${path} is ${id}`)
+    t.ok(op?.summary, `${id} has a summary`)
+    t.same(op?.tags, ['sessions'])
+    if (path !== '/api/sessions') t.match(op?.responses?.['404']?.description, /session_not_found/, `${id} documents session_not_found`)
+  }
+  t.ok(doc.components?.schemas?.Session, 'Session is a named component')
+  t.match(doc.paths['/api/sessions/{id}'].delete.responses['409'].description, /session_busy/)
+  t.ok(doc.paths['/api/sessions/{id}/fork'].post.responses['201'], 'a fork answers 201')
+  t.match(doc.components.schemas.Health?.properties?.warm ?? doc.paths['/health'].get.responses['200'].content['application/json'].schema.properties.warm, { properties: { parked: {}, target: {} } }, '/health documents warm')
+})
