@@ -1,7 +1,7 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -33,6 +33,17 @@ export function sandbox (t: T): Sandbox {
   for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true })
   t.teardown(() => rmSync(base, { recursive: true, force: true }))
   return dirs
+}
+
+/**
+ * Agent identities must reach their homes and work areas: open the sandbox's base and work
+ * directory to them (traverse and list), and give the base, where `AGENTS_DIR` goes.
+ */
+export function openToAgents (box: Sandbox): string {
+  const base = join(box.home, '..')
+  chmodSync(base, 0o755)
+  chmodSync(box.work, 0o755)
+  return base
 }
 
 /** Start the fake Anthropic API for a test file; closed at its end. */

@@ -1,7 +1,7 @@
 import { test } from 'tap'
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
-import { fakeModel, keysFile as writeKeys, readSse, sandbox, serverThatFails, startServer, testEnv, toolResults } from '../helper.js'
+import { fakeModel, keysFile as writeKeys, readSse, sandbox, serverThatFails, startServer, testEnv, toolResults, openToAgents } from '../helper.js'
 
 /**
  * Runs as agent identities, attacked the way a prompt injection would: real server process (its
@@ -17,9 +17,7 @@ async function isolatedServer (t: Parameters<typeof sandbox>[0]) {
   const box = sandbox(t)
   const model = await fakeModel(t)
   // Agents must be able to reach their work areas (below box.work) and their homes.
-  const base = join(box.home, '..')
-  chmodSync(base, 0o755)
-  chmodSync(box.work, 0o755)
+  const base = openToAgents(box)
   const keys = writeKeys(box, {
     alice: { key: KEYS.alice, scopes: ['runs:write', 'runs:read'] },
     bob: { key: KEYS.bob, scopes: ['runs:write', 'runs:read'] }

@@ -2,7 +2,7 @@ import { test } from 'tap'
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { findBwrap } from '../../src/isolation/sandbox.js'
-import { eventually, fakeModel, keysFile as writeKeys, pidsMatching, startServer, testEnv, toolResults, type Sandbox } from '../helper.js'
+import { eventually, fakeModel, keysFile as writeKeys, pidsMatching, startServer, testEnv, toolResults, type Sandbox, openToAgents } from '../helper.js'
 
 /** Like the helper's sandbox, but outside /tmp: inside the sandbox /tmp is a private tmpfs, which would hide the very paths under test. */
 function varTmpBox (t: { teardown: (fn: () => unknown) => void }): Sandbox {
@@ -24,9 +24,7 @@ const KEY = 'cca_alice-0123456789abcdefghijklmnopqrstuv'
 test('a sandboxed run sees only itself, none of the server\'s paths, and leaves nothing behind, even detached and env-cleared', { skip }, async t => {
   const box = varTmpBox(t)
   const model = await fakeModel(t)
-  const base = join(box.home, '..')
-  chmodSync(base, 0o755)
-  chmodSync(box.work, 0o755)
+  const base = openToAgents(box)
   const keysFile = writeKeys(box, { alice: { key: KEY, scopes: ['runs:write', 'runs:read'] } })
   const env = testEnv(box, model, { ISOLATION: 'sandbox', AGENTS_DIR: join(base, 'agents'), AGENT_UID_BASE: String(23_000 + (process.pid % 1000) * 10), API_KEYS_FILE: keysFile })
   const server = await startServer(t, env)
@@ -78,9 +76,7 @@ test('a sandboxed run sees only itself, none of the server\'s paths, and leaves 
 test('a warm spare in the sandbox serves its key\'s own work area, sandboxed like a cold run', { skip }, async t => {
   const box = varTmpBox(t)
   const model = await fakeModel(t)
-  const base = join(box.home, '..')
-  chmodSync(base, 0o755)
-  chmodSync(box.work, 0o755)
+  const base = openToAgents(box)
   const keysFile = writeKeys(box, { alice: { key: KEY, scopes: ['runs:write', 'runs:read'] } })
   const env = testEnv(box, model, { ISOLATION: 'sandbox', AGENTS_DIR: join(base, 'agents'), AGENT_UID_BASE: String(25_000 + (process.pid % 1000) * 10), API_KEYS_FILE: keysFile, WARM_SPARES: '1', ALLOWED_PERMISSION_MODES: 'acceptEdits,bypassPermissions' })
   const server = await startServer(t, env)

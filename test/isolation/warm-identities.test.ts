@@ -1,7 +1,7 @@
 import { test } from 'tap'
-import { chmodSync, readdirSync, readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { eventually, fakeModel, keysFile as writeKeys, sandbox, startServer, testEnv, toolResults } from '../helper.js'
+import { eventually, fakeModel, keysFile as writeKeys, sandbox, startServer, testEnv, toolResults, openToAgents } from '../helper.js'
 
 /**
  * Warm spares with agent identities: a spare runs as the identity of the key it is for, and a run
@@ -33,9 +33,7 @@ function sparesOf (prefix: string): Array<{ pid: number, uid: number, marker: st
 test('warm spares run as the identity of their key, and only that key\'s runs start on them', { skip }, async t => {
   const box = sandbox(t)
   const model = await fakeModel(t)
-  const base = join(box.home, '..')
-  chmodSync(base, 0o755)
-  chmodSync(box.work, 0o755)
+  const base = openToAgents(box)
   const keys = writeKeys(box, {
     alice: { key: KEYS.alice, scopes: ['runs:write', 'runs:read'] },
     bob: { key: KEYS.bob, scopes: ['runs:write', 'runs:read'] }
