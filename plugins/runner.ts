@@ -4,6 +4,8 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { defaultCliPath, Runner } from '../src/runner/runner.js'
 import { SqliteRunStore } from '../src/store/sqlite-store.js'
+import { DatabaseInUse, PostgresRunStore } from '../src/store/postgres-store.js'
+import type { RunStore } from '../src/store/store.js'
 import { LocalEventBus } from '../src/store/event-bus.js'
 import { DataDirLock } from '../src/store/data-dir-lock.js'
 import { ConfigError } from '../src/config.js'
@@ -38,6 +40,28 @@ function closeToOthers (path: string | undefined, log: { info: (o: object, m: st
     log.info({ path, mode: (mode & ~0o077).toString(8) }, 'closed a server path to the agent identities')
   } catch (err) {
     log.warn({ path, err: (err as Error).message }, 'a server path stays readable by agent identities: make it readable by the server only (chmod go-rwx)')
+  }
+}
+
+/** The PostgreSQL run store; a database that cannot be reached or is in use stops the start with one line. */
+async function openPostgres (url: string, onError: (err: Error) => void): Promise<RunStore> {
+  try {
+    return await PostgresRunStore.open({ url, exclusive: true, onError })
+  } catch (err) {
+    const where = redactUrl(url)
+    if (err instanceof DatabaseInUse) throw new ConfigError(`DATABASE_URL ${where}: ${err.message}`)
+    throw new ConfigError(`DATABASE_URL ${where}: cannot open the run store (${(err as Error).message})`)
+  }
+}
+
+/** A database URL fit for a log line: no password. */
+function redactUrl (url: string): string {
+  try {
+    const u = new URL(url)
+    if (u.password !== '') u.password = '***'
+    return u.toString()
+  } catch {
+    return '(not a URL)'
   }
 }
 
@@ -87,7 +111,7 @@ export default fp(async (fastify) => {
   }
   const lock = DataDirLock.acquire(dataDir)
   let runner: Runner
-  let store: SqliteRunStore | undefined
+  let store: RunStore | undefined
   let broker: CredentialBroker | undefined
   try {
     // The broker fronts the operator's credential for every run; a cloud provider keeps its own.
@@ -110,7 +134,10 @@ export default fp(async (fastify) => {
     } else {
       fastify.log.warn('ISOLATION level none: runs execute as the server\'s own user and can read what it can (start the server as root, as the Docker image does, for per-key agent identities)')
     }
-    store = new SqliteRunStore({ dataDir, onError: err => fastify.log.error({ err }, 'writing the event log failed; will retry') })
+    const onError = (err: Error): void => fastify.log.error({ err }, 'writing the event log failed; will retry')
+    store = fastify.config.databaseUrl !== undefined
+      ? await openPostgres(fastify.config.databaseUrl, onError)
+      : new SqliteRunStore({ dataDir, onError })
     runner = new Runner({
       settings: fastify.config,
       log: fastify.log.child({ component: 'runner' }),

@@ -31,6 +31,8 @@ export const ConfigSchema = Type.Object({
   CORS_ORIGINS: Type.String({ default: '' }),
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), { default: 'info' }),
   DATA_DIR: Type.String({ default: './data' }),
+  // postgres://user:password@host:port/database: the run store in PostgreSQL instead of DATA_DIR's SQLite file.
+  DATABASE_URL: Type.Optional(Type.String()),
   MAX_PROMPT_CHARS: Type.Integer({ default: 200_000, minimum: 1 }),
   MAX_BODY_BYTES: Type.Integer({ default: 4 * 1024 * 1024, minimum: 1024 }),
   // 1 MiB: several times what a model can answer in one response (64k output tokens ≈ 256 KB).
@@ -85,6 +87,8 @@ export interface Settings {
   corsOrigins: string[]
   logLevel: string
   dataDir: string
+  /** The run store in PostgreSQL (unset: SQLite in `dataDir`). */
+  databaseUrl: string | undefined
   maxPromptChars: number
   maxBodyBytes: number
   maxOutputBytes: number
@@ -283,6 +287,7 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     corsOrigins: list(raw.CORS_ORIGINS),
     logLevel: raw.LOG_LEVEL,
     dataDir,
+    databaseUrl: unlessEmpty(raw.DATABASE_URL),
     maxPromptChars: raw.MAX_PROMPT_CHARS,
     maxBodyBytes: raw.MAX_BODY_BYTES,
     maxOutputBytes: raw.MAX_OUTPUT_BYTES,

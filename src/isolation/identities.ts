@@ -128,7 +128,12 @@ export function blockedOnTheWayTo (path: string): string | null {
  * (or anything that is not a directory) in its place is removed first. Owner and mode are set on
  * the open directory itself, so nothing can be swapped in between.
  */
-function ownedDirectory (dir: string, uid: number): void {
+/**
+ * A directory at `dir` owned by `uid` (mode 0700), made if missing. Never follows a link: the
+ * ownership is changed through a descriptor opened with `O_NOFOLLOW`, so a link an agent plants
+ * there meanwhile is refused, not chowned.
+ */
+export function ownedDirectory (dir: string, uid: number): void {
   let st = lstatOrNull(dir)
   if (st !== null && !st.isDirectory()) {
     rmSync(dir, { force: true, recursive: false })

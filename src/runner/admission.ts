@@ -43,6 +43,8 @@ export class Admission {
   private readonly sessionOwners = new Map<string, string | null>()
   /** Sessions being deleted: no run of them is admitted meanwhile. */
   private readonly held = new Map<string, number>()
+  /** Sessions that queued or running forks read from (their runs write to other sessions). */
+  private readonly forkSources = new Map<string, number>()
   private spend = { dayStart: 0, byKey: new Map<string, number>() }
   private closed = false
 
@@ -95,7 +97,7 @@ export class Admission {
     }
     // Throws CapacityExceeded when the run could not start now and the queue is full.
     const ticket = this.scheduler.enter(req.sessionId, start)
-    return this.recorded(req.sessionId, key?.name ?? null, ticket, req.newSessionOwner)
+    return this.recorded(req.sessionId, key?.name ?? null, ticket, req.newSessionOwner, req.claims.filter(c => c !== req.sessionId))
   }
 
   /**
@@ -124,9 +126,9 @@ export class Admission {
     return this.liveByKey.get(keyName) ?? 0
   }
 
-  /** Whether a session has a run queued or running. */
+  /** Whether a session has a run queued or running, or one that forks it. */
   hasRuns (sessionId: string): boolean {
-    return this.scheduler.hasRuns(sessionId)
+    return this.scheduler.hasRuns(sessionId) || this.forkSources.has(sessionId)
   }
 
   /** Admit no run of a session until the returned release is called (it is being deleted). */
@@ -161,9 +163,10 @@ export class Admission {
     this.scheduler.pause()
   }
 
-  private recorded (sessionId: string, keyName: string | null, ticket: Ticket, newSessionOwner?: string): Ticket {
+  private recorded (sessionId: string, keyName: string | null, ticket: Ticket, newSessionOwner?: string, sources: string[] = []): Ticket {
     if (!this.sessionOwners.has(sessionId)) this.sessionOwners.set(sessionId, newSessionOwner ?? keyName)
     if (keyName !== null) this.liveByKey.set(keyName, (this.liveByKey.get(keyName) ?? 0) + 1)
+    for (const s of sources) this.forkSources.set(s, (this.forkSources.get(s) ?? 0) + 1)
     let released = false
     return {
       position: () => ticket.position(),
@@ -174,6 +177,11 @@ export class Admission {
           const n = (this.liveByKey.get(keyName) ?? 1) - 1
           if (n <= 0) this.liveByKey.delete(keyName)
           else this.liveByKey.set(keyName, n)
+        }
+        for (const s of sources) {
+          const n = (this.forkSources.get(s) ?? 1) - 1
+          if (n <= 0) this.forkSources.delete(s)
+          else this.forkSources.set(s, n)
         }
         ticket.release()
       }

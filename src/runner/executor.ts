@@ -122,11 +122,15 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
   const userMessage = (prompt: string, attachments: RunSpec['attachments']): SDKUserMessage =>
     ({ type: 'user', message: { role: 'user', content: userContent(prompt, attachments) as SDKUserMessage['message']['content'] }, parent_tool_use_id: null, session_id: spec.sessionId })
 
+  // Each query gets its own input; a newer one (the cold start after a refused claim) retires the
+  // older, which must not take a follow-up message from the inbox for a query that is gone.
+  let inputs = 0
   async function * input (): AsyncGenerator<SDKUserMessage> {
+    const mine = ++inputs
     yield userMessage(spec.prompt, spec.attachments)
     for (;;) {
       await turnDone
-      if (inputClosed) return
+      if (inputClosed || mine !== inputs) return
       // Taken, or the inbox closed, in one synchronous step: nothing accepted is left behind.
       const next = hooks.inbox?.takeOrClose()
       if (next === undefined) return
@@ -175,8 +179,13 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     let refusal: string | undefined
     try {
       q = w.spare.claim({ prompt: input(), options: claimOptionsOf(spec) })
-      // option_not_applied: only a model setting was refused, and the prompt runs: keep it.
-      refusal = await w.spare.claimed.then(() => undefined, (err: Error) => err.message.startsWith('option_not_applied') ? undefined : err.message)
+      // option_not_applied: only a model setting was refused, and the prompt runs already: it
+      // cannot start again, so it goes on (without that setting), and the log says so.
+      refusal = await w.spare.claimed.then(() => undefined, (err: Error) => {
+        if (!err.message.startsWith('option_not_applied')) return err.message
+        hooks.log.warn({ why: err.message, model: spec.model }, 'the warm spare took the run but not its model setting')
+        return undefined
+      })
     } catch (err) {
       refusal = (err as Error).message
     }

@@ -1,13 +1,13 @@
 import { EventEmitter, setMaxListeners } from 'node:events'
 import { randomUUID } from 'node:crypto'
-import { chownSync, existsSync, mkdirSync } from 'node:fs'
+import { existsSync } from 'node:fs'
 import { prewarm } from '@anthropic-ai/claude-agent-sdk'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import type { Settings } from '../config.js'
 import { StoreUnavailable, RunFinished } from '../errors.js'
 import { BROKERED_VARS, type CredentialBroker } from '../isolation/broker.js'
-import type { AgentIdentities, AgentIdentity, IsolationLevel } from '../isolation/identities.js'
+import { ownedDirectory, type AgentIdentities, type AgentIdentity, type IsolationLevel } from '../isolation/identities.js'
 import { sandboxArgs } from '../isolation/sandbox.js'
 import type { ApprovalRecord, EventBus, RunRecord, RunStore } from '../store/store.js'
 import { Admission, type KeyLimits } from './admission.js'
@@ -295,7 +295,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
       })
     } catch (err) {
       ticket.release()
-      if (warm !== undefined) this.warm?.giveBack(warm)
+      // Admission recorded the spare's session for this key: no other run may take it.
+      if (warm !== undefined) this.warm?.drop(warm)
       log.error({ err }, 'recording the run failed')
       throw new StoreUnavailable('the run store could not record the run; retry in a moment')
     }
@@ -459,9 +460,10 @@ export class Runner extends EventEmitter<RunnerEvents> {
       outcome.spawnError = { message: (err as Error).message }
     } finally {
       clearTimeout(deadline)
-      // Its spare was never claimed (the run ended before it started, or did not start).
+      // Its spare was never claimed (the run ended before it started): its session id is this
+      // run's, so the spare goes rather than serving another run.
       if (handle.warm !== undefined) {
-        this.warm?.giveBack(handle.warm)
+        this.warm?.drop(handle.warm)
         handle.warm = undefined
       }
       // One listener per run would pile up for the server's life.
@@ -522,7 +524,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       } catch (err) {
         handle.log.error({ err }, 'recording the start of the run failed; it does not start')
         outcome.refused = { code: 'store_unavailable', message: `The run store could not record the start of the run (${(err as Error).message}); it did not start` }
-        if (warm !== undefined) this.warm?.giveBack(warm)
+        if (warm !== undefined) this.warm?.drop(warm)
         return
       }
       this.emit('started', { id: handle.id, keyName: handle.keyName, webhookUrl: handle.spec.webhookUrl })
@@ -542,8 +544,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
               this.emit('warm', o)
             }
           })
-      // Ended before it could start on its spare: the spare is parked again.
-      if (warm !== undefined && !claimed) this.warm?.giveBack(warm)
+      // Ended before it could start on its spare: the spare goes with the run.
+      if (warm !== undefined && !claimed) this.warm?.drop(warm)
       Object.assign(outcome, execution)
     } finally {
       // The token dies with the run: whatever of it survives cannot use it (a spare handed back keeps its own).
@@ -603,10 +605,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
     let onlyCwd: string | undefined
     if (identity !== undefined) {
       parking = join(identity.home, '.spares')
-      if (!existsSync(parking)) {
-        mkdirSync(parking, { mode: 0o700 })
-        chownSync(parking, identity.uid, identity.gid)
-      }
+      ownedDirectory(parking, identity.uid)
       if (this.sandbox !== undefined) onlyCwd = this.planner.workAreaOf(identity)
     }
     let proc: CliProcess | undefined

@@ -35,6 +35,8 @@ export interface WarmPoolOptions {
 }
 
 const MAX_BACKOFF_MS = 60_000
+/** A spare that dies sooner than this after parking counts as a failure to start one. */
+const YOUNG_DEATH_MS = 10_000
 
 /**
  * The warm spares: parked CLIs that a run for a new session starts on, saving it the CLI's cold
@@ -74,11 +76,13 @@ export class WarmPool {
     this.want(profile)
     const i = this.parked.findIndex(s => s.profile === profile && fits(s))
     const spare = i === -1 ? undefined : this.parked.splice(i, 1)[0]
+    // A spare that lived to be taken: starting them works.
+    if (spare !== undefined) this.failures = 0
     this.fill()
     return spare
   }
 
-  /** A spare taken for a run that never started on it: parked again if it still lives, else ended. */
+  /** A spare taken for a run that admission refused: parked again if it still lives, else ended. */
   giveBack (s: WarmSpare): void {
     if (this.closed || s.process.ending || this.exited.has(s.id)) {
       void this.discard(s)
@@ -86,6 +90,12 @@ export class WarmPool {
     }
     this.parked.push(s)
     this.trim()
+  }
+
+  /** A spare taken but not used, whose session id is spoken for: ended (a refill follows). */
+  drop (s: WarmSpare): void {
+    void this.discard(s)
+    this.fill()
   }
 
   /** End every spare (and one being started), and start no more. */
@@ -125,37 +135,49 @@ export class WarmPool {
     if (this.closed || this.starting !== undefined || this.retry !== undefined) return
     const profile = this.lacking()
     if (profile === undefined) return
-    this.starting = this.o.start(profile).then(s => {
-      this.starting = undefined
+    this.starting = this.o.start(profile).then(async s => {
       if (this.closed) {
-        void this.discard(s)
+        await this.discard(s)
+        this.starting = undefined
         return
       }
-      this.failures = 0
+      this.starting = undefined
+      const parkedAt = Date.now()
       void s.spare.exited.then(() => {
         this.exited.add(s.id)
         const at = this.parked.indexOf(s)
         if (at === -1) return
-        // Died while parked: replaced.
+        // Died while parked: its token and leftovers go, and another takes its place (after a
+        // pause if it died young, so a CLI that cannot stay up does not spin).
         this.parked.splice(at, 1)
+        void this.discard(s)
         this.o.log.warn({ spare: s.id, stderr: s.process.stderrTail.slice(-500) }, 'a parked warm spare exited; starting another')
-        this.fill()
+        if (Date.now() - parkedAt < YOUNG_DEATH_MS) this.failed(new Error('a warm spare exited soon after it parked'))
+        else {
+          this.failures = 0
+          this.fill()
+        }
       })
       this.parked.push(s)
       this.trim()
       this.fill()
     }, (err: unknown) => {
       this.starting = undefined
-      if (this.closed) return
-      this.failures++
-      const wait = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** (this.failures - 1))
-      this.o.log.warn({ err: (err as Error).message, retry_in_ms: wait }, 'starting a warm spare failed; runs start cold meanwhile')
-      this.retry = setTimeout(() => {
-        this.retry = undefined
-        this.fill()
-      }, wait)
-      this.retry.unref()
+      if (!this.closed) this.failed(err as Error)
     })
+  }
+
+  /** Starting (or keeping) a spare failed: try again after a pause that doubles each time. */
+  private failed (err: Error): void {
+    this.failures++
+    const wait = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** (this.failures - 1))
+    this.o.log.warn({ err: err.message, retry_in_ms: wait }, 'starting a warm spare failed; runs start cold meanwhile')
+    clearTimeout(this.retry)
+    this.retry = setTimeout(() => {
+      this.retry = undefined
+      this.fill()
+    }, wait)
+    this.retry.unref()
   }
 
   private async discard (s: WarmSpare): Promise<void> {

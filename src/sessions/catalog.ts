@@ -60,6 +60,8 @@ function parseCursor (cursor: string): { updatedAt: number, id: string } {
  */
 export class SessionCatalog {
   private readonly now: () => number
+  /** Changes to one session (rename, fork, delete) are made one at a time. */
+  private readonly changing = new Map<string, Promise<unknown>>()
 
   constructor (private readonly deps: CatalogDeps) {
     this.now = deps.now ?? Date.now
@@ -99,6 +101,10 @@ export class SessionCatalog {
 
   /** Give a session a title: kept with the session, and in its transcript for the CLI's own lists. */
   async rename (id: string, viewer: Viewer, title: string): Promise<SessionRecord> {
+    return await this.oneAtATime(id, async () => await this.renameNow(id, viewer, title))
+  }
+
+  private async renameNow (id: string, viewer: Viewer, title: string): Promise<SessionRecord> {
     const s = await this.find(id, viewer)
     const files = this.filesOf(s)
     // Written to a transcript only once there is one: a title alone would pass for a conversation.
@@ -114,6 +120,10 @@ export class SessionCatalog {
    * key, in the same directory. Nothing runs; resume it with a run naming its `session_id`.
    */
   async fork (id: string, viewer: Viewer, opts: { upToMessageUuid?: string, title?: string }): Promise<SessionRecord> {
+    return await this.oneAtATime(id, async () => await this.forkNow(id, viewer, opts))
+  }
+
+  private async forkNow (id: string, viewer: Viewer, opts: { upToMessageUuid?: string, title?: string }): Promise<SessionRecord> {
     const s = await this.find(id, viewer)
     const files = this.filesOf(s)
     const title = opts.title ?? `${titleOf(s) ?? 'session'} (fork)`
@@ -140,14 +150,30 @@ export class SessionCatalog {
 
   /** Delete a session and its transcript; refused while a run of it is queued or running. */
   async delete (id: string, viewer: Viewer): Promise<void> {
-    const s = await this.find(id, viewer)
-    const release = this.deps.hold(s.id)
+    await this.oneAtATime(id, async () => {
+      const s = await this.find(id, viewer)
+      const release = this.deps.hold(s.id)
+      try {
+        if (this.deps.live(s.id) || s.busy) throw new SessionBusy(`session ${s.id} has a run queued or running; cancel it or wait for it to end`)
+        // The files first: if they cannot go, the session stays, and a retry can try again.
+        await deleteSession(s.id, { dir: s.workingDirectory, sessionStore: this.filesOf(s) })
+        await this.deps.store.updateSession(s.id, { deletedAt: this.now() })
+      } finally {
+        release()
+      }
+    })
+  }
+
+  private async oneAtATime<T> (id: string, fn: () => Promise<T>): Promise<T> {
+    const key = id.toLowerCase()
+    const before = this.changing.get(key) ?? Promise.resolve()
+    const mine = before.then(fn, fn)
+    const settled = mine.catch(() => {})
+    this.changing.set(key, settled)
     try {
-      if (this.deps.live(s.id) || s.busy) throw new SessionBusy(`session ${s.id} has a run queued or running; cancel it or wait for it to end`)
-      await this.deps.store.updateSession(s.id, { deletedAt: this.now() })
-      await deleteSession(s.id, { dir: s.workingDirectory, sessionStore: this.filesOf(s) })
+      return await mine
     } finally {
-      release()
+      if (this.changing.get(key) === settled) this.changing.delete(key)
     }
   }
 

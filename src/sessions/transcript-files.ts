@@ -1,7 +1,8 @@
 import { constants } from 'node:fs'
-import { chown, lstat, mkdir, open, readlink, realpath, rm, type FileHandle } from 'node:fs/promises'
-import { join, resolve } from 'node:path'
+import { lstat, mkdir, open, readlink, realpath, rm, type FileHandle } from 'node:fs/promises'
+import { basename, dirname, join, resolve } from 'node:path'
 import type { SessionKey, SessionStore, SessionStoreEntry } from '@anthropic-ai/claude-agent-sdk'
+import { execa } from 'execa'
 import { TranscriptUnreadable } from '../errors.js'
 
 /** The largest transcript read whole (a longer one is refused, not read into memory). */
@@ -16,11 +17,12 @@ const SUBPATH_PART = /^[A-Za-z0-9_.-]{1,255}$/
  * `SessionStore`, so the SDK's session functions (messages, fork, rename, delete) read and write
  * them for one Claude config directory: the server's, or one agent identity's.
  *
- * An identity's directory belongs to its agent, which may plant links there: nothing is followed
- * (every component below the config directory must be a real directory, the file is opened with
- * `O_NOFOLLOW`, and the opened file must be the one asked for), files are read only up to
- * `MAX_TRANSCRIPT_BYTES`, and what is created is given to the identity, so its CLI can go on
- * writing it.
+ * An identity's directory belongs to its agent, which may plant links there while the server
+ * (root) works in it: nothing is followed (every component below the config directory must be a
+ * real directory, files are opened with `O_NOFOLLOW`, the opened file must be the one asked for,
+ * with one link, owned by the identity), at most `MAX_TRANSCRIPT_BYTES` are read, what the server
+ * creates is given to the identity through its descriptor (so its CLI can go on writing it), and
+ * deleting is done as the identity itself, which can delete nothing it could not delete anyway.
  */
 export class TranscriptFiles implements SessionStore {
   /** The `timestamp` of each entry read, by its `uuid` (the SDK's messages leave it out). */
@@ -33,60 +35,112 @@ export class TranscriptFiles implements SessionStore {
   }
 
   async load (key: SessionKey): Promise<SessionStoreEntry[] | null> {
-    const path = await this.pathOf(key, false)
-    if (path === null) return null
-    let handle: FileHandle
-    try {
-      handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
-      throw new TranscriptUnreadable(`the transcript of session ${key.sessionId} cannot be read (${(err as NodeJS.ErrnoException).code ?? 'error'})`)
-    }
-    try {
-      await this.checkOpened(handle, path)
-      const { size } = await handle.stat()
-      if (size > MAX_TRANSCRIPT_BYTES) throw new TranscriptUnreadable(`the transcript of session ${key.sessionId} is ${size} bytes, more than the ${MAX_TRANSCRIPT_BYTES} this server reads`)
-      const entries: SessionStoreEntry[] = []
-      for (const line of (await handle.readFile('utf8')).split('\n')) {
-        if (line === '') continue
-        let entry: unknown
-        try {
-          entry = JSON.parse(line)
-        } catch {
-          // A line cut short by a crash: the CLI skips it too.
-          continue
-        }
-        if (entry === null || typeof entry !== 'object' || typeof (entry as { type?: unknown }).type !== 'string') continue
-        const e = entry as SessionStoreEntry
-        if (typeof e.uuid === 'string' && typeof e.timestamp === 'string') this.timestamps.set(e.uuid, e.timestamp)
-        entries.push(e)
+    return await this.guarded(async () => {
+      const path = await this.pathOf(key, false)
+      if (path === null) return null
+      const root = await this.rootDir()
+      let handle: FileHandle
+      try {
+        handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null
+        throw err
       }
-      return entries
-    } finally {
-      await handle.close()
+      try {
+        await this.checkOpened(handle, path, root, false)
+        // Read by hand, never past the limit: the file may grow while it is read.
+        const buf = Buffer.alloc(Math.min(MAX_TRANSCRIPT_BYTES + 1, (await handle.stat()).size + 1))
+        let got = 0
+        for (;;) {
+          const { bytesRead } = await handle.read(buf, got, buf.length - got, got)
+          if (bytesRead === 0) break
+          got += bytesRead
+          if (got === buf.length) break
+        }
+        if (got > MAX_TRANSCRIPT_BYTES) throw new TranscriptUnreadable(`the transcript of session ${key.sessionId} is larger than the ${MAX_TRANSCRIPT_BYTES} bytes this server reads`)
+        return this.parse(buf.subarray(0, got).toString('utf8'))
+      } finally {
+        await handle.close()
+      }
+    })
+  }
+
+  private parse (text: string): SessionStoreEntry[] {
+    const entries: SessionStoreEntry[] = []
+    for (const line of text.split('\n')) {
+      if (line === '') continue
+      let entry: unknown
+      try {
+        entry = JSON.parse(line)
+      } catch {
+        // A line cut short by a crash: the CLI skips it too.
+        continue
+      }
+      if (entry === null || typeof entry !== 'object' || typeof (entry as { type?: unknown }).type !== 'string') continue
+      const e = entry as SessionStoreEntry
+      if (typeof e.uuid === 'string' && typeof e.timestamp === 'string') this.timestamps.set(e.uuid, e.timestamp)
+      entries.push(e)
     }
+    return entries
   }
 
   async append (key: SessionKey, entries: SessionStoreEntry[]): Promise<void> {
-    const path = await this.pathOf(key, true)
-    if (path === null) throw new TranscriptUnreadable(`session ${key.sessionId} has no place to be written`)
-    const handle = await open(path, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600)
-    try {
-      await this.checkOpened(handle, path)
-      if (this.owner !== undefined) await handle.chown(this.owner.uid, this.owner.gid)
-      await handle.write(entries.map(e => JSON.stringify(e)).join('\n') + '\n')
-    } finally {
-      await handle.close()
-    }
+    await this.guarded(async () => {
+      const path = await this.pathOf(key, true)
+      if (path === null) throw new TranscriptUnreadable(`session ${key.sessionId} has no place to be written`)
+      const root = await this.rootDir()
+      let created = true
+      let handle: FileHandle
+      try {
+        handle = await open(path, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600)
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+        created = false
+        handle = await open(path, constants.O_WRONLY | constants.O_APPEND | constants.O_NOFOLLOW)
+      }
+      try {
+        await this.checkOpened(handle, path, root, created)
+        // Only a file made here changes hands; one that was there stays as it is.
+        if (created && this.owner !== undefined) await handle.chown(this.owner.uid, this.owner.gid)
+        await handle.write(entries.map(e => JSON.stringify(e)).join('\n') + '\n')
+      } finally {
+        await handle.close()
+      }
+    })
   }
 
   async delete (key: SessionKey): Promise<void> {
-    const path = await this.pathOf(key, false)
-    if (path === null) return
-    // `rm` removes a link itself, never what it points to; the session's own folder (subagent
-    // transcripts) goes with it.
-    await rm(path, { force: true })
-    if (key.subpath === undefined) await rm(path.slice(0, -'.jsonl'.length), { recursive: true, force: true })
+    await this.guarded(async () => {
+      const path = await this.pathOf(key, false)
+      if (path === null) return
+      // The session's own folder (subagent transcripts) goes with it.
+      const targets = key.subpath === undefined ? [path, path.slice(0, -'.jsonl'.length)] : [path]
+      if (this.owner === undefined) {
+        for (const target of targets) await rm(target, { recursive: true, force: true })
+        return
+      }
+      // As the identity: a link or a swapped folder in its directory can only lead where it may
+      // delete anyway.
+      const r = await execa('rm', ['-rf', '--', ...targets], { uid: this.owner.uid, gid: this.owner.gid, reject: false, env: { PATH: '/usr/bin:/bin' }, extendEnv: false, cwd: '/' })
+      if (r.exitCode !== 0) throw new TranscriptUnreadable(`the transcript of session ${key.sessionId} could not be deleted: ${String(r.stderr).slice(0, 200)}`)
+    })
+  }
+
+  /** Errors of the file system become `transcript_unreadable` (a 409), never a 500. */
+  private async guarded<T> (fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn()
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code
+      if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) throw new TranscriptUnreadable(`a transcript file could not be used (${code})`)
+      throw err
+    }
+  }
+
+  /** The config directory as it really is, fixed before any file is opened (its parent is not the agent's to change). */
+  private async rootDir (): Promise<string> {
+    this.root ??= join(await realpath(dirname(this.configDir)), basename(this.configDir))
+    return this.root
   }
 
   /**
@@ -112,7 +166,15 @@ export class TranscriptFiles implements SessionStore {
         if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
         if (!create) return null
         await mkdir(dir, { mode: 0o700 })
-        if (this.owner !== undefined) await chown(dir, this.owner.uid, this.owner.gid)
+        if (this.owner !== undefined) {
+          // Through a descriptor that refuses a link: a directory swapped meanwhile is not chowned.
+          const handle = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW)
+          try {
+            await handle.chown(this.owner.uid, this.owner.gid)
+          } finally {
+            await handle.close()
+          }
+        }
         continue
       }
       if (!st.isDirectory()) throw new TranscriptUnreadable(`the transcripts of session ${key.sessionId} are behind a link or a file, not a directory: not followed`)
@@ -120,11 +182,17 @@ export class TranscriptFiles implements SessionStore {
     return join(dirs.at(-1)!, `${parts.length > 0 ? parts.at(-1)! : key.sessionId}.jsonl`)
   }
 
-  /** The file opened is the one asked for (no directory was swapped for a link in between). */
-  private async checkOpened (handle: FileHandle, path: string): Promise<void> {
-    if (!(await handle.stat()).isFile()) throw new TranscriptUnreadable('a transcript is not a regular file: not read')
-    this.root ??= await realpath(this.configDir)
-    const expected = join(this.root, path.slice(this.configDir.length))
+  /**
+   * The file opened is the one asked for (no directory was swapped for a link in between), a
+   * regular file with one name; in an identity's directory, one of the identity's own (or one
+   * just made here).
+   */
+  private async checkOpened (handle: FileHandle, path: string, root: string, created: boolean): Promise<void> {
+    const st = await handle.stat()
+    if (!st.isFile()) throw new TranscriptUnreadable('a transcript is not a regular file: not used')
+    if (st.nlink !== 1) throw new TranscriptUnreadable('a transcript has other names (hard links): not used')
+    if (this.owner !== undefined && !created && st.uid !== this.owner.uid) throw new TranscriptUnreadable('a transcript in an agent\'s directory is not the agent\'s own: not used')
+    const expected = join(root, path.slice(this.configDir.length))
     let opened: string
     try {
       opened = await readlink(`/proc/self/fd/${handle.fd}`)
@@ -132,6 +200,6 @@ export class TranscriptFiles implements SessionStore {
       // No /proc (not Linux): the checks on the way stand alone.
       return
     }
-    if (opened !== expected) throw new TranscriptUnreadable('a transcript moved while it was opened: not read')
+    if (opened !== expected) throw new TranscriptUnreadable('a transcript moved while it was opened: not used')
   }
 }

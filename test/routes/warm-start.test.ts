@@ -125,3 +125,26 @@ test('warm start: SIGTERM leaves no spare behind; nor does kill -9 once the serv
   await three.exited
   t.strictSame(sparesOf(mine), [], 'and none is left at the end')
 })
+
+test('warm start: a spare taken by a run that is cancelled in the queue is not handed to another run', async t => {
+  const box = sandbox(t)
+  const model = await fakeModel(t)
+  const { app } = await build(t, { box, model, env: { WARM_SPARES: '1', MAX_CONCURRENT_RUNS: '1' } })
+  const health = async () => (await app.inject({ url: '/health' })).json()
+  t.ok(await eventually(async () => (await health()).warm.parked === 1, 30_000))
+  // The one slot is taken by a run that waits on the model (it takes the spare).
+  model.on('hold the slot', [{ stall: true }])
+  const holder = (await app.inject({ method: 'POST', url: '/api/runs', headers: auth, payload: { prompt: 'hold the slot' } })).json()
+  await model.nextCall('hold the slot')
+  t.ok(await eventually(async () => (await health()).warm.parked === 1, 30_000), 'a new spare parks')
+  // This one takes the new spare and waits in the queue; then it is cancelled.
+  const queued = (await app.inject({ method: 'POST', url: '/api/runs', headers: auth, payload: { prompt: 'never runs' } })).json()
+  t.equal(queued.status, 'queued')
+  await app.inject({ method: 'POST', url: `/api/runs/${queued.id as string}/cancel`, headers: auth })
+  await app.inject({ method: 'POST', url: `/api/runs/${holder.id as string}/cancel`, headers: auth })
+  // The next new session must not get the cancelled run's session id.
+  t.ok(await eventually(async () => (await health()).warm.parked === 1, 30_000), 'a fresh spare replaces the one the cancelled run held')
+  const next = (await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'a new session' } })).json()
+  t.equal(next.success, true, next.error)
+  t.not(next.session_id, queued.session_id, 'a session id a run was given is never given to another')
+})

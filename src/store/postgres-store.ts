@@ -1,0 +1,452 @@
+import pg from 'pg'
+import type { RunResult, RunStatus } from '../runner/types.js'
+import { PG_MIGRATIONS } from './pg-migrations.js'
+import {
+  MAX_UNFLUSHED_EVENTS, type ApprovalRecord, type NewRun, type NewSession, type PendingWebhook, type RunFilter,
+  type RunRecord, type RunStore, type SessionFilter, type SessionRecord, type StoredEvent, type WebhookDelivery
+} from './store.js'
+
+/** Held while migrations run, so instances starting at once apply each exactly once. */
+const MIGRATION_LOCK = 0x63636170 // 'ccap'
+/** Held by the one server instance a database serves (`exclusive`). */
+const INSTANCE_LOCK = 0x63636171
+const FIRST_PROMPT_CHARS = 200
+
+// BIGINT columns hold epoch milliseconds and row numbers: well within a double.
+pg.types.setTypeParser(pg.types.builtins.INT8, v => Number(v))
+
+interface RunRow {
+  id: string
+  rowid: number
+  status: RunStatus
+  session_id: string
+  working_directory: string
+  request: string
+  spec: string | null
+  key_name: string | null
+  cancel_on_disconnect: boolean
+  marker: string | null
+  owner: string | null
+  lease_until: number | null
+  created_at: number
+  started_at: number | null
+  ended_at: number | null
+  result: string | null
+}
+
+const toRecord = (r: RunRow): RunRecord => ({
+  id: r.id,
+  rowid: r.rowid,
+  status: r.status,
+  sessionId: r.session_id,
+  workingDirectory: r.working_directory,
+  request: JSON.parse(r.request),
+  spec: r.spec === null ? null : JSON.parse(r.spec),
+  keyName: r.key_name,
+  cancelOnDisconnect: r.cancel_on_disconnect,
+  marker: r.marker,
+  owner: r.owner,
+  leaseUntil: r.lease_until,
+  createdAt: r.created_at,
+  startedAt: r.started_at,
+  endedAt: r.ended_at,
+  result: r.result === null ? null : JSON.parse(r.result)
+})
+
+interface SessionRow {
+  id: string
+  key_name: string | null
+  working_directory: string
+  title: string | null
+  first_prompt: string | null
+  created_at: number
+  updated_at: number
+  deleted_at: number | null
+  run_count: number
+  last_run_id: string | null
+  busy: boolean
+}
+
+const toSession = (r: SessionRow): SessionRecord => ({
+  id: r.id,
+  keyName: r.key_name,
+  workingDirectory: r.working_directory,
+  title: r.title,
+  firstPrompt: r.first_prompt,
+  createdAt: r.created_at,
+  updatedAt: r.updated_at,
+  deletedAt: r.deleted_at,
+  runCount: Number(r.run_count),
+  lastRunId: r.last_run_id,
+  busy: r.busy
+})
+
+const SESSION_COLUMNS = `s.*,
+  (SELECT COUNT(*) FROM runs WHERE session_id = s.id) AS run_count,
+  (SELECT id FROM runs WHERE session_id = s.id ORDER BY rowid DESC LIMIT 1) AS last_run_id,
+  EXISTS (SELECT 1 FROM runs WHERE session_id = s.id AND status IN ('queued', 'running')) AS busy`
+
+// A session named again after it was deleted starts anew (its owner stays: admission saw to that).
+const UPSERT_SESSION = `INSERT INTO sessions (id, key_name, working_directory, title, first_prompt, created_at, updated_at)
+  VALUES ($1, $2, $3, $4, $5, $6, $6)
+  ON CONFLICT (id) DO UPDATE SET
+    working_directory = CASE WHEN sessions.deleted_at IS NULL THEN sessions.working_directory ELSE EXCLUDED.working_directory END,
+    title = CASE WHEN sessions.deleted_at IS NULL THEN sessions.title ELSE EXCLUDED.title END,
+    first_prompt = CASE WHEN sessions.deleted_at IS NULL THEN sessions.first_prompt ELSE EXCLUDED.first_prompt END,
+    created_at = CASE WHEN sessions.deleted_at IS NULL THEN sessions.created_at ELSE EXCLUDED.created_at END,
+    updated_at = GREATEST(sessions.updated_at, EXCLUDED.updated_at),
+    deleted_at = NULL`
+
+const sessionArgs = (s: NewSession): unknown[] => [s.id, s.keyName, s.workingDirectory, s.title, s.firstPrompt === null ? null : s.firstPrompt.slice(0, FIRST_PROMPT_CHARS), s.createdAt]
+
+/** The database is held by another server instance. */
+export class DatabaseInUse extends Error {}
+
+export interface PostgresStoreOptions {
+  /** `postgres://user:pass@host:port/db` */
+  url: string
+  /** Connections in the pool. */
+  poolSize?: number
+  /** Events are written in one statement at most this often (ms). */
+  flushIntervalMs?: number
+  /** ... or as soon as this many are waiting. */
+  flushMaxEvents?: number
+  /** Called when a background flush fails (the events stay queued for the next one). */
+  onError?: (err: Error) => void
+  /**
+   * Hold the database for this process alone, as `DATA_DIR`'s lock does for SQLite: recovery
+   * takes over every queued run it finds, which only one instance may do.
+   */
+  exclusive?: boolean
+}
+
+/**
+ * The run store of a cluster, in PostgreSQL: the same tables as the embedded store, shared by
+ * every instance. Event appends are buffered as in the embedded store (visible to this process at
+ * once, written in one multi-row insert at most every `flushIntervalMs`); everything else is a
+ * statement on a pooled connection. Open with `PostgresRunStore.open()`, which applies the
+ * migrations first.
+ */
+export class PostgresRunStore implements RunStore {
+  private pending: Array<{ runId: string, seq: number, type: string, data: string }> = []
+  private flushing: Promise<void> = Promise.resolve()
+  private readonly timer: NodeJS.Timeout
+  private readonly flushMaxEvents: number
+  private closed = false
+
+  private constructor (readonly pool: pg.Pool, private readonly opts: PostgresStoreOptions, private readonly holder?: pg.Client) {
+    this.flushMaxEvents = opts.flushMaxEvents ?? MAX_UNFLUSHED_EVENTS
+    this.timer = setInterval(() => {
+      this.flush().catch(err => opts.onError?.(err as Error))
+    }, opts.flushIntervalMs ?? 25)
+    this.timer.unref()
+  }
+
+  /** Connect, apply what migrations are missing (one instance at a time), and return the store. */
+  static async open (opts: PostgresStoreOptions): Promise<PostgresRunStore> {
+    const pool = new pg.Pool({ connectionString: opts.url, max: opts.poolSize ?? 10 })
+    // An idle connection that breaks (the server restarts) is replaced, not fatal.
+    pool.on('error', err => opts.onError?.(err))
+    let holder: pg.Client | undefined
+    try {
+      await migrate(pool)
+      if (opts.exclusive === true) {
+        holder = new pg.Client({ connectionString: opts.url })
+        holder.on('error', err => opts.onError?.(err))
+        await holder.connect()
+        const { rows } = await holder.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [INSTANCE_LOCK])
+        if (rows[0]?.ok !== true) throw new DatabaseInUse('another server instance is using this database (DATABASE_URL): one instance per database; stop the other one, or give this one a database of its own')
+      }
+    } catch (err) {
+      await holder?.end().catch(() => {})
+      await pool.end()
+      throw err
+    }
+    return new PostgresRunStore(pool, opts, holder)
+  }
+
+  async ping (): Promise<void> {
+    await this.pool.query('SELECT 1')
+  }
+
+  async insertRun (r: NewRun): Promise<void> {
+    await this.transaction(async c => {
+      await c.query(`INSERT INTO runs (id, status, session_id, working_directory, request, spec, key_name, cancel_on_disconnect, created_at)
+        VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8)`,
+      [r.id, r.sessionId, r.workingDirectory, JSON.stringify(r.request), JSON.stringify(r.spec), r.keyName, r.cancelOnDisconnect, r.createdAt])
+      await c.query(UPSERT_SESSION, sessionArgs({
+        id: r.sessionId,
+        keyName: r.sessionOwner === undefined ? r.keyName : r.sessionOwner,
+        workingDirectory: r.workingDirectory,
+        title: null,
+        firstPrompt: typeof r.request.prompt === 'string' ? r.request.prompt : null,
+        createdAt: r.createdAt
+      }))
+    })
+  }
+
+  async markStarted (id: string, s: { startedAt: number, marker: string, sessionId: string, workingDirectory: string, owner: string, leaseUntil: number }): Promise<void> {
+    await this.pool.query('UPDATE runs SET status = \'running\', started_at = $1, marker = $2, spec = NULL, session_id = $3, working_directory = $4, owner = $5, lease_until = $6 WHERE id = $7',
+      [s.startedAt, s.marker, s.sessionId, s.workingDirectory, s.owner, s.leaseUntil, id])
+  }
+
+  async markFinished (id: string, result: RunResult, endedAt: number): Promise<void> {
+    await this.flush()
+    await this.transaction(async c => {
+      await c.query('UPDATE runs SET status = $1, ended_at = $2, result = $3, spec = NULL WHERE id = $4', [result.status, endedAt, JSON.stringify(result), id])
+      await c.query('UPDATE sessions SET updated_at = GREATEST(updated_at, $1) WHERE id = (SELECT session_id FROM runs WHERE id = $2)', [endedAt, id])
+    })
+  }
+
+  async renewLeases (owner: string, leaseUntil: number): Promise<void> {
+    await this.pool.query('UPDATE runs SET lease_until = $1 WHERE owner = $2 AND status = \'running\'', [leaseUntil, owner])
+  }
+
+  async getRun (id: string): Promise<RunRecord | undefined> {
+    const { rows } = await this.pool.query<RunRow>('SELECT * FROM runs WHERE id = $1', [id])
+    return rows[0] === undefined ? undefined : toRecord(rows[0])
+  }
+
+  async listRuns (filter: RunFilter): Promise<RunRecord[]> {
+    const where: string[] = []
+    const args: unknown[] = []
+    const arg = (v: unknown): string => { args.push(v); return `$${args.length}` }
+    if (filter.status !== undefined) where.push(`status = ${arg(filter.status)}`)
+    if (filter.sessionId !== undefined) where.push(`session_id = ${arg(filter.sessionId)}`)
+    if (filter.keyName !== undefined) where.push(`key_name = ${arg(filter.keyName)}`)
+    if (filter.before !== undefined) where.push(`rowid < ${arg(filter.before)}`)
+    const sql = `SELECT * FROM runs ${where.length > 0 ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY rowid DESC LIMIT ${arg(filter.limit)}`
+    return (await this.pool.query<RunRow>(sql, args)).rows.map(toRecord)
+  }
+
+  async leftovers (owner: string, now: number): Promise<{ running: RunRecord[], queued: RunRecord[] }> {
+    const running = await this.pool.query<RunRow>('SELECT * FROM runs WHERE status = \'running\' AND (owner IS NULL OR owner = $1 OR lease_until IS NULL OR lease_until < $2) ORDER BY rowid', [owner, now])
+    const queued = await this.pool.query<RunRow>('SELECT * FROM runs WHERE status = \'queued\' ORDER BY rowid')
+    return { running: running.rows.map(toRecord), queued: queued.rows.map(toRecord) }
+  }
+
+  appendEvent (runId: string, seq: number, type: string, data: string): void {
+    this.pending.push({ runId, seq, type, data })
+    if (this.pending.length >= this.flushMaxEvents) this.flush().catch(err => this.opts.onError?.(err as Error))
+  }
+
+  /**
+   * Write the waiting events in one statement. They stay visible (and queued, in order) until the
+   * write has committed; a failed write keeps them for the next attempt. Flushes run one at a time.
+   */
+  async flush (): Promise<void> {
+    const next = this.flushing.then(async () => await this.writePending())
+    this.flushing = next.catch(() => {})
+    await next
+  }
+
+  private async writePending (): Promise<void> {
+    while (this.pending.length > 0) {
+      const batch = this.pending.slice(0, 5000)
+      const values: string[] = []
+      const args: unknown[] = []
+      for (const e of batch) {
+        values.push(`($${args.length + 1}, $${args.length + 2}, $${args.length + 3}, $${args.length + 4})`)
+        args.push(e.runId, e.seq, e.type, e.data)
+      }
+      // ON CONFLICT: a replayed append must never fail a whole batch (other runs' events with it).
+      await this.pool.query(`INSERT INTO events (run_id, seq, type, data) VALUES ${values.join(', ')} ON CONFLICT DO NOTHING`, args)
+      this.pending.splice(0, batch.length)
+    }
+  }
+
+  async eventsAfter (runId: string, after: number, limit: number, maxBytes = Number.POSITIVE_INFINITY): Promise<StoredEvent[]> {
+    // Read the waiting events first: one that is written meanwhile is then found in the table.
+    const waiting = this.pending.filter(e => e.runId === runId && e.seq > after)
+    const { rows } = await this.pool.query<StoredEvent>('SELECT seq, type, data FROM events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3', [runId, after, limit])
+    const out: StoredEvent[] = []
+    let bytes = 0
+    const fits = (e: { data: string }): boolean => out.length === 0 || (out.length < limit && bytes + e.data.length <= maxBytes)
+    for (const e of rows) {
+      if (!fits(e)) return out
+      out.push(e)
+      bytes += e.data.length
+    }
+    let last = out.at(-1)?.seq ?? after
+    for (const e of waiting) {
+      if (e.seq <= last) continue
+      if (!fits(e)) break
+      out.push({ seq: e.seq, type: e.type as StoredEvent['type'], data: e.data })
+      bytes += e.data.length
+      last = e.seq
+    }
+    return out
+  }
+
+  async lastSeq (runId: string): Promise<number> {
+    const { rows } = await this.pool.query<{ seq: number | null }>('SELECT MAX(seq) AS seq FROM events WHERE run_id = $1', [runId])
+    let seq = rows[0]?.seq ?? 0
+    for (const e of this.pending) if (e.runId === runId && e.seq > seq) seq = e.seq
+    return seq
+  }
+
+  async prune (opts: { maxAgeMs: number, maxRuns: number, now?: number }): Promise<number> {
+    const now = opts.now ?? Date.now()
+    return await this.transaction(async c => {
+      const finished = "status NOT IN ('queued', 'running')"
+      const { rows } = await c.query<{ id: string }>(`SELECT id FROM runs WHERE ${finished} AND created_at < $1
+        UNION SELECT id FROM (SELECT id FROM runs WHERE ${finished} ORDER BY rowid DESC OFFSET $2) excess`, [now - opts.maxAgeMs, opts.maxRuns])
+      const ids = rows.map(r => r.id)
+      if (ids.length === 0) return 0
+      for (const table of ['events', 'webhook_deliveries', 'webhook_outbox', 'approvals']) await c.query(`DELETE FROM ${table} WHERE run_id = ANY($1)`, [ids])
+      await c.query('DELETE FROM runs WHERE id = ANY($1)', [ids])
+      return ids.length
+    })
+  }
+
+  async spendSince (sinceMs: number): Promise<Map<string, number>> {
+    const { rows } = await this.pool.query<{ key_name: string, usd: number }>(
+      'SELECT key_name, COALESCE(SUM((result::jsonb->>\'total_cost_usd\')::float8), 0) AS usd FROM runs WHERE key_name IS NOT NULL AND ended_at >= $1 GROUP BY key_name', [sinceMs])
+    return new Map(rows.map(r => [r.key_name, Number(r.usd)]))
+  }
+
+  async sessionOwners (): Promise<Map<string, string | null>> {
+    const { rows } = await this.pool.query<{ id: string, key_name: string | null }>('SELECT id, key_name FROM sessions')
+    return new Map(rows.map(r => [r.id, r.key_name]))
+  }
+
+  async insertSession (s: NewSession): Promise<void> {
+    await this.pool.query(UPSERT_SESSION.replace(/ON CONFLICT \(id\) DO UPDATE SET[\s\S]*$/, 'ON CONFLICT (id) DO NOTHING'), sessionArgs(s))
+  }
+
+  async getSession (id: string): Promise<SessionRecord | undefined> {
+    const { rows } = await this.pool.query<SessionRow>(`SELECT ${SESSION_COLUMNS} FROM sessions s WHERE id = $1`, [id])
+    return rows[0] === undefined ? undefined : toSession(rows[0])
+  }
+
+  async listSessions (filter: SessionFilter): Promise<SessionRecord[]> {
+    const where = ['deleted_at IS NULL']
+    const args: unknown[] = []
+    const arg = (v: unknown): string => { args.push(v); return `$${args.length}` }
+    if (filter.keyName !== undefined) where.push(filter.keyName === null ? 'key_name IS NULL' : `key_name = ${arg(filter.keyName)}`)
+    if (filter.workingDirectory !== undefined) where.push(`working_directory = ${arg(filter.workingDirectory)}`)
+    if (filter.before !== undefined) where.push(`(updated_at, id) < (${arg(filter.before.updatedAt)}, ${arg(filter.before.id)})`)
+    const sql = `SELECT ${SESSION_COLUMNS} FROM sessions s WHERE ${where.join(' AND ')} ORDER BY updated_at DESC, id DESC LIMIT ${arg(filter.limit)}`
+    return (await this.pool.query<SessionRow>(sql, args)).rows.map(toSession)
+  }
+
+  async updateSession (id: string, change: { title?: string | null, updatedAt?: number, deletedAt?: number }): Promise<void> {
+    const sets: string[] = []
+    const args: unknown[] = []
+    const arg = (v: unknown): string => { args.push(v); return `$${args.length}` }
+    if (change.title !== undefined) sets.push(`title = ${arg(change.title)}`)
+    if (change.updatedAt !== undefined) sets.push(`updated_at = GREATEST(updated_at, ${arg(change.updatedAt)})`)
+    if (change.deletedAt !== undefined) sets.push(`deleted_at = ${arg(change.deletedAt)}`)
+    if (sets.length === 0) return
+    await this.pool.query(`UPDATE sessions SET ${sets.join(', ')} WHERE id = ${arg(id)}`, args)
+  }
+
+  async recordDelivery (runId: string, d: WebhookDelivery): Promise<void> {
+    await this.pool.query(`INSERT INTO webhook_deliveries (run_id, delivery_id, event, attempt, attempted_at, url, status_code, error, duration_ms)
+      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+      ON CONFLICT (run_id, delivery_id, attempt) DO UPDATE SET event = EXCLUDED.event, attempted_at = EXCLUDED.attempted_at, url = EXCLUDED.url,
+        status_code = EXCLUDED.status_code, error = EXCLUDED.error, duration_ms = EXCLUDED.duration_ms`,
+    [runId, d.deliveryId ?? '', d.event ?? 'run.finished', d.attempt, d.attemptedAt, d.url, d.statusCode, d.error, d.durationMs])
+  }
+
+  async deliveries (runId: string): Promise<WebhookDelivery[]> {
+    const { rows } = await this.pool.query<{ delivery_id: string, event: string, attempt: number, attempted_at: number, url: string, status_code: number | null, error: string | null, duration_ms: number }>(
+      'SELECT delivery_id, event, attempt, attempted_at, url, status_code, error, duration_ms FROM webhook_deliveries WHERE run_id = $1 ORDER BY attempted_at, attempt', [runId])
+    return rows.map(r => ({
+      ...(r.delivery_id !== '' ? { deliveryId: r.delivery_id } : {}),
+      ...(r.event !== 'run.finished' ? { event: r.event } : {}),
+      attempt: r.attempt,
+      attemptedAt: r.attempted_at,
+      url: r.url,
+      statusCode: r.status_code,
+      error: r.error,
+      durationMs: r.duration_ms
+    }))
+  }
+
+  async queueWebhook (w: PendingWebhook): Promise<void> {
+    await this.pool.query(`INSERT INTO webhook_outbox (id, run_id, event, url, body, attempt, due_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
+      ON CONFLICT (id) DO UPDATE SET run_id = EXCLUDED.run_id, event = EXCLUDED.event, url = EXCLUDED.url, body = EXCLUDED.body, attempt = EXCLUDED.attempt, due_at = EXCLUDED.due_at`,
+    [w.id, w.runId, w.event, w.url, w.body, w.attempt, w.dueAt])
+  }
+
+  async webhookDone (id: string): Promise<void> {
+    await this.pool.query('DELETE FROM webhook_outbox WHERE id = $1', [id])
+  }
+
+  async pendingWebhooks (): Promise<PendingWebhook[]> {
+    const { rows } = await this.pool.query<{ id: string, run_id: string, event: string, url: string, body: string, attempt: number, due_at: number }>(
+      'SELECT id, run_id, event, url, body, attempt, due_at FROM webhook_outbox ORDER BY due_at')
+    return rows.map(r => ({ id: r.id, runId: r.run_id, event: r.event, url: r.url, body: r.body, attempt: r.attempt, dueAt: r.due_at }))
+  }
+
+  async saveApproval (a: ApprovalRecord): Promise<void> {
+    await this.pool.query(`INSERT INTO approvals (id, run_id, key_name, status, created_at, record) VALUES ($1, $2, $3, $4, $5, $6)
+      ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, record = EXCLUDED.record`,
+    [a.id, a.runId, a.keyName, a.status, a.createdAt, JSON.stringify(a)])
+  }
+
+  async getApproval (id: string): Promise<ApprovalRecord | undefined> {
+    const { rows } = await this.pool.query<{ record: string }>('SELECT record FROM approvals WHERE id = $1', [id])
+    return rows[0] === undefined ? undefined : JSON.parse(rows[0].record) as ApprovalRecord
+  }
+
+  async listApprovals (filter: { runId?: string, keyName?: string, status?: ApprovalRecord['status'], limit: number }): Promise<ApprovalRecord[]> {
+    const where: string[] = []
+    const args: unknown[] = []
+    const arg = (v: unknown): string => { args.push(v); return `$${args.length}` }
+    if (filter.runId !== undefined) where.push(`run_id = ${arg(filter.runId)}`)
+    if (filter.keyName !== undefined) where.push(`key_name = ${arg(filter.keyName)}`)
+    if (filter.status !== undefined) where.push(`status = ${arg(filter.status)}`)
+    const sql = `SELECT record FROM approvals ${where.length > 0 ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY created_at, rowid LIMIT ${arg(filter.limit)}`
+    return (await this.pool.query<{ record: string }>(sql, args)).rows.map(r => JSON.parse(r.record) as ApprovalRecord)
+  }
+
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    clearInterval(this.timer)
+    try {
+      await this.flush()
+    } finally {
+      await this.pool.end()
+      await this.holder?.end().catch(() => {})
+    }
+  }
+
+  private async transaction<T> (fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+    const c = await this.pool.connect()
+    try {
+      await c.query('BEGIN')
+      const out = await fn(c)
+      await c.query('COMMIT')
+      return out
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => {})
+      throw err
+    } finally {
+      c.release()
+    }
+  }
+}
+
+/** Apply the migrations not yet applied, holding an advisory lock so only one instance does. */
+async function migrate (pool: pg.Pool): Promise<void> {
+  const c = await pool.connect()
+  try {
+    await c.query('BEGIN')
+    await c.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK])
+    await c.query('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)')
+    const { rows } = await c.query<{ v: number | null }>('SELECT MAX(version) AS v FROM schema_migrations')
+    for (let v = rows[0]?.v ?? 0; v < PG_MIGRATIONS.length; v++) {
+      await c.query(PG_MIGRATIONS[v]!)
+      await c.query('INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)', [v + 1, Date.now()])
+    }
+    await c.query('COMMIT')
+  } catch (err) {
+    await c.query('ROLLBACK').catch(() => {})
+    throw err
+  } finally {
+    c.release()
+  }
+}
