@@ -1,5 +1,6 @@
 import Fastify, { type FastifyInstance } from 'fastify'
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
 import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -8,6 +9,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import app, { serverOptions } from '../src/app.js'
 import { sha256Hex, type Scope } from '../src/auth/keys.js'
 import { startFakeModel, type FakeModel } from './fixtures/fake-model.js'
+import { findPostgres } from './fixtures/postgres.js'
 
 export const API_KEY = 'test-key-0123456789'
 export const auth = { 'x-api-key': API_KEY }
@@ -53,9 +55,30 @@ export async function fakeModel (t: T): Promise<FakeModel> {
   return model
 }
 
+/**
+ * `TEST_DATABASE_URL=postgres://…/postgres npm test` runs the suite on the PostgreSQL store: each
+ * sandbox gets a database of its own (the same one for every server of one sandbox, so restarts
+ * find their runs), made with `psql` from the server's binaries.
+ */
+function storeEnv (box: Sandbox): Record<string, string> {
+  const admin = process.env.TEST_DATABASE_URL
+  if (admin === undefined || admin === '') return {}
+  const name = 't' + createHash('sha256').update(box.home).digest('hex').slice(0, 20)
+  const url = new URL(admin)
+  const psql = join(findPostgres() ?? '/usr/bin', 'psql')
+  const exists = spawnSync(psql, [admin, '-tAc', `SELECT 1 FROM pg_database WHERE datname = '${name}'`], { encoding: 'utf8' })
+  if (exists.stdout.trim() !== '1') {
+    const made = spawnSync(psql, [admin, '-v', 'ON_ERROR_STOP=1', '-qc', `CREATE DATABASE ${name}`], { encoding: 'utf8' })
+    if (made.status !== 0) throw new Error(`TEST_DATABASE_URL: could not create a test database: ${made.stderr}`)
+  }
+  url.pathname = `/${name}`
+  return { DATABASE_URL: url.toString() }
+}
+
 /** The environment a test server runs with: the fake model as Claude, the sandbox as home. */
 export function testEnv (box: Sandbox, model: FakeModel, extra: Record<string, string> = {}, credentials = true): Record<string, string> {
   return {
+    ...storeEnv(box),
     PATH: process.env.PATH ?? '/usr/bin:/bin',
     HOME: box.home,
     CLAUDE_CONFIG_DIR: join(box.home, '.claude'),

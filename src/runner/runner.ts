@@ -481,6 +481,9 @@ export class Runner extends EventEmitter<RunnerEvents> {
       cost_usd: result.total_cost_usd,
       num_turns: result.num_turns
     }, 'run finished')
+    // Its slot and session are free once its result is out: whoever hears of the end finds the
+    // session idle, and the session's next run may start (its CLI is gone).
+    handle.ticket?.release()
     handle.finish(result)
     this.admission.spent(handle.keyName, result.total_cost_usd)
     try {

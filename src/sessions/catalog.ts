@@ -54,7 +54,7 @@ function parseCursor (cursor: string): { updatedAt: number, id: string } {
 
 /**
  * The sessions of the API: browse, read, rename, fork and delete Claude sessions. Who owns a
- * session, where it lives and how busy it is comes from the run store; the transcripts themselves
+ * session, where it lives and its runs come from the run store (how busy it is, from admission); the transcripts themselves
  * are read and changed through the Agent SDK's session functions, over the CLI's own files
  * (`TranscriptFiles`). A session another key owns is, to the viewer, not there at all.
  */
@@ -67,7 +67,7 @@ export class SessionCatalog {
     this.now = deps.now ?? Date.now
   }
 
-  /** A session the viewer may see (not deleted), with `busy` including this process's live runs. */
+  /** A session the viewer may see (not deleted), `busy` as this process knows it. */
   async find (id: string, viewer: Viewer): Promise<SessionRecord> {
     const s = await this.deps.store.getSession(id.toLowerCase())
     if (s === undefined || s.deletedAt !== null || (!viewer.all && s.keyName !== viewer.keyName)) throw new SessionNotFound(`no session ${id}`)
@@ -154,7 +154,7 @@ export class SessionCatalog {
       const s = await this.find(id, viewer)
       const release = this.deps.hold(s.id)
       try {
-        if (this.deps.live(s.id) || s.busy) throw new SessionBusy(`session ${s.id} has a run queued or running; cancel it or wait for it to end`)
+        if (this.deps.live(s.id)) throw new SessionBusy(`session ${s.id} has a run queued or running; cancel it or wait for it to end`)
         // The files first: if they cannot go, the session stays, and a retry can try again.
         await deleteSession(s.id, { dir: s.workingDirectory, sessionStore: this.filesOf(s) })
         await this.deps.store.updateSession(s.id, { deletedAt: this.now() })
@@ -177,8 +177,13 @@ export class SessionCatalog {
     }
   }
 
+  /**
+   * `busy` as this process knows it: one server instance per database, so every queued or running
+   * run is one of its own, and its word is current where the store's may lag a run's end by a write.
+   */
   private withLive (s: SessionRecord): SessionRecord {
-    return s.busy || !this.deps.live(s.id) ? s : { ...s, busy: true }
+    const busy = this.deps.live(s.id)
+    return s.busy === busy ? s : { ...s, busy }
   }
 
   private filesOf (s: SessionRecord): TranscriptFiles {

@@ -133,6 +133,8 @@ export class PostgresRunStore implements RunStore {
   private readonly timer: NodeJS.Timeout
   private readonly flushMaxEvents: number
   private closed = false
+  /** Run ends being written: read back as written (this process's view), and waited for by `close()`. */
+  private readonly finishing = new Map<string, { result: RunResult, endedAt: number, write: Promise<void> }>()
 
   private constructor (readonly pool: pg.Pool, private readonly opts: PostgresStoreOptions, private readonly holder?: pg.Client) {
     this.flushMaxEvents = opts.flushMaxEvents ?? MAX_UNFLUSHED_EVENTS
@@ -191,11 +193,20 @@ export class PostgresRunStore implements RunStore {
   }
 
   async markFinished (id: string, result: RunResult, endedAt: number): Promise<void> {
-    await this.flush()
-    await this.transaction(async c => {
-      await c.query('UPDATE runs SET status = $1, ended_at = $2, result = $3, spec = NULL WHERE id = $4', [result.status, endedAt, JSON.stringify(result), id])
-      await c.query('UPDATE sessions SET updated_at = GREATEST(updated_at, $1) WHERE id = (SELECT session_id FROM runs WHERE id = $2)', [endedAt, id])
-    })
+    const write = (async () => {
+      await this.flush()
+      await this.transaction(async c => {
+        await c.query('UPDATE runs SET status = $1, ended_at = $2, result = $3, spec = NULL WHERE id = $4', [result.status, endedAt, JSON.stringify(result), id])
+        await c.query('UPDATE sessions SET updated_at = GREATEST(updated_at, $1) WHERE id = (SELECT session_id FROM runs WHERE id = $2)', [endedAt, id])
+      })
+    })()
+    const entry = { result, endedAt, write }
+    this.finishing.set(id, entry)
+    try {
+      await write
+    } finally {
+      if (this.finishing.get(id) === entry) this.finishing.delete(id)
+    }
   }
 
   async renewLeases (owner: string, leaseUntil: number): Promise<void> {
@@ -204,7 +215,11 @@ export class PostgresRunStore implements RunStore {
 
   async getRun (id: string): Promise<RunRecord | undefined> {
     const { rows } = await this.pool.query<RunRow>('SELECT * FROM runs WHERE id = $1', [id])
-    return rows[0] === undefined ? undefined : toRecord(rows[0])
+    if (rows[0] === undefined) return undefined
+    const record = toRecord(rows[0])
+    // An end being written is the truth already.
+    const f = this.finishing.get(id)
+    return f === undefined ? record : { ...record, status: f.result.status, endedAt: f.endedAt, result: f.result, spec: null }
   }
 
   async listRuns (filter: RunFilter): Promise<RunRecord[]> {
@@ -407,6 +422,8 @@ export class PostgresRunStore implements RunStore {
     this.closed = true
     clearInterval(this.timer)
     try {
+      // Run ends already under way are written before the connections go.
+      await Promise.allSettled([...this.finishing.values()].map(f => f.write))
       await this.flush()
     } finally {
       await this.pool.end()
