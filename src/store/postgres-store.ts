@@ -1,6 +1,10 @@
 import pg from 'pg'
-import type { RunResult, RunStatus } from '../runner/types.js'
+import type { RunResult } from '../runner/types.js'
 import { PG_MIGRATIONS } from './pg-migrations.js'
+import {
+  pageOfEvents, SESSION_COLUMNS, SESSION_INSERT_COLUMNS, sessionOfRun, sessionValues, toDelivery, toPending, toRecord, toSession,
+  type DeliveryRow, type OutboxRow, type RunRow, type SessionRow
+} from './rows.js'
 import {
   MAX_UNFLUSHED_EVENTS, type ApprovalRecord, type NewRun, type NewSession, type PendingWebhook, type RunFilter,
   type RunRecord, type RunStore, type SessionFilter, type SessionRecord, type StoredEvent, type WebhookDelivery
@@ -10,85 +14,13 @@ import {
 const MIGRATION_LOCK = 0x63636170 // 'ccap'
 /** Held by the one server instance a database serves (`exclusive`). */
 const INSTANCE_LOCK = 0x63636171
-const FIRST_PROMPT_CHARS = 200
 
 // BIGINT columns hold epoch milliseconds and row numbers: well within a double.
 pg.types.setTypeParser(pg.types.builtins.INT8, v => Number(v))
 
-interface RunRow {
-  id: string
-  rowid: number
-  status: RunStatus
-  session_id: string
-  working_directory: string
-  request: string
-  spec: string | null
-  key_name: string | null
-  cancel_on_disconnect: boolean
-  marker: string | null
-  owner: string | null
-  lease_until: number | null
-  created_at: number
-  started_at: number | null
-  ended_at: number | null
-  result: string | null
-}
-
-const toRecord = (r: RunRow): RunRecord => ({
-  id: r.id,
-  rowid: r.rowid,
-  status: r.status,
-  sessionId: r.session_id,
-  workingDirectory: r.working_directory,
-  request: JSON.parse(r.request),
-  spec: r.spec === null ? null : JSON.parse(r.spec),
-  keyName: r.key_name,
-  cancelOnDisconnect: r.cancel_on_disconnect,
-  marker: r.marker,
-  owner: r.owner,
-  leaseUntil: r.lease_until,
-  createdAt: r.created_at,
-  startedAt: r.started_at,
-  endedAt: r.ended_at,
-  result: r.result === null ? null : JSON.parse(r.result)
-})
-
-interface SessionRow {
-  id: string
-  key_name: string | null
-  working_directory: string
-  title: string | null
-  first_prompt: string | null
-  created_at: number
-  updated_at: number
-  deleted_at: number | null
-  run_count: number
-  last_run_id: string | null
-  busy: boolean
-}
-
-const toSession = (r: SessionRow): SessionRecord => ({
-  id: r.id,
-  keyName: r.key_name,
-  workingDirectory: r.working_directory,
-  title: r.title,
-  firstPrompt: r.first_prompt,
-  createdAt: r.created_at,
-  updatedAt: r.updated_at,
-  deletedAt: r.deleted_at,
-  runCount: Number(r.run_count),
-  lastRunId: r.last_run_id,
-  busy: r.busy
-})
-
-const SESSION_COLUMNS = `s.*,
-  (SELECT COUNT(*) FROM runs WHERE session_id = s.id) AS run_count,
-  (SELECT id FROM runs WHERE session_id = s.id ORDER BY rowid DESC LIMIT 1) AS last_run_id,
-  EXISTS (SELECT 1 FROM runs WHERE session_id = s.id AND status IN ('queued', 'running')) AS busy`
-
 // A session named again after it was deleted starts anew (its owner stays: admission saw to that).
-const UPSERT_SESSION = `INSERT INTO sessions (id, key_name, working_directory, title, first_prompt, created_at, updated_at)
-  VALUES ($1, $2, $3, $4, $5, $6, $6)
+const INSERT_SESSION = `INSERT INTO sessions (${SESSION_INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $6)`
+const UPSERT_SESSION = `${INSERT_SESSION}
   ON CONFLICT (id) DO UPDATE SET
     working_directory = CASE WHEN sessions.deleted_at IS NULL THEN sessions.working_directory ELSE EXCLUDED.working_directory END,
     title = CASE WHEN sessions.deleted_at IS NULL THEN sessions.title ELSE EXCLUDED.title END,
@@ -96,8 +28,6 @@ const UPSERT_SESSION = `INSERT INTO sessions (id, key_name, working_directory, t
     created_at = CASE WHEN sessions.deleted_at IS NULL THEN sessions.created_at ELSE EXCLUDED.created_at END,
     updated_at = GREATEST(sessions.updated_at, EXCLUDED.updated_at),
     deleted_at = NULL`
-
-const sessionArgs = (s: NewSession): unknown[] => [s.id, s.keyName, s.workingDirectory, s.title, s.firstPrompt === null ? null : s.firstPrompt.slice(0, FIRST_PROMPT_CHARS), s.createdAt]
 
 /** The database is held by another server instance. */
 export class DatabaseInUse extends Error {}
@@ -176,14 +106,7 @@ export class PostgresRunStore implements RunStore {
       await c.query(`INSERT INTO runs (id, status, session_id, working_directory, request, spec, key_name, cancel_on_disconnect, created_at)
         VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8)`,
       [r.id, r.sessionId, r.workingDirectory, JSON.stringify(r.request), JSON.stringify(r.spec), r.keyName, r.cancelOnDisconnect, r.createdAt])
-      await c.query(UPSERT_SESSION, sessionArgs({
-        id: r.sessionId,
-        keyName: r.sessionOwner === undefined ? r.keyName : r.sessionOwner,
-        workingDirectory: r.workingDirectory,
-        title: null,
-        firstPrompt: typeof r.request.prompt === 'string' ? r.request.prompt : null,
-        createdAt: r.createdAt
-      }))
+      await c.query(UPSERT_SESSION, sessionValues(sessionOfRun(r)))
     })
   }
 
@@ -274,23 +197,7 @@ export class PostgresRunStore implements RunStore {
     // Read the waiting events first: one that is written meanwhile is then found in the table.
     const waiting = this.pending.filter(e => e.runId === runId && e.seq > after)
     const { rows } = await this.pool.query<StoredEvent>('SELECT seq, type, data FROM events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3', [runId, after, limit])
-    const out: StoredEvent[] = []
-    let bytes = 0
-    const fits = (e: { data: string }): boolean => out.length === 0 || (out.length < limit && bytes + e.data.length <= maxBytes)
-    for (const e of rows) {
-      if (!fits(e)) return out
-      out.push(e)
-      bytes += e.data.length
-    }
-    let last = out.at(-1)?.seq ?? after
-    for (const e of waiting) {
-      if (e.seq <= last) continue
-      if (!fits(e)) break
-      out.push({ seq: e.seq, type: e.type as StoredEvent['type'], data: e.data })
-      bytes += e.data.length
-      last = e.seq
-    }
-    return out
+    return pageOfEvents(rows, waiting, after, limit, maxBytes)
   }
 
   async lastSeq (runId: string): Promise<number> {
@@ -326,7 +233,7 @@ export class PostgresRunStore implements RunStore {
   }
 
   async insertSession (s: NewSession): Promise<void> {
-    await this.pool.query(UPSERT_SESSION.replace(/ON CONFLICT \(id\) DO UPDATE SET[\s\S]*$/, 'ON CONFLICT (id) DO NOTHING'), sessionArgs(s))
+    await this.pool.query(`${INSERT_SESSION} ON CONFLICT (id) DO NOTHING`, sessionValues(s))
   }
 
   async getSession (id: string): Promise<SessionRecord | undefined> {
@@ -365,18 +272,8 @@ export class PostgresRunStore implements RunStore {
   }
 
   async deliveries (runId: string): Promise<WebhookDelivery[]> {
-    const { rows } = await this.pool.query<{ delivery_id: string, event: string, attempt: number, attempted_at: number, url: string, status_code: number | null, error: string | null, duration_ms: number }>(
-      'SELECT delivery_id, event, attempt, attempted_at, url, status_code, error, duration_ms FROM webhook_deliveries WHERE run_id = $1 ORDER BY attempted_at, attempt', [runId])
-    return rows.map(r => ({
-      ...(r.delivery_id !== '' ? { deliveryId: r.delivery_id } : {}),
-      ...(r.event !== 'run.finished' ? { event: r.event } : {}),
-      attempt: r.attempt,
-      attemptedAt: r.attempted_at,
-      url: r.url,
-      statusCode: r.status_code,
-      error: r.error,
-      durationMs: r.duration_ms
-    }))
+    const { rows } = await this.pool.query<DeliveryRow>('SELECT delivery_id, event, attempt, attempted_at, url, status_code, error, duration_ms FROM webhook_deliveries WHERE run_id = $1 ORDER BY attempted_at, attempt', [runId])
+    return rows.map(toDelivery)
   }
 
   async queueWebhook (w: PendingWebhook): Promise<void> {
@@ -390,9 +287,8 @@ export class PostgresRunStore implements RunStore {
   }
 
   async pendingWebhooks (): Promise<PendingWebhook[]> {
-    const { rows } = await this.pool.query<{ id: string, run_id: string, event: string, url: string, body: string, attempt: number, due_at: number }>(
-      'SELECT id, run_id, event, url, body, attempt, due_at FROM webhook_outbox ORDER BY due_at')
-    return rows.map(r => ({ id: r.id, runId: r.run_id, event: r.event, url: r.url, body: r.body, attempt: r.attempt, dueAt: r.due_at }))
+    const { rows } = await this.pool.query<OutboxRow>('SELECT id, run_id, event, url, body, attempt, due_at FROM webhook_outbox ORDER BY due_at')
+    return rows.map(toPending)
   }
 
   async saveApproval (a: ApprovalRecord): Promise<void> {

@@ -1,96 +1,22 @@
 import Database from 'better-sqlite3'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
-import type { RunResult, RunStatus } from '../runner/types.js'
+import type { RunResult } from '../runner/types.js'
 import { Checkpointer } from './checkpointer.js'
 import { MIGRATIONS } from './migrations.js'
 import { MAX_UNFLUSHED_EVENTS, type ApprovalRecord, type NewRun, type NewSession, type PendingWebhook, type RunFilter, type RunRecord, type RunStore, type SessionFilter, type SessionRecord, type StoredEvent, type WebhookDelivery } from './store.js'
+import {
+  pageOfEvents, SESSION_COLUMNS, SESSION_INSERT_COLUMNS, sessionOfRun, sessionValues, toDelivery, toPending, toRecord, toSession,
+  type DeliveryRow, type OutboxRow, type RunRow, type SessionRow
+} from './rows.js'
 
 export type { RunRecord, StoredEvent, WebhookDelivery } from './store.js'
 
-interface RunRow {
-  id: string
-  rowid: number
-  status: RunStatus
-  session_id: string
-  working_directory: string
-  request: string
-  spec: string | null
-  key_name: string | null
-  cancel_on_disconnect: number
-  marker: string | null
-  owner: string | null
-  lease_until: number | null
-  created_at: number
-  started_at: number | null
-  ended_at: number | null
-  result: string | null
+/** A session's values as the named parameters of the statements below. */
+function namedSession (s: NewSession): Record<string, unknown> {
+  const [id, keyName, workingDirectory, title, firstPrompt, createdAt] = sessionValues(s)
+  return { id, key_name: keyName, working_directory: workingDirectory, title, first_prompt: firstPrompt, created_at: createdAt }
 }
-
-interface SessionRow {
-  id: string
-  key_name: string | null
-  working_directory: string
-  title: string | null
-  first_prompt: string | null
-  created_at: number
-  updated_at: number
-  deleted_at: number | null
-  run_count: number
-  last_run_id: string | null
-  busy: number
-}
-
-const toSession = (r: SessionRow): SessionRecord => ({
-  id: r.id,
-  keyName: r.key_name,
-  workingDirectory: r.working_directory,
-  title: r.title,
-  firstPrompt: r.first_prompt,
-  createdAt: r.created_at,
-  updatedAt: r.updated_at,
-  deletedAt: r.deleted_at,
-  runCount: r.run_count,
-  lastRunId: r.last_run_id,
-  busy: r.busy === 1
-})
-
-/** A session's columns and its runs' figures. */
-const SESSION_COLUMNS = `s.*,
-  (SELECT COUNT(*) FROM runs WHERE session_id = s.id) AS run_count,
-  (SELECT id FROM runs WHERE session_id = s.id ORDER BY rowid DESC LIMIT 1) AS last_run_id,
-  EXISTS (SELECT 1 FROM runs WHERE session_id = s.id AND status IN ('queued', 'running')) AS busy`
-
-const toRecord = (r: RunRow): RunRecord => ({
-  id: r.id,
-  rowid: r.rowid,
-  status: r.status,
-  sessionId: r.session_id,
-  workingDirectory: r.working_directory,
-  request: JSON.parse(r.request),
-  spec: r.spec === null ? null : JSON.parse(r.spec),
-  keyName: r.key_name,
-  cancelOnDisconnect: r.cancel_on_disconnect === 1,
-  marker: r.marker,
-  owner: r.owner,
-  leaseUntil: r.lease_until,
-  createdAt: r.created_at,
-  startedAt: r.started_at,
-  endedAt: r.ended_at,
-  result: r.result === null ? null : JSON.parse(r.result)
-})
-
-/** How much of a session's first prompt is kept to show until it has a title. */
-const FIRST_PROMPT_CHARS = 200
-
-const sessionRow = (s: NewSession): Record<string, unknown> => ({
-  id: s.id,
-  key_name: s.keyName,
-  working_directory: s.workingDirectory,
-  title: s.title,
-  first_prompt: s.firstPrompt === null ? null : s.firstPrompt.slice(0, FIRST_PROMPT_CHARS),
-  created_at: s.createdAt
-})
 
 export interface RunStoreOptions {
   /** Directory of the database file; `:memory:` for a throwaway store. */
@@ -166,7 +92,7 @@ export class SqliteRunStore implements RunStore {
       spendSince: db.prepare('SELECT key_name, COALESCE(SUM(json_extract(result, \'$.total_cost_usd\')), 0) AS usd FROM runs WHERE key_name IS NOT NULL AND ended_at >= ? GROUP BY key_name'),
       sessionOwners: db.prepare('SELECT id, key_name FROM sessions'),
       // A session named again after it was deleted starts anew (its owner stays: admission saw to that).
-      session: db.prepare(`INSERT INTO sessions (id, key_name, working_directory, title, first_prompt, created_at, updated_at)
+      session: db.prepare(`INSERT INTO sessions (${SESSION_INSERT_COLUMNS})
         VALUES (@id, @key_name, @working_directory, @title, @first_prompt, @created_at, @created_at)
         ON CONFLICT (id) DO UPDATE SET
           working_directory = CASE WHEN deleted_at IS NULL THEN working_directory ELSE excluded.working_directory END,
@@ -217,14 +143,7 @@ export class SqliteRunStore implements RunStore {
   async insertRun (r: NewRun): Promise<void> {
     this.db.transaction(() => {
       this.insertRunNow(r)
-      this.stmts.session.run(sessionRow({
-        id: r.sessionId,
-        keyName: r.sessionOwner === undefined ? r.keyName : r.sessionOwner,
-        workingDirectory: r.workingDirectory,
-        title: null,
-        firstPrompt: typeof r.request.prompt === 'string' ? r.request.prompt : null,
-        createdAt: r.createdAt
-      }))
+      this.stmts.session.run(namedSession(sessionOfRun(r)))
     })()
   }
 
@@ -308,24 +227,7 @@ export class SqliteRunStore implements RunStore {
   }
 
   private eventsAfterNow (runId: string, after: number, limit: number, maxBytes: number): StoredEvent[] {
-    const out: StoredEvent[] = []
-    let bytes = 0
-    /** Whether `e` still fits the page: always the first event, then within `limit` and `maxBytes`. */
-    const fits = (e: { data: string }): boolean => out.length === 0 || (out.length < limit && bytes + e.data.length <= maxBytes)
-    for (const e of this.stmts.eventsAfter.iterate(runId, after, limit) as IterableIterator<StoredEvent>) {
-      if (!fits(e)) return out
-      out.push(e)
-      bytes += e.data.length
-    }
-    let last = out.at(-1)?.seq ?? after
-    for (const e of this.pending) {
-      if (e.runId !== runId || e.seq <= last) continue
-      if (!fits(e)) break
-      out.push({ seq: e.seq, type: e.type as StoredEvent['type'], data: e.data })
-      bytes += e.data.length
-      last = e.seq
-    }
-    return out
+    return pageOfEvents(this.stmts.eventsAfter.iterate(runId, after, limit) as IterableIterator<StoredEvent>, this.pending.filter(e => e.runId === runId), after, limit, maxBytes)
   }
 
   /** The highest event seq of a run (0 when none). */
@@ -409,7 +311,7 @@ export class SqliteRunStore implements RunStore {
   }
 
   async insertSession (s: NewSession): Promise<void> {
-    this.stmts.session.run(sessionRow(s))
+    this.stmts.session.run(namedSession(s))
   }
 
   async getSession (id: string): Promise<SessionRecord | undefined> {
@@ -442,17 +344,7 @@ export class SqliteRunStore implements RunStore {
   }
 
   async deliveries (runId: string): Promise<WebhookDelivery[]> {
-    return (this.stmts.deliveries.all(runId) as Array<{ delivery_id: string, event: string, attempt: number, attempted_at: number, url: string, status_code: number | null, error: string | null, duration_ms: number }>)
-      .map(r => ({
-        ...(r.delivery_id !== '' ? { deliveryId: r.delivery_id } : {}),
-        ...(r.event !== 'run.finished' ? { event: r.event } : {}),
-        attempt: r.attempt,
-        attemptedAt: r.attempted_at,
-        url: r.url,
-        statusCode: r.status_code,
-        error: r.error,
-        durationMs: r.duration_ms
-      }))
+    return (this.stmts.deliveries.all(runId) as DeliveryRow[]).map(toDelivery)
   }
 
   async queueWebhook (w: PendingWebhook): Promise<void> {
@@ -464,8 +356,7 @@ export class SqliteRunStore implements RunStore {
   }
 
   async pendingWebhooks (): Promise<PendingWebhook[]> {
-    return (this.stmts.pendingWebhooks.all() as Array<{ id: string, run_id: string, event: string, url: string, body: string, attempt: number, due_at: number }>)
-      .map(r => ({ id: r.id, runId: r.run_id, event: r.event, url: r.url, body: r.body, attempt: r.attempt, dueAt: r.due_at }))
+    return (this.stmts.pendingWebhooks.all() as OutboxRow[]).map(toPending)
   }
 
   async saveApproval (a: ApprovalRecord): Promise<void> {
