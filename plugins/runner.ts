@@ -176,6 +176,11 @@ export default fp(async (fastify) => {
   fastify.addHook('onListen', async () => {
     await runner.recover()
   })
+  // A request about runs that arrives while that is under way waits for it: a run the previous
+  // process left queued is live again once recovered, not "finished" in between.
+  fastify.addHook('onRequest', async (request) => {
+    if (fastify.server.listening && request.url.startsWith('/api/')) await runner.recovered()
+  })
   // preClose, not onClose: open streams wait for their runs, so the runs must end first.
   fastify.addHook('preClose', async () => {
     await runner.close()

@@ -151,6 +151,12 @@ export class Runner extends EventEmitter<RunnerEvents> {
   private storeOk = true
   /** What the previous process left in the store, until `recover()` deals with it. */
   private leftovers: { running: RunRecord[], queued: RunRecord[] } | undefined
+  /** Settles once `recover()` has dealt with the leftovers (requests about runs wait for it). */
+  private readonly recovery: { promise: Promise<void>, resolve: () => void } = (() => {
+    let settle = (): void => {}
+    const promise = new Promise<void>(resolve => { settle = resolve })
+    return { promise, resolve: settle }
+  })()
 
   constructor (deps: RunnerDeps) {
     super()
@@ -358,6 +364,24 @@ export class Runner extends EventEmitter<RunnerEvents> {
    * `DATA_DIR`'s lock), so a server that cannot start never touches another one's runs. Once only.
    */
   async recover (): Promise<void> {
+    try {
+      await this.recoverLeftovers()
+    } finally {
+      this.recovery.resolve()
+    }
+  }
+
+  /**
+   * Resolves once the runs a previous process left are interrupted or queued again: until then a
+   * queued run of that process is in no one's hands, and a follower, a cancel or a message would
+   * find it not live. At once when nothing was left, or once `recover()` has run.
+   */
+  async recovered (): Promise<void> {
+    if (this.leftovers === undefined || (this.leftovers.running.length === 0 && this.leftovers.queued.length === 0)) return
+    await this.recovery.promise
+  }
+
+  private async recoverLeftovers (): Promise<void> {
     const leftovers = this.leftovers
     this.leftovers = undefined
     if (leftovers === undefined || this.closing) return

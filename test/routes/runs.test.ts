@@ -1,5 +1,7 @@
+import Fastify from 'fastify'
 import { test } from 'tap'
-import { auth, build, eventually, listen, pidsMatching, readSse, type SseEvent } from '../helper.js'
+import buildApp, { serverOptions } from '../../src/app.js'
+import { auth, build, eventually, listen, pidsMatching, readSse, testEnv, type SseEvent } from '../helper.js'
 
 const json = { ...auth, 'content-type': 'application/json' }
 
@@ -216,4 +218,36 @@ test('lists abridge large fields; the run view keeps them whole', async t => {
   t.same(one.request.output_schema, schema, 'and the schema')
   t.notOk('abridged' in one)
   await app.inject({ method: 'POST', url: `/api/runs/${id}/cancel`, headers: auth })
+})
+
+test('after a restart, requests about runs wait until the runs a previous process left queued are live again', async t => {
+  const first = await build(t, { env: { MAX_CONCURRENT_RUNS: '1' } })
+  first.model.on('hold the slot', [{ tool: 'Bash', input: { command: 'sh -c "sleep 3611"' } }, { text: 'woke' }])
+  const base = await listen(first.app)
+  const holder = await (await fetch(`${base}/api/runs`, { method: 'POST', headers: json, body: JSON.stringify({ prompt: 'hold the slot', allowed_tools: ['Bash(sh *)'] }) })).json() as any
+  const queued = await (await fetch(`${base}/api/runs`, { method: 'POST', headers: json, body: JSON.stringify({ prompt: 'left in the queue' }) })).json() as any
+  t.ok(await eventually(() => pidsMatching('sleep 3611').length > 0, 15_000), 'the first run holds the only slot')
+  await first.app.close()
+  t.same(pidsMatching('sleep 3611'), [], 'the running one was cancelled at shutdown')
+
+  // The next process is listening before it has taken its predecessor's queue back (its recovery
+  // runs in an onListen hook, after this one).
+  let recover = (): void => {}
+  const gate = new Promise<void>(resolve => { recover = resolve })
+  const app = Fastify(serverOptions('silent'))
+  app.addHook('onListen', async () => { await gate })
+  await app.register(buildApp, { env: testEnv(first.box, first.model) })
+  t.teardown(async () => { recover(); await app.close() })
+  const listening = app.listen({ host: '127.0.0.1', port: 0 })
+  await eventually(() => app.server.listening)
+  const again = `http://127.0.0.1:${(app.server.address() as { port: number }).port}`
+  const follow = fetch(`${again}/api/runs/${queued.id}/events`, { headers: auth })
+  const early = await Promise.race([follow.then(() => 'answered'), new Promise(resolve => setTimeout(() => resolve('waiting'), 500))])
+  t.equal(early, 'waiting', 'a follower of the queued run waits while recovery is pending')
+  recover()
+  await listening
+  const { events } = await readSse(await follow)
+  const result = JSON.parse(events.at(-1)!.data)
+  t.equal(result.status, 'succeeded', 'and then follows it to its result')
+  t.equal((await (await fetch(`${again}/api/runs/${holder.id}`, { headers: auth })).json() as any).status, 'cancelled')
 })
