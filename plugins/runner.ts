@@ -5,6 +5,7 @@ import { dirname, join } from 'node:path'
 import { defaultCliPath, Runner } from '../src/runner/runner.js'
 import { SqliteRunStore } from '../src/store/sqlite-store.js'
 import { DatabaseInUse, PostgresRunStore } from '../src/store/postgres-store.js'
+import { ClusterNode } from '../src/cluster/cluster.js'
 import type { RunStore } from '../src/store/store.js'
 import { LocalEventBus } from '../src/store/event-bus.js'
 import { DataDirLock } from '../src/store/data-dir-lock.js'
@@ -44,9 +45,9 @@ function closeToOthers (path: string | undefined, log: { info: (o: object, m: st
 }
 
 /** The PostgreSQL run store; a database that cannot be reached or is in use stops the start with one line. */
-async function openPostgres (url: string, onError: (err: Error) => void): Promise<RunStore> {
+async function openPostgres (url: string, instanceId: string, onError: (err: Error) => void): Promise<PostgresRunStore> {
   try {
-    return await PostgresRunStore.open({ url, exclusive: true, onError })
+    return await PostgresRunStore.open({ url, origin: instanceId, onError })
   } catch (err) {
     const where = redactUrl(url)
     if (err instanceof DatabaseInUse) throw new ConfigError(`DATABASE_URL ${where}: ${err.message}`)
@@ -113,6 +114,7 @@ export default fp(async (fastify) => {
   let runner: Runner
   let store: RunStore | undefined
   let broker: CredentialBroker | undefined
+  let cluster: ClusterNode | undefined
   try {
     // The broker fronts the operator's credential for every run; a cloud provider keeps its own.
     const credential = operatorCredential(serverEnv)
@@ -135,15 +137,23 @@ export default fp(async (fastify) => {
       fastify.log.warn('ISOLATION level none: runs execute as the server\'s own user and can read what it can (start the server as root, as the Docker image does, for per-key agent identities)')
     }
     const onError = (err: Error): void => fastify.log.error({ err }, 'writing the event log failed; will retry')
-    store = fastify.config.databaseUrl !== undefined
-      ? await openPostgres(fastify.config.databaseUrl, onError)
-      : new SqliteRunStore({ dataDir, onError })
+    const instanceId = instanceIdOf(dataDir)
+    if (fastify.config.databaseUrl !== undefined) {
+      // Cluster mode: any number of instances share the database, each with a DATA_DIR of its own.
+      const pgStore = await openPostgres(fastify.config.databaseUrl, instanceId, onError)
+      store = pgStore
+      cluster = new ClusterNode({ url: fastify.config.databaseUrl, store: pgStore, instanceId, maxConcurrent: fastify.config.maxConcurrentRuns, log: fastify.log.child({ component: 'cluster' }) })
+    } else {
+      store = new SqliteRunStore({ dataDir, onError })
+    }
     runner = new Runner({
       settings: fastify.config,
       log: fastify.log.child({ component: 'runner' }),
       store,
-      bus: new LocalEventBus(),
-      instanceId: instanceIdOf(dataDir),
+      bus: cluster?.bus ?? new LocalEventBus(),
+      ...(cluster !== undefined ? { cluster } : {}),
+      leaseMs: fastify.config.runLeaseMs,
+      instanceId,
       ...(broker !== undefined ? { broker } : {}),
       isolation: {
         level: isolation.level,
@@ -165,6 +175,7 @@ export default fp(async (fastify) => {
     })
     await runner.start()
   } catch (err) {
+    await cluster?.stop()
     await store?.close().catch(() => {})
     await broker?.close()
     lock.release()

@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import type { FastifyRequest } from 'fastify'
-import type { RunHandle } from '../src/runner/runner.js'
+import type { SubmittedRun } from '../src/runner/runner.js'
 import type { RunRequest } from '../src/runner/types.js'
 import { checkWebhookUrl } from '../src/runner/policy.js'
 
@@ -10,7 +10,7 @@ declare module 'fastify' {
      * Start a run on behalf of the request's key: request policy (webhook host, directory,
      * environment, permission mode, session), then admission with the key's limits, in the engine.
      */
-    startRun: (request: FastifyRequest, body: RunRequest, cancelOnDisconnect: boolean) => Promise<RunHandle>
+    startRun: (request: FastifyRequest, body: RunRequest, cancelOnDisconnect: boolean) => Promise<SubmittedRun>
   }
 }
 

@@ -20,6 +20,7 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
     const { runner } = fastify
     const cli = runner.probe.status
     const store = runner.storeAnswers
+    const cluster = runner.clusterStats()
     const status = runner.shuttingDown ? 'shutting_down' : cli.available && cli.credentials !== 'missing' && store ? 'healthy' : 'degraded'
     if (status === 'shutting_down') reply.code(503)
     return {
@@ -32,7 +33,8 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
       isolation: fastify.isolation,
       uptime_s: Math.round((Date.now() - startedAt) / 100) / 10,
       runs: runner.stats(),
-      warm: runner.warmStats()
+      warm: runner.warmStats(),
+      ...(cluster !== undefined ? { cluster } : {})
     } as const
   })
 }

@@ -73,7 +73,7 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
     const run = await find(request, id, mayDecideForOthers ? 'read' : 'write')
     if (!mayDecideForOthers && run.keyName !== request.apiKeyName) throw new RunNotFound(`no run ${id}`)
     const body = request.body
-    const record = await runner.approvals.answer(id, request.params.approval_id.toLowerCase(), {
+    const record = await runner.answerApproval(id, request.params.approval_id.toLowerCase(), {
       decision: body.decision,
       by: request.apiKeyName ?? null,
       ...(body.message !== undefined ? { message: body.message } : {}),
@@ -124,7 +124,7 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     const id = request.params.id.toLowerCase()
     await find(request, id, 'write')
-    const messageId = runner.message(id, turn(request.body))
+    const messageId = await runner.message(id, turn(request.body))
     return await reply.code(202).send({ message_id: messageId, status: 'queued' as const })
   })
 
@@ -154,7 +154,7 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
     const id = request.params.id.toLowerCase()
     await find(request, id, 'write')
     const body = request.body
-    runner.interrupt(id, body.prompt === undefined ? undefined : turn({ ...body, prompt: body.prompt }))
+    await runner.interrupt(id, body.prompt === undefined ? undefined : turn({ ...body, prompt: body.prompt }))
     return await reply.code(202).send({ run_id: id, status: 'interrupting' as const })
   })
 }

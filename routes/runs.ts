@@ -29,7 +29,7 @@ async function view (r: RunRecord, runner: Runner): Promise<Run> {
     request: r.request,
     result: r.result,
     events_url: `/api/runs/${r.id}/events`,
-    pending_approvals: runner.approvals.pendingOf(r.id),
+    pending_approvals: await runner.pendingApprovals(r.id),
     webhook: typeof r.request.webhook_url === 'string'
       ? {
           url: r.request.webhook_url,
@@ -175,11 +175,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => {
     const id = request.params.id.toLowerCase()
     await find(request, id, 'write')
-    const live = runner.get(id)
-    if (live !== undefined) {
-      live.cancel('cancelled through the API')
-      await live.result
-    }
+    await runner.cancel(id, 'cancelled through the API')
     return await view(await find(request, id), runner)
   })
 

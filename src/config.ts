@@ -33,6 +33,9 @@ export const ConfigSchema = Type.Object({
   DATA_DIR: Type.String({ default: './data' }),
   // postgres://user:password@host:port/database: the run store in PostgreSQL instead of DATA_DIR's SQLite file.
   DATABASE_URL: Type.Optional(Type.String()),
+  // Cluster mode: how long a running run stays its instance's without a renewal; a dead
+  // instance's runs are ended as interrupted once it lapses.
+  RUN_LEASE_S: Type.Integer({ default: 30, minimum: 2, maximum: 3600 }),
   MAX_PROMPT_CHARS: Type.Integer({ default: 200_000, minimum: 1 }),
   MAX_BODY_BYTES: Type.Integer({ default: 4 * 1024 * 1024, minimum: 1024 }),
   // 1 MiB: several times what a model can answer in one response (64k output tokens ≈ 256 KB).
@@ -89,6 +92,8 @@ export interface Settings {
   dataDir: string
   /** The run store in PostgreSQL (unset: SQLite in `dataDir`). */
   databaseUrl: string | undefined
+  /** Cluster mode: the lease of a running run (ms). */
+  runLeaseMs: number
   maxPromptChars: number
   maxBodyBytes: number
   maxOutputBytes: number
@@ -288,6 +293,7 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     logLevel: raw.LOG_LEVEL,
     dataDir,
     databaseUrl: unlessEmpty(raw.DATABASE_URL),
+    runLeaseMs: raw.RUN_LEASE_S * 1000,
     maxPromptChars: raw.MAX_PROMPT_CHARS,
     maxBodyBytes: raw.MAX_BODY_BYTES,
     maxOutputBytes: raw.MAX_OUTPUT_BYTES,

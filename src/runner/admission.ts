@@ -144,6 +144,11 @@ export class Admission {
     }
   }
 
+  /** Whether a session is being deleted (no run of it may be admitted). */
+  isHeld (sessionId: string): boolean {
+    return this.held.has(sessionId)
+  }
+
   /** A session made without a run (a fork) belongs to `owner`. */
   adopt (sessionId: string, owner: string | null): void {
     if (!this.sessionOwners.has(sessionId)) this.sessionOwners.set(sessionId, owner)

@@ -216,6 +216,7 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
           ...sdkOptions(spec, s.settingSources),
           ...(spec.approvals === 'ask' && hooks.askApproval !== undefined ? { canUseTool: hooks.askApproval } : {}),
           env,
+          ...(s.sessionStore !== undefined ? { sessionStore: s.sessionStore } : {}),
           pathToClaudeCodeExecutable: s.cliPath,
           spawnClaudeCodeProcess: cliSpawner(marker, s, spec.cwd, hooks.log, (p) => {
             proc = p

@@ -24,9 +24,8 @@ export class Inbox {
   get stopRequested (): boolean { return this.stopping }
 
   /** Accept a message for the agent: its id, or undefined once the run takes no more. */
-  post (turn: UserTurn): string | undefined {
+  post (turn: UserTurn, id: string = randomUUID()): string | undefined {
     if (this.closed || this.stopping) return undefined
-    const id = randomUUID()
     this.queue.push({ id, ...turn })
     return id
   }

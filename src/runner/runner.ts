@@ -5,7 +5,7 @@ import { prewarm } from '@anthropic-ai/claude-agent-sdk'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import type { Settings } from '../config.js'
-import { StoreUnavailable, RunFinished } from '../errors.js'
+import { DomainError, RunFinished, ShuttingDown, StoreUnavailable } from '../errors.js'
 import { BROKERED_VARS, type CredentialBroker } from '../isolation/broker.js'
 import { ownedDirectory, type AgentIdentities, type AgentIdentity, type IsolationLevel } from '../isolation/identities.js'
 import { sandboxArgs } from '../isolation/sandbox.js'
@@ -30,8 +30,11 @@ import { SessionRegistry } from './sessions.js'
 import { RunPlanner } from './planner.js'
 import { SessionCatalog } from '../sessions/catalog.js'
 import type { RunEvent, RunRequest, RunResult, RunSpec, UserTurn } from './types.js'
+import type { ClusterNode } from '../cluster/cluster.js'
+import { RemoteRun, type SubmittedRun } from '../cluster/remote-run.js'
+import type { ApprovalAnswer } from './approvals.js'
 
-export type { RunnerLogger }
+export type { RunnerLogger, SubmittedRun }
 export { RunHandle }
 
 /** How long a running run stays this instance's without a renewal; renewed every third of it. */
@@ -81,6 +84,10 @@ export interface RunnerDeps {
   instanceId: string
   /** Hands each run a token of its own instead of the operator's credential (absent: not fronted). */
   broker?: CredentialBroker
+  /** Cluster mode (PostgreSQL): the shared queue, bus and transcripts; absent on one machine. */
+  cluster?: ClusterNode
+  /** How long a running run stays its instance's without a renewal (default `LEASE_MS`). */
+  leaseMs?: number
   /** With `uid` or `sandbox` isolation: the agent identity of each key's runs, and the sandbox. */
   isolation?: { level: IsolationLevel, identities?: AgentIdentities, sandbox?: { bwrap: string, agentsDir: string, hiddenDirs: string[], hiddenFiles: string[], readOnly?: string[] } }
 }
@@ -144,6 +151,16 @@ export class Runner extends EventEmitter<RunnerEvents> {
   /** The permission requests of `approvals: ask` runs, parked until answered. */
   readonly approvals: ApprovalDesk
   private closing = false
+  /** Cluster mode: this instance's part in the cluster. */
+  readonly cluster: ClusterNode | undefined
+  private readonly leaseMs: number
+  /** Cluster mode: claiming from the shared queue has begun (after recovery) and is under way. */
+  private claiming = false
+  private pumping = false
+  /** Cluster mode: whether runs held by other instances are live, as last read (for followers). */
+  private readonly remoteLive = new Map<string, { live: boolean, at: number }>()
+  /** Run ends being stored, by run id (a cancel answers once the end is stored). */
+  private readonly ended = new Map<string, Promise<void>>()
   /** Aborted when the server shuts down: followers of runs that stay queued end their streams. */
   private readonly shutdown = new AbortController()
   private leaseTimer: NodeJS.Timeout | undefined
@@ -165,6 +182,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.log = deps.log
     this.store = deps.store
     this.instanceId = deps.instanceId
+    this.cluster = deps.cluster
+    this.leaseMs = deps.leaseMs ?? LEASE_MS
     this.broker = deps.broker
     this.sandbox = deps.isolation?.level === 'sandbox' ? deps.isolation.sandbox : undefined
     this.runEnv = deps.broker === undefined
@@ -193,7 +212,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.approvals = new ApprovalDesk(deps.store, (handle, record) =>
       this.emit('approval', { id: handle.id, keyName: handle.keyName, webhookUrl: handle.spec.webhookUrl }, record))
     this.retention = new Retention(deps.store, { days: settings.retentionDays, maxRuns: settings.retentionMaxRuns }, deps.log)
-    if (settings.warmSpares > 0) {
+    // In a cluster a run starts on whichever instance claims it, never on the one it came to: no spares.
+    if (settings.warmSpares > 0 && deps.cluster === undefined) {
       this.warm = new WarmPool({ target: settings.warmSpares, perIdentity: identities !== undefined, start: async profile => await this.startSpare(profile), log: deps.log })
     }
     // Every queued run and every follower listens for the shutdown.
@@ -212,16 +232,31 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.probe.startBackground(this.settings.cliProbeIntervalS)
     if (status.available) this.warm?.start()
     // Read now, before any new run exists, so recovery never touches a run of this process.
-    this.leftovers = await this.store.leftovers(this.instanceId, Date.now())
+    if (this.cluster !== undefined) {
+      // Queued runs are the cluster's: only what this instance held is left to it.
+      const mine = await this.cluster.leftovers()
+      await this.cluster.release(mine.claimed)
+      this.leftovers = { running: mine.running, queued: [] }
+      this.cluster.onQueue(() => { void this.pump() })
+      this.cluster.handle(async (op, args) => await this.onRequestFromCluster(op, args))
+      await this.cluster.start(() => { void this.tick() })
+    } else {
+      this.leftovers = await this.store.leftovers(this.instanceId, Date.now())
+    }
     await this.checkStore()
     this.admission.load({ sessionOwners: await this.store.sessionOwners(), spentToday: await this.store.spendSince(this.admission.today()) })
     await this.retention.start()
     this.leaseTimer = setInterval(() => {
-      this.store.renewLeases(this.instanceId, Date.now() + LEASE_MS).catch(err => this.log.error({ err }, 'renewing run leases failed; will retry'))
-    }, LEASE_MS / 3)
+      this.store.renewLeases(this.instanceId, Date.now() + this.leaseMs).catch(err => this.log.error({ err }, 'renewing run leases failed; will retry'))
+    }, this.leaseMs / 3)
     this.leaseTimer.unref()
     this.storeTimer = setInterval(() => { void this.checkStore() }, STORE_CHECK_MS)
     this.storeTimer.unref()
+    // The cluster's queue is shared: this instance takes its part of it from now on.
+    if (this.cluster !== undefined) {
+      this.claiming = true
+      void this.pump()
+    }
   }
 
   /** Whether the store answered its last ping (within a second), checked every few seconds. */
@@ -245,6 +280,11 @@ export class Runner extends EventEmitter<RunnerEvents> {
     return { active: this.admission.active, queued: this.admission.queued }
   }
 
+  /** Cluster mode: this instance's id and how many instances are alive (undefined on one machine). */
+  clusterStats (): { instance_id: string, instances: number } | undefined {
+    return this.cluster === undefined ? undefined : { instance_id: this.instanceId, instances: this.cluster.instances }
+  }
+
   /** The warm spares parked now, and how many there should be (0: warm start is off). */
   warmStats (): { parked: number, target: number } {
     return { parked: this.warm?.parkedCount ?? 0, target: this.warm?.target ?? 0 }
@@ -262,6 +302,17 @@ export class Runner extends EventEmitter<RunnerEvents> {
    * `RunPlanner`); starts nothing and reserves nothing.
    */
   async prepare (req: RunRequest, keyName: string | null = null, anySession = keyName === null): Promise<RunSpec> {
+    if (this.cluster !== undefined && req.session_id !== undefined) {
+      // Another instance may have made the session: its owner and directory are in the store.
+      const id = req.session_id.toLowerCase()
+      const s = await this.store.getSession(id)
+      if (s !== undefined) {
+        this.admission.adopt(id, s.keyName)
+        const identity = this.identities?.identityFor(s.keyName)
+        const registry = this.planner.sessionsOf(identity)
+        if (await registry.locate(id) === null) registry.remember(id, s.workingDirectory)
+      }
+    }
     return await this.planner.prepare(req, keyName, anySession)
   }
 
@@ -269,7 +320,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
    * Accept a prepared run: admission decides and records it in one synchronous step (or throws
    * why not), then the run is stored and goes on whether or not anyone listens.
    */
-  async submit (spec: RunSpec, opts: SubmitOptions): Promise<RunHandle> {
+  async submit (spec: RunSpec, opts: SubmitOptions): Promise<SubmittedRun> {
+    if (this.cluster !== undefined) return await this.submitToCluster(spec, opts)
     const keyName = opts.key?.name ?? null
     const log = this.log.child({ run_id: spec.runId, key_name: keyName, ...(opts.requestId !== undefined ? { request_id: opts.requestId } : {}) })
     const handle = new RunHandle(spec, opts.cancelOnDisconnect, keyName, log, this.runLog, 0)
@@ -319,10 +371,16 @@ export class Runner extends EventEmitter<RunnerEvents> {
    * Hand a follow-up message to a live run: its id. A run that has ended, or takes no more input
    * (its last turn answered, or interrupted to stop), refuses it (`RunFinished`).
    */
-  message (runId: string, turn: UserTurn): string {
-    const id = this.runs.get(runId)?.inbox.post(turn)
-    if (id === undefined) throw new RunFinished(`run ${runId} has ended or takes no more messages; start a new run with its session_id`)
-    return id
+  async message (runId: string, turn: UserTurn): Promise<string> {
+    const refused = (): never => { throw new RunFinished(`run ${runId} has ended or takes no more messages; start a new run with its session_id`) }
+    const handle = this.runs.get(runId)
+    if (handle !== undefined || this.cluster === undefined) return handle?.inbox.post(turn) ?? refused()
+    // Kept for whichever instance claims the run, or handed to the one that holds it.
+    const id = randomUUID()
+    const where = await this.cluster.postMessage(runId, id, turn)
+    if ('queued' in where) return id
+    if ('finished' in where) return refused()
+    return await this.cluster.call(where.owner, 'message', { runId, turn }) as string
   }
 
   /**
@@ -330,9 +388,20 @@ export class Runner extends EventEmitter<RunnerEvents> {
    * next turn and the run goes on, without one the run ends as cancelled. A queued run that has not
    * started: without a prompt it is cancelled, with one the prompt waits as a message.
    */
-  interrupt (runId: string, turn?: UserTurn): void {
+  async interrupt (runId: string, turn?: UserTurn): Promise<void> {
     const handle = this.runs.get(runId)
     const nothing = (): never => { throw new RunFinished(`run ${runId} has ended; nothing to interrupt`) }
+    if (handle === undefined && this.cluster !== undefined) {
+      // Not here: queued for the cluster (a prompt waits as a message; none cancels it), or elsewhere.
+      const owner = await this.cluster.ownerOf(runId)
+      if (owner === null) {
+        if (turn !== undefined) await this.message(runId, turn)
+        else if (!await this.cancelQueued(runId, 'interrupted before it started')) nothing()
+        return
+      }
+      await this.cluster.call(owner, 'interrupt', { runId, turn })
+      return
+    }
     if (handle === undefined || handle.isFinished()) return nothing()
     if (handle.status === 'queued') {
       if (turn === undefined) handle.cancel('interrupted before it started')
@@ -342,12 +411,40 @@ export class Runner extends EventEmitter<RunnerEvents> {
     if (!handle.inbox.interrupt(turn)) nothing()
   }
 
-  /** Cancel a queued or running run; false when it is not live (finished, or unknown). */
-  cancel (runId: string, reason: string): boolean {
+  /**
+   * Cancel a queued or running run and wait until it has ended and its end is stored; false when
+   * it is not live (finished, or unknown). In a cluster, wherever it is.
+   */
+  async cancel (runId: string, reason: string): Promise<boolean> {
     const handle = this.runs.get(runId)
-    if (handle === undefined) return false
-    handle.cancel(reason)
-    return true
+    if (handle !== undefined) {
+      handle.cancel(reason)
+      await handle.result
+      await this.ended.get(runId)
+      return true
+    }
+    if (this.cluster === undefined) return false
+    if (await this.cancelQueued(runId, reason)) return true
+    const owner = await this.cluster.ownerOf(runId)
+    if (owner === null) return await this.cancelQueued(runId, reason)
+    return await this.cluster.call(owner, 'cancel', { runId, reason }, this.settings.killGraceMs + 10_000) as boolean
+  }
+
+  /**
+   * Answer a pending approval of `runId` where the run is waiting for it: here, or (in a cluster)
+   * on the instance that runs it.
+   */
+  async answerApproval (runId: string, approvalId: string, answer: ApprovalAnswer): Promise<ApprovalRecord> {
+    if (this.cluster === undefined || this.runs.has(runId)) return await this.approvals.answer(runId, approvalId, answer)
+    const owner = await this.cluster.ownerOf(runId)
+    if (owner === null || owner === this.instanceId) return await this.approvals.answer(runId, approvalId, answer)
+    return await this.cluster.call(owner, 'answer', { runId, approvalId, answer }) as ApprovalRecord
+  }
+
+  /** Pending approvals of a run: here, or in the store for a run another instance holds. */
+  async pendingApprovals (runId: string): Promise<number> {
+    if (this.cluster === undefined || this.runs.has(runId)) return this.approvals.pendingOf(runId)
+    return (await this.store.listApprovals({ runId, status: 'pending', limit: 1000 })).length
   }
 
   /**
@@ -356,7 +453,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
    * client never makes the server buffer without bound, and never misses an event.
    */
   async follow (runId: string, after: number, write: (e: RunEvent) => boolean, drained: () => Promise<void>, signal: AbortSignal): Promise<boolean> {
-    return await this.runLog.follow(runId, after, { write, drained, signal: AbortSignal.any([signal, this.shutdown.signal]) }, () => this.runs.has(runId))
+    return await this.runLog.follow(runId, after, { write, drained, signal: AbortSignal.any([signal, this.shutdown.signal]) }, () => this.isLive(runId))
   }
 
   /**
@@ -369,6 +466,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
     } finally {
       this.recovery.resolve()
     }
+    if (this.cluster !== undefined) void this.pump()
   }
 
   /**
@@ -413,6 +511,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
    */
   async close (graceMs = this.settings.shutdownGraceS * 1000): Promise<void> {
     this.closing = true
+    this.claiming = false
     this.admission.close()
     // Spares are nobody's runs: they go at once.
     const spares = this.warm?.close()
@@ -438,9 +537,157 @@ export class Runner extends EventEmitter<RunnerEvents> {
     for (const h of running) h.cancel('server shutting down')
     await Promise.all(running.map(h => h.result))
     await spares
+    if (this.cluster !== undefined) {
+      // Claimed here and never started: back to the cluster's queue, for another instance.
+      await this.cluster.release(live.filter(h => !running.includes(h) && !h.isFinished()).map(h => h.id)).catch(() => {})
+      await Promise.all([...this.ended.values()])
+      await this.cluster.stop()
+    }
     // Runs left queued stay so in the store; their followers end now and reconnect later.
     this.shutdown.abort()
     await this.store.close()
+  }
+
+  /**
+   * Cluster mode: admission against the whole cluster, in the transaction that records the run;
+   * the run then waits in the shared queue for an instance with a free slot (this one tries at
+   * once). The client holds a `RemoteRun`, which follows the run wherever it executes.
+   */
+  private async submitToCluster (spec: RunSpec, opts: SubmitOptions): Promise<SubmittedRun> {
+    const cluster = this.cluster!
+    if (this.closing) throw new ShuttingDown('the server is shutting down; retry in a moment')
+    const claims = spec.forkedFrom !== undefined ? [spec.sessionId, spec.forkedFrom] : [spec.sessionId]
+    const createdAt = Date.now()
+    const run = {
+      id: spec.runId,
+      sessionId: spec.sessionId,
+      workingDirectory: spec.cwd,
+      request: redactRequest(opts.request),
+      spec,
+      keyName: opts.key?.name ?? null,
+      ...(spec.identity !== undefined ? { sessionOwner: spec.identity } : {}),
+      cancelOnDisconnect: opts.cancelOnDisconnect,
+      createdAt
+    }
+    try {
+      await cluster.admit(run, { key: opts.key, claims, held: session => this.admission.isHeld(session), maxQueued: this.settings.maxQueuedRuns })
+    } catch (err) {
+      if (err instanceof DomainError) throw err
+      this.log.error({ err, run_id: spec.runId }, 'recording the run failed')
+      throw new StoreUnavailable('the run store could not record the run; retry in a moment')
+    }
+    this.admission.adopt(spec.sessionId, spec.identity ?? opts.key?.name ?? null)
+    this.planner.sessionsOf(this.planner.identityOf(spec)).remember(spec.sessionId, spec.cwd)
+    this.runLog.append(spec.runId, 1, 'run', JSON.stringify({ run_id: spec.runId, session_id: spec.sessionId, working_directory: spec.cwd }))
+    await this.store.flush().catch((err: unknown) => this.log.error({ err }, 'flushing the run event failed; will retry'))
+    void this.pump()
+    return new RemoteRun(spec.runId, createdAt, {
+      cancel: async reason => { await this.cancel(spec.runId, reason) },
+      follow: async (write, signal) => await this.runLog.follow(spec.runId, 0, { write, drained: async () => {}, signal: AbortSignal.any([signal, this.shutdown.signal]) }, () => this.isLive(spec.runId))
+    })
+  }
+
+  /**
+   * Cluster mode: claim queued runs while this instance has free slots (`MAX_CONCURRENT_RUNS`),
+   * oldest first, each the first live run of its session; each starts here as a recovered run does.
+   */
+  private async pump (): Promise<void> {
+    const cluster = this.cluster
+    if (cluster === undefined || !this.claiming || this.pumping) return
+    this.pumping = true
+    try {
+      while (this.claiming && this.runs.size < this.settings.maxConcurrentRuns) {
+        const claimed = await cluster.claim(Date.now() + this.leaseMs)
+        if (claimed === undefined) break
+        const r = claimed.record
+        if (r.spec === null || !this.claiming) {
+          await cluster.release([r.id])
+          break
+        }
+        this.planner.sessionsOf(this.planner.identityOf(r.spec)).remember(r.sessionId, r.workingDirectory)
+        const log = this.log.child({ run_id: r.id, key_name: r.keyName })
+        const handle = new RunHandle(r.spec, r.cancelOnDisconnect, r.keyName, log, this.runLog, await this.store.lastSeq(r.id))
+        for (const m of claimed.messages) handle.inbox.post(m.turn, m.id)
+        handle.ticket = this.admission.readmit(r.spec.sessionId, r.keyName, () => handle.admit())
+        this.track(handle)
+      }
+    } catch (err) {
+      this.log.error({ err }, 'cluster: claiming queued runs failed; will retry')
+    } finally {
+      this.pumping = false
+    }
+  }
+
+  /** Cluster mode, every tick: end the runs of instances that died (their lease lapsed), then claim. */
+  private async tick (): Promise<void> {
+    const cluster = this.cluster
+    if (cluster === undefined || !this.claiming) return
+    try {
+      const now = Date.now()
+      const lapsed = await cluster.reap(now, now + this.leaseMs)
+      if (lapsed.length > 0) {
+        this.log.info({ runs: lapsed.map(r => r.id) }, 'cluster: ending the runs of an instance that stopped renewing their lease')
+        await recoverRuns({ running: lapsed, queued: [] }, {
+          store: this.store,
+          log: this.log,
+          maxOutputBytes: this.settings.maxOutputBytes,
+          finished: (r, result) => this.emit('finished', { id: r.id, keyName: r.keyName, webhookUrl: r.request.webhook_url }, result),
+          requeue: async () => {}
+        })
+      }
+    } catch (err) {
+      this.log.error({ err }, 'cluster: reaping lapsed runs failed; will retry')
+    }
+    await this.pump()
+  }
+
+  /** Cluster mode: end a queued run nobody has claimed; false when it is claimed or over. */
+  private async cancelQueued (runId: string, reason: string): Promise<boolean> {
+    let ended: { record: RunRecord, result: RunResult, seq: number } | undefined
+    const record = await this.cluster!.cancelQueued(runId, async (c, r) => {
+      const now = Date.now()
+      const result = toRunResult({ runId: r.id, sessionId: r.sessionId, timeoutS: 0, exitCode: null, stderrTail: '', oversizeLines: 0, startedAt: r.createdAt, endedAt: now, maxOutputBytes: this.settings.maxOutputBytes, ended: { by: 'cancel', reason } })
+      const seq = await this.store.lastSeq(r.id) + 1
+      await c.query('UPDATE runs SET status = $1, ended_at = $2, result = $3, spec = NULL WHERE id = $4', [result.status, now, JSON.stringify(result), r.id])
+      ended = { record: r, result, seq }
+    })
+    if (record === undefined || ended === undefined) return false
+    const { result, seq } = ended
+    this.runLog.append(runId, seq, 'result', JSON.stringify(result))
+    await this.store.flush().catch(() => {})
+    this.emit('finished', { id: record.id, keyName: record.keyName, webhookUrl: record.request.webhook_url }, result)
+    return true
+  }
+
+  /** Cluster mode: what other instances ask of the runs this one holds. */
+  private async onRequestFromCluster (op: string, args: any): Promise<unknown> {
+    const runId = String(args?.runId)
+    switch (op) {
+      case 'cancel': return await this.cancel(runId, String(args.reason ?? 'cancelled'))
+      case 'message': return await this.message(runId, args.turn as UserTurn)
+      case 'interrupt': return await this.interrupt(runId, args.turn as UserTurn | undefined)
+      case 'answer': return await this.approvals.answer(runId, String(args.approvalId), args.answer as ApprovalAnswer)
+      default: throw new DomainError('invalid_request', `unknown cluster request ${op}`)
+    }
+  }
+
+  /**
+   * Whether a run is queued or running: here (a live handle), or, in a cluster, anywhere (read
+   * from the store at most once a second per run; unknown counts as live until read).
+   */
+  private isLive (runId: string): boolean {
+    if (this.runs.has(runId)) return true
+    if (this.cluster === undefined) return false
+    const known = this.remoteLive.get(runId)
+    if (known === undefined || Date.now() - known.at > 1000) {
+      const entry = { live: known?.live ?? true, at: Date.now() }
+      this.remoteLive.set(runId, entry)
+      void this.store.getRun(runId).then(r => {
+        entry.live = r !== undefined && (r.status === 'queued' || r.status === 'running')
+        if (!entry.live) setTimeout(() => this.remoteLive.delete(runId), 5000).unref()
+      }, () => {})
+    }
+    return known?.live ?? true
   }
 
   /** Run a recorded run through its life, in the background. */
@@ -449,6 +696,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
     void this.execute(handle).finally(() => {
       handle.ticket?.release()
       this.runs.delete(handle.id)
+      // A slot is free here: the cluster's queue may have a run for it.
+      if (this.cluster !== undefined) void this.pump()
     })
   }
 
@@ -508,13 +757,13 @@ export class Runner extends EventEmitter<RunnerEvents> {
     // Its slot and session are free once its result is out: whoever hears of the end finds the
     // session idle, and the session's next run may start (its CLI is gone).
     handle.ticket?.release()
+    const stored = this.store.markFinished(handle.id, result, outcome.endedAt)
+      .catch((err: unknown) => handle.log.error({ err }, 'recording the end of the run failed'))
+    this.ended.set(handle.id, stored)
     handle.finish(result)
     this.admission.spent(handle.keyName, result.total_cost_usd)
-    try {
-      await this.store.markFinished(handle.id, result, outcome.endedAt)
-    } catch (err) {
-      handle.log.error({ err }, 'recording the end of the run failed')
-    }
+    await stored
+    this.ended.delete(handle.id)
     this.emit('finished', { id: handle.id, keyName: handle.keyName, webhookUrl: handle.spec.webhookUrl }, result)
   }
 
@@ -530,7 +779,10 @@ export class Runner extends EventEmitter<RunnerEvents> {
     }
     spec.cwd = cwd
     const identity = this.planner.identityOf(spec)
-    if (spec.sessionMode !== 'fork') spec.sessionMode = await this.planner.sessionsOf(identity).exists(spec.sessionId) ? 'resume' : 'new'
+    if (spec.sessionMode !== 'fork') {
+      const exists = await this.planner.sessionsOf(identity).exists(spec.sessionId) || (await this.cluster?.transcripts.has(spec.sessionId) ?? false)
+      spec.sessionMode = exists ? 'resume' : 'new'
+    }
     if (handle.endedBy !== undefined) return
     // On a spare, the run is the spare's: its marker, its token. The spare is the run's from here.
     const warm = handle.warm
@@ -547,7 +799,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       // Recorded before the spawn: if the server dies now, the next start finds and kills the tree.
       // Unrecorded (a full disk), the run does not start: it could not be found again after a crash.
       try {
-        await this.store.markStarted(spec.runId, { startedAt: Date.now(), marker, sessionId: spec.sessionId, workingDirectory: cwd, owner: this.instanceId, leaseUntil: Date.now() + LEASE_MS })
+        await this.store.markStarted(spec.runId, { startedAt: Date.now(), marker, sessionId: spec.sessionId, workingDirectory: cwd, owner: this.instanceId, leaseUntil: Date.now() + this.leaseMs })
       } catch (err) {
         handle.log.error({ err }, 'recording the start of the run failed; it does not start')
         outcome.refused = { code: 'store_unavailable', message: `The run store could not record the start of the run (${(err as Error).message}); it did not start` }
@@ -594,7 +846,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
       maxOutputBytes: this.settings.maxOutputBytes,
       killGraceMs: this.settings.killGraceMs,
       ...(identity !== undefined ? { identity: { uid: identity.uid, gid: identity.gid } } : {}),
-      ...(args !== undefined ? { wrap: { command: this.sandbox!.bwrap, args } } : {})
+      ...(args !== undefined ? { wrap: { command: this.sandbox!.bwrap, args } } : {}),
+      ...(this.cluster !== undefined ? { sessionStore: this.cluster.transcripts } : {})
     }
   }
 

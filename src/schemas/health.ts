@@ -19,6 +19,10 @@ export const HealthSchema = Type.Object({
   warm: Type.Object({
     parked: Type.Integer({ description: 'Warm spares parked now, ready for a new session.' }),
     target: Type.Integer({ description: 'How many there should be (`WARM_SPARES`; 0: warm start is off).' })
-  }, { description: 'Warm start: CLIs started ahead of demand, which runs of new sessions start on.' })
+  }, { description: 'Warm start: CLIs started ahead of demand, which runs of new sessions start on.' }),
+  cluster: Type.Optional(Type.Object({
+    instance_id: Type.String({ description: 'This instance (kept in its `DATA_DIR`).' }),
+    instances: Type.Integer({ description: 'Instances sharing the database that heartbeat lately, this one included.' })
+  }, { description: 'Cluster mode only (`DATABASE_URL`): this instance among those sharing the database.' }))
 }, { title: 'Health' })
 export type Health = Static<typeof HealthSchema>

@@ -25,6 +25,11 @@ export class LocalEventBus implements EventBus {
     }
   }
 
+  /** Whether a run has listeners here. */
+  has (runId: string): boolean {
+    return this.listeners.has(runId)
+  }
+
   /** Runs with listeners now (for tests: nothing may leak). */
   get size (): number {
     return this.listeners.size

@@ -78,5 +78,36 @@ export const PG_MIGRATIONS: readonly string[] = [
     deleted_at BIGINT
   );
   CREATE INDEX sessions_active ON sessions (updated_at, id);
+  `,
+  // Cluster mode: the instances that share the database, follow-up messages for runs no instance
+  // has claimed yet, and session transcripts (the Agent SDK's SessionStore) so sessions move.
+  `
+  CREATE TABLE instances (
+    id TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    started_at BIGINT NOT NULL,
+    heartbeat_at BIGINT NOT NULL,
+    max_concurrent INTEGER NOT NULL,
+    stopped_at BIGINT
+  );
+  CREATE TABLE queued_messages (
+    rowid BIGSERIAL PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    id TEXT NOT NULL,
+    turn TEXT NOT NULL
+  );
+  CREATE INDEX queued_messages_run ON queued_messages (run_id, rowid);
+  CREATE INDEX runs_owner ON runs (owner, status);
+  CREATE TABLE transcripts (
+    n BIGSERIAL PRIMARY KEY,
+    project_key TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    subpath TEXT NOT NULL DEFAULT '',
+    uuid TEXT,
+    entry TEXT NOT NULL,
+    written_at BIGINT NOT NULL
+  );
+  CREATE UNIQUE INDEX transcripts_uuid ON transcripts (project_key, session_id, subpath, uuid) WHERE uuid IS NOT NULL;
+  CREATE INDEX transcripts_session ON transcripts (session_id, project_key, subpath, n);
   `
 ]

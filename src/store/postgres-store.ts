@@ -48,7 +48,16 @@ export interface PostgresStoreOptions {
    * takes over every queued run it finds, which only one instance may do.
    */
   exclusive?: boolean
+  /**
+   * Cluster mode: each write of events also notifies `ccapi_events` with `runId first last
+   * origin`, in the same transaction (delivered once committed), so other instances' followers
+   * read them from the table.
+   */
+  origin?: string
 }
+
+/** The notification channel of committed events (see `PostgresStoreOptions.origin`). */
+export const EVENTS_CHANNEL = 'ccapi_events'
 
 /**
  * The run store of a cluster, in PostgreSQL: the same tables as the embedded store, shared by
@@ -102,7 +111,16 @@ export class PostgresRunStore implements RunStore {
   }
 
   async insertRun (r: NewRun): Promise<void> {
+    await this.admitRun(r, async () => {})
+  }
+
+  /**
+   * Insert a run after `check` has passed, in one transaction: `check` takes its locks and reads
+   * (cluster admission), and throws to refuse the run.
+   */
+  async admitRun (r: NewRun, check: (c: pg.PoolClient) => Promise<void>): Promise<void> {
     await this.transaction(async c => {
+      await check(c)
       await c.query(`INSERT INTO runs (id, status, session_id, working_directory, request, spec, key_name, cancel_on_disconnect, created_at)
         VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8)`,
       [r.id, r.sessionId, r.workingDirectory, JSON.stringify(r.request), JSON.stringify(r.spec), r.keyName, r.cancelOnDisconnect, r.createdAt])
@@ -133,7 +151,8 @@ export class PostgresRunStore implements RunStore {
   }
 
   async renewLeases (owner: string, leaseUntil: number): Promise<void> {
-    await this.pool.query('UPDATE runs SET lease_until = $1 WHERE owner = $2 AND status = \'running\'', [leaseUntil, owner])
+    // Claimed runs not started yet (cluster mode) are held under the same lease.
+    await this.pool.query('UPDATE runs SET lease_until = $1 WHERE owner = $2 AND status IN (\'queued\', \'running\')', [leaseUntil, owner])
   }
 
   async getRun (id: string): Promise<RunRecord | undefined> {
@@ -188,7 +207,21 @@ export class PostgresRunStore implements RunStore {
         args.push(e.runId, e.seq, e.type, e.data)
       }
       // ON CONFLICT: a replayed append must never fail a whole batch (other runs' events with it).
-      await this.pool.query(`INSERT INTO events (run_id, seq, type, data) VALUES ${values.join(', ')} ON CONFLICT DO NOTHING`, args)
+      const insert = `INSERT INTO events (run_id, seq, type, data) VALUES ${values.join(', ')} ON CONFLICT DO NOTHING`
+      if (this.opts.origin === undefined) await this.pool.query(insert, args)
+      else {
+        const spans = new Map<string, [number, number]>()
+        for (const e of batch) {
+          const span = spans.get(e.runId)
+          if (span === undefined) spans.set(e.runId, [e.seq, e.seq])
+          else span[1] = e.seq
+        }
+        const notes = [...spans].map(([runId, [first, last]]) => `${runId} ${first} ${last} ${this.opts.origin!}`)
+        await this.transaction(async c => {
+          await c.query(insert, args)
+          await c.query(`SELECT pg_notify('${EVENTS_CHANNEL}', n) FROM unnest($1::text[]) AS n`, [notes])
+        })
+      }
       this.pending.splice(0, batch.length)
     }
   }
@@ -327,7 +360,7 @@ export class PostgresRunStore implements RunStore {
     }
   }
 
-  private async transaction<T> (fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+  async transaction<T> (fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
     const c = await this.pool.connect()
     try {
       await c.query('BEGIN')

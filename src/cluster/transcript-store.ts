@@ -1,0 +1,53 @@
+import type { SessionKey, SessionStore, SessionStoreEntry } from '@anthropic-ai/claude-agent-sdk'
+import type pg from 'pg'
+
+/**
+ * Session transcripts in PostgreSQL, through the Agent SDK's `SessionStore` interface: every run
+ * of a cluster mirrors its transcript here as the CLI writes it, and a resume on any instance is
+ * materialised from here by the SDK before the CLI starts. Entries with a `uuid` are written once
+ * (a retried batch adds nothing); the rest are appended in call order.
+ */
+export class PostgresTranscriptStore implements SessionStore {
+  constructor (private readonly pool: pg.Pool) {}
+
+  async append (key: SessionKey, entries: SessionStoreEntry[]): Promise<void> {
+    if (entries.length === 0) return
+    const values: string[] = []
+    const args: unknown[] = [key.projectKey, key.sessionId, key.subpath ?? '', Date.now()]
+    for (const e of entries) {
+      args.push(typeof e.uuid === 'string' ? e.uuid : null, JSON.stringify(e))
+      values.push(`($1, $2, $3, $${args.length - 1}, $${args.length}, $4)`)
+    }
+    await this.pool.query(`INSERT INTO transcripts (project_key, session_id, subpath, uuid, entry, written_at) VALUES ${values.join(', ')}
+      ON CONFLICT (project_key, session_id, subpath, uuid) WHERE uuid IS NOT NULL DO NOTHING`, args)
+  }
+
+  async load (key: SessionKey): Promise<SessionStoreEntry[] | null> {
+    const { rows } = await this.pool.query<{ entry: string }>('SELECT entry FROM transcripts WHERE session_id = $1 AND project_key = $2 AND subpath = $3 ORDER BY n',
+      [key.sessionId, key.projectKey, key.subpath ?? ''])
+    return rows.length === 0 ? null : rows.map(r => JSON.parse(r.entry) as SessionStoreEntry)
+  }
+
+  async listSessions (projectKey: string): Promise<Array<{ sessionId: string, mtime: number }>> {
+    const { rows } = await this.pool.query<{ session_id: string, mtime: number }>(
+      'SELECT session_id, MAX(written_at) AS mtime FROM transcripts WHERE project_key = $1 AND subpath = \'\' GROUP BY session_id', [projectKey])
+    return rows.map(r => ({ sessionId: r.session_id, mtime: Number(r.mtime) }))
+  }
+
+  async listSubkeys (key: { projectKey: string, sessionId: string }): Promise<string[]> {
+    const { rows } = await this.pool.query<{ subpath: string }>('SELECT DISTINCT subpath FROM transcripts WHERE session_id = $1 AND project_key = $2 AND subpath <> \'\'',
+      [key.sessionId, key.projectKey])
+    return rows.map(r => r.subpath)
+  }
+
+  async delete (key: SessionKey): Promise<void> {
+    if (key.subpath === undefined) await this.pool.query('DELETE FROM transcripts WHERE session_id = $1 AND project_key = $2', [key.sessionId, key.projectKey])
+    else await this.pool.query('DELETE FROM transcripts WHERE session_id = $1 AND project_key = $2 AND subpath = $3', [key.sessionId, key.projectKey, key.subpath])
+  }
+
+  /** Whether any instance has written this session (so a run resumes it rather than creating it). */
+  async has (sessionId: string): Promise<boolean> {
+    const { rows } = await this.pool.query('SELECT 1 FROM transcripts WHERE session_id = $1 AND subpath = \'\' LIMIT 1', [sessionId])
+    return rows.length > 0
+  }
+}
