@@ -21,7 +21,7 @@ if (noPostgres !== false) {
 
   interface Cluster { nodes: ServerProcess[], work: string, boxes: Sandbox[] }
 
-  async function cluster (t: { teardown: (fn: () => unknown) => void },  model: FakeModel, n: number, extra: Record<string, string> = {}): Promise<Cluster> {
+  async function cluster (t: { teardown: (fn: () => unknown) => void }, model: FakeModel, n: number, extra: Record<string, string> = {}): Promise<Cluster> {
     const url = await (await server).database()
     const shared = sandbox(t)
     const boxes = Array.from({ length: n }, () => sandbox(t))
