@@ -46,6 +46,13 @@ export default fp(async (fastify) => {
   new Gauge({ name: 'ccapi_claude_code_available', help: '1 when the CLI probe succeeds', registers: [registry], collect () { this.set(runner.probe.status.available ? 1 : 0) } })
   // eslint-disable-next-line no-new
   new Gauge({ name: 'ccapi_warm_spares_parked', help: 'Warm spares (parked CLIs) ready for new sessions', registers: [registry], collect () { this.set(runner.warmStats().parked) } })
+  const cluster = runner.clusterStats()
+  if (cluster !== undefined) {
+    // Every instance serves its own /metrics: this names the instance, and what it sees of the cluster.
+    new Gauge({ name: 'ccapi_instance_info', help: 'This server instance (cluster mode)', labelNames: ['instance_id'], registers: [registry] }).set({ instance_id: cluster.instance_id }, 1)
+    // eslint-disable-next-line no-new
+    new Gauge({ name: 'ccapi_cluster_instances', help: 'Instances sharing the database that heartbeat lately, this one included', registers: [registry], collect () { this.set(runner.clusterStats()?.instances ?? 0) } })
+  }
   const warm = new Counter({ name: 'ccapi_warm_claims_total', help: 'Runs of new sessions by how they started: on a warm spare (hit), cold for want of one (miss), cold after the spare refused (refused)', labelNames: ['outcome'], registers: [registry] })
   for (const outcome of ['hit', 'miss', 'refused']) warm.inc({ outcome }, 0)
   const http = new Counter({ name: 'ccapi_http_requests_total', help: 'HTTP requests by route and status', labelNames: ['method', 'route', 'status'], registers: [registry] })

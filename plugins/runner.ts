@@ -128,7 +128,8 @@ export default fp(async (fastify) => {
     }
     let identities: AgentIdentities | undefined
     if (isolation.level !== 'none') {
-      identities = new AgentIdentities(fastify.config.agentsDir, join(dataDir, 'agent-ids.json'), fastify.config.agentUidBase)
+      // In a cluster every instance must give a key the same uid: the registry is in the shared AGENTS_DIR.
+      identities = new AgentIdentities(fastify.config.agentsDir, join(dataDir, 'agent-ids.json'), fastify.config.agentUidBase, fastify.config.databaseUrl !== undefined)
       // What agent identities must never read: the run store, the keys file, the server's .env.
       closeToOthers(dataDir, fastify.log)
       closeToOthers(fastify.config.apiKeysFile, fastify.log)
@@ -142,7 +143,7 @@ export default fp(async (fastify) => {
       // Cluster mode: any number of instances share the database, each with a DATA_DIR of its own.
       const pgStore = await openPostgres(fastify.config.databaseUrl, instanceId, onError)
       store = pgStore
-      cluster = new ClusterNode({ url: fastify.config.databaseUrl, store: pgStore, instanceId, maxConcurrent: fastify.config.maxConcurrentRuns, log: fastify.log.child({ component: 'cluster' }) })
+      cluster = new ClusterNode({ url: fastify.config.databaseUrl, store: pgStore, instanceId, maxConcurrent: fastify.config.maxConcurrentRuns, deadAfterMs: fastify.config.runLeaseMs, log: fastify.log.child({ component: 'cluster' }) })
     } else {
       store = new SqliteRunStore({ dataDir, onError })
     }

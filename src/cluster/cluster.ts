@@ -211,11 +211,13 @@ export class ClusterNode {
    * to end as interrupted (returned); claimed ones that never started go back to the queue.
    */
   async reap (now: number, leaseUntil: number): Promise<RunRecord[]> {
-    const back = await this.opts.store.pool.query('UPDATE runs SET owner = NULL, lease_until = NULL WHERE status = \'queued\' AND owner IS NOT NULL AND lease_until < $1', [now])
+    // Only the runs of an instance that is silent too: a busy instance late with a renewal keeps its runs.
+    const silent = 'owner NOT IN (SELECT id FROM instances WHERE stopped_at IS NULL AND heartbeat_at >= $2)'
+    const back = await this.opts.store.pool.query(`UPDATE runs SET owner = NULL, lease_until = NULL WHERE status = 'queued' AND owner IS NOT NULL AND lease_until < $1 AND ${silent}`, [now, now - this.deadAfterMs])
     if ((back.rowCount ?? 0) > 0) await this.opts.store.pool.query('SELECT pg_notify($1, $2)', [QUEUE_CHANNEL, 'reaped']).catch(() => {})
     const { rows } = await this.opts.store.pool.query<RunRow>(`UPDATE runs SET owner = $1, lease_until = $2 WHERE id IN (
-        SELECT id FROM runs WHERE status = 'running' AND (owner IS NULL OR owner <> $1) AND (lease_until IS NULL OR lease_until < $3) FOR UPDATE SKIP LOCKED)
-      RETURNING *`, [this.instanceId, leaseUntil, now])
+        SELECT id FROM runs WHERE status = 'running' AND (owner IS NULL OR (owner <> $1 AND ${silent.replace('$2', '$4')})) AND (lease_until IS NULL OR lease_until < $3) FOR UPDATE SKIP LOCKED)
+      RETURNING *`, [this.instanceId, leaseUntil, now, now - this.deadAfterMs])
     return rows.map(toRecord)
   }
 

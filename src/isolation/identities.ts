@@ -60,8 +60,13 @@ const NAME_OK = /^(?!\.+$)[A-Za-z0-9_.-]{1,64}$/
 export class AgentIdentities {
   private readonly byKey = new Map<string, number>()
 
-  constructor (private readonly agentsDir: string, private readonly registryFile: string, private readonly base: number) {
-    if (existsSync(registryFile)) {
+  /**
+   * `shared`: instances of a cluster share `agentsDir` and must give a key the same uid: the
+   * registry is then `agentsDir/.ids/`, where each uid and each key is claimed by creating a file
+   * exclusively (`O_EXCL`), which holds on a shared file system as well.
+   */
+  constructor (private readonly agentsDir: string, private readonly registryFile: string, private readonly base: number, private readonly shared = false) {
+    if (!shared && existsSync(registryFile)) {
       const saved = JSON.parse(readFileSync(registryFile, 'utf8')) as Record<string, number>
       for (const [k, uid] of Object.entries(saved)) if (Number.isInteger(uid)) this.byKey.set(k, uid)
     }
@@ -75,6 +80,10 @@ export class AgentIdentities {
     const key = keyName ?? 'default'
     if (!NAME_OK.test(key)) throw new Error(`key name ${key} cannot name an agent identity`)
     let uid = this.byKey.get(key)
+    if (uid === undefined && this.shared) {
+      uid = this.sharedUidOf(key)
+      this.byKey.set(key, uid)
+    }
     if (uid === undefined) {
       uid = this.base + this.byKey.size
       while ([...this.byKey.values()].includes(uid)) uid++
@@ -85,6 +94,46 @@ export class AgentIdentities {
     const configDir = join(home, '.claude')
     for (const dir of [home, configDir]) ownedDirectory(dir, uid)
     return { key, uid, gid: uid, home, configDir }
+  }
+
+  /** The key's uid in the shared registry, claimed now if it has none. */
+  private sharedUidOf (key: string): number {
+    const dir = join(this.agentsDir, '.ids')
+    mkdirSync(dir, { recursive: true, mode: 0o700 })
+    chmodSync(dir, 0o700)
+    const keyFile = join(dir, `key-${key}`)
+    const read = (): number | undefined => {
+      try {
+        const uid = Number(readFileSync(keyFile, 'utf8').trim())
+        return Number.isInteger(uid) && uid > 0 ? uid : undefined
+      } catch {
+        return undefined
+      }
+    }
+    const known = read()
+    if (known !== undefined) return known
+    for (let uid = this.base; uid < this.base + 1_000_000; uid++) {
+      try {
+        closeSync(openSync(join(dir, `uid-${uid}`), constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY, 0o600))
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'EEXIST') continue
+        throw err
+      }
+      try {
+        writeFileSync(keyFile, `${uid}\n`, { flag: 'wx', mode: 0o600 })
+        return uid
+      } catch (err) {
+        // Another instance named this key meanwhile: its uid it is; ours goes back.
+        rmSync(join(dir, `uid-${uid}`), { force: true })
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
+        for (let i = 0; i < 50; i++) {
+          const theirs = read()
+          if (theirs !== undefined) return theirs
+        }
+        throw new Error(`agent identity of key ${key}: its registry entry is unreadable`)
+      }
+    }
+    throw new Error('no uid left for agent identities')
   }
 }
 

@@ -30,6 +30,8 @@ export interface RunOutcome {
   spawnError?: { code?: string, message: string }
   /** The run was refused when its turn came (its directory no longer passes the policy). */
   refused?: { code: ErrorCode, message: string }
+  /** Cluster mode: its claim lapsed before it started; another instance runs it (nothing is written here). */
+  abandoned?: boolean
   resultLine?: CliResultLine
   stderrTail: string
   /** Lines dropped because they exceeded the line cap. */

@@ -96,6 +96,16 @@ export class RunHandle {
     this.runLog.append(this.id, ++this.seq, type, typeof data === 'string' ? data : JSON.stringify(data))
   }
 
+  /**
+   * @internal cluster mode: another instance runs it after all. Those waiting here for its end
+   * are let go (it is not this process's to report); its state reads as the store has it.
+   */
+  abandon (): void {
+    this.currentStatus = 'queued'
+    this.ended ??= { by: 'cancel', reason: 'claimed elsewhere' }
+    this.resolveResult(null as unknown as RunResult)
+  }
+
   /** @internal the run has ended: the `result` event, then its state. */
   finish (result: RunResult): void {
     // Serialized once: the log, the stream and /api/execute all send this same text.

@@ -1,7 +1,7 @@
 import { EventEmitter, setMaxListeners } from 'node:events'
 import { randomUUID } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { prewarm } from '@anthropic-ai/claude-agent-sdk'
+import { importSessionToStore, prewarm } from '@anthropic-ai/claude-agent-sdk'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import type { Settings } from '../config.js'
@@ -22,6 +22,7 @@ import { describeAttachments } from './attachments.js'
 import { executeRun, type RunnerLogger } from './executor.js'
 import { recheckWorkingDir } from './policy.js'
 import { recoverRuns } from './recovery.js'
+import { ClaimLost } from '../store/postgres-store.js'
 import { toRunResult, type RunOutcome } from './result.js'
 import { Retention } from './retention.js'
 import { RunHandle } from './run-handle.js'
@@ -742,6 +743,11 @@ export class Runner extends EventEmitter<RunnerEvents> {
       // One listener per run would pile up for the server's life.
       if (onShutdown !== undefined) this.shutdown.signal.removeEventListener('abort', onShutdown)
     }
+    if (outcome.abandoned === true) {
+      handle.ticket?.release()
+      handle.abandon()
+      return
+    }
     if (handle.endedBy !== undefined) outcome.ended = handle.endedBy
     else if (handle.inbox.stopRequested || outcome.interruptKilled === true) outcome.ended = { by: 'cancel', reason: 'interrupted by the client' }
     outcome.endedAt = Date.now()
@@ -801,6 +807,13 @@ export class Runner extends EventEmitter<RunnerEvents> {
       try {
         await this.store.markStarted(spec.runId, { startedAt: Date.now(), marker, sessionId: spec.sessionId, workingDirectory: cwd, owner: this.instanceId, leaseUntil: Date.now() + this.leaseMs })
       } catch (err) {
+        if (err instanceof ClaimLost) {
+          // Another instance has it now: this one neither runs it nor writes its end.
+          handle.log.warn({ err: err.message }, 'cluster: the claim on this run lapsed before it started; left to the instance that has it')
+          outcome.abandoned = true
+          if (warm !== undefined) this.warm?.drop(warm)
+          return
+        }
         handle.log.error({ err }, 'recording the start of the run failed; it does not start')
         outcome.refused = { code: 'store_unavailable', message: `The run store could not record the start of the run (${(err as Error).message}); it did not start` }
         if (warm !== undefined) this.warm?.drop(warm)
@@ -826,6 +839,12 @@ export class Runner extends EventEmitter<RunnerEvents> {
       // Ended before it could start on its spare: the spare goes with the run.
       if (warm !== undefined && !claimed) this.warm?.drop(warm)
       Object.assign(outcome, execution)
+      if (this.cluster !== undefined && identity === undefined) {
+        // What the SDK's mirror had not sent when the CLI ended is taken from the file (entries
+        // already stored are skipped by uuid), so the next run of the session, anywhere, has it all.
+        await importSessionToStore(spec.sessionId, this.cluster.transcripts, { dir: cwd })
+          .catch((err: unknown) => handle.log.warn({ err }, 'cluster: copying the transcript to the database failed'))
+      }
     } finally {
       // The token dies with the run: whatever of it survives cannot use it (a spare handed back keeps its own).
       if (warm === undefined || claimed) credential?.revoke()

@@ -29,6 +29,9 @@ const UPSERT_SESSION = `${INSERT_SESSION}
     updated_at = GREATEST(sessions.updated_at, EXCLUDED.updated_at),
     deleted_at = NULL`
 
+/** A run this instance claimed was taken back (its claim lapsed): another instance runs it. */
+export class ClaimLost extends Error {}
+
 /** The database is held by another server instance. */
 export class DatabaseInUse extends Error {}
 
@@ -129,8 +132,11 @@ export class PostgresRunStore implements RunStore {
   }
 
   async markStarted (id: string, s: { startedAt: number, marker: string, sessionId: string, workingDirectory: string, owner: string, leaseUntil: number }): Promise<void> {
-    await this.pool.query('UPDATE runs SET status = \'running\', started_at = $1, marker = $2, spec = NULL, session_id = $3, working_directory = $4, owner = $5, lease_until = $6 WHERE id = $7',
+    // Fenced: a run claimed by an instance whose claim lapsed (and went back to the queue, maybe
+    // to another instance) is not started here.
+    const { rowCount } = await this.pool.query('UPDATE runs SET status = \'running\', started_at = $1, marker = $2, spec = NULL, session_id = $3, working_directory = $4, owner = $5, lease_until = $6 WHERE id = $7 AND status = \'queued\' AND (owner IS NULL OR owner = $5)',
       [s.startedAt, s.marker, s.sessionId, s.workingDirectory, s.owner, s.leaseUntil, id])
+    if (rowCount === 0) throw new ClaimLost(`run ${id} is no longer this instance's to start`)
   }
 
   async markFinished (id: string, result: RunResult, endedAt: number): Promise<void> {

@@ -71,6 +71,9 @@ if (noPostgres !== false) {
     t.ok(await eventually(async () => (await (await fetch(`${a.base}/health`)).json() as any).cluster?.instances === 3, 10_000), 'every instance counts three')
     const health = await (await fetch(`${b.base}/health`)).json() as any
     t.match(health.cluster, { instance_id: /^[0-9a-f-]{36}$/, instances: 3 })
+    const metrics = await (await fetch(`${b.base}/metrics`, { headers: auth })).text()
+    t.match(metrics, new RegExp(`ccapi_instance_info\\{instance_id="${health.cluster.instance_id as string}"\\} 1`), 'its metrics name the instance')
+    t.match(metrics, /ccapi_cluster_instances 3/)
 
     const story = await post(a.base, { prompt: 'tell a slow story' })
     const [onB, onD] = await Promise.all([b, d].map(async node => (await readSse(await fetch(`${node.base}/api/runs/${story.id as string}/events`, { headers: auth }))).events))

@@ -10,7 +10,7 @@ if (noPostgres !== false) {
 } else {
   const server = startPostgres(tap)
 
-  test('DATABASE_URL: runs, their events and sessions live in PostgreSQL, across restarts; one instance per database', async t => {
+  test('DATABASE_URL: runs, their events and sessions live in PostgreSQL, across restarts; any number of instances per database', async t => {
     const url = await (await server).database()
     const box = sandbox(t)
     const model = await fakeModel(t)
@@ -19,13 +19,13 @@ if (noPostgres !== false) {
     const first = res.json()
     t.equal(first.success, true, first.error)
 
-    // A second instance on the same database does not start: recovery is one instance's job.
-    const other = Fastify(serverOptions('silent'))
-    await t.rejects(async () => {
-      await other.register(app, { env: { ...testEnv(sandbox(t), model), DATABASE_URL: url } })
-      await other.ready()
-    }, /another server instance is using this database/)
-    await other.close().catch(() => {})
+    // A second instance on the same database (its own DATA_DIR and HOME) shares it: cluster mode.
+    const other = await build(t, { model, env: { DATABASE_URL: url } })
+    const seen = (await other.app.inject({ url: `/api/runs/${first.run_id as string}`, headers: auth })).json()
+    t.equal(seen.status, 'succeeded', 'a second instance sees the first one\'s runs')
+    const health = (await other.app.inject({ url: '/health' })).json()
+    t.equal(health.cluster.instances, 2, 'and counts two instances')
+    await other.app.close()
     await one.app.close()
 
     // A new process (another DATA_DIR even) finds everything in the database.
