@@ -1,7 +1,7 @@
 /**
  * Row 10: cluster mode on PostgreSQL. The event log's append rate and replay time against the
  * embedded SQLite store; runs per second through two instances against one (fake CLI, each run
- * waiting 500 ms as on a model); one run followed live by 2,000 listeners split over two instances.
+ * waiting 1 s as on a model); one run followed live by 2,000 listeners split over two instances.
  */
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -82,7 +82,7 @@ export async function clusterRow (b: ClusterBench): Promise<Record<string, unkno
       const url = await pg.database()
       const nodes = await Promise.all(Array.from({ length: instances }, async () => await b.server({ DATABASE_URL: url, MAX_CONCURRENT_RUNS: slots, MAX_QUEUED_RUNS: '1000' }, true)))
       try {
-        const seconds = await submitAll(nodes, runs, i => `record ${join(b.runs, 'throughput.log')} 500 run-${i}`)
+        const seconds = await submitAll(nodes, runs, i => `record ${join(b.runs, 'throughput.log')} 1000 run-${i}`)
         return runs / seconds
       } finally {
         await Promise.all(nodes.map(async n => await n.stop()))

@@ -75,6 +75,9 @@ function storeEnv (box: Sandbox): Record<string, string> {
   return { DATABASE_URL: url.toString() }
 }
 
+/** Why warm-spare tests cannot run: in cluster mode (the suite on PostgreSQL) there are no spares. */
+export const noWarmSpares: string | false = (process.env.TEST_DATABASE_URL ?? '') !== '' ? 'no warm spares in cluster mode (TEST_DATABASE_URL)' : false
+
 /** The environment a test server runs with: the fake model as Claude, the sandbox as home. */
 export function testEnv (box: Sandbox, model: FakeModel, extra: Record<string, string> = {}, credentials = true): Record<string, string> {
   return {

@@ -45,6 +45,23 @@ export class PostgresTranscriptStore implements SessionStore {
     else await this.pool.query('DELETE FROM transcripts WHERE session_id = $1 AND project_key = $2 AND subpath = $3', [key.sessionId, key.projectKey, key.subpath])
   }
 
+  /** A view for one request that also notes each loaded entry's timestamp (the SDK's messages lack it). */
+  reading (): SessionStore & { timestamps: Map<string, string> } {
+    const timestamps = new Map<string, string>()
+    return {
+      timestamps,
+      append: async (key, entries) => { await this.append(key, entries) },
+      load: async key => {
+        const entries = await this.load(key)
+        for (const e of entries ?? []) if (typeof e.uuid === 'string' && typeof e.timestamp === 'string') timestamps.set(e.uuid, e.timestamp)
+        return entries
+      },
+      listSessions: async projectKey => await this.listSessions(projectKey),
+      listSubkeys: async key => await this.listSubkeys(key),
+      delete: async key => { await this.delete(key) }
+    }
+  }
+
   /** Whether any instance has written this session (so a run resumes it rather than creating it). */
   async has (sessionId: string): Promise<boolean> {
     const { rows } = await this.pool.query('SELECT 1 FROM transcripts WHERE session_id = $1 AND subpath = \'\' LIMIT 1', [sessionId])

@@ -204,6 +204,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       placeOf: owner => this.planner.placeOf(owner),
       live: session => this.admission.hasRuns(session),
       hold: session => this.admission.hold(session),
+      ...(deps.cluster !== undefined ? { transcripts: deps.cluster.transcripts } : {}),
       adopt: (session, owner, cwd) => {
         this.admission.adopt(session, owner)
         this.planner.sessionsOf(identities === undefined ? undefined : identities.identityFor(owner)).remember(session, cwd)
@@ -559,6 +560,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
     if (this.closing) throw new ShuttingDown('the server is shutting down; retry in a moment')
     const claims = spec.forkedFrom !== undefined ? [spec.sessionId, spec.forkedFrom] : [spec.sessionId]
     const createdAt = Date.now()
+    if (opts.requestId !== undefined) spec.requestId = opts.requestId
     const run = {
       id: spec.runId,
       sessionId: spec.sessionId,
@@ -606,7 +608,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
           break
         }
         this.planner.sessionsOf(this.planner.identityOf(r.spec)).remember(r.sessionId, r.workingDirectory)
-        const log = this.log.child({ run_id: r.id, key_name: r.keyName })
+        const log = this.log.child({ run_id: r.id, key_name: r.keyName, ...(r.spec.requestId !== undefined ? { request_id: r.spec.requestId } : {}) })
         const handle = new RunHandle(r.spec, r.cancelOnDisconnect, r.keyName, log, this.runLog, await this.store.lastSeq(r.id))
         for (const m of claimed.messages) handle.inbox.post(m.turn, m.id)
         handle.ticket = this.admission.readmit(r.spec.sessionId, r.keyName, () => handle.admit())

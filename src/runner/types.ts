@@ -74,6 +74,8 @@ export interface RunResult {
 /** One run, fully resolved and checked against policy: what the runner executes. */
 export interface RunSpec {
   runId: string
+  /** Cluster mode: the HTTP request that submitted it, for the log lines of the instance that runs it. */
+  requestId?: string
   prompt: string
   /** Real path of the directory the CLI runs in. */
   cwd: string

@@ -1,4 +1,4 @@
-import { deleteSession, forkSession, getSessionInfo, getSessionMessages, renameSession } from '@anthropic-ai/claude-agent-sdk'
+import { deleteSession, forkSession, getSessionInfo, getSessionMessages, renameSession, type SessionStore } from '@anthropic-ai/claude-agent-sdk'
 import { InvalidRequest, SessionBusy, SessionEmpty, SessionNotFound, withProblem } from '../errors.js'
 import type { RunStore, SessionRecord } from '../store/store.js'
 import { TranscriptFiles } from './transcript-files.js'
@@ -38,6 +38,11 @@ export interface CatalogDeps {
   hold: (sessionId: string) => () => void
   /** A session made here (a fork): its owner and directory, for the runs that will continue it. */
   adopt: (sessionId: string, owner: string | null, cwd: string) => void
+  /**
+   * Cluster mode: the transcripts of every instance, in the database (read and changed there
+   * instead of this instance's files); a session is busy when the store says so, too.
+   */
+  transcripts?: { reading: () => SessionStore & { timestamps: Map<string, string> } }
   now?: () => number
 }
 
@@ -154,7 +159,7 @@ export class SessionCatalog {
       const s = await this.find(id, viewer)
       const release = this.deps.hold(s.id)
       try {
-        if (this.deps.live(s.id)) throw new SessionBusy(`session ${s.id} has a run queued or running; cancel it or wait for it to end`)
+        if (this.withLive(s).busy) throw new SessionBusy(`session ${s.id} has a run queued or running; cancel it or wait for it to end`)
         // The files first: if they cannot go, the session stays, and a retry can try again.
         await deleteSession(s.id, { dir: s.workingDirectory, sessionStore: this.filesOf(s) })
         await this.deps.store.updateSession(s.id, { deletedAt: this.now() })
@@ -182,11 +187,13 @@ export class SessionCatalog {
    * run is one of its own, and its word is current where the store's may lag a run's end by a write.
    */
   private withLive (s: SessionRecord): SessionRecord {
-    const busy = this.deps.live(s.id)
+    // In a cluster, other instances' runs are only known to the store.
+    const busy = this.deps.live(s.id) || (this.deps.transcripts !== undefined && s.busy)
     return s.busy === busy ? s : { ...s, busy }
   }
 
-  private filesOf (s: SessionRecord): TranscriptFiles {
+  private filesOf (s: SessionRecord): SessionStore & { timestamps: Map<string, string> } {
+    if (this.deps.transcripts !== undefined) return this.deps.transcripts.reading()
     const place = this.deps.placeOf(s.keyName)
     return new TranscriptFiles(place.configDir, place.owner)
   }

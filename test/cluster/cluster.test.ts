@@ -100,6 +100,61 @@ if (noPostgres !== false) {
     t.same(pidsMatching('sleep 3621'), [], 'its process tree is gone')
   })
 
+  test('approvals, follow-up messages and interrupts sent to an instance that does not run the run reach it; the sessions API reads any instance\'s transcripts', async t => {
+    const model = await fakeModel(t)
+    const c = await cluster(t, model, 2)
+    const file = join(c.work, 'approved.txt')
+    model.on('write with approval', [{ tool: 'Write', input: { file_path: file, content: 'approved' } }, { text: 'Wrote it.' }])
+    model.on('first question', [{ text: ['thinking', 'First answer.'], gapMs: 1500 }])
+    model.on('second question', [{ text: 'Second answer.' }])
+    model.on('long task', [{ tool: 'Bash', input: { command: 'sh -c "sleep 3623"' } }, { text: 'never' }])
+    model.on('do this instead', [{ text: 'Did the other thing.' }])
+    const other = async (): Promise<ServerProcess> => {
+      let owner = -1
+      await eventually(async () => { owner = (await activeNodes(c)).findIndex(n => n === 1); return owner >= 0 }, 20_000)
+      return c.nodes[1 - owner]!
+    }
+
+    const asking = await post(c.nodes[0]!.base, { prompt: 'write with approval', permission_mode: 'default', approvals: 'ask' })
+    const elsewhere = await other()
+    let pending: any
+    await eventually(async () => {
+      pending = (await (await fetch(`${elsewhere.base}/api/runs/${asking.id as string}/approvals`, { headers: auth })).json() as any).approvals.find((a: any) => a.status === 'pending')
+      return pending !== undefined
+    }, 20_000)
+    t.ok(pending, 'the pending approval is seen on the other instance')
+    const answer = await fetch(`${elsewhere.base}/api/runs/${asking.id as string}/approvals/${pending.id as string}`, { method: 'POST', headers: json, body: JSON.stringify({ decision: 'allow' }) })
+    t.equal(answer.status, 200, await answer.clone().text())
+    t.equal((await answer.json() as any).status, 'allowed')
+    t.equal((await ended(elsewhere.base, asking.id)).status, 'succeeded')
+    t.equal(readFileSync(file, 'utf8'), 'approved', 'the tool ran once allowed')
+    const again = await fetch(`${elsewhere.base}/api/runs/${asking.id as string}/approvals/${pending.id as string}`, { method: 'POST', headers: json, body: JSON.stringify({ decision: 'deny' }) })
+    t.equal(again.status, 409, 'answered already')
+
+    const talking = await post(c.nodes[0]!.base, { prompt: 'first question' })
+    const away = await other()
+    const sent = await fetch(`${away.base}/api/runs/${talking.id as string}/messages`, { method: 'POST', headers: json, body: JSON.stringify({ prompt: 'second question' }) })
+    t.equal(sent.status, 202, 'a follow-up message through the other instance')
+    const talked = await ended(away.base, talking.id)
+    t.equal(talked.status, 'succeeded')
+    t.equal(talked.result.output, 'Second answer.', 'answered by the run, in the same conversation')
+
+    const long = await post(c.nodes[0]!.base, { prompt: 'long task', allowed_tools: ['Bash(sh *)'] })
+    t.ok(await eventually(() => pidsMatching('sleep 3623').length > 0, 20_000))
+    const far = await other()
+    const at = Date.now()
+    const interrupted = await fetch(`${far.base}/api/runs/${long.id as string}/interrupt`, { method: 'POST', headers: json, body: JSON.stringify({ prompt: 'do this instead' }) })
+    t.equal(interrupted.status, 202)
+    t.ok(await eventually(() => pidsMatching('sleep 3623').length === 0, 5000), `the sleep is gone (${Date.now() - at} ms)`)
+    const redirected = await ended(far.base, long.id)
+    t.equal(redirected.result.output, 'Did the other thing.')
+
+    for (const node of c.nodes) {
+      const messages = await (await fetch(`${node.base}/api/sessions/${talking.session_id as string}/messages`, { headers: auth })).json() as any
+      t.ok(JSON.stringify(messages.messages).includes('second question'), 'the transcript reads the same on every instance')
+    }
+  })
+
   test('work spreads over the instances; one session\'s runs stay in order across them; a session moves to an instance with another HOME', async t => {
     const model = await fakeModel(t)
     model.on('busy', [{ text: ['working', 'done'], gapMs: 1500 }])

@@ -6,7 +6,10 @@ import { fileURLToPath } from 'node:url'
 import { auth, build, eventually, sandbox } from '../helper.js'
 
 const FAKE = fileURLToPath(new URL('../fixtures/fake-claude.mjs', import.meta.url))
-const skip = process.getuid?.() !== 0 ? 'mounting a small tmpfs needs root (CI runs as root)' : false
+const skip = process.getuid?.() !== 0
+  ? 'mounting a small tmpfs needs root (CI runs as root)'
+  // On the PostgreSQL store nothing of the run store is in DATA_DIR: a full database disk is PostgreSQL's to report.
+  : (process.env.TEST_DATABASE_URL ?? '') !== '' ? 'the run store is in PostgreSQL (TEST_DATABASE_URL), not in DATA_DIR' : false
 
 test('a full DATA_DIR: the server stays up, says so, refuses new runs with 503, and catches up once there is room', { skip }, async t => {
   const box = sandbox(t)

@@ -2,7 +2,7 @@ import { test } from 'tap'
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { findBwrap } from '../../src/isolation/sandbox.js'
-import { eventually, fakeModel, keysFile as writeKeys, pidsMatching, startServer, testEnv, toolResults, type Sandbox, openToAgents } from '../helper.js'
+import { eventually, fakeModel, keysFile as writeKeys, noWarmSpares, pidsMatching, startServer, testEnv, toolResults, type Sandbox, openToAgents } from '../helper.js'
 
 /** Like the helper's sandbox, but outside /tmp: inside the sandbox /tmp is a private tmpfs, which would hide the very paths under test. */
 function varTmpBox (t: { teardown: (fn: () => unknown) => void }): Sandbox {
@@ -73,7 +73,7 @@ test('a sandboxed run sees only itself, none of the server\'s paths, and leaves 
   t.ok(model.calls.at(-1)!.userTexts.includes('write and resume'), 'resume carries the history')
 })
 
-test('a warm spare in the sandbox serves its key\'s own work area, sandboxed like a cold run', { skip }, async t => {
+test('a warm spare in the sandbox serves its key\'s own work area, sandboxed like a cold run', { skip: skip !== false ? skip : noWarmSpares }, async t => {
   const box = varTmpBox(t)
   const model = await fakeModel(t)
   const base = openToAgents(box)
