@@ -4,11 +4,13 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtempSync, readFileSync, realpathSync, rmSync } from 'node:fs'
-import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { execa } from 'execa'
+import { freePort } from '../test/fixtures/ports.js'
+
+export { freePort }
 
 export const ROOT = fileURLToPath(new URL('..', import.meta.url))
 export const FAKE_CLI = join(ROOT, 'test/fixtures/fake-claude.mjs')
@@ -17,17 +19,6 @@ export const FAKE_CLI = join(ROOT, 'test/fixtures/fake-claude.mjs')
 export function tempDir (): { dir: string, cleanup: () => void } {
   const dir = realpathSync(mkdtempSync(join(tmpdir(), 'ccapi-bench-')))
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) }
-}
-
-export async function freePort (): Promise<number> {
-  return await new Promise((resolve, reject) => {
-    const s = createServer()
-    s.once('error', reject)
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port
-      s.close(() => resolve(port))
-    })
-  })
 }
 
 /** The environment the CLI gets, whether spawned by the server or directly. */

@@ -39,9 +39,9 @@ export default fp(async (fastify) => {
   const cost = new Counter({ name: 'ccapi_cost_usd_total', help: 'What runs cost, as the CLI reports it', labelNames: ['key'], registers: [registry] })
   const tokens = new Counter({ name: 'ccapi_tokens_total', help: 'Tokens used by runs', labelNames: ['key', 'type'], registers: [registry] })
   // eslint-disable-next-line no-new
-  new Gauge({ name: 'ccapi_runs_queued', help: 'Runs waiting for a slot', registers: [registry], collect () { this.set(runner.stats().queued) } })
+  new Gauge({ name: 'ccapi_runs_queued', help: 'Runs waiting for a slot', registers: [registry], async collect () { this.set((await runner.stats()).queued) } })
   // eslint-disable-next-line no-new
-  new Gauge({ name: 'ccapi_runs_active', help: 'Claude Code CLIs running now', registers: [registry], collect () { this.set(runner.stats().active) } })
+  new Gauge({ name: 'ccapi_runs_active', help: 'Claude Code CLIs running now', registers: [registry], async collect () { this.set((await runner.stats()).active) } })
   // eslint-disable-next-line no-new
   new Gauge({ name: 'ccapi_claude_code_available', help: '1 when the CLI probe succeeds', registers: [registry], collect () { this.set(runner.probe.status.available ? 1 : 0) } })
   // eslint-disable-next-line no-new

@@ -32,7 +32,7 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
       store: store ? 'ok' : 'unavailable',
       isolation: fastify.isolation,
       uptime_s: Math.round((Date.now() - startedAt) / 100) / 10,
-      runs: runner.stats(),
+      runs: await runner.stats(),
       warm: runner.warmStats(),
       ...(cluster !== undefined ? { cluster } : {})
     } as const

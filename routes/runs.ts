@@ -19,7 +19,7 @@ async function view (r: RunRecord, runner: Runner): Promise<Run> {
   return {
     id: r.id,
     status,
-    queue_position: status === 'queued' ? (live?.position() ?? null) || null : null,
+    queue_position: status === 'queued' ? (await runner.queuePosition(r.id)) || null : null,
     session_id: r.sessionId,
     working_directory: r.workingDirectory,
     key_name: r.keyName,

@@ -75,8 +75,11 @@ function storeEnv (box: Sandbox): Record<string, string> {
   return { DATABASE_URL: url.toString() }
 }
 
-/** Why warm-spare tests cannot run: in cluster mode (the suite on PostgreSQL) there are no spares. */
-export const noWarmSpares: string | false = (process.env.TEST_DATABASE_URL ?? '') !== '' ? 'no warm spares in cluster mode (TEST_DATABASE_URL)' : false
+/** The suite runs in cluster mode: every server on the PostgreSQL store (`TEST_DATABASE_URL`). */
+export const inCluster = (process.env.TEST_DATABASE_URL ?? '') !== ''
+
+/** Why warm-spare tests cannot run: in cluster mode there are no spares. */
+export const noWarmSpares: string | false = inCluster ? 'no warm spares in cluster mode (TEST_DATABASE_URL)' : false
 
 /** The environment a test server runs with: the fake model as Claude, the sandbox as home. */
 export function testEnv (box: Sandbox, model: FakeModel, extra: Record<string, string> = {}, credentials = true): Record<string, string> {

@@ -172,7 +172,7 @@ export class ClusterNode {
         (SELECT COUNT(*)::int FROM runs WHERE status = 'running') AS busy`, [Date.now() - this.deadAfterMs])
       const { queued, slots, busy } = rows[0]!
       if (queued >= req.maxQueued + Math.max(0, slots - busy)) {
-        throw withProblem(new CapacityExceeded(`capacity full: ${busy} runs running and ${queued} queued in the cluster (MAX_QUEUED_RUNS=${req.maxQueued}); retry later`), { retryAfter: 5 })
+        throw withProblem(new CapacityExceeded(`capacity full: ${busy} runs running and ${queued} queued in the cluster (MAX_CONCURRENT_RUNS=${this.opts.maxConcurrent} on this instance, ${slots} slots in all; MAX_QUEUED_RUNS=${req.maxQueued}); retry later`), { retryAfter: 5 })
       }
     })
     await this.opts.store.pool.query('SELECT pg_notify($1, $2)', [QUEUE_CHANNEL, run.id]).catch(() => {})
@@ -219,6 +219,19 @@ export class ClusterNode {
         SELECT id FROM runs WHERE status = 'running' AND (owner IS NULL OR (owner <> $1 AND ${silent.replace('$2', '$4')})) AND (lease_until IS NULL OR lease_until < $3) FOR UPDATE SKIP LOCKED)
       RETURNING *`, [this.instanceId, leaseUntil, now, now - this.deadAfterMs])
     return rows.map(toRecord)
+  }
+
+  /** Runs waiting in the shared queue (not yet claimed). */
+  async queuedRuns (): Promise<number> {
+    const { rows } = await this.opts.store.pool.query<{ n: number }>('SELECT COUNT(*)::int AS n FROM runs WHERE status = \'queued\' AND owner IS NULL')
+    return rows[0]?.n ?? 0
+  }
+
+  /** A queued run's place in the shared queue (1-based), null when it is not waiting there. */
+  async positionOf (runId: string): Promise<number | null> {
+    const { rows } = await this.opts.store.pool.query<{ n: number | null }>(`SELECT (SELECT COUNT(*)::int FROM runs o WHERE o.status = 'queued' AND o.owner IS NULL AND o.rowid <= r.rowid) AS n
+      FROM runs r WHERE r.id = $1 AND r.status = 'queued' AND r.owner IS NULL`, [runId])
+    return rows[0]?.n ?? null
   }
 
   /** This instance's runs a previous life of it left: running ones (to end) and claimed ones. */

@@ -1,11 +1,16 @@
 import type { SessionKey, SessionStore, SessionStoreEntry } from '@anthropic-ai/claude-agent-sdk'
+import { createHash } from 'node:crypto'
+import { readdir } from 'node:fs/promises'
+import { join } from 'node:path'
 import type pg from 'pg'
+import { TranscriptFiles } from '../sessions/transcript-files.js'
 
 /**
  * Session transcripts in PostgreSQL, through the Agent SDK's `SessionStore` interface: every run
  * of a cluster mirrors its transcript here as the CLI writes it, and a resume on any instance is
- * materialised from here by the SDK before the CLI starts. Entries with a `uuid` are written once
- * (a retried batch adds nothing); the rest are appended in call order.
+ * materialised from here by the SDK before the CLI starts. Each entry is written once: by its
+ * `uuid`, or (titles, tags and the like have none) by its content, so a retried batch or a second
+ * copy of the same file adds nothing.
  */
 export class PostgresTranscriptStore implements SessionStore {
   constructor (private readonly pool: pg.Pool) {}
@@ -15,7 +20,8 @@ export class PostgresTranscriptStore implements SessionStore {
     const values: string[] = []
     const args: unknown[] = [key.projectKey, key.sessionId, key.subpath ?? '', Date.now()]
     for (const e of entries) {
-      args.push(typeof e.uuid === 'string' ? e.uuid : null, JSON.stringify(e))
+      const text = JSON.stringify(e)
+      args.push(typeof e.uuid === 'string' ? e.uuid : `sha256:${createHash('sha256').update(text).digest('hex')}`, text)
       values.push(`($1, $2, $3, $${args.length - 1}, $${args.length}, $4)`)
     }
     await this.pool.query(`INSERT INTO transcripts (project_key, session_id, subpath, uuid, entry, written_at) VALUES ${values.join(', ')}
@@ -59,6 +65,24 @@ export class PostgresTranscriptStore implements SessionStore {
       listSessions: async projectKey => await this.listSessions(projectKey),
       listSubkeys: async key => await this.listSubkeys(key),
       delete: async key => { await this.delete(key) }
+    }
+  }
+
+  /**
+   * Copy a session's transcript from the CLI's files in `configDir` (what the SDK's mirror had not
+   * sent when the CLI ended); entries already here are skipped.
+   */
+  async copyFrom (configDir: string, owner: { uid: number, gid: number } | undefined, sessionId: string): Promise<void> {
+    let projects: string[]
+    try {
+      projects = await readdir(join(configDir, 'projects'))
+    } catch {
+      return
+    }
+    const files = new TranscriptFiles(configDir, owner)
+    for (const projectKey of projects) {
+      const entries = await files.load({ projectKey, sessionId }).catch(() => null)
+      if (entries !== null && entries.length > 0) await this.append({ projectKey, sessionId }, entries)
     }
   }
 

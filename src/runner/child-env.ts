@@ -1,3 +1,4 @@
+import type { AgentIdentity } from '../isolation/identities.js'
 import type { Environment } from '../config.js'
 
 /** The name of the variable that marks every process of one run, so the whole tree can be found. */
@@ -71,4 +72,9 @@ export function buildChildEnv (
   Object.assign(env, requestEnv)
   env[RUN_MARKER_VAR] = marker
   return env
+}
+
+/** The user, home and Claude config of an agent identity, in a CLI's environment. */
+export function identityEnv (identity: AgentIdentity): Record<string, string> {
+  return { HOME: identity.home, CLAUDE_CONFIG_DIR: identity.configDir, USER: `agent-${identity.key}`, LOGNAME: `agent-${identity.key}` }
 }

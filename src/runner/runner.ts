@@ -1,19 +1,18 @@
 import { EventEmitter, setMaxListeners } from 'node:events'
 import { randomUUID } from 'node:crypto'
 import { existsSync } from 'node:fs'
-import { importSessionToStore, prewarm } from '@anthropic-ai/claude-agent-sdk'
 import { createRequire } from 'node:module'
 import { dirname, join } from 'node:path'
 import type { Settings } from '../config.js'
 import { DomainError, RunFinished, ShuttingDown, StoreUnavailable } from '../errors.js'
 import { BROKERED_VARS, type CredentialBroker } from '../isolation/broker.js'
-import { ownedDirectory, type AgentIdentities, type AgentIdentity, type IsolationLevel } from '../isolation/identities.js'
+import type { AgentIdentities, AgentIdentity, IsolationLevel } from '../isolation/identities.js'
 import { sandboxArgs } from '../isolation/sandbox.js'
-import type { ApprovalRecord, EventBus, RunRecord, RunStore } from '../store/store.js'
+import { ClaimLost, type ApprovalRecord, type EventBus, type RunRecord, type RunStore } from '../store/store.js'
 import { Admission, type KeyLimits } from './admission.js'
-import { buildChildEnv, RUN_MARKER_VAR } from './child-env.js'
-import { cliSpawner, type CliProcess, type ExecutorSettings } from './cli-process.js'
-import { settingSourcesOf } from './cli-options.js'
+import { buildChildEnv, identityEnv, RUN_MARKER_VAR } from './child-env.js'
+import { spareStarter } from './spares.js'
+import type { ExecutorSettings } from './cli-process.js'
 import { findMarkedProcesses, killAll } from './process-tree.js'
 import { WarmPool, type ClaimOutcome, type WarmSpare } from './warm-pool.js'
 import { CliProbe } from './cli-probe.js'
@@ -22,7 +21,6 @@ import { describeAttachments } from './attachments.js'
 import { executeRun, type RunnerLogger } from './executor.js'
 import { recheckWorkingDir } from './policy.js'
 import { recoverRuns } from './recovery.js'
-import { ClaimLost } from '../store/postgres-store.js'
 import { toRunResult, type RunOutcome } from './result.js'
 import { Retention } from './retention.js'
 import { RunHandle } from './run-handle.js'
@@ -32,7 +30,8 @@ import { RunPlanner } from './planner.js'
 import { SessionCatalog } from '../sessions/catalog.js'
 import type { RunEvent, RunRequest, RunResult, RunSpec, UserTurn } from './types.js'
 import type { ClusterNode } from '../cluster/cluster.js'
-import { RemoteRun, type SubmittedRun } from '../cluster/remote-run.js'
+import type { SubmittedRun } from '../cluster/remote-run.js'
+import { ClusterRuns } from '../cluster/cluster-runs.js'
 import type { ApprovalAnswer } from './approvals.js'
 
 export type { RunnerLogger, SubmittedRun }
@@ -71,9 +70,6 @@ export interface RunnerEvents {
   /** A run of a new session started on a warm spare (`hit`), or cold (`miss`, `refused`). */
   warm: [ClaimOutcome]
 }
-
-/** How long a spare may take to park before it counts as failed. */
-const SPARE_PARK_TIMEOUT_MS = 30_000
 
 /** What the engine is built from. */
 export interface RunnerDeps {
@@ -155,11 +151,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
   /** Cluster mode: this instance's part in the cluster. */
   readonly cluster: ClusterNode | undefined
   private readonly leaseMs: number
-  /** Cluster mode: claiming from the shared queue has begun (after recovery) and is under way. */
-  private claiming = false
-  private pumping = false
-  /** Cluster mode: whether runs held by other instances are live, as last read (for followers). */
-  private readonly remoteLive = new Map<string, { live: boolean, at: number }>()
+  /** Cluster mode: the shared queue as this instance takes part in it. */
+  private readonly clusterRuns: ClusterRuns | undefined
   /** Run ends being stored, by run id (a cancel answers once the end is stored). */
   private readonly ended = new Map<string, Promise<void>>()
   /** Aborted when the server shuts down: followers of runs that stay queued end their streams. */
@@ -185,6 +178,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.instanceId = deps.instanceId
     this.cluster = deps.cluster
     this.leaseMs = deps.leaseMs ?? LEASE_MS
+    this.clusterRuns = deps.cluster === undefined ? undefined : this.clusterRunsOf(deps.cluster)
     this.broker = deps.broker
     this.sandbox = deps.isolation?.level === 'sandbox' ? deps.isolation.sandbox : undefined
     this.runEnv = deps.broker === undefined
@@ -216,7 +210,19 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.retention = new Retention(deps.store, { days: settings.retentionDays, maxRuns: settings.retentionMaxRuns }, deps.log)
     // In a cluster a run starts on whichever instance claims it, never on the one it came to: no spares.
     if (settings.warmSpares > 0 && deps.cluster === undefined) {
-      this.warm = new WarmPool({ target: settings.warmSpares, perIdentity: identities !== undefined, start: async profile => await this.startSpare(profile), log: deps.log })
+      const start = spareStarter({
+        instanceId: this.instanceId,
+        bootId: this.bootId,
+        runEnv: this.runEnv,
+        settings,
+        cliPath: this.cliPath,
+        log: deps.log,
+        identityOf: profile => profile === '' || identities === undefined ? undefined : identities.identityFor(profile),
+        workAreaOf: identity => this.sandbox === undefined ? undefined : this.planner.workAreaOf(identity),
+        ...(deps.broker !== undefined ? { broker: deps.broker } : {}),
+        executorSettings: (identity, cwd, chdir) => this.executorSettings(identity, cwd, chdir)
+      })
+      this.warm = new WarmPool({ target: settings.warmSpares, perIdentity: identities !== undefined, start, log: deps.log })
     }
     // Every queued run and every follower listens for the shutdown.
     setMaxListeners(0, this.shutdown.signal)
@@ -239,9 +245,9 @@ export class Runner extends EventEmitter<RunnerEvents> {
       const mine = await this.cluster.leftovers()
       await this.cluster.release(mine.claimed)
       this.leftovers = { running: mine.running, queued: [] }
-      this.cluster.onQueue(() => { void this.pump() })
+      this.cluster.onQueue(() => { void this.clusterRuns?.pump() })
       this.cluster.handle(async (op, args) => await this.onRequestFromCluster(op, args))
-      await this.cluster.start(() => { void this.tick() })
+      await this.cluster.start(() => { void this.clusterRuns?.tick() })
     } else {
       this.leftovers = await this.store.leftovers(this.instanceId, Date.now())
     }
@@ -255,10 +261,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.storeTimer = setInterval(() => { void this.checkStore() }, STORE_CHECK_MS)
     this.storeTimer.unref()
     // The cluster's queue is shared: this instance takes its part of it from now on.
-    if (this.cluster !== undefined) {
-      this.claiming = true
-      void this.pump()
-    }
+    this.clusterRuns?.begin()
   }
 
   /** Whether the store answered its last ping (within a second), checked every few seconds. */
@@ -278,8 +281,17 @@ export class Runner extends EventEmitter<RunnerEvents> {
     }
   }
 
-  stats (): { active: number, queued: number } {
-    return { active: this.admission.active, queued: this.admission.queued }
+  /** Runs running here, and runs waiting for a slot (in a cluster, in the shared queue). */
+  async stats (): Promise<{ active: number, queued: number }> {
+    const queued = this.cluster === undefined ? this.admission.queued : await this.cluster.queuedRuns().catch(() => 0)
+    return { active: this.admission.active, queued }
+  }
+
+  /** A queued run's place in the queue (1-based): here, or in the cluster's. */
+  async queuePosition (runId: string): Promise<number | null> {
+    const live = this.runs.get(runId)
+    if (live !== undefined || this.cluster === undefined) return live?.position() ?? null
+    return await this.cluster.positionOf(runId)
   }
 
   /** Cluster mode: this instance's id and how many instances are alive (undefined on one machine). */
@@ -323,7 +335,10 @@ export class Runner extends EventEmitter<RunnerEvents> {
    * why not), then the run is stored and goes on whether or not anyone listens.
    */
   async submit (spec: RunSpec, opts: SubmitOptions): Promise<SubmittedRun> {
-    if (this.cluster !== undefined) return await this.submitToCluster(spec, opts)
+    if (this.clusterRuns !== undefined) {
+      if (this.closing) throw new ShuttingDown('the server is shutting down; retry in a moment')
+      return await this.clusterRuns.submit(spec, { ...opts, stored: redactRequest(opts.request) })
+    }
     const keyName = opts.key?.name ?? null
     const log = this.log.child({ run_id: spec.runId, key_name: keyName, ...(opts.requestId !== undefined ? { request_id: opts.requestId } : {}) })
     const handle = new RunHandle(spec, opts.cancelOnDisconnect, keyName, log, this.runLog, 0)
@@ -398,7 +413,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       const owner = await this.cluster.ownerOf(runId)
       if (owner === null) {
         if (turn !== undefined) await this.message(runId, turn)
-        else if (!await this.cancelQueued(runId, 'interrupted before it started')) nothing()
+        else if (await this.clusterRuns?.cancelQueued(runId, 'interrupted before it started') !== true) nothing()
         return
       }
       await this.cluster.call(owner, 'interrupt', { runId, turn })
@@ -425,10 +440,10 @@ export class Runner extends EventEmitter<RunnerEvents> {
       await this.ended.get(runId)
       return true
     }
-    if (this.cluster === undefined) return false
-    if (await this.cancelQueued(runId, reason)) return true
+    if (this.cluster === undefined || this.clusterRuns === undefined) return false
+    if (await this.clusterRuns.cancelQueued(runId, reason)) return true
     const owner = await this.cluster.ownerOf(runId)
-    if (owner === null) return await this.cancelQueued(runId, reason)
+    if (owner === null) return await this.clusterRuns.cancelQueued(runId, reason)
     return await this.cluster.call(owner, 'cancel', { runId, reason }, this.settings.killGraceMs + 10_000) as boolean
   }
 
@@ -468,7 +483,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
     } finally {
       this.recovery.resolve()
     }
-    if (this.cluster !== undefined) void this.pump()
+    void this.clusterRuns?.pump()
   }
 
   /**
@@ -513,7 +528,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
    */
   async close (graceMs = this.settings.shutdownGraceS * 1000): Promise<void> {
     this.closing = true
-    this.claiming = false
+    this.clusterRuns?.end()
     this.admission.close()
     // Spares are nobody's runs: they go at once.
     const spares = this.warm?.close()
@@ -550,116 +565,37 @@ export class Runner extends EventEmitter<RunnerEvents> {
     await this.store.close()
   }
 
-  /**
-   * Cluster mode: admission against the whole cluster, in the transaction that records the run;
-   * the run then waits in the shared queue for an instance with a free slot (this one tries at
-   * once). The client holds a `RemoteRun`, which follows the run wherever it executes.
-   */
-  private async submitToCluster (spec: RunSpec, opts: SubmitOptions): Promise<SubmittedRun> {
-    const cluster = this.cluster!
-    if (this.closing) throw new ShuttingDown('the server is shutting down; retry in a moment')
-    const claims = spec.forkedFrom !== undefined ? [spec.sessionId, spec.forkedFrom] : [spec.sessionId]
-    const createdAt = Date.now()
-    if (opts.requestId !== undefined) spec.requestId = opts.requestId
-    const run = {
-      id: spec.runId,
-      sessionId: spec.sessionId,
-      workingDirectory: spec.cwd,
-      request: redactRequest(opts.request),
-      spec,
-      keyName: opts.key?.name ?? null,
-      ...(spec.identity !== undefined ? { sessionOwner: spec.identity } : {}),
-      cancelOnDisconnect: opts.cancelOnDisconnect,
-      createdAt
-    }
-    try {
-      await cluster.admit(run, { key: opts.key, claims, held: session => this.admission.isHeld(session), maxQueued: this.settings.maxQueuedRuns })
-    } catch (err) {
-      if (err instanceof DomainError) throw err
-      this.log.error({ err, run_id: spec.runId }, 'recording the run failed')
-      throw new StoreUnavailable('the run store could not record the run; retry in a moment')
-    }
-    this.admission.adopt(spec.sessionId, spec.identity ?? opts.key?.name ?? null)
-    this.planner.sessionsOf(this.planner.identityOf(spec)).remember(spec.sessionId, spec.cwd)
-    this.runLog.append(spec.runId, 1, 'run', JSON.stringify({ run_id: spec.runId, session_id: spec.sessionId, working_directory: spec.cwd }))
-    await this.store.flush().catch((err: unknown) => this.log.error({ err }, 'flushing the run event failed; will retry'))
-    void this.pump()
-    return new RemoteRun(spec.runId, createdAt, {
-      cancel: async reason => { await this.cancel(spec.runId, reason) },
-      follow: async (write, signal) => await this.runLog.follow(spec.runId, 0, { write, drained: async () => {}, signal: AbortSignal.any([signal, this.shutdown.signal]) }, () => this.isLive(spec.runId))
-    })
-  }
-
-  /**
-   * Cluster mode: claim queued runs while this instance has free slots (`MAX_CONCURRENT_RUNS`),
-   * oldest first, each the first live run of its session; each starts here as a recovered run does.
-   */
-  private async pump (): Promise<void> {
-    const cluster = this.cluster
-    if (cluster === undefined || !this.claiming || this.pumping) return
-    this.pumping = true
-    try {
-      while (this.claiming && this.runs.size < this.settings.maxConcurrentRuns) {
-        const claimed = await cluster.claim(Date.now() + this.leaseMs)
-        if (claimed === undefined) break
-        const r = claimed.record
-        if (r.spec === null || !this.claiming) {
-          await cluster.release([r.id])
-          break
-        }
-        this.planner.sessionsOf(this.planner.identityOf(r.spec)).remember(r.sessionId, r.workingDirectory)
-        const log = this.log.child({ run_id: r.id, key_name: r.keyName, ...(r.spec.requestId !== undefined ? { request_id: r.spec.requestId } : {}) })
-        const handle = new RunHandle(r.spec, r.cancelOnDisconnect, r.keyName, log, this.runLog, await this.store.lastSeq(r.id))
-        for (const m of claimed.messages) handle.inbox.post(m.turn, m.id)
-        handle.ticket = this.admission.readmit(r.spec.sessionId, r.keyName, () => handle.admit())
+  /** Cluster mode: what the cluster's runs need of this engine. */
+  private clusterRunsOf (cluster: ClusterNode): ClusterRuns {
+    return new ClusterRuns({
+      cluster,
+      store: this.store,
+      runLog: this.runLog,
+      log: this.log,
+      leaseMs: this.leaseMs,
+      maxConcurrentRuns: this.settings.maxConcurrentRuns,
+      maxQueuedRuns: this.settings.maxQueuedRuns,
+      maxOutputBytes: this.settings.maxOutputBytes,
+      shutdown: this.shutdown.signal,
+      localRuns: () => this.runs.size,
+      isLocal: runId => this.runs.has(runId),
+      isHeld: session => this.admission.isHeld(session),
+      admitted: (spec, keyName) => {
+        this.admission.adopt(spec.sessionId, spec.identity ?? keyName)
+        this.planner.sessionsOf(this.planner.identityOf(spec)).remember(spec.sessionId, spec.cwd)
+      },
+      start: async ({ record: r, messages }) => {
+        const spec = r.spec!
+        this.planner.sessionsOf(this.planner.identityOf(spec)).remember(r.sessionId, r.workingDirectory)
+        const log = this.log.child({ run_id: r.id, key_name: r.keyName, ...(spec.requestId !== undefined ? { request_id: spec.requestId } : {}) })
+        const handle = new RunHandle(spec, r.cancelOnDisconnect, r.keyName, log, this.runLog, await this.store.lastSeq(r.id))
+        for (const m of messages) handle.inbox.post(m.turn, m.id)
+        handle.ticket = this.admission.readmit(spec.sessionId, r.keyName, () => handle.admit())
         this.track(handle)
-      }
-    } catch (err) {
-      this.log.error({ err }, 'cluster: claiming queued runs failed; will retry')
-    } finally {
-      this.pumping = false
-    }
-  }
-
-  /** Cluster mode, every tick: end the runs of instances that died (their lease lapsed), then claim. */
-  private async tick (): Promise<void> {
-    const cluster = this.cluster
-    if (cluster === undefined || !this.claiming) return
-    try {
-      const now = Date.now()
-      const lapsed = await cluster.reap(now, now + this.leaseMs)
-      if (lapsed.length > 0) {
-        this.log.info({ runs: lapsed.map(r => r.id) }, 'cluster: ending the runs of an instance that stopped renewing their lease')
-        await recoverRuns({ running: lapsed, queued: [] }, {
-          store: this.store,
-          log: this.log,
-          maxOutputBytes: this.settings.maxOutputBytes,
-          finished: (r, result) => this.emit('finished', { id: r.id, keyName: r.keyName, webhookUrl: r.request.webhook_url }, result),
-          requeue: async () => {}
-        })
-      }
-    } catch (err) {
-      this.log.error({ err }, 'cluster: reaping lapsed runs failed; will retry')
-    }
-    await this.pump()
-  }
-
-  /** Cluster mode: end a queued run nobody has claimed; false when it is claimed or over. */
-  private async cancelQueued (runId: string, reason: string): Promise<boolean> {
-    let ended: { record: RunRecord, result: RunResult, seq: number } | undefined
-    const record = await this.cluster!.cancelQueued(runId, async (c, r) => {
-      const now = Date.now()
-      const result = toRunResult({ runId: r.id, sessionId: r.sessionId, timeoutS: 0, exitCode: null, stderrTail: '', oversizeLines: 0, startedAt: r.createdAt, endedAt: now, maxOutputBytes: this.settings.maxOutputBytes, ended: { by: 'cancel', reason } })
-      const seq = await this.store.lastSeq(r.id) + 1
-      await c.query('UPDATE runs SET status = $1, ended_at = $2, result = $3, spec = NULL WHERE id = $4', [result.status, now, JSON.stringify(result), r.id])
-      ended = { record: r, result, seq }
+      },
+      finished: (r, result) => this.emit('finished', { id: r.id, keyName: r.keyName, webhookUrl: r.request.webhook_url }, result),
+      cancel: async (runId, reason) => await this.cancel(runId, reason)
     })
-    if (record === undefined || ended === undefined) return false
-    const { result, seq } = ended
-    this.runLog.append(runId, seq, 'result', JSON.stringify(result))
-    await this.store.flush().catch(() => {})
-    this.emit('finished', { id: record.id, keyName: record.keyName, webhookUrl: record.request.webhook_url }, result)
-    return true
   }
 
   /** Cluster mode: what other instances ask of the runs this one holds. */
@@ -674,23 +610,9 @@ export class Runner extends EventEmitter<RunnerEvents> {
     }
   }
 
-  /**
-   * Whether a run is queued or running: here (a live handle), or, in a cluster, anywhere (read
-   * from the store at most once a second per run; unknown counts as live until read).
-   */
+  /** Whether a run is queued or running: here, or (in a cluster) anywhere. */
   private isLive (runId: string): boolean {
-    if (this.runs.has(runId)) return true
-    if (this.cluster === undefined) return false
-    const known = this.remoteLive.get(runId)
-    if (known === undefined || Date.now() - known.at > 1000) {
-      const entry = { live: known?.live ?? true, at: Date.now() }
-      this.remoteLive.set(runId, entry)
-      void this.store.getRun(runId).then(r => {
-        entry.live = r !== undefined && (r.status === 'queued' || r.status === 'running')
-        if (!entry.live) setTimeout(() => this.remoteLive.delete(runId), 5000).unref()
-      }, () => {})
-    }
-    return known?.live ?? true
+    return this.runs.has(runId) || (this.clusterRuns?.isLive(runId) ?? false)
   }
 
   /** Run a recorded run through its life, in the background. */
@@ -700,7 +622,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       handle.ticket?.release()
       this.runs.delete(handle.id)
       // A slot is free here: the cluster's queue may have a run for it.
-      if (this.cluster !== undefined) void this.pump()
+      void this.clusterRuns?.pump()
     })
   }
 
@@ -841,10 +763,11 @@ export class Runner extends EventEmitter<RunnerEvents> {
       // Ended before it could start on its spare: the spare goes with the run.
       if (warm !== undefined && !claimed) this.warm?.drop(warm)
       Object.assign(outcome, execution)
-      if (this.cluster !== undefined && identity === undefined) {
-        // What the SDK's mirror had not sent when the CLI ended is taken from the file (entries
-        // already stored are skipped by uuid), so the next run of the session, anywhere, has it all.
-        await importSessionToStore(spec.sessionId, this.cluster.transcripts, { dir: cwd })
+      if (this.cluster !== undefined) {
+        // What the SDK's mirror had not sent when the CLI ended is taken from the file, so the next
+        // run of the session, on any instance, has it all.
+        const place = this.planner.placeOf(identity?.key ?? null)
+        await this.cluster.transcripts.copyFrom(place.configDir, place.owner, spec.sessionId)
           .catch((err: unknown) => handle.log.warn({ err }, 'cluster: copying the transcript to the database failed'))
       }
     } finally {
@@ -886,59 +809,4 @@ export class Runner extends EventEmitter<RunnerEvents> {
     if (spare === undefined) this.emit('warm', 'miss')
     return spare
   }
-
-  /**
-   * Start a CLI and park it (the SDK's `prewarm()`), with everything a run would have but its
-   * session: the server's options, the identity's user, home and sandbox, a marker of its own
-   * (`warm-<instance>-<boot>-<id>`, so a restart finds what a killed server left), and its own
-   * broker token.
-   */
-  private async startSpare (profile: string): Promise<WarmSpare> {
-    const identity = profile === '' || this.identities === undefined ? undefined : this.identities.identityFor(profile)
-    const id = randomUUID()
-    const marker = `warm-${this.instanceId}-${this.bootId}-${id}`
-    const env = buildChildEnv(this.runEnv, {}, marker, this.settings.passEnv)
-    if (identity !== undefined) Object.assign(env, identityEnv(identity))
-    const credential = this.broker?.issue(`spare-${id}`)
-    if (credential !== undefined) Object.assign(env, credential.env)
-    // An identity's spare parks in its home (made its own), never in a directory it will serve.
-    let parking: string | undefined
-    let onlyCwd: string | undefined
-    if (identity !== undefined) {
-      parking = join(identity.home, '.spares')
-      ownedDirectory(parking, identity.uid)
-      if (this.sandbox !== undefined) onlyCwd = this.planner.workAreaOf(identity)
-    }
-    let proc: CliProcess | undefined
-    const log = this.log.child({ spare: id, ...(identity !== undefined ? { identity: identity.key } : {}) })
-    const sessionId = randomUUID()
-    try {
-      const spare = await prewarm({
-        options: {
-          env,
-          pathToClaudeCodeExecutable: this.cliPath,
-          settingSources: settingSourcesOf(this.settings.settingSources),
-          strictMcpConfig: true,
-          includePartialMessages: false,
-          sessionId,
-          ...(this.settings.allowedPermissionModes.includes('bypassPermissions') ? { allowDangerouslySkipPermissions: true } : {}),
-          ...(parking !== undefined ? { cwd: parking } : {}),
-          spawnClaudeCodeProcess: cliSpawner(marker, this.executorSettings(identity, onlyCwd ?? parking ?? this.settings.defaultWorkingDir, onlyCwd !== undefined ? parking : undefined), parking ?? this.settings.defaultWorkingDir, log, p => { proc = p })
-        },
-        initializeTimeoutMs: SPARE_PARK_TIMEOUT_MS
-      })
-      if (proc === undefined) throw new Error('the SDK parked a spare without spawning it')
-      log.debug({ session_id: sessionId }, 'warm spare parked')
-      return { id, profile, sessionId, spare, process: proc, ...(credential !== undefined ? { credential } : {}), ...(onlyCwd !== undefined ? { onlyCwd } : {}) }
-    } catch (err) {
-      credential?.revoke()
-      await proc?.end(0)
-      throw err
-    }
-  }
-}
-
-/** The user, home and Claude config of an agent identity, in a CLI's environment. */
-function identityEnv (identity: AgentIdentity): Record<string, string> {
-  return { HOME: identity.home, CLAUDE_CONFIG_DIR: identity.configDir, USER: `agent-${identity.key}`, LOGNAME: `agent-${identity.key}` }
 }

@@ -6,7 +6,7 @@ import {
   type DeliveryRow, type OutboxRow, type RunRow, type SessionRow
 } from './rows.js'
 import {
-  MAX_UNFLUSHED_EVENTS, type ApprovalRecord, type NewRun, type NewSession, type PendingWebhook, type RunFilter,
+  ClaimLost, MAX_UNFLUSHED_EVENTS, type ApprovalRecord, type NewRun, type NewSession, type PendingWebhook, type RunFilter,
   type RunRecord, type RunStore, type SessionFilter, type SessionRecord, type StoredEvent, type WebhookDelivery
 } from './store.js'
 
@@ -28,9 +28,6 @@ const UPSERT_SESSION = `${INSERT_SESSION}
     created_at = CASE WHEN sessions.deleted_at IS NULL THEN sessions.created_at ELSE EXCLUDED.created_at END,
     updated_at = GREATEST(sessions.updated_at, EXCLUDED.updated_at),
     deleted_at = NULL`
-
-/** A run this instance claimed was taken back (its claim lapsed): another instance runs it. */
-export class ClaimLost extends Error {}
 
 /** The database is held by another server instance. */
 export class DatabaseInUse extends Error {}
@@ -136,16 +133,15 @@ export class PostgresRunStore implements RunStore {
     // to another instance) is not started here.
     const { rowCount } = await this.pool.query('UPDATE runs SET status = \'running\', started_at = $1, marker = $2, spec = NULL, session_id = $3, working_directory = $4, owner = $5, lease_until = $6 WHERE id = $7 AND status = \'queued\' AND (owner IS NULL OR owner = $5)',
       [s.startedAt, s.marker, s.sessionId, s.workingDirectory, s.owner, s.leaseUntil, id])
-    if (rowCount === 0) throw new ClaimLost(`run ${id} is no longer this instance's to start`)
+    if (rowCount === 0 && (await this.pool.query('SELECT 1 FROM runs WHERE id = $1', [id])).rows.length > 0) {
+      throw new ClaimLost(`run ${id} is no longer this instance's to start`)
+    }
   }
 
   async markFinished (id: string, result: RunResult, endedAt: number): Promise<void> {
     const write = (async () => {
       await this.flush()
-      await this.transaction(async c => {
-        await c.query('UPDATE runs SET status = $1, ended_at = $2, result = $3, spec = NULL WHERE id = $4', [result.status, endedAt, JSON.stringify(result), id])
-        await c.query('UPDATE sessions SET updated_at = GREATEST(updated_at, $1) WHERE id = (SELECT session_id FROM runs WHERE id = $2)', [endedAt, id])
-      })
+      await this.transaction(async c => { await this.endWith(c, id, JSON.stringify(result), endedAt) })
     })()
     const entry = { result, endedAt, write }
     this.finishing.set(id, entry)
@@ -154,6 +150,20 @@ export class PostgresRunStore implements RunStore {
     } finally {
       if (this.finishing.get(id) === entry) this.finishing.delete(id)
     }
+  }
+
+  /** Record a run's end: its result (the text of its `result` event), status and end time. */
+  private async endWith (c: pg.PoolClient, id: string, resultJson: string, endedAt?: number): Promise<void> {
+    let result: { status?: unknown, timestamp?: unknown }
+    try {
+      result = JSON.parse(resultJson)
+    } catch {
+      return
+    }
+    if (typeof result.status !== 'string') return
+    const at = endedAt ?? (typeof result.timestamp === 'string' && Number.isFinite(Date.parse(result.timestamp)) ? Date.parse(result.timestamp) : Date.now())
+    await c.query('UPDATE runs SET status = $1, ended_at = $2, result = $3, spec = NULL WHERE id = $4', [result.status, at, resultJson, id])
+    await c.query('UPDATE sessions SET updated_at = GREATEST(updated_at, $1) WHERE id = (SELECT session_id FROM runs WHERE id = $2)', [at, id])
   }
 
   async renewLeases (owner: string, leaseUntil: number): Promise<void> {
@@ -214,18 +224,25 @@ export class PostgresRunStore implements RunStore {
       }
       // ON CONFLICT: a replayed append must never fail a whole batch (other runs' events with it).
       const insert = `INSERT INTO events (run_id, seq, type, data) VALUES ${values.join(', ')} ON CONFLICT DO NOTHING`
-      if (this.opts.origin === undefined) await this.pool.query(insert, args)
-      else {
+      // A run's end is written with its `result` event, in one transaction: whoever hears of the
+      // result (a follower, on any instance) reads the run as ended.
+      const ends = batch.filter(e => e.type === 'result')
+      const notes: string[] = []
+      if (this.opts.origin !== undefined) {
         const spans = new Map<string, [number, number]>()
         for (const e of batch) {
           const span = spans.get(e.runId)
           if (span === undefined) spans.set(e.runId, [e.seq, e.seq])
           else span[1] = e.seq
         }
-        const notes = [...spans].map(([runId, [first, last]]) => `${runId} ${first} ${last} ${this.opts.origin!}`)
+        for (const [runId, [first, last]] of spans) notes.push(`${runId} ${first} ${last} ${this.opts.origin}`)
+      }
+      if (ends.length === 0 && notes.length === 0) await this.pool.query(insert, args)
+      else {
         await this.transaction(async c => {
           await c.query(insert, args)
-          await c.query(`SELECT pg_notify('${EVENTS_CHANNEL}', n) FROM unnest($1::text[]) AS n`, [notes])
+          for (const e of ends) await this.endWith(c, e.runId, e.data)
+          if (notes.length > 0) await c.query(`SELECT pg_notify('${EVENTS_CHANNEL}', n) FROM unnest($1::text[]) AS n`, [notes])
         })
       }
       this.pending.splice(0, batch.length)

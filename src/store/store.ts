@@ -26,6 +26,9 @@ import type { RunEvent, RunRequest, RunResult, RunSpec, RunStatus } from '../run
  */
 export const MAX_UNFLUSHED_EVENTS = 1000
 
+/** `markStarted` of a run this instance claimed whose claim lapsed: another instance runs it (cluster mode). */
+export class ClaimLost extends Error {}
+
 export interface RunStore {
   /** Resolves when the store answers (health checks). */
   ping: () => Promise<void>

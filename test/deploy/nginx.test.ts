@@ -2,13 +2,14 @@ import { test } from 'tap'
 import { spawn, spawnSync } from 'node:child_process'
 import { chmodSync, mkdtempSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from 'node:fs'
 import { request } from 'node:http'
-import { connect, createServer, type AddressInfo } from 'node:net'
+import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import { ConfigSchema } from '../../src/config.js'
 import { auth, eventually, fakeModel, pidsInDir, pidsMatching, readSse, sandbox, startServer, testEnv, type SseEvent } from '../helper.js'
+import { freePort } from '../fixtures/ports.js'
 
 /**
  * The repo's deploy/nginx.conf, run by a real nginx in front of the real server on loopback. The
@@ -64,14 +65,6 @@ function testConfig (dir: string, upstreamPort: number, listenPort: number): str
   conf = rewrite(conf, 'access_log /dev/stdout main;', `access_log ${dir}/access.log main;`)
   if (withoutComments(conf).replaceAll(dir, '').includes('/tmp')) throw new Error('a /tmp path of deploy/nginx.conf was not moved to the test directory: parallel runs would collide')
   return conf
-}
-
-async function freePort (): Promise<number> {
-  const server = createServer()
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  await new Promise(resolve => server.close(resolve))
-  return port
 }
 
 async function accepts (port: number): Promise<boolean> {
