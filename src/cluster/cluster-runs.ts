@@ -4,6 +4,7 @@ import type { RunnerLogger } from '../runner/executor.js'
 import { recoverRuns } from '../runner/recovery.js'
 import { toRunResult } from '../runner/result.js'
 import type { RunLog } from '../runner/run-log.js'
+import type { EndReason } from '../runner/run-handle.js'
 import type { RunRequest, RunResult, RunSpec } from '../runner/types.js'
 import type { NewRun, RunRecord, RunStore } from '../store/store.js'
 import type { Claimed, ClusterNode } from './cluster.js'
@@ -72,6 +73,7 @@ export class ClusterRuns {
     if (!this.claiming) throw new ShuttingDown('the server is shutting down; retry in a moment')
     const claims = spec.forkedFrom !== undefined ? [spec.sessionId, spec.forkedFrom] : [spec.sessionId]
     if (opts.requestId !== undefined) spec.requestId = opts.requestId
+    spec.submittedBy = cluster.instanceId
     const run: NewRun = {
       id: spec.runId,
       sessionId: spec.sessionId,
@@ -124,10 +126,12 @@ export class ClusterRuns {
     }
   }
 
-  /** Every tick: end the runs of instances that died (their lease lapsed), then claim. */
+  /** Every tick: end overdue queued runs and the runs of instances that died (their lease lapsed), then claim. */
   async tick (): Promise<void> {
     if (!this.claiming) return
     try {
+      // A run's time limit counts from submission: one waiting too long in the queue times out there.
+      for (const id of await this.h.cluster.overdue(Date.now())) await this.endQueued(id, { by: 'timeout' })
       const now = Date.now()
       const lapsed = await this.h.cluster.reap(now, now + this.h.leaseMs)
       if (lapsed.length > 0) {
@@ -148,10 +152,19 @@ export class ClusterRuns {
 
   /** End a queued run nobody has claimed; false when it is claimed or over. */
   async cancelQueued (runId: string, reason: string): Promise<boolean> {
+    return await this.endQueued(runId, { by: 'cancel', reason })
+  }
+
+  /** Cancel the queued runs of `/api/execute*` whose clients waited on a previous life of this instance. */
+  async cancelOrphans (): Promise<void> {
+    for (const id of await this.h.cluster.clientRunsOf(this.h.cluster.instanceId)) await this.endQueued(id, { by: 'cancel', reason: 'its client is gone: the server restarted' })
+  }
+
+  private async endQueued (runId: string, why: EndReason): Promise<boolean> {
     let ended: { result: RunResult, seq: number } | undefined
     const record = await this.h.cluster.cancelQueued(runId, async (c, r) => {
       const now = Date.now()
-      const result = toRunResult({ runId: r.id, sessionId: r.sessionId, timeoutS: 0, exitCode: null, stderrTail: '', oversizeLines: 0, startedAt: r.createdAt, endedAt: now, maxOutputBytes: this.h.maxOutputBytes, ended: { by: 'cancel', reason } })
+      const result = toRunResult({ runId: r.id, sessionId: r.sessionId, timeoutS: r.spec?.timeoutS ?? 0, exitCode: null, stderrTail: '', oversizeLines: 0, startedAt: r.createdAt, endedAt: now, maxOutputBytes: this.h.maxOutputBytes, ended: why })
       const seq = await this.h.store.lastSeq(r.id) + 1
       await c.query('UPDATE runs SET status = $1, ended_at = $2, result = $3, spec = NULL WHERE id = $4', [result.status, now, JSON.stringify(result), r.id])
       ended = { result, seq }

@@ -104,7 +104,8 @@ export class ClusterNode {
   private async heartbeat (): Promise<void> {
     const now = Date.now()
     await this.opts.store.pool.query('UPDATE instances SET heartbeat_at = $1 WHERE id = $2', [now, this.instanceId])
-    const { rows } = await this.opts.store.pool.query<{ n: number }>('SELECT COUNT(*)::int AS n FROM instances WHERE stopped_at IS NULL AND heartbeat_at >= $1', [now - this.deadAfterMs])
+    // Counted as alive for a while longer than a lease: a busy instance late with a heartbeat is still there.
+    const { rows } = await this.opts.store.pool.query<{ n: number }>('SELECT COUNT(*)::int AS n FROM instances WHERE stopped_at IS NULL AND heartbeat_at >= $1', [now - Math.max(this.deadAfterMs, 10_000)])
     this.alive = rows[0]?.n ?? 1
   }
 
@@ -219,6 +220,30 @@ export class ClusterNode {
         SELECT id FROM runs WHERE status = 'running' AND (owner IS NULL OR (owner <> $1 AND ${silent.replace('$2', '$4')})) AND (lease_until IS NULL OR lease_until < $3) FOR UPDATE SKIP LOCKED)
       RETURNING *`, [this.instanceId, leaseUntil, now, now - this.deadAfterMs])
     return rows.map(toRecord)
+  }
+
+  /**
+   * Whether the process of `instanceId` that accepted a run at `since` is gone: the instance
+   * stopped, went silent, or has restarted since.
+   */
+  async processGone (instanceId: string, since: number): Promise<boolean> {
+    const { rows } = await this.opts.store.pool.query<{ started_at: number, heartbeat_at: number, stopped_at: number | null }>('SELECT started_at, heartbeat_at, stopped_at FROM instances WHERE id = $1', [instanceId])
+    const i = rows[0]
+    return i === undefined || i.stopped_at !== null || i.heartbeat_at < Date.now() - this.deadAfterMs || i.started_at > since
+  }
+
+  /** Queued runs of `/api/execute*` that `instanceId` accepted: their clients waited on it. */
+  async clientRunsOf (instanceId: string): Promise<string[]> {
+    const { rows } = await this.opts.store.pool.query<{ id: string }>(`SELECT id FROM runs WHERE status = 'queued' AND owner IS NULL AND cancel_on_disconnect
+      AND spec LIKE '%"submittedBy":"' || $1 || '"%' ORDER BY rowid`, [instanceId])
+    return rows.map(r => r.id)
+  }
+
+  /** Queued runs nobody has claimed whose time limit, counted from submission, has passed. */
+  async overdue (now: number): Promise<string[]> {
+    const { rows } = await this.opts.store.pool.query<{ id: string }>(`SELECT id FROM runs WHERE status = 'queued' AND owner IS NULL AND spec IS NOT NULL
+      AND created_at + (spec::jsonb->>'timeoutS')::bigint * 1000 <= $1 ORDER BY rowid LIMIT 100`, [now])
+    return rows.map(r => r.id)
   }
 
   /** Runs waiting in the shared queue (not yet claimed). */

@@ -6,16 +6,18 @@ import type pg from 'pg'
 import { TranscriptFiles } from '../sessions/transcript-files.js'
 
 /**
- * Session transcripts in PostgreSQL, through the Agent SDK's `SessionStore` interface: every run
- * of a cluster mirrors its transcript here as the CLI writes it, and a resume on any instance is
- * materialised from here by the SDK before the CLI starts. Each entry is written once: by its
+ * Session transcripts in PostgreSQL, behind the Agent SDK's `SessionStore` interface (the sessions
+ * API reads and changes them through the SDK's session functions). The CLI's file stays the
+ * working copy: a run that continues a session writes the stored transcript to the file first
+ * (`materialise`), and the file is copied back whole when the run ends (`copyFrom`). One
+ * session's runs go one at a time across the cluster, so each starts from the last one's end. Each entry is written once: by its
  * `uuid`, or (titles, tags and the like have none) by its content, so a retried batch or a second
  * copy of the same file adds nothing.
  */
 export class PostgresTranscriptStore implements SessionStore {
   constructor (private readonly pool: pg.Pool) {}
 
-  async append (key: SessionKey, entries: SessionStoreEntry[]): Promise<void> {
+  async append (key: SessionKey, entries: SessionStoreEntry[], client: pg.Pool | pg.PoolClient = this.pool): Promise<void> {
     if (entries.length === 0) return
     const values: string[] = []
     const args: unknown[] = [key.projectKey, key.sessionId, key.subpath ?? '', Date.now()]
@@ -24,7 +26,7 @@ export class PostgresTranscriptStore implements SessionStore {
       args.push(typeof e.uuid === 'string' ? e.uuid : `sha256:${createHash('sha256').update(text).digest('hex')}`, text)
       values.push(`($1, $2, $3, $${args.length - 1}, $${args.length}, $4)`)
     }
-    await this.pool.query(`INSERT INTO transcripts (project_key, session_id, subpath, uuid, entry, written_at) VALUES ${values.join(', ')}
+    await client.query(`INSERT INTO transcripts (project_key, session_id, subpath, uuid, entry, written_at) VALUES ${values.join(', ')}
       ON CONFLICT (project_key, session_id, subpath, uuid) WHERE uuid IS NOT NULL DO NOTHING`, args)
   }
 
@@ -82,7 +84,39 @@ export class PostgresTranscriptStore implements SessionStore {
     const files = new TranscriptFiles(configDir, owner)
     for (const projectKey of projects) {
       const entries = await files.load({ projectKey, sessionId }).catch(() => null)
-      if (entries !== null && entries.length > 0) await this.append({ projectKey, sessionId }, entries)
+      if (entries === null || entries.length === 0) continue
+      // The file is the whole transcript, in order: it replaces what the mirror sent.
+      const c = await this.pool.connect()
+      try {
+        await c.query('BEGIN')
+        await c.query('DELETE FROM transcripts WHERE session_id = $1 AND project_key = $2 AND subpath = \'\'', [sessionId, projectKey])
+        await this.append({ projectKey, sessionId }, entries, c)
+        await c.query('COMMIT')
+      } catch (err) {
+        await c.query('ROLLBACK').catch(() => {})
+        throw err
+      } finally {
+        c.release()
+      }
+    }
+  }
+
+  /**
+   * Write the stored transcript of a session to the CLI's files in `configDir` (replacing this
+   * instance's copy, which may be behind), before a run continues it. Nothing when none is stored.
+   */
+  async materialise (configDir: string, owner: { uid: number, gid: number } | undefined, sessionId: string): Promise<void> {
+    const { rows } = await this.pool.query<{ project_key: string, entry: string }>('SELECT project_key, entry FROM transcripts WHERE session_id = $1 AND subpath = \'\' ORDER BY n', [sessionId])
+    const byProject = new Map<string, SessionStoreEntry[]>()
+    for (const r of rows) {
+      const list = byProject.get(r.project_key) ?? []
+      list.push(JSON.parse(r.entry) as SessionStoreEntry)
+      byProject.set(r.project_key, list)
+    }
+    const files = new TranscriptFiles(configDir, owner)
+    for (const [projectKey, entries] of byProject) {
+      await files.delete({ projectKey, sessionId })
+      await files.append({ projectKey, sessionId }, entries)
     }
   }
 

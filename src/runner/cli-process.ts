@@ -1,4 +1,3 @@
-import type { SessionStore } from '@anthropic-ai/claude-agent-sdk'
 import { EventEmitter } from 'node:events'
 import { PassThrough, type Writable } from 'node:stream'
 import type { SpawnedProcess, SpawnOptions } from '@anthropic-ai/claude-agent-sdk'
@@ -35,8 +34,6 @@ export interface ExecutorSettings {
   identity?: { uid: number, gid: number }
   /** A program the CLI runs inside (the sandbox): `command args… -- cli cliArgs…`. */
   wrap?: { command: string, args: string[] }
-  /** Cluster mode: transcripts are mirrored here, and resumes materialised from here. */
-  sessionStore?: SessionStore
 }
 
 /** One line of the CLI's output as a run sees it: parsed, as shown, and whether it was shrunk. */

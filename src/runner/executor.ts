@@ -86,6 +86,8 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
   if (hooks.inbox !== undefined) hooks.inbox.interruptTurn = () => interrupt()
 
   const onLine: LineHandler = (msg, line, shrunk, preview) => {
+    // The transcript's copy for the SDK's session store (cluster mode): the SDK's business, not the client's.
+    if ((msg as { type?: unknown } | null)?.type === 'transcript_mirror') return
     // An oversized line is shown with its strings cut short; the full (capped) output is in `result`.
     for (const effect of mapCliLine(msg, preview ?? line, spec.includePartialMessages)) {
       switch (effect.kind) {
@@ -216,7 +218,6 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
           ...sdkOptions(spec, s.settingSources),
           ...(spec.approvals === 'ask' && hooks.askApproval !== undefined ? { canUseTool: hooks.askApproval } : {}),
           env,
-          ...(s.sessionStore !== undefined ? { sessionStore: s.sessionStore } : {}),
           pathToClaudeCodeExecutable: s.cliPath,
           spawnClaudeCodeProcess: cliSpawner(marker, s, spec.cwd, hooks.log, (p) => {
             proc = p

@@ -14,7 +14,6 @@ export type EndReason = { by: 'timeout' } | { by: 'cancel', reason: string }
  * methods marked internal.
  */
 export class RunHandle {
-  readonly submittedAt = Date.now()
   /** Resolves with the run's result once it has ended and its process tree is gone. */
   readonly result: Promise<RunResult>
   /** Resolves when admission lets the run start. */
@@ -40,7 +39,9 @@ export class RunHandle {
     /** Every log line about this run carries its run id, key name and request id. */
     readonly log: RunnerLogger,
     private readonly runLog: RunLog,
-    private seq: number
+    private seq: number,
+    /** When it was accepted: its time limit counts from then. */
+    readonly submittedAt: number = Date.now()
   ) {
     this.result = new Promise(resolve => { this.resolveResult = resolve })
     this.admitted = new Promise(resolve => { this.letIn = resolve })

@@ -178,7 +178,6 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.instanceId = deps.instanceId
     this.cluster = deps.cluster
     this.leaseMs = deps.leaseMs ?? LEASE_MS
-    this.clusterRuns = deps.cluster === undefined ? undefined : this.clusterRunsOf(deps.cluster)
     this.broker = deps.broker
     this.sandbox = deps.isolation?.level === 'sandbox' ? deps.isolation.sandbox : undefined
     this.runEnv = deps.broker === undefined
@@ -205,6 +204,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       }
     })
     this.runLog = new RunLog(deps.store, deps.bus)
+    this.clusterRuns = deps.cluster === undefined ? undefined : this.clusterRunsOf(deps.cluster)
     this.approvals = new ApprovalDesk(deps.store, (handle, record) =>
       this.emit('approval', { id: handle.id, keyName: handle.keyName, webhookUrl: handle.spec.webhookUrl }, record))
     this.retention = new Retention(deps.store, { days: settings.retentionDays, maxRuns: settings.retentionMaxRuns }, deps.log)
@@ -248,6 +248,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       this.cluster.onQueue(() => { void this.clusterRuns?.pump() })
       this.cluster.handle(async (op, args) => await this.onRequestFromCluster(op, args))
       await this.cluster.start(() => { void this.clusterRuns?.tick() })
+      await this.clusterRuns?.cancelOrphans()
     } else {
       this.leftovers = await this.store.leftovers(this.instanceId, Date.now())
     }
@@ -588,8 +589,12 @@ export class Runner extends EventEmitter<RunnerEvents> {
         const spec = r.spec!
         this.planner.sessionsOf(this.planner.identityOf(spec)).remember(r.sessionId, r.workingDirectory)
         const log = this.log.child({ run_id: r.id, key_name: r.keyName, ...(spec.requestId !== undefined ? { request_id: spec.requestId } : {}) })
-        const handle = new RunHandle(spec, r.cancelOnDisconnect, r.keyName, log, this.runLog, await this.store.lastSeq(r.id))
+        const handle = new RunHandle(spec, r.cancelOnDisconnect, r.keyName, log, this.runLog, await this.store.lastSeq(r.id), r.createdAt)
         for (const m of messages) handle.inbox.post(m.turn, m.id)
+        // A run of /api/execute* whose client waited on a process that is gone: nobody hears it, it does not run.
+        if (r.cancelOnDisconnect && spec.submittedBy !== undefined && await cluster.processGone(spec.submittedBy, r.createdAt)) {
+          handle.cancel('its client is gone: the instance it was sent to stopped before it started')
+        }
         handle.ticket = this.admission.readmit(spec.sessionId, r.keyName, () => handle.admit())
         this.track(handle)
       },
@@ -629,7 +634,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
   private async execute (handle: RunHandle): Promise<void> {
     const spec = handle.spec
     // The limit counts from submission: a run that waits too long in the queue times out too.
-    const deadline = setTimeout(() => handle.end({ by: 'timeout' }), spec.timeoutS * 1000)
+    const deadline = setTimeout(() => handle.end({ by: 'timeout' }), Math.max(0, handle.submittedAt + spec.timeoutS * 1000 - Date.now()))
     deadline.unref()
     const ended = new Promise<void>(resolve => handle.onEnd(resolve))
     const outcome: RunOutcome = {
@@ -692,9 +697,9 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.ended.set(handle.id, stored)
     handle.finish(result)
     this.admission.spent(handle.keyName, result.total_cost_usd)
+    this.emit('finished', { id: handle.id, keyName: handle.keyName, webhookUrl: handle.spec.webhookUrl }, result)
     await stored
     this.ended.delete(handle.id)
-    this.emit('finished', { id: handle.id, keyName: handle.keyName, webhookUrl: handle.spec.webhookUrl }, result)
   }
 
   /** The run's turn: check its directory again, record the start, run the CLI. */
@@ -709,10 +714,12 @@ export class Runner extends EventEmitter<RunnerEvents> {
     }
     spec.cwd = cwd
     const identity = this.planner.identityOf(spec)
-    if (spec.sessionMode !== 'fork') {
-      const exists = await this.planner.sessionsOf(identity).exists(spec.sessionId) || (await this.cluster?.transcripts.has(spec.sessionId) ?? false)
-      spec.sessionMode = exists ? 'resume' : 'new'
+    if (this.cluster !== undefined) {
+      // The session may have been continued elsewhere since this instance last saw it.
+      const place = this.planner.placeOf(identity?.key ?? null)
+      await this.cluster.transcripts.materialise(place.configDir, place.owner, spec.forkedFrom ?? spec.sessionId)
     }
+    if (spec.sessionMode !== 'fork') spec.sessionMode = await this.planner.sessionsOf(identity).exists(spec.sessionId) ? 'resume' : 'new'
     if (handle.endedBy !== undefined) return
     // On a spare, the run is the spare's: its marker, its token. The spare is the run's from here.
     const warm = handle.warm
@@ -790,8 +797,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       maxOutputBytes: this.settings.maxOutputBytes,
       killGraceMs: this.settings.killGraceMs,
       ...(identity !== undefined ? { identity: { uid: identity.uid, gid: identity.gid } } : {}),
-      ...(args !== undefined ? { wrap: { command: this.sandbox!.bwrap, args } } : {}),
-      ...(this.cluster !== undefined ? { sessionStore: this.cluster.transcripts } : {})
+      ...(args !== undefined ? { wrap: { command: this.sandbox!.bwrap, args } } : {})
     }
   }
 

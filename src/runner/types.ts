@@ -76,6 +76,8 @@ export interface RunSpec {
   runId: string
   /** Cluster mode: the HTTP request that submitted it, for the log lines of the instance that runs it. */
   requestId?: string
+  /** Cluster mode: the instance it was sent to (where its client waits, for `/api/execute*`). */
+  submittedBy?: string
   prompt: string
   /** Real path of the directory the CLI runs in. */
   cwd: string

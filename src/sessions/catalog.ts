@@ -162,6 +162,9 @@ export class SessionCatalog {
         if (this.withLive(s).busy) throw new SessionBusy(`session ${s.id} has a run queued or running; cancel it or wait for it to end`)
         // The files first: if they cannot go, the session stays, and a retry can try again.
         await deleteSession(s.id, { dir: s.workingDirectory, sessionStore: this.filesOf(s) })
+        // In a cluster this instance's own copy goes too (others' copies are never read again:
+        // resumes are materialised from the database).
+        if (this.deps.transcripts !== undefined) await deleteSession(s.id, { dir: s.workingDirectory, sessionStore: this.localFilesOf(s) }).catch(() => {})
         await this.deps.store.updateSession(s.id, { deletedAt: this.now() })
       } finally {
         release()
@@ -193,7 +196,11 @@ export class SessionCatalog {
   }
 
   private filesOf (s: SessionRecord): SessionStore & { timestamps: Map<string, string> } {
-    if (this.deps.transcripts !== undefined) return this.deps.transcripts.reading()
+    return this.deps.transcripts !== undefined ? this.deps.transcripts.reading() : this.localFilesOf(s)
+  }
+
+  /** The CLI's files of this instance where the session's owner keeps its transcripts. */
+  private localFilesOf (s: SessionRecord): TranscriptFiles {
     const place = this.deps.placeOf(s.keyName)
     return new TranscriptFiles(place.configDir, place.owner)
   }

@@ -76,7 +76,8 @@ export const toSession = (r: SessionRow): SessionRecord => ({
 export const SESSION_COLUMNS = `s.*,
   (SELECT COUNT(*) FROM runs WHERE session_id = s.id) AS run_count,
   (SELECT id FROM runs WHERE session_id = s.id ORDER BY rowid DESC LIMIT 1) AS last_run_id,
-  EXISTS (SELECT 1 FROM runs WHERE session_id = s.id AND status IN ('queued', 'running')) AS busy`
+  (EXISTS (SELECT 1 FROM runs WHERE session_id = s.id AND status IN ('queued', 'running'))
+    OR EXISTS (SELECT 1 FROM runs WHERE status IN ('queued', 'running') AND request LIKE '%"fork_session":true%' AND lower(request) LIKE '%"session_id":"' || s.id || '"%')) AS busy`
 
 /** How much of a session's first prompt is kept to show until it has a title. */
 const FIRST_PROMPT_CHARS = 200

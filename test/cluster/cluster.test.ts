@@ -29,7 +29,7 @@ if (noPostgres !== false) {
       DATABASE_URL: url,
       DEFAULT_WORKING_DIR: shared.work,
       ALLOWED_WORKING_DIRS: shared.work,
-      RUN_LEASE_S: '3',
+      RUN_LEASE_S: '5',
       ...extra
     }))))
     t.teardown(async () => {
@@ -69,7 +69,8 @@ if (noPostgres !== false) {
     const c = await cluster(t, model, 3)
     const [a, b, d] = c.nodes as [ServerProcess, ServerProcess, ServerProcess]
     t.ok(await eventually(async () => (await (await fetch(`${a.base}/health`)).json() as any).cluster?.instances === 3, 10_000), 'every instance counts three')
-    const health = await (await fetch(`${b.base}/health`)).json() as any
+    let health: any
+    await eventually(async () => { health = await (await fetch(`${b.base}/health`)).json(); return health.cluster?.instances === 3 }, 10_000)
     t.match(health.cluster, { instance_id: /^[0-9a-f-]{36}$/, instances: 3 })
     const metrics = await (await fetch(`${b.base}/metrics`, { headers: auth })).text()
     t.match(metrics, new RegExp(`ccapi_instance_info\\{instance_id="${health.cluster.instance_id as string}"\\} 1`), 'its metrics name the instance')
@@ -123,12 +124,12 @@ if (noPostgres !== false) {
       return pending !== undefined
     }, 20_000)
     t.ok(pending, 'the pending approval is seen on the other instance')
-    const answer = await fetch(`${elsewhere.base}/api/runs/${asking.id as string}/approvals/${pending.id as string}`, { method: 'POST', headers: json, body: JSON.stringify({ decision: 'allow' }) })
+    const answer = await fetch(`${elsewhere.base}/api/runs/${asking.id as string}/approvals/${pending.approval_id as string}`, { method: 'POST', headers: json, body: JSON.stringify({ decision: 'allow' }) })
     t.equal(answer.status, 200, await answer.clone().text())
     t.equal((await answer.json() as any).status, 'allowed')
     t.equal((await ended(elsewhere.base, asking.id)).status, 'succeeded')
     t.equal(readFileSync(file, 'utf8'), 'approved', 'the tool ran once allowed')
-    const again = await fetch(`${elsewhere.base}/api/runs/${asking.id as string}/approvals/${pending.id as string}`, { method: 'POST', headers: json, body: JSON.stringify({ decision: 'deny' }) })
+    const again = await fetch(`${elsewhere.base}/api/runs/${asking.id as string}/approvals/${pending.approval_id as string}`, { method: 'POST', headers: json, body: JSON.stringify({ decision: 'deny' }) })
     t.equal(again.status, 409, 'answered already')
 
     const talking = await post(c.nodes[0]!.base, { prompt: 'first question' })
@@ -217,7 +218,7 @@ if (noPostgres !== false) {
     const run = await ended(survivor.base, doomed.id, 40_000)
     const took = Date.now() - t0
     t.equal(run.status, 'interrupted', 'the run of the dead instance is interrupted')
-    t.ok(took <= 30_000, `within the lease (${took} ms after the kill, RUN_LEASE_S=3)`)
+    t.ok(took <= 12_000, `within the lease, give or take a tick (${took} ms after the kill, RUN_LEASE_S=5)`)
     t.ok(await eventually(() => pidsMatching('sleep 3622').length === 0, 5000), 'its tree is gone')
     for (const q of queued) t.equal((await ended(survivor.base, q.id)).status, 'succeeded', `${q.request.prompt as string}: ran on the survivor`)
     t.equal(model.calls.filter(x => x.prompt === 'after the crash one').length, 1, 'once')
