@@ -3,16 +3,22 @@ import { randomUUID } from 'node:crypto'
 import { mkdirSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { sha256Hex } from '../../src/auth/keys.js'
-import { auth, build, sandbox } from '../helper.js'
+import { auth, build, eventually, sandbox } from '../helper.js'
 
 test('at most MAX_CONCURRENT_RUNS run, MAX_QUEUED_RUNS wait, the rest get 429 with Retry-After', async t => {
   const { app, model } = await build(t, { env: { MAX_CONCURRENT_RUNS: '2', MAX_QUEUED_RUNS: '1' } })
   model.on('hold', [{ text: ['holding', 'released'], gapMs: 1500 }])
   const exec = (prompt: string) => app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt } })
-  const running = [exec('hold 1'), exec('hold 2')]
+  // One after the other, so the order of admission is the order of sending (in cluster mode,
+  // admission is a database transaction: requests sent at the same instant have no order).
+  const pause = async (): Promise<void> => { await new Promise(resolve => setTimeout(resolve, 150)) }
+  const running = [exec('hold 1')]
+  await pause()
+  running.push(exec('hold 2'))
+  await pause()
   const queued = exec('quick after the queue')
-  await new Promise(resolve => setTimeout(resolve, 200))
-  const health = (await app.inject({ url: '/health' })).json()
+  let health: any
+  await eventually(async () => { health = (await app.inject({ url: '/health' })).json(); return health.runs.queued === 1 && health.runs.active === 2 }, 3000)
   t.same(health.runs, { active: 2, queued: 1 }, 'two run, one waits')
 
   const refused = await exec('one too many')
