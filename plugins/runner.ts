@@ -4,7 +4,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { defaultCliPath, Runner } from '../src/runner/runner.js'
 import { SqliteRunStore } from '../src/store/sqlite-store.js'
-import { DatabaseInUse, PostgresRunStore } from '../src/store/postgres-store.js'
+import { PostgresRunStore } from '../src/store/postgres-store.js'
 import { ClusterNode } from '../src/cluster/cluster.js'
 import type { RunStore } from '../src/store/store.js'
 import { LocalEventBus } from '../src/store/event-bus.js'
@@ -44,13 +44,12 @@ function closeToOthers (path: string | undefined, log: { info: (o: object, m: st
   }
 }
 
-/** The PostgreSQL run store; a database that cannot be reached or is in use stops the start with one line. */
+/** The PostgreSQL run store; a database that cannot be reached stops the start with one line. */
 async function openPostgres (url: string, instanceId: string, onError: (err: Error) => void): Promise<PostgresRunStore> {
   try {
     return await PostgresRunStore.open({ url, origin: instanceId, onError })
   } catch (err) {
     const where = redactUrl(url)
-    if (err instanceof DatabaseInUse) throw new ConfigError(`DATABASE_URL ${where}: ${err.message}`)
     throw new ConfigError(`DATABASE_URL ${where}: cannot open the run store (${(err as Error).message})`)
   }
 }

@@ -4,6 +4,7 @@ import { readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import type pg from 'pg'
 import { TranscriptFiles } from '../sessions/transcript-files.js'
+import { inTransaction } from '../store/postgres-store.js'
 
 /**
  * Session transcripts in PostgreSQL, behind the Agent SDK's `SessionStore` interface (the sessions
@@ -85,19 +86,11 @@ export class PostgresTranscriptStore implements SessionStore {
     for (const projectKey of projects) {
       const entries = await files.load({ projectKey, sessionId }).catch(() => null)
       if (entries === null || entries.length === 0) continue
-      // The file is the whole transcript, in order: it replaces what the mirror sent.
-      const c = await this.pool.connect()
-      try {
-        await c.query('BEGIN')
+      // The file is the whole transcript, in order: it replaces what was stored.
+      await inTransaction(this.pool, async c => {
         await c.query('DELETE FROM transcripts WHERE session_id = $1 AND project_key = $2 AND subpath = \'\'', [sessionId, projectKey])
         await this.append({ projectKey, sessionId }, entries, c)
-        await c.query('COMMIT')
-      } catch (err) {
-        await c.query('ROLLBACK').catch(() => {})
-        throw err
-      } finally {
-        c.release()
-      }
+      })
     }
   }
 

@@ -12,8 +12,6 @@ import {
 
 /** Held while migrations run, so instances starting at once apply each exactly once. */
 const MIGRATION_LOCK = 0x63636170 // 'ccap'
-/** Held by the one server instance a database serves (`exclusive`). */
-const INSTANCE_LOCK = 0x63636171
 
 // BIGINT columns hold epoch milliseconds and row numbers: well within a double.
 pg.types.setTypeParser(pg.types.builtins.INT8, v => Number(v))
@@ -29,9 +27,6 @@ const UPSERT_SESSION = `${INSERT_SESSION}
     updated_at = GREATEST(sessions.updated_at, EXCLUDED.updated_at),
     deleted_at = NULL`
 
-/** The database is held by another server instance. */
-export class DatabaseInUse extends Error {}
-
 export interface PostgresStoreOptions {
   /** `postgres://user:pass@host:port/db` */
   url: string
@@ -43,11 +38,6 @@ export interface PostgresStoreOptions {
   flushMaxEvents?: number
   /** Called when a background flush fails (the events stay queued for the next one). */
   onError?: (err: Error) => void
-  /**
-   * Hold the database for this process alone, as `DATA_DIR`'s lock does for SQLite: recovery
-   * takes over every queued run it finds, which only one instance may do.
-   */
-  exclusive?: boolean
   /**
    * Cluster mode: each write of events also notifies `ccapi_events` with `runId first last
    * origin`, in the same transaction (delivered once committed), so other instances' followers
@@ -75,7 +65,7 @@ export class PostgresRunStore implements RunStore {
   /** Run ends being written: read back as written (this process's view), and waited for by `close()`. */
   private readonly finishing = new Map<string, { result: RunResult, endedAt: number, write: Promise<void> }>()
 
-  private constructor (readonly pool: pg.Pool, private readonly opts: PostgresStoreOptions, private readonly holder?: pg.Client) {
+  private constructor (readonly pool: pg.Pool, private readonly opts: PostgresStoreOptions) {
     this.flushMaxEvents = opts.flushMaxEvents ?? MAX_UNFLUSHED_EVENTS
     this.timer = setInterval(() => {
       this.flush().catch(err => opts.onError?.(err as Error))
@@ -88,22 +78,13 @@ export class PostgresRunStore implements RunStore {
     const pool = new pg.Pool({ connectionString: opts.url, max: opts.poolSize ?? 10 })
     // An idle connection that breaks (the server restarts) is replaced, not fatal.
     pool.on('error', err => opts.onError?.(err))
-    let holder: pg.Client | undefined
     try {
       await migrate(pool)
-      if (opts.exclusive === true) {
-        holder = new pg.Client({ connectionString: opts.url })
-        holder.on('error', err => opts.onError?.(err))
-        await holder.connect()
-        const { rows } = await holder.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1) AS ok', [INSTANCE_LOCK])
-        if (rows[0]?.ok !== true) throw new DatabaseInUse('another server instance is using this database (DATABASE_URL): one instance per database; stop the other one, or give this one a database of its own')
-      }
     } catch (err) {
-      await holder?.end().catch(() => {})
       await pool.end()
       throw err
     }
-    return new PostgresRunStore(pool, opts, holder)
+    return new PostgresRunStore(pool, opts)
   }
 
   async ping (): Promise<void> {
@@ -379,31 +360,33 @@ export class PostgresRunStore implements RunStore {
       await this.flush()
     } finally {
       await this.pool.end()
-      await this.holder?.end().catch(() => {})
     }
   }
 
   async transaction<T> (fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
-    const c = await this.pool.connect()
-    try {
-      await c.query('BEGIN')
-      const out = await fn(c)
-      await c.query('COMMIT')
-      return out
-    } catch (err) {
-      await c.query('ROLLBACK').catch(() => {})
-      throw err
-    } finally {
-      c.release()
-    }
+    return await inTransaction(this.pool, fn)
+  }
+}
+
+/** Run `fn` in a transaction on a pooled connection: committed when it returns, rolled back when it throws. */
+export async function inTransaction<T> (pool: pg.Pool, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+  const c = await pool.connect()
+  try {
+    await c.query('BEGIN')
+    const out = await fn(c)
+    await c.query('COMMIT')
+    return out
+  } catch (err) {
+    await c.query('ROLLBACK').catch(() => {})
+    throw err
+  } finally {
+    c.release()
   }
 }
 
 /** Apply the migrations not yet applied, holding an advisory lock so only one instance does. */
 async function migrate (pool: pg.Pool): Promise<void> {
-  const c = await pool.connect()
-  try {
-    await c.query('BEGIN')
+  await inTransaction(pool, async c => {
     await c.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK])
     await c.query('CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)')
     const { rows } = await c.query<{ v: number | null }>('SELECT MAX(version) AS v FROM schema_migrations')
@@ -411,11 +394,5 @@ async function migrate (pool: pg.Pool): Promise<void> {
       await c.query(PG_MIGRATIONS[v]!)
       await c.query('INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)', [v + 1, Date.now()])
     }
-    await c.query('COMMIT')
-  } catch (err) {
-    await c.query('ROLLBACK').catch(() => {})
-    throw err
-  } finally {
-    c.release()
-  }
+  })
 }
