@@ -577,7 +577,7 @@ async function row10 (): Promise<void> {
   const scale = r.two / r.one
   rows.push({
     row: 10,
-    what: `cluster mode (PostgreSQL): event-log appends and replay of ${r.events as number} events; runs/s through 2 instances (2 slots each, fake CLI, ${r.runs as number} runs of 1 s); one run followed by ${r.listeners as number} listeners split over 2 instances`,
+    what: `cluster mode (PostgreSQL): event-log appends and replay of ${r.events as number} events; runs/s through 2 instances (2 slots each, fake CLI, ${r.runs as number} runs of ${r.runMs / 1000 as number} s); one run followed by ${r.listeners as number} listeners split over 2 instances`,
     compared_with: 'the embedded SQLite store; 1 instance',
     measured: `PostgreSQL ${round(r.onPg.perSecond, 0)} events/s, replay ${round(r.onPg.replayMs, 0)} ms; 2 instances ${round(r.two, 2)} runs/s; fan-out: all ${r.listeners as number} got all ${r.fanOut.events as number} events: ${r.fanOut.all ? 'yes' : 'NO'} (${round(r.fanOut.lastMs, 0)} ms)`,
     baseline: `SQLite ${round(r.onSqlite.perSecond, 0)} events/s, replay ${round(r.onSqlite.replayMs, 0)} ms; 1 instance ${round(r.one, 2)} runs/s`,
