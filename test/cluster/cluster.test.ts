@@ -2,7 +2,7 @@ import tap, { test } from 'tap'
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { auth, eventually, fakeModel, pidsMatching, readSse, sandbox, startServer, testEnv, type Sandbox, type ServerProcess } from '../helper.js'
+import { auth, eventually, fakeModel, pidsMatching, readSse, sandbox, startServer, testEnv, toolResults, type Sandbox, type ServerProcess } from '../helper.js'
 import type { FakeModel } from '../fixtures/fake-model.js'
 import { noPostgres, startPostgres } from '../fixtures/postgres.js'
 
@@ -223,6 +223,21 @@ if (noPostgres !== false) {
     for (const q of queued) t.equal((await ended(survivor.base, q.id)).status, 'succeeded', `${q.request.prompt as string}: ran on the survivor`)
     t.equal(model.calls.filter(x => x.prompt === 'after the crash one').length, 1, 'once')
     t.not(a, b)
+  })
+
+  test('the database\'s address and credentials never reach a run', async t => {
+    const model = await fakeModel(t)
+    model.on('print the environment', [{ tool: 'Bash', input: { command: 'env' } }, { text: 'printed' }])
+    const c = await cluster(t, model, 1)
+    const url = await (await server).database()
+    const address = url.slice(0, url.lastIndexOf('/')) // the server's, whichever database the instance uses
+    const run = await post(c.nodes[0]!.base, { prompt: 'print the environment', allowed_tools: ['Bash(env)'] })
+    t.equal((await ended(c.nodes[0]!.base, run.id)).status, 'succeeded')
+    const printed = toolResults(model.calls.filter(x => x.prompt === 'print the environment')).join('\n')
+    t.match(printed, /PATH=/, 'the run printed its environment')
+    t.notOk(printed.includes('DATABASE_URL'), 'no DATABASE_URL')
+    t.notOk(printed.includes(address), 'nor its value')
+    t.notOk(/postgres(ql)?:\/\//.test(printed), 'nor any connection string')
   })
 
   test('a burst of 100 runs across three instances: every run executes exactly once', async t => {
