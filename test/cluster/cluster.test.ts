@@ -19,7 +19,7 @@ if (noPostgres !== false) {
 } else {
   const server = startPostgres(tap)
 
-  interface Cluster { nodes: ServerProcess[], work: string, boxes: Sandbox[] }
+  interface Cluster { nodes: ServerProcess[], work: string, boxes: Sandbox[], url: string }
 
   async function cluster (t: { teardown: (fn: () => unknown) => void }, model: FakeModel, n: number, extra: Record<string, string> = {}): Promise<Cluster> {
     const url = await (await server).database()
@@ -36,7 +36,7 @@ if (noPostgres !== false) {
       for (const node of nodes) node.child.kill('SIGTERM')
       await Promise.all(nodes.map(async node => await node.exited))
     })
-    return { nodes, work: shared.work, boxes }
+    return { nodes, work: shared.work, boxes, url }
   }
 
   async function post (base: string, body: object): Promise<any> {
@@ -229,14 +229,14 @@ if (noPostgres !== false) {
     const model = await fakeModel(t)
     model.on('print the environment', [{ tool: 'Bash', input: { command: 'env' } }, { text: 'printed' }])
     const c = await cluster(t, model, 1)
-    const url = await (await server).database()
-    const address = url.slice(0, url.lastIndexOf('/')) // the server's, whichever database the instance uses
+    const address = c.url.slice(0, c.url.lastIndexOf('/')) // the server's, without the database's name
     const run = await post(c.nodes[0]!.base, { prompt: 'print the environment', allowed_tools: ['Bash(env)'] })
     t.equal((await ended(c.nodes[0]!.base, run.id)).status, 'succeeded')
     const printed = toolResults(model.calls.filter(x => x.prompt === 'print the environment')).join('\n')
     t.match(printed, /PATH=/, 'the run printed its environment')
     t.notOk(printed.includes('DATABASE_URL'), 'no DATABASE_URL')
-    t.notOk(printed.includes(address), 'nor its value')
+    t.notOk(printed.includes(c.url), 'nor its value')
+    t.notOk(printed.includes(address), 'nor the server\'s address')
     t.notOk(/postgres(ql)?:\/\//.test(printed), 'nor any connection string')
   })
 
