@@ -9,7 +9,7 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['system'],
       summary: 'Service health',
-      description: '`healthy` when the Claude Code CLI is available and has a credential and the run store answers, `degraded` (still 200) otherwise, 503 only while shutting down. Never spawns a process: the CLI probe is cached and refreshed in the background.',
+      description: '`healthy` when the Claude Code CLI is available and has a credential, runs can start it (`isolation.error` absent) and the run store answers, `degraded` (still 200) otherwise, 503 only while shutting down. Never spawns a process: the CLI probe is cached and refreshed in the background.',
       operationId: 'health',
       response: {
         200: { ...HealthSchema, description: 'The service is up (`healthy`, or `degraded` when the CLI or its credential is missing).' },
@@ -21,7 +21,8 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
     const cli = runner.probe.status
     const store = runner.storeAnswers
     const cluster = runner.clusterStats()
-    const status = runner.shuttingDown ? 'shutting_down' : cli.available && cli.credentials !== 'missing' && store ? 'healthy' : 'degraded'
+    const launchError = runner.launches.error
+    const status = runner.shuttingDown ? 'shutting_down' : cli.available && cli.credentials !== 'missing' && store && launchError === null ? 'healthy' : 'degraded'
     if (status === 'shutting_down') reply.code(503)
     return {
       status,
@@ -30,7 +31,7 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
       claude_code_version: cli.version,
       credentials: cli.credentials,
       store: store ? 'ok' : 'unavailable',
-      isolation: fastify.isolation,
+      isolation: { ...fastify.isolation, ...(launchError !== null ? { error: launchError } : {}) },
       uptime_s: Math.round((Date.now() - startedAt) / 100) / 10,
       runs: await runner.stats(),
       warm: runner.warmStats(),

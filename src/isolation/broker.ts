@@ -1,7 +1,9 @@
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { request as httpsRequest } from 'node:https'
 import { randomBytes, timingSafeEqual, createHash } from 'node:crypto'
-import type { AddressInfo } from 'node:net'
+import type { AddressInfo, Socket } from 'node:net'
+import { RUN_MARKER_VAR } from '../runner/child-env.js'
+import { markerOf, socketPeer } from './peer.js'
 import type { Environment } from '../config.js'
 
 /** The operator's credential, as the broker sends it upstream. */
@@ -43,6 +45,21 @@ interface Grant {
   runId: string
   digest: Buffer
   inflight: Set<IncomingMessage>
+  /** False while no run holds it (a parked spare's token): refused. */
+  active: boolean
+  /** The identity whose processes alone may use it (with agent identities). */
+  uid?: number
+  /** The run marker the process using it must carry (with agent identities). */
+  marker?: string
+}
+
+/** Who may use a token: whether it works yet, and from which processes. */
+export interface GrantOptions {
+  /** Issued for a parked spare: refused until `activate()`, when a run claims the spare. */
+  inert?: boolean
+  /** Only processes of this uid carrying this run marker may use it (agent identities). */
+  uid?: number
+  marker?: string
 }
 
 /** What one run's environment gets instead of the operator's credential. */
@@ -50,6 +67,10 @@ export interface RunCredential {
   env: Record<string, string>
   /** End the token: refused from now on, requests in flight cut. Idempotent. */
   revoke: () => void
+  /** An inert token starts working (its spare was claimed by a run). */
+  activate: () => void
+  /** And stops again (the claim was refused): requests in flight cut. */
+  deactivate: () => void
 }
 
 /**
@@ -63,6 +84,8 @@ export class CredentialBroker {
   private server: Server | undefined
   private url = ''
   private readonly grants = new Map<string, Grant>()
+  /** Per connection: whether its process may use the token it presented. */
+  private readonly peers = new WeakMap<Socket, { grant: string, ok: boolean }>()
   private readonly upstream: URL
 
   constructor (private readonly credential: Credential, upstream: string | undefined, private readonly onError: (err: Error) => void = () => {}) {
@@ -85,9 +108,16 @@ export class CredentialBroker {
   get address (): string { return this.url }
 
   /** A token for one run: the variables its environment gets. */
-  issue (runId: string): RunCredential {
+  issue (runId: string, opts: GrantOptions = {}): RunCredential {
     const token = 'sk-ant-run-' + randomBytes(32).toString('base64url')
-    const grant: Grant = { runId, digest: digest(token), inflight: new Set() }
+    const grant: Grant = {
+      runId,
+      digest: digest(token),
+      inflight: new Set(),
+      active: opts.inert !== true,
+      ...(opts.uid !== undefined ? { uid: opts.uid } : {}),
+      ...(opts.marker !== undefined ? { marker: opts.marker } : {})
+    }
     this.grants.set(token, grant)
     // The CLI authenticates the way the operator's credential does, with the run's token in its place.
     const env: Record<string, string> = { ANTHROPIC_BASE_URL: this.url }
@@ -99,6 +129,11 @@ export class CredentialBroker {
       revoke: () => {
         if (this.grants.get(token) !== grant) return
         this.grants.delete(token)
+        for (const req of grant.inflight) req.destroy()
+      },
+      activate: () => { grant.active = true },
+      deactivate: () => {
+        grant.active = false
         for (const req of grant.inflight) req.destroy()
       }
     }
@@ -128,6 +163,22 @@ export class CredentialBroker {
     return grant !== undefined && timingSafeEqual(grant.digest, digest(presented)) ? grant : undefined
   }
 
+  /**
+   * Whether the request comes from a process of the token's run: its identity's uid, carrying its
+   * marker (found through the connection's socket in /proc). Decided once per connection.
+   */
+  private fromItsRun (req: IncomingMessage, grant: Grant): boolean {
+    if (grant.uid === undefined) return true
+    const socket = req.socket
+    const key = `${grant.runId}`
+    const known = this.peers.get(socket)
+    if (known?.grant === key) return known.ok
+    const peer = socketPeer(socket.remotePort ?? 0, socket.localPort ?? 0)
+    const ok = peer !== null && peer.uid === grant.uid && (grant.marker === undefined || markerOf(peer.pid, RUN_MARKER_VAR) === grant.marker)
+    this.peers.set(socket, { grant: key, ok })
+    return ok
+  }
+
   private handle (req: IncomingMessage, res: ServerResponse): void {
     const path = req.url ?? '/'
     // The CLI checks connectivity with a HEAD of the base URL: answered here, nothing forwarded.
@@ -141,6 +192,8 @@ export class CredentialBroker {
     }
     const grant = this.grantOf(req)
     if (grant === undefined) return refuse(401, 'authentication_error', 'invalid or expired run token')
+    if (!grant.active) return refuse(401, 'authentication_error', 'this run token belongs to no live run')
+    if (!this.fromItsRun(req, grant)) return refuse(401, 'authentication_error', 'this run token is not for this process')
     if (req.method !== 'POST' || !ALLOWED.some(p => p.test(path))) return refuse(403, 'permission_error', `the run token is for the Messages API only, not ${req.method ?? ''} ${path.split('?')[0] ?? ''}`)
 
     const headers: Record<string, string | string[]> = {}

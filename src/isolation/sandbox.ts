@@ -1,10 +1,17 @@
 import { execa } from 'execa'
-import { existsSync } from 'node:fs'
+import { existsSync, mkdirSync, statSync } from 'node:fs'
+import { dirname, join } from 'node:path'
+import { tmpdir } from 'node:os'
 
 /** What a run's sandbox must show, hide and let it write. */
 export interface SandboxPaths {
+  /** The identity the sandbox runs as: what it can reach decides how its paths are shown. */
+  uid: number
+  gid: number
   /** The run's working directory: the one place of the shared tree it may write. */
   cwd: string
+  /** Where the CLI starts (a spare parks in its home, away from the directory it serves); `cwd` by default. */
+  chdir?: string
   /** Its identity's HOME (its own Claude config inside): writable. */
   home: string
   /** Where every identity's HOME lives: hidden but for its own. */
@@ -12,23 +19,138 @@ export interface SandboxPaths {
   /** The server's paths: hidden (an empty tmpfs or /dev/null in their place). */
   hiddenDirs: string[]
   hiddenFiles: string[]
-  /** Directories the run must see even where the sandbox replaces their parent (the CLI's, under /tmp). */
+  /** Directories the run must see read-only wherever they are (the CLI's). */
   readOnly?: string[]
+}
+
+/** The programs a sandbox is built with, found once at start. */
+export interface SandboxTools {
+  bwrap: string
+  /**
+   * util-linux's `unshare` and `setpriv`: needed only where a path the run must see lies below a
+   * directory its identity cannot enter (a checkout in root's private HOME, say).
+   */
+  unshare: string | null
+  setpriv: string | null
+  /** An empty directory where paths are staged while such a mount namespace is prepared. */
+  stage: string
+}
+
+/** How one sandboxed CLI is launched. */
+export interface SandboxLaunch {
+  command: string
+  args: string[]
+  /**
+   * True: the command starts as the server (root), prepares a mount namespace and drops to the
+   * identity itself (`setpriv`); false: it is spawned as the identity.
+   */
+  privileged: boolean
+}
+
+const SEARCH = ['/usr/bin', '/bin', '/usr/local/bin', '/usr/sbin', '/sbin']
+
+function findTool (name: string): string | null {
+  for (const dir of SEARCH) if (existsSync(join(dir, name))) return join(dir, name)
+  return null
 }
 
 /** The bubblewrap executable, if this machine has one. */
 export function findBwrap (): string | null {
-  for (const p of ['/usr/bin/bwrap', '/usr/local/bin/bwrap', '/bin/bwrap']) if (existsSync(p)) return p
-  return null
+  return findTool('bwrap')
 }
 
 /**
- * bubblewrap's arguments for one run: its own PID namespace (it sees only its own processes, and
- * when the run ends nothing of it survives: the namespace dies with its first process), the whole
- * file system read-only, the server's paths hidden, other identities' homes hidden, and only the
- * run's directory, its own HOME and a private /tmp writable.
+ * The sandbox's programs, or null without bubblewrap. The staging directory is made here
+ * (`/run/claude-code-api`, else below the temp directory): it is only ever a mount point inside
+ * a run's own mount namespace, nothing is written to it on the host.
  */
-export function sandboxArgs (p: SandboxPaths): string[] {
+export function sandboxTools (): SandboxTools | null {
+  const bwrap = findBwrap()
+  if (bwrap === null) return null
+  let stage = '/run/claude-code-api-stage'
+  try {
+    mkdirSync(stage, { recursive: true, mode: 0o700 })
+  } catch {
+    stage = join(tmpdir(), 'claude-code-api-stage')
+    mkdirSync(stage, { recursive: true, mode: 0o700 })
+  }
+  return { bwrap, unshare: findTool('unshare'), setpriv: findTool('setpriv'), stage }
+}
+
+/** Whether `uid`/`gid` may pass through `dir` (owner, group or other search permission; no ACLs). */
+function searchableBy (dir: string, uid: number, gid: number): boolean {
+  let st
+  try {
+    st = statSync(dir)
+  } catch {
+    return true
+  }
+  if (st.uid === uid) return (st.mode & 0o100) !== 0
+  if (st.gid === gid) return (st.mode & 0o010) !== 0
+  return (st.mode & 0o001) !== 0
+}
+
+/** The first directory above `path` that `uid` cannot pass through, or null when it can reach it. */
+export function blockedFor (path: string, uid: number, gid: number): string | null {
+  const chain: string[] = []
+  for (let d = dirname(path); ; d = dirname(d)) {
+    chain.unshift(d)
+    if (dirname(d) === d) break
+  }
+  for (const d of chain) if (!searchableBy(d, uid, gid)) return d
+  return null
+}
+
+const isBelow = (root: string, p: string): boolean => p === root || p.startsWith(root.endsWith('/') ? root : root + '/')
+
+/**
+ * Run as root in a mount namespace of the run's own (`unshare --mount`), before dropping to the
+ * identity: each path the run must see but cannot reach is bound into a staging tmpfs, each
+ * directory in the way is covered by an empty tmpfs (which hides whatever else it holds: the
+ * operator's HOME, `.env`, ...), and the staged paths are moved to their own places inside it.
+ * Arguments: UID STAGE SETPRIV, then `b PATH` and `h DIR` pairs, then `--` and the command.
+ */
+const PREPARE = `set -e
+u=$1; st=$2; sp=$3; shift 3
+P=/usr/sbin:/usr/bin:/sbin:/bin
+PATH=$P mount -t tmpfs -o mode=0700,size=64k ccapi-stage "$st"
+i=0; op=
+for a in "$@"; do
+  if [ -z "$op" ]; then if [ "$a" = -- ]; then break; fi; op=$a; continue; fi
+  if [ "$op" = b ]; then i=$((i+1)); PATH=$P mkdir "$st/$i"; PATH=$P mount --bind "$a" "$st/$i"; fi
+  op=
+done
+op=
+for a in "$@"; do
+  if [ -z "$op" ]; then if [ "$a" = -- ]; then break; fi; op=$a; continue; fi
+  if [ "$op" = h ]; then PATH=$P mount -t tmpfs -o mode=0755,size=64k ccapi-hidden "$a"; fi
+  op=
+done
+i=0; op=
+for a in "$@"; do
+  if [ -z "$op" ]; then if [ "$a" = -- ]; then break; fi; op=$a; continue; fi
+  if [ "$op" = b ]; then i=$((i+1)); PATH=$P mkdir -p "$a"; PATH=$P mount --move "$st/$i" "$a"; fi
+  op=
+done
+PATH=$P umount "$st"
+while [ "$1" != -- ]; do shift; done
+shift
+exec "$sp" --reuid="$u" --regid="$u" --clear-groups -- "$@"
+`
+
+/**
+ * How to launch one run's CLI in bubblewrap: its own PID namespace (it sees only its own
+ * processes, and when the run ends nothing of it survives: the namespace dies with its first
+ * process), the whole file system read-only, the server's paths hidden, other identities' homes
+ * hidden, and only the run's directory, its own HOME and a private /tmp writable.
+ *
+ * Paths the identity cannot reach (below a directory closed to it, as root's HOME is) are never
+ * named to bubblewrap, which runs as the identity and could not even look at them: the server's
+ * own paths there are hidden already, and those the run needs (its directory, its HOME, the CLI)
+ * are shown through a mount namespace prepared as root (`PREPARE`).
+ */
+export function sandboxLaunch (p: SandboxPaths, tools: SandboxTools): SandboxLaunch {
+  const blocked = (path: string): string | null => blockedFor(path, p.uid, p.gid)
   const args = [
     '--unshare-pid', '--unshare-ipc', '--unshare-uts',
     '--die-with-parent',
@@ -38,12 +160,35 @@ export function sandboxArgs (p: SandboxPaths): string[] {
     '--tmpfs', '/tmp',
     '--tmpfs', '/dev/shm'
   ]
+  const readOnly = (p.readOnly ?? []).filter(d => existsSync(d))
   // After the private /tmp: a CLI installed below /tmp must stay visible.
-  for (const d of p.readOnly ?? []) if (existsSync(d)) args.push('--ro-bind', d, d)
-  for (const d of p.hiddenDirs) if (existsSync(d)) args.push('--tmpfs', d)
-  for (const f of p.hiddenFiles) if (existsSync(f)) args.push('--ro-bind', '/dev/null', f)
-  args.push('--tmpfs', p.agentsDir, '--bind', p.home, p.home, '--bind', p.cwd, p.cwd, '--chdir', p.cwd)
-  return args
+  for (const d of readOnly) args.push('--ro-bind', d, d)
+  for (const d of p.hiddenDirs) if (existsSync(d) && blocked(d) === null) args.push('--tmpfs', d)
+  for (const f of p.hiddenFiles) if (existsSync(f) && blocked(f) === null) args.push('--ro-bind', '/dev/null', f)
+  args.push('--tmpfs', p.agentsDir, '--bind', p.home, p.home, '--bind', p.cwd, p.cwd, '--chdir', p.chdir ?? p.cwd)
+
+  // What the run needs but cannot reach, and the directories in its way.
+  const needed = [...new Set([p.home, p.cwd, ...readOnly])].sort((a, b) => a.length - b.length)
+  const binds: string[] = []
+  const covers = new Set<string>()
+  for (const path of needed) {
+    const b = blocked(path)
+    if (b === null || binds.some(r => isBelow(r, path))) continue
+    binds.push(path)
+    covers.add(b)
+  }
+  if (binds.length === 0) return { command: tools.bwrap, args, privileged: false }
+  if (tools.unshare === null || tools.setpriv === null) {
+    throw new Error(`${binds[0] ?? ''} lies below ${[...covers][0] ?? ''}, which agent identities cannot enter, and util-linux's unshare and setpriv, which would show it to the sandbox, are missing`)
+  }
+  const ops: string[] = []
+  for (const b of binds) ops.push('b', b)
+  for (const c of covers) ops.push('h', c)
+  return {
+    command: tools.unshare,
+    args: ['--mount', '--propagation', 'private', '--', '/bin/sh', '-c', PREPARE, 'ccapi-sandbox', String(p.uid), tools.stage, tools.setpriv, ...ops, '--', tools.bwrap, ...args],
+    privileged: true
+  }
 }
 
 /**

@@ -5,7 +5,7 @@ import { execa, type ResultPromise } from 'execa'
 import { RUN_MARKER_VAR } from './child-env.js'
 import { sdkNeeds } from './cli-events.js'
 import { LineSplitter } from './line-splitter.js'
-import { killRunTree, type KillReport } from './process-tree.js'
+import { endStrays, killRunTree, trackLaunch, untrackLaunch, type KillReport } from './process-tree.js'
 
 /** The logging the engine needs (a pino logger fits). */
 export interface RunnerLogger {
@@ -32,8 +32,11 @@ export interface ExecutorSettings {
   killGraceMs: number
   /** The unprivileged identity the CLI runs as (agent isolation); the server's own when absent. */
   identity?: { uid: number, gid: number }
-  /** A program the CLI runs inside (the sandbox): `command args… -- cli cliArgs…`. */
-  wrap?: { command: string, args: string[] }
+  /**
+   * A program the CLI runs inside (the sandbox): `command args… -- cli cliArgs…`; `privileged`:
+   * it starts as the server and drops to `identity` itself.
+   */
+  wrap?: { command: string, args: string[], privileged: boolean }
 }
 
 /** One line of the CLI's output as a run sees it: parsed, as shown, and whether it was shrunk. */
@@ -108,11 +111,14 @@ export class CliProcess {
       // Own process group, so the CLI and its ordinary children can be signalled at once.
       detached: true,
       cleanup: true,
-      ...(s.identity !== undefined ? { uid: s.identity.uid, gid: s.identity.gid } : {}),
+      ...(s.identity !== undefined && s.wrap?.privileged !== true ? { uid: s.identity.uid, gid: s.identity.gid } : {}),
       stdin: 'pipe',
       stripFinalNewline: false
     })
     this.contained = new ContainedProcess(child)
+    // Its processes (and those of the identity descended from it) are a live run's, until it exits.
+    trackLaunch(child.pid, marker)
+    child.once('exit', () => untrackLaunch(child.pid))
     log.debug({ pid: child.pid, args: o.args }, 'CLI started')
     const c = this.contained
     const splitter = new LineSplitter(s.maxLineBytes, (line, shrunk, preview) => {
@@ -180,6 +186,11 @@ export class CliProcess {
   /** End the whole tree (the process group and everything carrying the marker). Once. */
   end (graceMs = this.s.killGraceMs): Promise<KillReport> {
     this.killing ??= killRunTree({ rootPid: this.pid, markerName: RUN_MARKER_VAR, markerValue: this.marker, graceMs, rootExited: this.exited })
+      .then(async report => {
+        // What escaped the tree (detached, environment cleared) is still its identity's: it goes too.
+        if (this.s.identity !== undefined) report.killed += await endStrays(this.s.identity.uid, RUN_MARKER_VAR)
+        return report
+      })
     return this.killing
   }
 

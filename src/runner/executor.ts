@@ -5,7 +5,7 @@ import { RUN_MARKER_VAR } from './child-env.js'
 import { cliSpawner, type CliProcess, type ExecutorSettings, type LineHandler, type RunnerLogger } from './cli-process.js'
 import { sdkOptions } from './cli-options.js'
 import { mapCliLine } from './cli-events.js'
-import { killRunTree } from './process-tree.js'
+import { endStrays, killRunTree } from './process-tree.js'
 import { PartialText, type CliResultLine } from './result.js'
 import type { RunSpec } from './types.js'
 
@@ -22,6 +22,8 @@ export interface Execution {
   partialText: string
   /** An interrupt that the CLI did not honour in time: the tree was killed instead. */
   interruptKilled?: boolean
+  /** Whether the CLI started (printed its first line): undefined when the run ended before it could. */
+  launched?: boolean
 }
 
 /** What the executor tells its run while it goes. */
@@ -246,10 +248,15 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     if (spawnError !== undefined) out.spawnError = spawnError
   }
   out.partialText = partial.text
+  if (initSeen) out.launched = true
+  else if (!mustEnd && (out.spawnError !== undefined || (out.exitCode ?? 0) !== 0)) out.launched = false
   // Only when that text becomes the output does its cut say `truncated`.
   if (partial.truncated && typeof out.resultLine?.result !== 'string') out.resultShrunk = true
   // The CLI is gone; whatever its tools left behind (background tasks, daemons) goes too.
   const report = await (proc?.ending === true ? proc.end() : killRunTree({ rootPid: undefined, markerName: RUN_MARKER_VAR, markerValue: marker, graceMs: 0, rootExited: Promise.resolve() }))
+  // With an identity, nothing the run started outlives it, however it detached: every process of
+  // the identity that no live run or spare accounts for goes.
+  if (s.identity !== undefined && proc?.ending !== true) report.killed += await endStrays(s.identity.uid, RUN_MARKER_VAR)
   if (report.error !== undefined) hooks.log.error({ error: report.error }, 'could not verify that the run\'s processes are gone')
   else if (report.survivors.length > 0) hooks.log.error({ survivors: report.survivors }, 'processes of the run survived SIGKILL')
   else if (report.killed > 0) hooks.log.info({ killed: report.killed }, 'ended the run\'s remaining processes')

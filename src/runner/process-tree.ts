@@ -205,3 +205,68 @@ export async function killRunTree (opts: {
   }
   return { killed: seen.size, survivors, ...(unreadable !== undefined ? { error: `could not read /proc: ${unreadable.message}` } : {}) }
 }
+
+/**
+ * The processes the server launched and that still live (the CLIs of runs and spares, and the
+ * short commands it runs as an identity), with the marker of each: what an identity's processes
+ * may descend from.
+ */
+const launches = new Map<number, string | undefined>()
+
+/** Note a process the server launched as (or for) an agent identity, until it exits. */
+export function trackLaunch (pid: number | undefined, marker?: string): void {
+  if (pid !== undefined) launches.set(pid, marker)
+}
+
+export function untrackLaunch (pid: number | undefined): void {
+  if (pid !== undefined) launches.delete(pid)
+}
+
+/** The uids of a process (real, effective, saved, file system), or null when it is gone. */
+function uidsOf (pid: number): number[] | null {
+  try {
+    const m = /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'latin1'))
+    return m === null ? null : m.slice(1, 5).map(Number)
+  } catch {
+    return null
+  }
+}
+
+/** The value of `name` in a process's environment, if it has one. */
+function markerOf (pid: number, name: string): string | undefined {
+  const env = readEnviron(pid)
+  if (env === null) return undefined
+  const prefix = `${name}=`
+  for (const entry of env.toString('utf8').split('\0')) if (entry.startsWith(prefix)) return entry.slice(prefix.length)
+  return undefined
+}
+
+/**
+ * The processes of `uid` that belong to no live launch: not descended from a CLI the server
+ * started (or a command it runs as the identity), and not carrying the marker of one. What a run
+ * left behind by detaching (`setsid`, double forks) and clearing its environment (`env -i`).
+ */
+export function strayProcesses (uid: number, markerName: string): number[] {
+  const parents = new Map<number, number>()
+  const owned: number[] = []
+  for (const pid of allPids()) {
+    const ppid = parentOf(pid)
+    if (ppid === null) continue
+    parents.set(pid, ppid)
+    if (uidsOf(pid)?.includes(uid) === true) owned.push(pid)
+  }
+  const liveMarkers = new Set([...launches.values()].filter(m => m !== undefined))
+  return owned.filter(pid => {
+    for (let p: number | undefined = pid, hops = 0; p !== undefined && p > 1 && hops < 4096; p = parents.get(p), hops++) {
+      if (launches.has(p)) return false
+    }
+    const marker = markerOf(pid, markerName)
+    return marker === undefined || !liveMarkers.has(marker)
+  })
+}
+
+/** SIGKILL every stray process of `uid` (see `strayProcesses`), until none is left: how many. */
+export async function endStrays (uid: number, markerName: string): Promise<number> {
+  if (!hasProc) return 0
+  return await killAll(() => strayProcesses(uid, markerName))
+}

@@ -9,6 +9,7 @@ import { cliSpawner, type CliProcess, type ExecutorSettings } from './cli-proces
 import { settingSourcesOf } from './cli-options.js'
 import type { RunnerLogger } from './executor.js'
 import type { WarmSpare } from './warm-pool.js'
+import { launchFailureReason } from './launch-health.js'
 
 /** How long a spare may take to park before it counts as failed. */
 const SPARE_PARK_TIMEOUT_MS = 30_000
@@ -43,7 +44,8 @@ export function spareStarter (c: SpareContext): (profile: string) => Promise<War
     const marker = `warm-${c.instanceId}-${c.bootId}-${id}`
     const env = buildChildEnv(c.runEnv, {}, marker, c.settings.passEnv)
     if (identity !== undefined) Object.assign(env, identityEnv(identity))
-    const credential = c.broker?.issue(`spare-${id}`)
+    // Inert until a run claims the spare: a process that reads it from the parked CLI gets nothing.
+    const credential = c.broker?.issue(`spare-${id}`, { inert: true, ...(identity !== undefined ? { uid: identity.uid, marker } : {}) })
     if (credential !== undefined) Object.assign(env, credential.env)
     // An identity's spare parks in its home (made its own), never in a directory it will serve.
     let parking: string | undefined
@@ -77,7 +79,8 @@ export function spareStarter (c: SpareContext): (profile: string) => Promise<War
     } catch (err) {
       credential?.revoke()
       await proc?.end(0)
-      throw err
+      // What the CLI (or the sandbox) said is the reason a person can act on.
+      throw new Error(proc === undefined ? (err as Error).message : launchFailureReason(proc.stderrTail, (err as Error).message))
     }
   }
 }

@@ -12,7 +12,8 @@ export const HealthSchema = Type.Object({
   store: Type.Union([Type.Literal('ok'), Type.Literal('unavailable')], { description: 'Whether the run store answers. `unavailable`: runs cannot be started or read, and `status` is `degraded`.' }),
   isolation: Type.Object({
     level: Type.Union([Type.Literal('none'), Type.Literal('uid'), Type.Literal('sandbox')], { description: '`sandbox`: as `uid`, each run also in its own PID and mount namespace; `uid`: each key\'s runs execute as an unprivileged agent identity of their own; `none`: as the server\'s own user.' }),
-    credential_broker: Type.Boolean({ description: 'Runs get a per-run token instead of the operator\'s Claude credential (false with a cloud provider, or no credential to front).' })
+    credential_broker: Type.Boolean({ description: 'Runs get a per-run token instead of the operator\'s Claude credential (false with a cloud provider, or no credential to front).' }),
+    error: Type.Optional(Type.String({ description: 'Present when runs cannot start their CLI as they would run (the start-up self-check failed, or the last runs or warm spares failed to start): what went wrong, as a person can act on it. `status` is then `degraded`, until a launch works again.' }))
   }),
   uptime_s: Type.Number(),
   runs: Type.Object({ active: Type.Integer(), queued: Type.Integer() }),

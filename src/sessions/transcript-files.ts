@@ -4,6 +4,7 @@ import { basename, dirname, join, resolve } from 'node:path'
 import type { SessionKey, SessionStore, SessionStoreEntry } from '@anthropic-ai/claude-agent-sdk'
 import { execa } from 'execa'
 import { TranscriptUnreadable } from '../errors.js'
+import { trackLaunch, untrackLaunch } from '../runner/process-tree.js'
 
 /** The largest transcript read whole (a longer one is refused, not read into memory). */
 export const MAX_TRANSCRIPT_BYTES = 64 * 1024 * 1024
@@ -121,7 +122,11 @@ export class TranscriptFiles implements SessionStore {
       }
       // As the identity: a link or a swapped folder in its directory can only lead where it may
       // delete anyway.
-      const r = await execa('rm', ['-rf', '--', ...targets], { uid: this.owner.uid, gid: this.owner.gid, reject: false, env: { PATH: '/usr/bin:/bin' }, extendEnv: false, cwd: '/' })
+      // From inside their folder (entered as the server): the identity need not reach it from /.
+      const child = execa('rm', ['-rf', '--', ...targets.map(x => basename(x))], { uid: this.owner.uid, gid: this.owner.gid, reject: false, env: { PATH: '/usr/bin:/bin' }, extendEnv: false, cwd: dirname(path) })
+      // One of the identity's processes, but no stray: the sweep of its processes leaves it alone.
+      trackLaunch(child.pid)
+      const r = await child.finally(() => untrackLaunch(child.pid))
       if (r.exitCode !== 0) throw new TranscriptUnreadable(`the transcript of session ${key.sessionId} could not be deleted: ${String(r.stderr).slice(0, 200)}`)
     })
   }

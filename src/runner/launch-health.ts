@@ -1,0 +1,43 @@
+/**
+ * Whether CLIs can be launched the way runs launch them (identity, sandbox, broker): what
+ * `/health` reports as `isolation.error`. A failed start-up self-check, or a run of failures of
+ * runs and spares to start, makes it an error; the next launch that works clears it.
+ */
+export class LaunchHealth {
+  /** Consecutive failures of runs or spares to start that make `/health` degraded. */
+  static readonly THRESHOLD = 2
+  private failures = 0
+  private last: string | null = null
+  private check: string | null = null
+
+  /** A CLI started (printed its first line, parked, or passed the self-check). */
+  worked (): void {
+    this.failures = 0
+    this.last = null
+    this.check = null
+  }
+
+  /** A CLI could not start: why, as a person can act on it. */
+  failed (why: string): void {
+    this.failures++
+    this.last = why
+  }
+
+  /** The start-up self-check failed. */
+  checkFailed (why: string): void {
+    this.check = why
+  }
+
+  /** What keeps runs from starting, or null. */
+  get error (): string | null {
+    if (this.check !== null) return this.check
+    if (this.failures < LaunchHealth.THRESHOLD) return null
+    return `the last ${this.failures} runs or warm spares could not start their CLI: ${this.last ?? 'unknown error'}`
+  }
+}
+
+/** The line of a CLI's stderr (or an error) that says why it did not start. */
+export function launchFailureReason (stderr: string, fallback: string): string {
+  const lines = stderr.split('\n').map(l => l.trim()).filter(l => l !== '')
+  return (lines.find(l => l.startsWith('bwrap:') || l.includes('Permission denied')) ?? lines.at(-1) ?? fallback).slice(0, 500)
+}
