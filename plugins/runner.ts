@@ -5,6 +5,7 @@ import { dirname, join } from 'node:path'
 import { defaultCliPath, Runner } from '../src/runner/runner.js'
 import { SqliteRunStore } from '../src/store/sqlite-store.js'
 import { PostgresRunStore } from '../src/store/postgres-store.js'
+import type { WriteReports } from '../src/store/write-retry.js'
 import { ClusterNode } from '../src/cluster/cluster.js'
 import type { RunStore } from '../src/store/store.js'
 import { LocalEventBus } from '../src/store/event-bus.js'
@@ -12,8 +13,8 @@ import { DataDirLock } from '../src/store/data-dir-lock.js'
 import { ConfigError } from '../src/config.js'
 import { CredentialBroker, isCloudProvider, operatorCredential } from '../src/isolation/broker.js'
 import { AgentIdentities, blockedOnTheWayTo, canSwitchUsers, resolveIsolation, type IsolationLevel } from '../src/isolation/identities.js'
-import { findBwrap, sandboxWorks } from '../src/isolation/sandbox.js'
-import { chmodSync, statSync } from 'node:fs'
+import { sandboxTools, sandboxWorks } from '../src/isolation/sandbox.js'
+import { chmodSync, realpathSync, statSync } from 'node:fs'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -24,10 +25,11 @@ declare module 'fastify' {
 }
 
 /**
- * Close a file or directory of the server's to everyone but its owner (for agent identities),
- * whoever owns it; say so loudly when it cannot be done (a read-only mount, say).
+ * Close a file or directory of the server's to other users (local users, agent identities, other
+ * servers' runs), whoever runs the server: take away the `bits` (default: all of group's and
+ * others'). Say so loudly when it cannot be done (a read-only mount, another user's file, say).
  */
-function closeToOthers (path: string | undefined, log: { info: (o: object, m: string) => void, warn: (o: object, m: string) => void }): void {
+function closeToOthers (path: string | undefined, log: { info: (o: object, m: string) => void, warn: (o: object, m: string) => void }, bits = 0o077): void {
   if (path === undefined) return
   let mode: number
   try {
@@ -35,19 +37,29 @@ function closeToOthers (path: string | undefined, log: { info: (o: object, m: st
   } catch {
     return
   }
-  if ((mode & 0o077) === 0) return
+  if ((mode & bits) === 0) return
   try {
-    chmodSync(path, mode & ~0o077)
-    log.info({ path, mode: (mode & ~0o077).toString(8) }, 'closed a server path to the agent identities')
+    chmodSync(path, mode & ~bits)
+    log.info({ path, mode: (mode & ~bits).toString(8) }, 'closed a server path to other users')
   } catch (err) {
-    log.warn({ path, err: (err as Error).message }, 'a server path stays readable by agent identities: make it readable by the server only (chmod go-rwx)')
+    log.warn({ path, err: (err as Error).message }, `a server path stays open to other users: make it the server's only (chmod go-${bits === 0o077 ? 'rwx' : 'rw'})`)
   }
 }
 
-/** The PostgreSQL run store; a database that cannot be reached stops the start with one line. */
-async function openPostgres (url: string, instanceId: string, onError: (err: Error) => void): Promise<PostgresRunStore> {
+/** The directories of the CLI a sandbox must show: its own, and its real one when it is a link. */
+function cliDirs (cli: string): string[] {
+  if (!cli.startsWith('/')) return []
+  let real = cli
   try {
-    return await PostgresRunStore.open({ url, origin: instanceId, onError })
+    real = realpathSync(cli)
+  } catch {}
+  return [...new Set([dirname(cli), dirname(real)])]
+}
+
+/** The PostgreSQL run store; a database that cannot be reached stops the start with one line. */
+async function openPostgres (url: string, instanceId: string, reports: Required<WriteReports>): Promise<PostgresRunStore> {
+  try {
+    return await PostgresRunStore.open({ url, origin: instanceId, ...reports })
   } catch (err) {
     const where = redactUrl(url)
     throw new ConfigError(`DATABASE_URL ${where}: cannot open the run store (${(err as Error).message})`)
@@ -73,7 +85,7 @@ function instanceIdOf (dataDir: string): string {
     if (id !== '') return id
   }
   const id = randomUUID()
-  writeFileSync(file, id + '\n')
+  writeFileSync(file, id + '\n', { mode: 0o600 })
   return id
 }
 
@@ -87,29 +99,32 @@ export default fp(async (fastify) => {
   const { dataDir, serverEnv } = fastify.config
   const setting = fastify.config.isolation
   const switchUsers = canSwitchUsers()
-  const bwrap = findBwrap()
+  const tools = switchUsers && (setting === 'sandbox' || setting === 'auto') ? sandboxTools() : null
   // Tried only where it could be used: as an agent identity would run it.
-  const sandbox = (setting === 'sandbox' || setting === 'auto') && switchUsers
-    ? bwrap === null ? { ok: false as const, why: 'bwrap is not installed' } : await sandboxWorks(bwrap, fastify.config.agentUidBase)
-    : { ok: false as const, why: 'not tried' }
+  const sandbox = tools === null
+    ? { ok: false as const, why: switchUsers ? 'bwrap is not installed' : 'not tried' }
+    : await sandboxWorks(tools.bwrap, fastify.config.agentUidBase)
   if (setting === 'auto' && switchUsers && !sandbox.ok) fastify.log.info({ why: sandbox.why }, 'no sandbox (bubblewrap) here: agent identities only')
   const resolved = resolveIsolation(setting, switchUsers, sandbox)
   if ('refused' in resolved) throw new ConfigError(resolved.refused)
-  let isolation = resolved
+  const isolation = resolved
+  const cli = fastify.config.claudePath ?? defaultCliPath()
   if (isolation.level !== 'none') {
-    // Agents must reach their work areas, their homes and the CLI itself.
-    const cli = fastify.config.claudePath ?? defaultCliPath()
+    // Agents must reach their work areas, their homes and the CLI itself. The sandbox shows them
+    // what lies below a directory closed to others (a checkout in root's HOME); `uid` cannot.
+    const canShow = isolation.level === 'sandbox' && tools?.unshare !== null && tools?.setpriv !== null
     for (const [what, path] of [['DEFAULT_WORKING_DIR', join(fastify.config.defaultWorkingDir, 'x')], ['AGENTS_DIR', join(fastify.config.agentsDir, 'x')], ['the Claude Code CLI', cli]] as const) {
       const blocked = path.startsWith('/') ? blockedOnTheWayTo(path) : null
-      if (blocked === null) continue
+      if (blocked === null || canShow) continue
       const why = `${what} (${path.replace(/\/x$/, '')}) lies below ${blocked}, which other users cannot enter, so agent identities could not reach it`
-      if (setting !== 'auto') throw new ConfigError(`ISOLATION=${setting}: ${why}; move it, or chmod o+x ${blocked}`)
-      fastify.log.warn(`agent identities are off: ${why} (chmod o+x ${blocked}, or move it)`)
-      isolation = { level: 'none' }
-      break
+      if (setting !== 'auto') throw new ConfigError(`ISOLATION=${setting}: ${why}; move it, or chmod o+x ${blocked}${setting === 'uid' ? ', or use ISOLATION=sandbox (bubblewrap shows such paths to runs)' : ''}`)
+      // As root, never fall back to running every agent as root: say what would do, and stop.
+      throw new ConfigError(`ISOLATION=auto: ${why}, and there is no sandbox to show it to them (${sandbox.ok ? 'util-linux unshare/setpriv missing' : sandbox.why}). Install bubblewrap (apt-get install bubblewrap), or chmod o+x ${blocked}, or move it; or set ISOLATION=none to run agents as the server's own user (root), knowingly`)
     }
   }
   const lock = DataDirLock.acquire(dataDir)
+  if (lock.closed.length > 0) fastify.log.warn({ paths: lock.closed }, 'DATA_DIR was open to other users: closed it to them (0700, files 0600)')
+  if (lock.open.length > 0) fastify.log.warn({ paths: lock.open }, 'files in DATA_DIR are open to other users and not this user\'s to close (the 0700 DATA_DIR keeps them out): chmod go-rwx them')
   let runner: Runner
   let store: RunStore | undefined
   let broker: CredentialBroker | undefined
@@ -128,23 +143,36 @@ export default fp(async (fastify) => {
     let identities: AgentIdentities | undefined
     if (isolation.level !== 'none') {
       // In a cluster every instance must give a key the same uid: the registry is in the shared AGENTS_DIR.
-      identities = new AgentIdentities(fastify.config.agentsDir, join(dataDir, 'agent-ids.json'), fastify.config.agentUidBase, fastify.config.databaseUrl !== undefined)
-      // What agent identities must never read: the run store, the keys file, the server's .env.
-      closeToOthers(dataDir, fastify.log)
-      closeToOthers(fastify.config.apiKeysFile, fastify.log)
-      closeToOthers(join(process.cwd(), '.env'), fastify.log)
+      identities = new AgentIdentities({
+        agentsDir: fastify.config.agentsDir,
+        registryFile: join(dataDir, 'agent-ids.json'),
+        base: fastify.config.agentUidBase,
+        uidRegistryDir: fastify.config.agentUidRegistryDir,
+        shared: fastify.config.databaseUrl !== undefined
+      })
     } else {
       fastify.log.warn('ISOLATION level none: runs execute as the server\'s own user and can read what it can (start the server as root, as the Docker image does, for per-key agent identities)')
     }
-    const onError = (err: Error): void => fastify.log.error({ err }, 'writing the event log failed; will retry')
+    // What no other user may read, whoever runs the server: the keys file, the server's .env (the
+    // run store is closed by its lock). AGENTS_DIR keeps the traverse bit: agents pass through it
+    // to their own 0700 homes, but nobody lists or writes it.
+    closeToOthers(fastify.config.apiKeysFile, fastify.log)
+    closeToOthers(join(process.cwd(), '.env'), fastify.log)
+    closeToOthers(fastify.config.agentsDir, fastify.log, 0o066)
+    // Once when writing starts failing (a full disk), once when it works again: the retries between
+    // back off and say nothing, however long it lasts.
+    const writes: Required<WriteReports> = {
+      onError: (err: Error): void => fastify.log.error({ err }, 'writing the event log failed; will retry, backing off, and say when it works again'),
+      onRecovered: (failedAttempts: number): void => fastify.log.info({ failed_attempts: failedAttempts }, `writing the event log works again after ${failedAttempts} failed attempts`)
+    }
     const instanceId = instanceIdOf(dataDir)
     if (fastify.config.databaseUrl !== undefined) {
       // Cluster mode: any number of instances share the database, each with a DATA_DIR of its own.
-      const pgStore = await openPostgres(fastify.config.databaseUrl, instanceId, onError)
+      const pgStore = await openPostgres(fastify.config.databaseUrl, instanceId, writes)
       store = pgStore
       cluster = new ClusterNode({ url: fastify.config.databaseUrl, store: pgStore, instanceId, maxConcurrent: fastify.config.maxConcurrentRuns, deadAfterMs: fastify.config.runLeaseMs, log: fastify.log.child({ component: 'cluster' }) })
     } else {
-      store = new SqliteRunStore({ dataDir, onError })
+      store = new SqliteRunStore({ dataDir, ...writes })
     }
     runner = new Runner({
       settings: fastify.config,
@@ -158,16 +186,16 @@ export default fp(async (fastify) => {
       isolation: {
         level: isolation.level,
         ...(identities !== undefined ? { identities } : {}),
-        ...(isolation.level === 'sandbox' && bwrap !== null
+        ...(isolation.level === 'sandbox' && tools !== null
           ? {
               sandbox: {
-                bwrap,
+                tools,
                 agentsDir: fastify.config.agentsDir,
                 // The server's own: its store, its Claude config, its keys and .env.
                 hiddenDirs: [dataDir, serverEnv.CLAUDE_CONFIG_DIR ?? join(serverEnv.HOME ?? '/root', '.claude')],
                 hiddenFiles: [...(fastify.config.apiKeysFile !== undefined ? [fastify.config.apiKeysFile] : []), join(process.cwd(), '.env')],
                 // The CLI itself, wherever it is installed (a private /tmp would hide one below it).
-                readOnly: [dirname(fastify.config.claudePath ?? defaultCliPath())].filter(d => d.startsWith('/'))
+                readOnly: cliDirs(cli)
               }
             }
           : {})

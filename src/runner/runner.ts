@@ -7,17 +7,20 @@ import type { Settings } from '../config.js'
 import { DomainError, RunFinished, ShuttingDown, StoreUnavailable } from '../errors.js'
 import { BROKERED_VARS, type CredentialBroker } from '../isolation/broker.js'
 import type { AgentIdentities, AgentIdentity, IsolationLevel } from '../isolation/identities.js'
-import { sandboxArgs } from '../isolation/sandbox.js'
+import { sandboxLaunch, type SandboxTools } from '../isolation/sandbox.js'
 import { ClaimLost, type ApprovalRecord, type EventBus, type RunRecord, type RunStore } from '../store/store.js'
 import { Admission, type KeyLimits } from './admission.js'
 import { buildChildEnv, identityEnv, RUN_MARKER_VAR } from './child-env.js'
 import { spareStarter } from './spares.js'
 import type { ExecutorSettings } from './cli-process.js'
-import { findMarkedProcesses, killAll } from './process-tree.js'
+import { endStrays, findMarkedProcesses, killAll, trackLaunch, untrackLaunch } from './process-tree.js'
+import { LaunchHealth, launchFailureReason } from './launch-health.js'
+import { execa } from 'execa'
 import { WarmPool, type ClaimOutcome, type WarmSpare } from './warm-pool.js'
 import { CliProbe } from './cli-probe.js'
 import { ApprovalDesk } from './approvals.js'
 import { describeAttachments } from './attachments.js'
+import type { QueueLimits } from './inbox.js'
 import { executeRun, type RunnerLogger } from './executor.js'
 import { recheckWorkingDir } from './policy.js'
 import { recoverRuns } from './recovery.js'
@@ -41,6 +44,8 @@ export { RunHandle }
 export const LEASE_MS = 30_000
 /** How often the store is pinged for `/health` (never per request: a health check costs nothing). */
 const STORE_CHECK_MS = 5_000
+/** How often an identity's processes that no live run accounts for are looked for (besides each run's end). */
+const STRAY_SWEEP_MS = 10_000
 
 /** How a run was asked for. */
 export interface SubmitOptions {
@@ -86,7 +91,7 @@ export interface RunnerDeps {
   /** How long a running run stays its instance's without a renewal (default `LEASE_MS`). */
   leaseMs?: number
   /** With `uid` or `sandbox` isolation: the agent identity of each key's runs, and the sandbox. */
-  isolation?: { level: IsolationLevel, identities?: AgentIdentities, sandbox?: { bwrap: string, agentsDir: string, hiddenDirs: string[], hiddenFiles: string[], readOnly?: string[] } }
+  isolation?: { level: IsolationLevel, identities?: AgentIdentities, sandbox?: { tools: SandboxTools, agentsDir: string, hiddenDirs: string[], hiddenFiles: string[], readOnly?: string[] } }
 }
 
 /**
@@ -147,6 +152,10 @@ export class Runner extends EventEmitter<RunnerEvents> {
   private readonly bootId = randomUUID().slice(0, 8)
   /** The permission requests of `approvals: ask` runs, parked until answered. */
   readonly approvals: ApprovalDesk
+  /** Whether CLIs can be launched as runs launch them (`/health` → `isolation.error`). */
+  readonly launches = new LaunchHealth()
+  /** Settles when the start-up self-check has run (with agent identities). */
+  selfChecked: Promise<void> = Promise.resolve()
   private closing = false
   /** Cluster mode: this instance's part in the cluster. */
   readonly cluster: ClusterNode | undefined
@@ -159,6 +168,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
   private readonly shutdown = new AbortController()
   private leaseTimer: NodeJS.Timeout | undefined
   private storeTimer: NodeJS.Timeout | undefined
+  private strayTimer: NodeJS.Timeout | undefined
   private storeOk = true
   /** What the previous process left in the store, until `recover()` deals with it. */
   private leftovers: { running: RunRecord[], queued: RunRecord[] } | undefined
@@ -222,7 +232,16 @@ export class Runner extends EventEmitter<RunnerEvents> {
         ...(deps.broker !== undefined ? { broker: deps.broker } : {}),
         executorSettings: (identity, cwd, chdir) => this.executorSettings(identity, cwd, chdir)
       })
-      this.warm = new WarmPool({ target: settings.warmSpares, perIdentity: identities !== undefined, start, log: deps.log })
+      // A spare that parks is a launch that works; one that cannot is a launch that failed.
+      const launches = this.launches
+      const counted = async (profile: string): Promise<WarmSpare> => await start(profile).then(spare => {
+        launches.worked()
+        return spare
+      }, (err: Error) => {
+        launches.failed(err.message)
+        throw err
+      })
+      this.warm = new WarmPool({ target: settings.warmSpares, perIdentity: identities !== undefined, start: counted, log: deps.log })
     }
     // Every queued run and every follower listens for the shutdown.
     setMaxListeners(0, this.shutdown.signal)
@@ -238,6 +257,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
     if (!status.available) this.log.warn({ cli: this.cliPath, error: status.error }, 'Claude Code CLI not available: runs will fail with cli_not_found')
     else if (status.credentials === 'missing') this.log.warn({ cli: this.cliPath }, 'no Claude credential configured (ANTHROPIC_API_KEY, CLAUDE_CODE_OAUTH_TOKEN or a `claude` login): runs will fail with not_authenticated')
     this.probe.startBackground(this.settings.cliProbeIntervalS)
+    // In the background: the server starts, and /health says what is wrong meanwhile.
+    if (this.identities !== undefined && status.available) this.selfChecked = this.selfCheck()
     if (status.available) this.warm?.start()
     // Read now, before any new run exists, so recovery never touches a run of this process.
     if (this.cluster !== undefined) {
@@ -261,8 +282,64 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.leaseTimer.unref()
     this.storeTimer = setInterval(() => { void this.checkStore() }, STORE_CHECK_MS)
     this.storeTimer.unref()
+    if (this.identities !== undefined) {
+      // No run is live yet: whatever an identity still runs was left by an earlier life (waiting,
+      // say, for the port). Then now and again, for what escapes a run's own end.
+      await this.endStrays()
+      this.strayTimer = setInterval(() => { void this.endStrays() }, STRAY_SWEEP_MS)
+      this.strayTimer.unref()
+    }
     // The cluster's queue is shared: this instance takes its part of it from now on.
     this.clusterRuns?.begin()
+  }
+
+  /**
+   * Launch the CLI exactly as a run would (its identity, sandbox and broker token, in the
+   * identity's home) but with `--version`, which calls no model: whatever keeps runs from
+   * starting shows in `/health` before the first client finds it.
+   */
+  private async selfCheck (): Promise<void> {
+    let why: string | null = null
+    try {
+      const identity = this.identities!.identityFor(null)
+      const marker = `check-${this.instanceId}-${this.bootId}`
+      const env = buildChildEnv(this.runEnv, {}, marker, this.settings.passEnv)
+      Object.assign(env, identityEnv(identity))
+      const credential = this.broker?.issue('self-check', { inert: true, uid: identity.uid, marker })
+      if (credential !== undefined) Object.assign(env, credential.env)
+      const s = this.executorSettings(identity, identity.home)
+      const [command, args] = s.wrap === undefined ? [this.cliPath, ['--version']] : [s.wrap.command, [...s.wrap.args, '--', this.cliPath, '--version']]
+      const child = execa(command, args, {
+        env,
+        extendEnv: false,
+        cwd: identity.home,
+        reject: false,
+        timeout: 60_000,
+        ...(s.wrap?.privileged !== true ? { uid: identity.uid, gid: identity.gid } : {})
+      })
+      trackLaunch(child.pid, marker)
+      const r = await child.finally(() => untrackLaunch(child.pid))
+      credential?.revoke()
+      if (r.exitCode !== 0 || !/\d+\.\d+/.test(String(r.stdout))) why = launchFailureReason(String(r.stderr), r.shortMessage ?? `exit code ${String(r.exitCode)}`)
+    } catch (err) {
+      why = (err as Error).message
+    }
+    if (why === null) {
+      this.launches.worked()
+      this.log.info({ level: this.sandbox !== undefined ? 'sandbox' : 'uid' }, 'self-check: the CLI starts as an agent identity')
+      return
+    }
+    const message = `the CLI cannot start as an agent identity (${this.sandbox !== undefined ? 'ISOLATION=sandbox' : 'ISOLATION=uid'}): ${why}`
+    this.launches.checkFailed(message)
+    this.log.error({ cli: this.cliPath }, `self-check failed: ${message}; runs will fail until it is fixed`)
+  }
+
+  /** End every process of an agent identity that no live run or spare accounts for. */
+  private async endStrays (): Promise<void> {
+    for (const uid of this.identities?.knownUids() ?? []) {
+      const ended = await endStrays(uid, RUN_MARKER_VAR).catch(() => 0)
+      if (ended > 0) this.log.warn({ uid, killed: ended }, 'ended processes of an agent identity that no run accounts for')
+    }
   }
 
   /** Whether the store answered its last ping (within a second), checked every few seconds. */
@@ -392,10 +469,10 @@ export class Runner extends EventEmitter<RunnerEvents> {
   async message (runId: string, turn: UserTurn): Promise<string> {
     const refused = (): never => { throw new RunFinished(`run ${runId} has ended or takes no more messages; start a new run with its session_id`) }
     const handle = this.runs.get(runId)
-    if (handle !== undefined || this.cluster === undefined) return handle?.inbox.post(turn) ?? refused()
-    // Kept for whichever instance claims the run, or handed to the one that holds it.
+    if (handle !== undefined || this.cluster === undefined) return handle?.inbox.post(turn, randomUUID(), this.queueLimits) ?? refused()
+    // Kept for whichever instance claims the run (within the same limits), or handed to the one that holds it.
     const id = randomUUID()
-    const where = await this.cluster.postMessage(runId, id, turn)
+    const where = await this.cluster.postMessage(runId, id, turn, this.queueLimits)
     if ('queued' in where) return id
     if ('finished' in where) return refused()
     return await this.cluster.call(where.owner, 'message', { runId, turn }) as string
@@ -423,10 +500,15 @@ export class Runner extends EventEmitter<RunnerEvents> {
     if (handle === undefined || handle.isFinished()) return nothing()
     if (handle.status === 'queued') {
       if (turn === undefined) handle.cancel('interrupted before it started')
-      else if (handle.inbox.post(turn) === undefined) nothing()
+      else if (handle.inbox.post(turn, randomUUID(), this.queueLimits) === undefined) nothing()
       return
     }
-    if (!handle.inbox.interrupt(turn)) nothing()
+    if (!handle.inbox.interrupt(turn, this.queueLimits)) nothing()
+  }
+
+  /** What may wait for one run's agent (`MAX_QUEUED_MESSAGES`, `MAX_QUEUED_MESSAGE_BYTES`). */
+  private get queueLimits (): QueueLimits {
+    return { maxMessages: this.settings.maxQueuedMessages, maxBytes: this.settings.maxQueuedMessageBytes }
   }
 
   /**
@@ -537,6 +619,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
     this.retention.stop()
     clearInterval(this.leaseTimer)
     clearInterval(this.storeTimer)
+    clearInterval(this.strayTimer)
     const live = [...this.runs.values()]
     for (const h of live) {
       if (h.status === 'queued' && !h.wasAdmitted && h.cancelOnDisconnect) h.cancel('server shutting down')
@@ -728,8 +811,10 @@ export class Runner extends EventEmitter<RunnerEvents> {
     const env = buildChildEnv(this.runEnv, spec.env, marker, this.settings.passEnv)
     if (identity !== undefined) Object.assign(env, identityEnv(identity))
     // The run's own token, good for this run only, instead of the operator's credential.
-    const credential = warm?.credential ?? this.broker?.issue(spec.runId)
+    const credential = warm?.credential ?? this.broker?.issue(spec.runId, identity !== undefined ? { uid: identity.uid, marker } : {})
     if (credential !== undefined) Object.assign(env, credential.env)
+    // A spare's token works from the moment a run holds it, not before.
+    warm?.credential?.activate()
     handle.markRunning()
     let claimed = false
     try {
@@ -770,6 +855,10 @@ export class Runner extends EventEmitter<RunnerEvents> {
       // Ended before it could start on its spare: the spare goes with the run.
       if (warm !== undefined && !claimed) this.warm?.drop(warm)
       Object.assign(outcome, execution)
+      if (execution.launched === true) this.launches.worked()
+      else if (execution.launched === false) {
+        this.launches.failed(launchFailureReason(execution.stderrTail, execution.spawnError?.message ?? `the CLI exited with code ${String(execution.exitCode)} before it started`))
+      }
       if (this.cluster !== undefined) {
         // What the SDK's mirror had not sent when the CLI ended is taken from the file, so the next
         // run of the session, on any instance, has it all.
@@ -778,18 +867,19 @@ export class Runner extends EventEmitter<RunnerEvents> {
           .catch((err: unknown) => handle.log.warn({ err }, 'cluster: copying the transcript to the database failed'))
       }
     } finally {
-      // The token dies with the run: whatever of it survives cannot use it (a spare handed back keeps its own).
+      // The token dies with the run: whatever of it survives cannot use it (a spare handed back
+      // keeps its own, inert again).
       if (warm === undefined || claimed) credential?.revoke()
+      else credential?.deactivate()
     }
   }
 
   /** How the executor runs a CLI as `identity` (and in the sandbox, with `cwd` bound), or as the server. */
   private executorSettings (identity: AgentIdentity | undefined, cwd: string, chdir?: string): ExecutorSettings {
-    const args = identity !== undefined && this.sandbox !== undefined
-      ? sandboxArgs({ cwd, home: identity.home, agentsDir: this.sandbox.agentsDir, hiddenDirs: this.sandbox.hiddenDirs, hiddenFiles: this.sandbox.hiddenFiles, readOnly: this.sandbox.readOnly ?? [] })
+    const sb = this.sandbox
+    const launch = identity !== undefined && sb !== undefined
+      ? sandboxLaunch({ uid: identity.uid, gid: identity.gid, cwd, ...(chdir !== undefined ? { chdir } : {}), home: identity.home, agentsDir: sb.agentsDir, hiddenDirs: sb.hiddenDirs, hiddenFiles: sb.hiddenFiles, readOnly: sb.readOnly ?? [] }, sb.tools)
       : undefined
-    // A spare parks elsewhere than the directory it serves (both are inside the sandbox).
-    if (args !== undefined && chdir !== undefined) args[args.length - 1] = chdir
     return {
       cliPath: this.cliPath,
       settingSources: this.settings.settingSources,
@@ -797,7 +887,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
       maxOutputBytes: this.settings.maxOutputBytes,
       killGraceMs: this.settings.killGraceMs,
       ...(identity !== undefined ? { identity: { uid: identity.uid, gid: identity.gid } } : {}),
-      ...(args !== undefined ? { wrap: { command: this.sandbox!.bwrap, args } } : {})
+      ...(launch !== undefined ? { wrap: launch } : {})
     }
   }
 

@@ -69,3 +69,39 @@ test('the operator\'s credential: API key, auth token, OAuth token; none for clo
   t.ok(env.CLAUDE_CODE_OAUTH_TOKEN?.startsWith('sk-ant-run-'), 'an OAuth operator: the run gets an OAuth-style token')
   t.equal(env.ANTHROPIC_API_KEY, undefined)
 })
+
+test('a spare\'s token is inert until a run claims it, and inert again when the claim is refused', async t => {
+  const model = await fakeModel(t)
+  const broker = new CredentialBroker({ kind: 'api_key', value: 'sk-ant-operator' }, model.url)
+  await broker.start()
+  t.teardown(() => broker.close())
+  const spare = broker.issue('spare-1', { inert: true })
+  const send = async (): Promise<number> => (await fetch(`${broker.address}/v1/messages`, { method: 'POST', headers: { 'x-api-key': spare.env.ANTHROPIC_API_KEY!, 'content-type': 'application/json' }, body })).status
+  t.equal(await send(), 401, 'parked: refused')
+  spare.activate()
+  t.equal(await send(), 200, 'claimed by a run: it works')
+  spare.deactivate()
+  t.equal(await send(), 401, 'handed back: refused again')
+  t.equal(model.calls.length, 1, 'only the claimed run\'s call reached the model')
+})
+
+test('a token bound to a run works only from that run\'s processes: its uid and its marker', { skip: process.platform !== 'linux' ? 'needs /proc' : false }, async t => {
+  const model = await fakeModel(t)
+  const broker = new CredentialBroker({ kind: 'api_key', value: 'sk-ant-operator' }, model.url)
+  await broker.start()
+  t.teardown(() => broker.close())
+  const uid = process.getuid!()
+  const run = broker.issue('run-1', { uid, marker: 'marker-of-run-1' })
+  const token = run.env.ANTHROPIC_API_KEY!
+  // A separate process (curl has no connection pool shared with this one), with or without the marker.
+  const fromProcess = async (env: Record<string, string>, asUid?: number): Promise<string> => {
+    const { execa } = await import('execa')
+    const r = await execa('curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-H', `x-api-key: ${token}`, '-H', 'content-type: application/json', '--data', body, `${broker.address}/v1/messages`], { env: { PATH: '/usr/bin:/bin', ...env }, extendEnv: false, reject: false, ...(asUid !== undefined ? { uid: asUid, gid: asUid } : {}) })
+    return String(r.stdout)
+  }
+  t.equal(await fromProcess({ CLAUDE_API_RUN_MARKER: 'marker-of-run-1' }), '200', 'the run\'s own process: forwarded')
+  t.equal(await fromProcess({}), '401', 'a process of the same uid without the run\'s marker (env -i): refused')
+  t.equal(await fromProcess({ CLAUDE_API_RUN_MARKER: 'marker-of-run-2' }), '401', 'another run\'s process: refused')
+  if (uid === 0) t.equal(await fromProcess({ CLAUDE_API_RUN_MARKER: 'marker-of-run-1' }, 65534), '401', 'another uid, even with the marker: refused')
+  t.equal(model.calls.length, 1, 'only the run\'s own call reached the model')
+})
