@@ -71,7 +71,8 @@ export function presentedKey (headers: Record<string, string | string[] | undefi
 }
 
 /**
- * The API's keys: named, with scopes and limits, in `API_KEYS_FILE` (hashed); `CLAUDE_API_KEY` is
+ * The API's keys: named, with scopes and limits, in `API_KEYS_FILE` (hashed; unset, `./api-keys.json`
+ * when it exists, where `npm run keys -- add` writes by default); `CLAUDE_API_KEY` is
  * one more key, `default`, with every scope. With neither, a random key is generated and printed
  * once. Provides the `authenticate` hook (each route names the scope it needs) and the per-key
  * rate limit's options; the API scope (`routes/api.ts`) applies both to its routes only.
@@ -105,7 +106,7 @@ export default fp<AuthPluginOptions>(async (fastify, opts) => {
   }
   const ring = new KeyRing(keys)
   fastify.keyRing = ring
-  fastify.log.info({ keys: keys.map(k => k.name) }, 'API keys loaded')
+  fastify.log.info({ keys: keys.map(k => k.name), file: apiKeysFile ?? null }, apiKeysFile !== undefined ? `API keys loaded, named keys from ${apiKeysFile}` : 'API keys loaded')
 
   const authenticate = (request: FastifyRequest, reply: FastifyReply, done: (err?: Error) => void): void => {
     const presented = presentedKey(request.headers)

@@ -35,8 +35,10 @@ export const STATUS_OF_CODE: Readonly<Record<string, number>> = {
   rate_limited: 429,
   key_concurrency_exceeded: 429,
   budget_exceeded: 429,
+  message_queue_full: 429,
   shutting_down: 503,
-  store_unavailable: 503
+  store_unavailable: 503,
+  agent_identity_unavailable: 503
 }
 
 /**

@@ -53,7 +53,9 @@ function cliDirs (cli: string): string[] {
   try {
     real = realpathSync(cli)
   } catch {}
-  return [...new Set([dirname(cli), dirname(real)])]
+  // A JavaScript CLI runs on this very Node.js, which the sandbox must show too (nvm puts it in a HOME).
+  const node = /\.[cm]?js$/.test(real) ? [dirname(realpathSync(process.execPath))] : []
+  return [...new Set([dirname(cli), dirname(real), ...node])]
 }
 
 /** The PostgreSQL run store; a database that cannot be reached stops the start with one line. */
@@ -151,7 +153,10 @@ export default fp(async (fastify) => {
         shared: fastify.config.databaseUrl !== undefined
       })
     } else {
-      fastify.log.warn('ISOLATION level none: runs execute as the server\'s own user and can read what it can (start the server as root, as the Docker image does, for per-key agent identities)')
+      fastify.log.warn('ISOLATION=none: runs execute as the server\'s own user and nothing keeps them from it: they can read ' +
+        'what it can (its .env, DATA_DIR with every run\'s prompts and output, its HOME) and signal or debug the server ' +
+        'itself; only the operator\'s Claude credential stays out of reach (the broker). For per-key agent identities ' +
+        'start the server as root (ISOLATION=auto: sandbox with bubblewrap installed, else uid), as the Docker image does')
     }
     // What no other user may read, whoever runs the server: the keys file, the server's .env (the
     // run store is closed by its lock). AGENTS_DIR keeps the traverse bit: agents pass through it

@@ -15,6 +15,10 @@ import { runFinder } from './runs.js'
 const security: Array<Record<string, string[]>> = [{ ApiKeyAuth: [] }, { BearerAuth: [] }]
 const approvalRef = Type.Unsafe<Approval>(Type.Ref('Approval'))
 const conflict = (what: string) => ({ ...problemResponses[409], description: what })
+const queueFull = {
+  ...problemResponses[429],
+  description: 'The run already has `MAX_QUEUED_MESSAGES` messages waiting for its agent, or their text and images would pass `MAX_QUEUED_MESSAGE_BYTES` (`message_queue_full`); a message leaves the queue when the agent takes it. Also the key\'s `rate_limited`. See `Retry-After`.'
+}
 
 /**
  * Interactive runs: the approvals of `approvals: ask` runs, follow-up messages and interrupts.
@@ -107,7 +111,7 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['runs'],
       summary: 'Send a follow-up message to a live run',
-      description: 'Queues a user turn (text and images) for the run\'s agent: handed over, in order, once its current turn is answered, logged as `user_message`. The run ends only after the agent has answered every accepted message. An ended run: `409 run_finished` (start a new run with its `session_id`).',
+      description: 'Queues a user turn (text and images) for the run\'s agent: handed over, in order, once its current turn is answered, logged as `user_message`. The run ends only after the agent has answered every accepted message. At most `MAX_QUEUED_MESSAGES` messages (and `MAX_QUEUED_MESSAGE_BYTES` of them) wait at once: beyond, `429 message_queue_full` with `Retry-After`. An ended run: `409 run_finished` (start a new run with its `session_id`).',
       operationId: 'sendRunMessage',
       security,
       params: RunParamsSchema,
@@ -118,7 +122,8 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
         401: problemResponses[401],
         404: problemResponses[404],
         409: conflict('The run has ended (`run_finished`).'),
-        413: problemResponses[413]
+        413: problemResponses[413],
+        429: queueFull
       }
     }
   }, async (request, reply) => {
@@ -134,7 +139,7 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['runs'],
       summary: 'Interrupt a run\'s current turn',
-      description: 'Stops the agent\'s current turn through the CLI\'s own interrupt (its commands stop, the session stays consistent and resumable), unlike cancel, which kills the process tree. Without `prompt` the run then ends as `cancelled`; with one, that prompt is the next turn and the run goes on. If the CLI does not stop within `KILL_GRACE_MS`, the tree is killed. An ended run: `409 run_finished`.',
+      description: 'Stops the agent\'s current turn through the CLI\'s own interrupt (its commands stop, the session stays consistent and resumable), unlike cancel, which kills the process tree. Without `prompt` the run then ends as `cancelled`; with one, that prompt is the next turn and the run goes on. If the CLI does not stop within `KILL_GRACE_MS`, the tree is killed. A prompt waits with the run\'s messages and counts against their limits (`429 message_queue_full`, nothing interrupted). An ended run: `409 run_finished`.',
       operationId: 'interruptRun',
       security,
       params: RunParamsSchema,
@@ -145,7 +150,8 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
         401: problemResponses[401],
         404: problemResponses[404],
         409: conflict('The run has ended (`run_finished`).'),
-        413: problemResponses[413]
+        413: problemResponses[413],
+        429: queueFull
       }
     },
     // A bodiless POST (plain curl -X POST) is an interrupt without a prompt.

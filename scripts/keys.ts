@@ -3,16 +3,21 @@
  * `add` prints the new key once; only its SHA-256 is written.
  */
 import { existsSync, readFileSync } from 'node:fs'
+import { resolve } from 'node:path'
 import { parseArgs } from 'node:util'
 import { generateKey, readKeyFile, SCOPES, sha256Hex, writeKeyFile, type KeyEntry, type Scope } from '../src/auth/keys.js'
 import { parseDotenv } from '../src/dotenv.js'
+import { DEFAULT_KEYS_FILE } from '../src/config.js'
 
-/** The file the server reads: API_KEYS_FILE from the environment, else from `.env`, else ./api-keys.json. */
+/**
+ * The file a server started here reads: API_KEYS_FILE from the environment, else from `.env`, else
+ * ./api-keys.json (which the server reads whenever it exists and API_KEYS_FILE is unset).
+ */
 const serverKeysFile = (): string => {
   const fromEnv = process.env.API_KEYS_FILE
   if (fromEnv !== undefined && fromEnv.trim() !== '') return fromEnv
   const fromDotenv = existsSync('.env') ? parseDotenv(readFileSync('.env', 'utf8')).values.API_KEYS_FILE : undefined
-  return fromDotenv !== undefined && fromDotenv.trim() !== '' ? fromDotenv : 'api-keys.json'
+  return fromDotenv !== undefined && fromDotenv.trim() !== '' ? fromDotenv : DEFAULT_KEYS_FILE
 }
 
 const USAGE = `Manage the server's named API keys (only their SHA-256 is stored).
@@ -33,7 +38,8 @@ Scopes: ${SCOPES.join(', ')}
   runs:read_all  read every key's runs (dashboards) admin        everything, every key's runs
   approvals:write  answer approvals of the runs it may read (a person deciding for a bot)
 
---file defaults to API_KEYS_FILE (from the environment or .env), else ./api-keys.json.
+--file defaults to API_KEYS_FILE (from the environment or .env), else ./api-keys.json, which
+a server started in this directory without API_KEYS_FILE reads.
 `
 
 function fail (message: string): never {
@@ -98,6 +104,8 @@ switch (command) {
     }
     await writeKeyFile(file, { keys: [...keys, entry] })
     process.stdout.write(`Added key ${name} (${scopes.join(', ')}) to ${file}. It is shown only now:\n\n  ${key}\n\n`)
+    // A file of its own is read only where the server is told of it.
+    if (resolve(file) !== resolve(serverKeysFile())) process.stdout.write(`A server started here does not read ${file}: start it with API_KEYS_FILE=${resolve(file)}.\n`)
     break
   }
   case 'list':

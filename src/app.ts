@@ -21,6 +21,9 @@ export interface AppOptions extends AuthPluginOptions {
   cwd?: string
 }
 
+/** How long one plugin may take to start before the start fails (Fastify's default: 10 s). */
+export const PLUGIN_TIMEOUT_MS = 120_000
+
 /** Fastify options the app expects from whoever builds the instance (server or test). */
 export function serverOptions (logLevel: string, trustProxy: TrustProxy = false, requestTimeoutS = 30): FastifyHttpOptions<Server> {
   const requestTimeout = requestTimeoutS * 1000
@@ -41,6 +44,11 @@ export function serverOptions (logLevel: string, trustProxy: TrustProxy = false,
     // While draining, our own handlers answer: 503 problem+json for new runs, health says so,
     // and the runs API still reads.
     return503OnClosing: false,
+    // Starting the runner probes the CLI (a Node process) and bubblewrap and opens the store: a
+    // few seconds, many more on a loaded 2-core machine (the test suite, a busy host), where
+    // Fastify's default 10 s failed the start with "Plugin did not start in time: 'runner'". A
+    // start that truly hangs still fails, after 120 s, naming the plugin.
+    pluginTimeout: PLUGIN_TIMEOUT_MS,
     ajv: { customOptions: { removeAdditional: false } }
   }
 }

@@ -28,6 +28,9 @@ export const ConfigSchema = Type.Object({
   ALLOWED_PERMISSION_MODES: Type.String({ default: 'default,acceptEdits,plan,dontAsk' }),
   MAX_CONCURRENT_RUNS: Type.Integer({ default: 4, minimum: 1 }),
   MAX_QUEUED_RUNS: Type.Integer({ default: 32, minimum: 0 }),
+  // Follow-up messages waiting for a run's agent, and the bytes they hold (text and base64 images).
+  MAX_QUEUED_MESSAGES: Type.Integer({ default: 32, minimum: 1 }),
+  MAX_QUEUED_MESSAGE_BYTES: Type.Integer({ default: 8 * 1024 * 1024, minimum: 1024 }),
   CORS_ORIGINS: Type.String({ default: '' }),
   LOG_LEVEL: Type.Union(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].map(l => Type.Literal(l)), { default: 'info' }),
   DATA_DIR: Type.String({ default: './data' }),
@@ -64,7 +67,9 @@ export const ConfigSchema = Type.Object({
   WEBHOOK_TIMEOUT_MS: Type.Integer({ default: 10_000, minimum: 100 }),
   ISOLATION: Type.Union(['auto', 'uid', 'sandbox', 'none'].map(l => Type.Literal(l)), { default: 'auto' }),
   AGENT_UID_BASE: Type.Integer({ default: 20_000, minimum: 1000, maximum: 2_000_000_000 }),
-  AGENTS_DIR: Type.String({ default: './agents' })
+  AGENTS_DIR: Type.String({ default: './agents' }),
+  // Host-wide: every server on the host reserves its agents' uids here, so no two share one.
+  AGENT_UID_REGISTRY_DIR: Type.String({ default: '/var/lib/claude-code-api/agent-uids' })
 })
 export type RawConfig = Static<typeof ConfigSchema>
 
@@ -87,6 +92,10 @@ export interface Settings {
   allowedPermissionModes: PermissionMode[]
   maxConcurrentRuns: number
   maxQueuedRuns: number
+  /** Follow-up messages waiting for one run's agent, at most. */
+  maxQueuedMessages: number
+  /** ... and the bytes they hold at most (one message always fits an empty queue). */
+  maxQueuedMessageBytes: number
   corsOrigins: string[]
   logLevel: string
   dataDir: string
@@ -109,6 +118,7 @@ export interface Settings {
   shutdownGraceS: number
   retentionDays: number
   retentionMaxRuns: number
+  /** `API_KEYS_FILE`, else `./api-keys.json` when it exists; unset: no named keys. */
   apiKeysFile: string | undefined
   metricsToken: string | undefined
   webhookAllowedHosts: string[]
@@ -119,6 +129,8 @@ export interface Settings {
   isolation: 'auto' | 'uid' | 'sandbox' | 'none'
   agentUidBase: number
   agentsDir: string
+  /** Where the servers of this host reserve their agents' uids (one file per uid). */
+  agentUidRegistryDir: string
   /** The server's own environment: the source of operator credentials for the CLI. */
   serverEnv: Environment
 }
@@ -136,6 +148,12 @@ const list = (s: string | undefined): string[] =>
 
 /** Where runs execute when nothing is configured: a directory of its own, next to nothing of the server's. */
 export const DEFAULT_WORKSPACE = 'workspace'
+
+/**
+ * The keys file when `API_KEYS_FILE` is unset, relative to the working directory: the one
+ * `npm run keys -- add` writes by default, read by the server when it exists.
+ */
+export const DEFAULT_KEYS_FILE = 'api-keys.json'
 
 /** The fallback for a request without `timeout` when `DEFAULT_TIMEOUT` is unset (capped by `MAX_TIMEOUT`). */
 export const DEFAULT_TIMEOUT_S = 300
@@ -178,10 +196,11 @@ function realDir (variable: string, path: string, cwd: string): string {
 }
 
 /**
- * Create `dir` and its missing parents, one at a time. (Node's recursive mkdir spins forever on
- * some paths, `/proc/x` among them; a plain mkdir per level fails at once and says why.)
+ * Create `dir` (with `mode`, e.g. 0700 for a private one) and its missing parents (0755), one at
+ * a time. (Node's recursive mkdir spins forever on some paths, `/proc/x` among them; a plain mkdir
+ * per level fails at once and says why.)
  */
-export function makeDirectory (dir: string): void {
+export function makeDirectory (dir: string, mode = 0o755): void {
   const missing: string[] = []
   let d = resolve(dir)
   while (!existsSync(d)) {
@@ -190,7 +209,7 @@ export function makeDirectory (dir: string): void {
     if (up === d) break
     d = up
   }
-  for (const m of missing.reverse()) mkdirSync(m, { mode: 0o755 })
+  for (const m of missing.reverse()) mkdirSync(m, { mode: m === resolve(dir) ? mode : 0o755 })
 }
 
 /**
@@ -246,7 +265,10 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
       'add it to ALLOWED_WORKING_DIRS or choose a directory inside one of them')
   }
   const dataDir = resolve(cwd, raw.DATA_DIR)
-  const apiKeysFile = unlessEmpty(raw.API_KEYS_FILE) === undefined ? undefined : resolve(cwd, raw.API_KEYS_FILE!)
+  const defaultKeysFile = resolve(cwd, DEFAULT_KEYS_FILE)
+  const apiKeysFile = unlessEmpty(raw.API_KEYS_FILE) !== undefined
+    ? resolve(cwd, raw.API_KEYS_FILE!)
+    : existsSync(defaultKeysFile) ? defaultKeysFile : undefined
   if (apiKeysFile !== undefined && !existsSync(apiKeysFile)) {
     throw new ConfigError(`API_KEYS_FILE=${raw.API_KEYS_FILE} (${apiKeysFile}) does not exist: create it with "npm run keys -- add NAME --file ${raw.API_KEYS_FILE}", or unset API_KEYS_FILE`)
   }
@@ -289,6 +311,8 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     allowedPermissionModes: modes as PermissionMode[],
     maxConcurrentRuns: raw.MAX_CONCURRENT_RUNS,
     maxQueuedRuns: raw.MAX_QUEUED_RUNS,
+    maxQueuedMessages: raw.MAX_QUEUED_MESSAGES,
+    maxQueuedMessageBytes: raw.MAX_QUEUED_MESSAGE_BYTES,
     corsOrigins: list(raw.CORS_ORIGINS),
     logLevel: raw.LOG_LEVEL,
     dataDir,
@@ -319,6 +343,7 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     isolation: raw.ISOLATION as Settings['isolation'],
     agentUidBase: raw.AGENT_UID_BASE,
     agentsDir: resolve(cwd, raw.AGENTS_DIR),
+    agentUidRegistryDir: resolve(cwd, raw.AGENT_UID_REGISTRY_DIR),
     serverEnv
   }
 }

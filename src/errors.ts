@@ -46,10 +46,13 @@ export const StoreUnavailable = kind('store_unavailable')
 export const ApprovalNotFound = kind('approval_not_found')
 export const ApprovalResolved = kind('approval_resolved')
 export const RunFinished = kind('run_finished')
+export const MessageQueueFull = kind('message_queue_full')
 export const SessionNotFound = kind('session_not_found')
 export const SessionBusy = kind('session_busy')
 export const SessionEmpty = kind('session_empty')
 export const TranscriptUnreadable = kind('transcript_unreadable')
+/** No uid can be had for a key's agent identity, or the one it has is no longer its own. */
+export const AgentIdentityUnavailable = kind('agent_identity_unavailable')
 
 /** Attach extra members to an error before throwing it. */
 export function withProblem<E extends DomainError> (err: E, extra: { problem?: Record<string, unknown>, retryAfter?: number }): E {

@@ -2,7 +2,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
-import { chmodSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -33,8 +33,36 @@ export function sandbox (t: T): Sandbox {
   const base = realpathSync(mkdtempSync(join(tmpdir(), 'ccapi-test-')))
   const dirs = { home: join(base, 'home'), work: join(base, 'work'), outside: join(base, 'outside') }
   for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true })
-  t.teardown(() => rmSync(base, { recursive: true, force: true }))
+  t.teardown(() => {
+    rmSync(base, { recursive: true, force: true })
+    pruneUidRegistry()
+  })
   return dirs
+}
+
+/**
+ * Where every test server reserves its agents' uids (`AGENT_UID_REGISTRY_DIR`): one registry for
+ * all the test files of a run, so servers of files running side by side never share a uid, and
+ * the host's (/var/lib/claude-code-api/agent-uids) is never touched.
+ */
+export const TEST_UID_REGISTRY = join(tmpdir(), 'ccapi-test-agent-uids')
+
+/** Remove the test registry's reservations for AGENTS_DIRs that are gone (with their sandbox). */
+export function pruneUidRegistry (): void {
+  let names: string[]
+  try {
+    names = readdirSync(TEST_UID_REGISTRY)
+  } catch {
+    return
+  }
+  for (const name of names.filter(n => /^\d+$/.test(n))) {
+    const file = join(TEST_UID_REGISTRY, name)
+    try {
+      if (!existsSync(readFileSync(file, 'utf8').trim())) rmSync(file, { force: true })
+    } catch {
+      // Removed by another test file meanwhile.
+    }
+  }
 }
 
 /**
@@ -103,6 +131,8 @@ export function testEnv (box: Sandbox, model: FakeModel, extra: Record<string, s
     WARM_SPARES: '0',
     // The suite runs as root in CI: agent identities are tested on their own (test/isolation/).
     ISOLATION: 'none',
+    // Test servers reserve their agents' uids in a registry of the tests' own, never the host's.
+    AGENT_UID_REGISTRY_DIR: TEST_UID_REGISTRY,
     ...extra
   }
 }
@@ -225,6 +255,9 @@ function spawnServer (env: Record<string, string>, cwd = ROOT): ChildProcessWith
   // NOFILE: start it with that open-file limit (a test of running out of descriptors).
   const { RUN_AS_UID: uid, NOFILE: nofile, ...rest } = env
   env = rest
+  // Under tap, an unprivileged server writes tap's process info into its own HOME: it cannot
+  // write the repository's .tap/, and failing to at exit would hold its exit up for seconds.
+  if (uid !== undefined && env.HOME !== undefined) env = { _TAPJS_PROCESSINFO_CWD_: env.HOME, ...env }
   const argv = [`--import=${TSX}`, join(ROOT, 'src', 'server.ts')]
   const [command, args] = nofile === undefined
     ? [process.execPath, argv]
@@ -232,7 +265,8 @@ function spawnServer (env: Record<string, string>, cwd = ROOT): ChildProcessWith
   return spawn(command, args, {
     cwd,
     ...(uid !== undefined ? { uid: Number(uid), gid: Number(uid) } : {}),
-    env: { HOST: '127.0.0.1', PORT: '0', ...env, LOG_LEVEL: env.LOG_LEVEL === undefined || env.LOG_LEVEL === 'silent' ? 'info' : env.LOG_LEVEL },
+    // A server started as root makes agent identities: their uids go in the tests' registry, never the host's.
+    env: { HOST: '127.0.0.1', PORT: '0', AGENT_UID_REGISTRY_DIR: TEST_UID_REGISTRY, ...env, LOG_LEVEL: env.LOG_LEVEL === undefined || env.LOG_LEVEL === 'silent' ? 'info' : env.LOG_LEVEL },
     stdio: ['pipe', 'pipe', 'pipe']
   })
 }

@@ -4,6 +4,7 @@ import pg from 'pg'
 import { BudgetExceeded, CapacityExceeded, DomainError, KeyConcurrencyExceeded, SessionBusy, SessionForbidden, StoreUnavailable, withProblem } from '../errors.js'
 import type { KeyLimits } from '../runner/admission.js'
 import { utcDay } from '../runner/admission.js'
+import { checkRoom, turnBytes, type QueueLimits } from '../runner/inbox.js'
 import type { UserTurn } from '../runner/types.js'
 import { EVENTS_CHANNEL, type PostgresRunStore } from '../store/postgres-store.js'
 import { toRecord, type RunRow } from '../store/rows.js'
@@ -27,7 +28,7 @@ interface ControlMessage {
   /** Replies: */
   ok?: boolean
   value?: unknown
-  error?: { code: string, message: string }
+  error?: { code: string, message: string, retryAfter?: number }
 }
 
 export interface ClusterOptions {
@@ -252,10 +253,12 @@ export class ClusterNode {
     return rows[0]?.n ?? 0
   }
 
-  /** A queued run's place in the shared queue (1-based), null when it is not waiting there. */
+  /** A queued run's place in the shared queue (1-based; 1 once claimed and starting), null when it is not queued. */
   async positionOf (runId: string): Promise<number | null> {
-    const { rows } = await this.opts.store.pool.query<{ n: number | null }>(`SELECT (SELECT COUNT(*)::int FROM runs o WHERE o.status = 'queued' AND o.owner IS NULL AND o.rowid <= r.rowid) AS n
-      FROM runs r WHERE r.id = $1 AND r.status = 'queued' AND r.owner IS NULL`, [runId])
+    // Claimed by an instance and starting there: next, 1.
+    const { rows } = await this.opts.store.pool.query<{ n: number | null }>(`SELECT CASE WHEN r.owner IS NOT NULL THEN 1 ELSE
+        (SELECT COUNT(*)::int FROM runs o WHERE o.status = 'queued' AND o.owner IS NULL AND o.rowid <= r.rowid) END AS n
+      FROM runs r WHERE r.id = $1 AND r.status = 'queued'`, [runId])
     return rows[0]?.n ?? null
   }
 
@@ -285,13 +288,17 @@ export class ClusterNode {
    * Leave a message for a run: kept for its claimer when nobody holds it yet (`queued`), else the
    * instance that holds it (`owner`), or nothing (`finished`).
    */
-  async postMessage (runId: string, id: string, turn: UserTurn): Promise<{ queued: true } | { owner: string } | { finished: true }> {
+  async postMessage (runId: string, id: string, turn: UserTurn, limits: QueueLimits): Promise<{ queued: true } | { owner: string } | { finished: true }> {
     return await this.opts.store.transaction(async c => {
       const { rows } = await c.query<{ status: string, owner: string | null }>('SELECT status, owner FROM runs WHERE id = $1 FOR UPDATE', [runId])
       const r = rows[0]
       if (r === undefined || (r.status !== 'queued' && r.status !== 'running')) return { finished: true as const }
       if (r.owner !== null) return { owner: r.owner }
-      await c.query('INSERT INTO queued_messages (run_id, id, turn) VALUES ($1, $2, $3)', [runId, id, JSON.stringify(turn)])
+      // The run's row is locked: the count and the insert are one decision, whichever instance posts.
+      const size = turnBytes(turn)
+      const held = await c.query<{ n: number, bytes: number }>('SELECT COUNT(*)::int AS n, COALESCE(SUM(bytes), 0)::bigint AS bytes FROM queued_messages WHERE run_id = $1', [runId])
+      checkRoom(held.rows[0]?.n ?? 0, held.rows[0]?.bytes ?? 0, size, limits)
+      await c.query('INSERT INTO queued_messages (run_id, id, turn, bytes) VALUES ($1, $2, $3, $4)', [runId, id, JSON.stringify(turn), size])
       return { queued: true as const }
     })
   }
@@ -352,7 +359,7 @@ export class ClusterNode {
       this.pending.delete(m.id)
       clearTimeout(p.timer)
       if (m.ok === true) p.resolve(m.value)
-      else p.reject(Object.assign(new DomainError(m.error?.code ?? 'internal_error', m.error?.message ?? 'failed'), {}))
+      else p.reject(withProblem(new DomainError(m.error?.code ?? 'internal_error', m.error?.message ?? 'failed'), m.error?.retryAfter !== undefined ? { retryAfter: m.error.retryAfter } : {}))
       return
     }
     let reply: ControlMessage
@@ -360,7 +367,8 @@ export class ClusterNode {
       reply = { to: m.from, from: this.instanceId, id: m.id, op: 'reply', ok: true, value: await this.handler(m.op, m.args) }
     } catch (err) {
       const code = err instanceof DomainError ? err.code : 'internal_error'
-      reply = { to: m.from, from: this.instanceId, id: m.id, op: 'reply', ok: false, error: { code, message: (err as Error).message } }
+      const retryAfter = err instanceof DomainError ? err.retryAfter : undefined
+      reply = { to: m.from, from: this.instanceId, id: m.id, op: 'reply', ok: false, error: { code, message: (err as Error).message, ...(retryAfter !== undefined ? { retryAfter } : {}) } }
     }
     await this.send(reply).catch(err => this.opts.log.warn({ err }, 'cluster: a reply could not be sent'))
   }

@@ -74,7 +74,18 @@ export function buildChildEnv (
   return env
 }
 
-/** The user, home and Claude config of an agent identity, in a CLI's environment. */
+/**
+ * The user, home, Claude config and temp directory of an agent identity, in a CLI's environment.
+ * The CLI keeps its per-uid directories (`claude-<uid>`, `cc-socks-<uid>`) in `CLAUDE_CODE_TMPDIR`,
+ * else in `TMPDIR`, else in /tmp, where any other user could make them first and break its runs.
+ */
 export function identityEnv (identity: AgentIdentity): Record<string, string> {
-  return { HOME: identity.home, CLAUDE_CONFIG_DIR: identity.configDir, USER: `agent-${identity.key}`, LOGNAME: `agent-${identity.key}` }
+  return {
+    HOME: identity.home,
+    CLAUDE_CONFIG_DIR: identity.configDir,
+    TMPDIR: identity.tmpDir,
+    CLAUDE_CODE_TMPDIR: identity.tmpDir,
+    USER: `agent-${identity.key}`,
+    LOGNAME: `agent-${identity.key}`
+  }
 }

@@ -3,7 +3,7 @@ import { chownSync, existsSync, mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import type { Settings } from '../config.js'
 import { SessionDirectoryMismatch, SessionForbidden, WorkingDirectoryForbidden, WorkingDirectoryNotWritable } from '../errors.js'
-import { writableBy, type AgentIdentities, type AgentIdentity } from '../isolation/identities.js'
+import { handOverDirectory, writableBy, type AgentIdentities, type AgentIdentity } from '../isolation/identities.js'
 import { checkAttachments } from './attachments.js'
 import { checkEnvVars, checkOutputSchema, checkPermissionMode, isInside, resolveWorkingDir } from './policy.js'
 import { SessionRegistry } from './sessions.js'
@@ -71,7 +71,11 @@ export class RunPlanner {
       }
     }
     if (identity !== undefined && !writableBy(cwd, identity.uid, identity.gid)) {
-      throw new WorkingDirectoryNotWritable(`working_directory ${cwd} is not writable by this key's agent identity (uid ${identity.uid}): make it writable by that uid (e.g. chown ${identity.uid} ${cwd}), or leave working_directory out to run in the key's own work area`)
+      // A project the operator made (as root, say: the README's quick start) is the first key's to use it.
+      const why = req.working_directory === undefined ? 'it is not the key\'s' : handOverDirectory(cwd, s.defaultWorkingDir, identity.uid, identity.gid)
+      if (why !== null) {
+        throw new WorkingDirectoryNotWritable(`working_directory ${cwd} is not writable by this key's agent identity (uid ${identity.uid}), and the server does not hand it over (${why}): make it writable by that uid (e.g. chown -R ${identity.uid} ${cwd}), or leave working_directory out to run in the key's own work area`)
+      }
     }
     const spec: RunSpec = {
       runId: randomUUID(),

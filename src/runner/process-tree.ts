@@ -246,14 +246,15 @@ function markerOf (pid: number, name: string): string | undefined {
  * started (or a command it runs as the identity), and not carrying the marker of one. What a run
  * left behind by detaching (`setsid`, double forks) and clearing its environment (`env -i`).
  */
-export function strayProcesses (uid: number, markerName: string): number[] {
+export function strayProcesses (uids: number | ReadonlySet<number>, markerName: string): number[] {
+  const of = typeof uids === 'number' ? new Set([uids]) : uids
   const parents = new Map<number, number>()
   const owned: number[] = []
   for (const pid of allPids()) {
     const ppid = parentOf(pid)
     if (ppid === null) continue
     parents.set(pid, ppid)
-    if (uidsOf(pid)?.includes(uid) === true) owned.push(pid)
+    if (uidsOf(pid)?.some(u => of.has(u)) === true) owned.push(pid)
   }
   const liveMarkers = new Set([...launches.values()].filter(m => m !== undefined))
   return owned.filter(pid => {
@@ -265,8 +266,8 @@ export function strayProcesses (uid: number, markerName: string): number[] {
   })
 }
 
-/** SIGKILL every stray process of `uid` (see `strayProcesses`), until none is left: how many. */
-export async function endStrays (uid: number, markerName: string): Promise<number> {
-  if (!hasProc) return 0
-  return await killAll(() => strayProcesses(uid, markerName))
+/** SIGKILL every stray process of `uids` (see `strayProcesses`), until none is left: how many. */
+export async function endStrays (uids: number | ReadonlySet<number>, markerName: string): Promise<number> {
+  if (!hasProc || (typeof uids !== 'number' && uids.size === 0)) return 0
+  return await killAll(() => strayProcesses(uids, markerName))
 }

@@ -56,8 +56,14 @@ export class RunHandle {
   /** The result as JSON, exactly as the `result` event carries it (set when the run ends). */
   get resultJson (): string { return this.serialized }
 
-  /** Place in the queue (1-based), 0 once running. */
-  position (): number { return this.ticket?.position() ?? 0 }
+  /**
+   * Place in the queue (1-based) while queued, 0 once running. A run that has its slot and is
+   * starting (its CLI on the way) is still queued, and next: 1.
+   */
+  position (): number {
+    if (this.currentStatus !== 'queued') return 0
+    return Math.max(1, this.ticket?.position() ?? 1)
+  }
 
   isFinished (): boolean {
     return this.currentStatus !== 'queued' && this.currentStatus !== 'running'

@@ -336,10 +336,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
 
   /** End every process of an agent identity that no live run or spare accounts for. */
   private async endStrays (): Promise<void> {
-    for (const uid of this.identities?.knownUids() ?? []) {
-      const ended = await endStrays(uid, RUN_MARKER_VAR).catch(() => 0)
-      if (ended > 0) this.log.warn({ uid, killed: ended }, 'ended processes of an agent identity that no run accounts for')
-    }
+    const ended = await endStrays(new Set(this.identities?.knownUids() ?? []), RUN_MARKER_VAR).catch(() => 0)
+    if (ended > 0) this.log.warn({ killed: ended }, 'ended processes of agent identities that no run accounts for')
   }
 
   /** Whether the store answered its last ping (within a second), checked every few seconds. */

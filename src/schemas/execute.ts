@@ -10,7 +10,10 @@ export interface RequestLimits {
 }
 
 const ENV_NAME = '^[A-Za-z_][A-Za-z0-9_]{0,255}$'
-/** No NUL: the operating system cannot pass one in an argument or an environment variable. */
+/**
+ * No NUL where a value becomes an argument or an environment variable (the operating system cannot
+ * pass one), nor in the system prompts. A prompt may hold one: it goes to the CLI on stdin, as JSON.
+ */
 const NO_NUL = '^[^\\u0000]*$'
 
 /** Images for a prompt; checked further (base64, size, format) before anything is accepted. */
@@ -23,11 +26,11 @@ export const AttachmentsSchema = Type.Array(Type.Object({
 /** The body of `POST /api/execute` and `/api/execute/stream`; unknown fields are refused. */
 export function executeRequestSchema (limits: RequestLimits) {
   return Type.Object({
-    prompt: Type.String({ minLength: 1, maxLength: limits.maxPromptChars, description: 'The task for Claude. Sent to the CLI on stdin, never as an argument.' }),
+    prompt: Type.String({ minLength: 1, maxLength: limits.maxPromptChars, description: 'The task for Claude: any text, NUL included. Sent to the CLI on stdin, never as an argument.' }),
     working_directory: Type.Optional(Type.String({ minLength: 1, description: 'Where the run executes. Must exist and lie inside an allowed root (checked after resolving symlinks). Default: the server\'s `DEFAULT_WORKING_DIR`.' })),
     session_id: Type.Optional(Type.String({ format: 'uuid', description: 'Continue this Claude session; an id not seen before starts a new session with that id.' })),
     fork_session: Type.Optional(Type.Boolean({ description: 'With `session_id`: continue from that session under a new session id.' })),
-    stream: Type.Optional(Type.Boolean({ description: 'Must be false on `/api/execute`; use `/api/execute/stream` to stream. Ignored on the stream endpoint.' })),
+    stream: Type.Optional(Type.Boolean({ description: 'Must be false on `/api/execute` (use `/api/execute/stream` to stream) and on `POST /api/runs` (follow its `events_url`). Ignored on the stream endpoint.' })),
     timeout: Type.Optional(Type.Integer({ minimum: 1, maximum: limits.maxTimeoutS, description: 'Wall-clock limit in seconds, counted from submission; the run\'s whole process tree is killed at the limit.' })),
     env_vars: Type.Optional(Type.Record(Type.String(), Type.String({ maxLength: 32 * 1024, pattern: NO_NUL }), {
       propertyNames: { pattern: ENV_NAME },

@@ -30,7 +30,7 @@ export const problemResponses = {
   413: p('Request body too large.'),
   429: { ...p('Capacity full: too many runs running and queued. See `Retry-After`.'), headers: { 'Retry-After': { type: 'integer', description: 'Seconds to wait before retrying.' } } },
   500: p('Internal error; the body carries only the `request_id`.'),
-  503: p('The server is shutting down.')
+  503: p('The server is shutting down, its run store is unavailable, or no agent identity can be had for the key (`agent_identity_unavailable`).')
 } as const
 
 /** The problem responses a request that starts a run can get. */

@@ -8,7 +8,7 @@ const resultRef = Type.Unsafe<ExecuteResult>(Type.Ref('ExecuteResult'))
 export const RunSchema = Type.Object({
   id: Type.String({ format: 'uuid' }),
   status: Type.Union(RUN_STATUSES.map(s => Type.Literal(s))),
-  queue_position: Type.Union([Type.Integer({ minimum: 1 }), Type.Null()], { description: 'While queued: 1 is next to start.' }),
+  queue_position: Type.Union([Type.Integer({ minimum: 1 }), Type.Null()], { description: 'While queued, its 1-based place: 1 is next to start (or has its slot and is starting). Null once running or ended.' }),
   session_id: Type.String(),
   working_directory: Type.String(),
   key_name: Type.Union([Type.String(), Type.Null()], { description: 'The API key that started it.' }),

@@ -109,5 +109,9 @@ export const PG_MIGRATIONS: readonly string[] = [
   );
   CREATE UNIQUE INDEX transcripts_uuid ON transcripts (project_key, session_id, subpath, uuid) WHERE uuid IS NOT NULL;
   CREATE INDEX transcripts_session ON transcripts (session_id, project_key, subpath, n);
+  `,
+  // What each waiting message holds (its text and base64 images), for MAX_QUEUED_MESSAGE_BYTES.
+  `
+  ALTER TABLE queued_messages ADD COLUMN bytes BIGINT NOT NULL DEFAULT 0;
   `
 ]

@@ -1,6 +1,7 @@
 import pg from 'pg'
 import type { RunResult } from '../runner/types.js'
 import { PG_MIGRATIONS } from './pg-migrations.js'
+import { WriteRetry } from './write-retry.js'
 import {
   pageOfEvents, SESSION_COLUMNS, SESSION_INSERT_COLUMNS, sessionOfRun, sessionValues, toDelivery, toPending, toRecord, toSession,
   type DeliveryRow, type OutboxRow, type RunRow, type SessionRow
@@ -36,8 +37,14 @@ export interface PostgresStoreOptions {
   flushIntervalMs?: number
   /** ... or as soon as this many are waiting. */
   flushMaxEvents?: number
-  /** Called when a background flush fails (the events stay queued for the next one). */
+  /**
+   * Called once when writing the event log starts failing: the events stay queued, and writes are
+   * retried, backing off (see `WriteRetry`), without another call until one works. Also called
+   * when an idle pooled connection breaks.
+   */
   onError?: (err: Error) => void
+  /** Called once when writing works again, with the number of attempts that failed. */
+  onRecovered?: (failedAttempts: number) => void
   /**
    * Cluster mode: each write of events also notifies `ccapi_events` with `runId first last
    * origin`, in the same transaction (delivered once committed), so other instances' followers
@@ -64,11 +71,15 @@ export class PostgresRunStore implements RunStore {
   private closed = false
   /** Run ends being written: read back as written (this process's view), and waited for by `close()`. */
   private readonly finishing = new Map<string, { result: RunResult, endedAt: number, write: Promise<void> }>()
+  /** When to try again while writes fail, and what to report. */
+  private readonly retry: WriteRetry
 
   private constructor (readonly pool: pg.Pool, private readonly opts: PostgresStoreOptions) {
     this.flushMaxEvents = opts.flushMaxEvents ?? MAX_UNFLUSHED_EVENTS
+    this.retry = new WriteRetry({ ...(opts.onError !== undefined ? { onError: opts.onError } : {}), ...(opts.onRecovered !== undefined ? { onRecovered: opts.onRecovered } : {}) })
     this.timer = setInterval(() => {
-      this.flush().catch(err => opts.onError?.(err as Error))
+      // Reported once by the retry; tried again when due.
+      if (this.pending.length > 0 && this.retry.due()) this.flush().catch(() => {})
     }, opts.flushIntervalMs ?? 25)
     this.timer.unref()
   }
@@ -89,6 +100,7 @@ export class PostgresRunStore implements RunStore {
 
   async ping (): Promise<void> {
     await this.pool.query('SELECT 1')
+    if (this.retry.failing) throw this.retry.lastError
   }
 
   async insertRun (r: NewRun): Promise<void> {
@@ -181,7 +193,8 @@ export class PostgresRunStore implements RunStore {
 
   appendEvent (runId: string, seq: number, type: string, data: string): void {
     this.pending.push({ runId, seq, type, data })
-    if (this.pending.length >= this.flushMaxEvents) this.flush().catch(err => this.opts.onError?.(err as Error))
+    // While writes fail, the timer retries when due: appends do not hammer a failing database.
+    if (this.pending.length >= this.flushMaxEvents && this.retry.due()) this.flush().catch(() => {})
   }
 
   /**
@@ -189,7 +202,24 @@ export class PostgresRunStore implements RunStore {
    * write has committed; a failed write keeps them for the next attempt. Flushes run one at a time.
    */
   async flush (): Promise<void> {
-    const next = this.flushing.then(async () => await this.writePending())
+    await this.write(false)
+  }
+
+  /**
+   * One flush, after those under way. While writes fail and the next attempt is not due (decided
+   * when its turn comes), it fails at once, untried, unless `force` (the last one, at close).
+   */
+  private async write (force: boolean): Promise<void> {
+    const next = this.flushing.then(async () => {
+      if (!force && !this.retry.due()) throw this.retry.lastError ?? new Error('the event log cannot be written now')
+      try {
+        await this.writePending()
+      } catch (err) {
+        this.retry.failed(err as Error)
+        throw err
+      }
+      this.retry.succeeded()
+    })
     this.flushing = next.catch(() => {})
     await next
   }
@@ -357,7 +387,7 @@ export class PostgresRunStore implements RunStore {
     try {
       // Run ends already under way are written before the connections go.
       await Promise.allSettled([...this.finishing.values()].map(f => f.write))
-      await this.flush()
+      await this.write(true)
     } finally {
       await this.pool.end()
     }

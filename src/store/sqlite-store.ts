@@ -3,7 +3,9 @@ import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import type { RunResult } from '../runner/types.js'
 import { Checkpointer } from './checkpointer.js'
+import { createPrivateFile } from './data-dir-lock.js'
 import { MIGRATIONS } from './migrations.js'
+import { WriteRetry } from './write-retry.js'
 import { MAX_UNFLUSHED_EVENTS, type ApprovalRecord, type NewRun, type NewSession, type PendingWebhook, type RunFilter, type RunRecord, type RunStore, type SessionFilter, type SessionRecord, type StoredEvent, type WebhookDelivery } from './store.js'
 import {
   pageOfEvents, SESSION_COLUMNS, SESSION_INSERT_COLUMNS, sessionOfRun, sessionValues, toDelivery, toPending, toRecord, toSession,
@@ -27,8 +29,13 @@ export interface RunStoreOptions {
   flushMaxEvents?: number
   /** ... or as soon as they hold this many bytes (a chatty run's big lines stay bounded). */
   flushMaxBytes?: number
-  /** Called when a background flush fails (the events stay queued for the next one). */
+  /**
+   * Called once when writing the event log starts failing (a full disk): the events stay queued,
+   * and writes are retried, backing off (see `WriteRetry`), without another call until one works.
+   */
   onError?: (err: Error) => void
+  /** Called once when writing works again, with the number of attempts that failed. */
+  onRecovered?: (failedAttempts: number) => void
 }
 
 /**
@@ -45,16 +52,18 @@ export class SqliteRunStore implements RunStore {
   private readonly timer: NodeJS.Timeout
   private readonly flushMaxEvents: number
   private readonly stmts
-  private readonly onError: ((err: Error) => void) | undefined
   private readonly pendingFinishes = new Map<string, { result: RunResult, endedAt: number }>()
-  private writeError: Error | undefined
+  /** When to try again while writes fail, and what to report. */
+  private readonly retry: WriteRetry
   private readonly checkpointer: Checkpointer | undefined
 
   constructor (opts: RunStoreOptions) {
     let file = ':memory:'
     if (opts.dataDir !== ':memory:') {
-      mkdirSync(opts.dataDir, { recursive: true })
+      mkdirSync(opts.dataDir, { recursive: true, mode: 0o700 })
       file = join(opts.dataDir, 'runs.db')
+      // Every prompt and output is in it (and SQLite gives -wal and -shm the file's own mode).
+      createPrivateFile(file)
     }
     this.db = new Database(file)
     this.db.pragma('journal_mode = WAL')
@@ -67,16 +76,16 @@ export class SqliteRunStore implements RunStore {
       this.db.pragma('wal_autocheckpoint = 0')
       this.checkpointer = new Checkpointer(file)
     }
-    this.onError = opts.onError
+    this.retry = new WriteRetry({ ...(opts.onError !== undefined ? { onError: opts.onError } : {}), ...(opts.onRecovered !== undefined ? { onRecovered: opts.onRecovered } : {}) })
     // Tests may hold more back; the server keeps the default, which recovery relies on.
     this.flushMaxEvents = opts.flushMaxEvents ?? MAX_UNFLUSHED_EVENTS
     this.flushMaxBytes = opts.flushMaxBytes ?? 1024 * 1024
     this.timer = setInterval(() => {
+      if (!this.retry.due()) return
       try {
         this.flushNow()
-      } catch (err) {
-        // A full disk must not crash the server from a timer; the next flush tries again.
-        opts.onError?.(err as Error)
+      } catch {
+        // A full disk must not crash the server from a timer; reported once, retried when due.
       }
     }, opts.flushIntervalMs ?? 25)
     this.timer.unref()
@@ -137,7 +146,7 @@ export class SqliteRunStore implements RunStore {
   /** Answers, and the last write went through (a full disk makes the store unavailable until one does). */
   async ping (): Promise<void> {
     this.stmts.ping.get()
-    if (this.writeError !== undefined) throw this.writeError
+    if (this.retry.failing) throw this.retry.lastError
   }
 
   async insertRun (r: NewRun): Promise<void> {
@@ -168,7 +177,7 @@ export class SqliteRunStore implements RunStore {
   async markFinished (id: string, result: RunResult, endedAt: number): Promise<void> {
     // Recorded first, written with the events: if the disk is full, the next flush tries again.
     this.pendingFinishes.set(id, { result, endedAt })
-    this.flushNow()
+    this.flushWhenDue()
   }
 
   async renewLeases (owner: string, leaseUntil: number): Promise<void> {
@@ -207,12 +216,12 @@ export class SqliteRunStore implements RunStore {
   appendEvent (runId: string, seq: number, type: string, data: string): void {
     this.pending.push({ runId, seq, type, data })
     this.pendingBytes += data.length
-    if (this.pending.length >= this.flushMaxEvents || this.pendingBytes >= this.flushMaxBytes) {
+    // While writes fail, the timer retries when due: appends do not hammer a full disk.
+    if ((this.pending.length >= this.flushMaxEvents || this.pendingBytes >= this.flushMaxBytes) && this.retry.due()) {
       try {
         this.flushNow()
-      } catch (err) {
-        // Kept for the timer's next attempt; an append never throws.
-        this.onError?.(err as Error)
+      } catch {
+        // Kept for the next attempt; an append never throws.
       }
     }
   }
@@ -238,6 +247,12 @@ export class SqliteRunStore implements RunStore {
   }
 
   async flush (): Promise<void> {
+    this.flushWhenDue()
+  }
+
+  /** Write now, unless writes fail and the next attempt is not due: then fail at once, untried. */
+  private flushWhenDue (): void {
+    if (!this.retry.due()) throw this.retry.lastError ?? new Error('the event log cannot be written now')
     this.flushNow()
   }
 
@@ -265,9 +280,9 @@ export class SqliteRunStore implements RunStore {
         this.stmts.touchSessionOfRun.run(f.endedAt, id)
         this.pendingFinishes.delete(id)
       }
-      this.writeError = undefined
+      this.retry.succeeded()
     } catch (err) {
-      this.writeError = err as Error
+      this.retry.failed(err as Error)
       throw err
     }
   }

@@ -12,6 +12,9 @@ import type { RunEvent, RunRequest, RunResult, RunSpec, RunStatus } from '../run
  *   runs on its own, at least every few tens of milliseconds). An append of a `(runId, seq)` that
  *   exists already is ignored, so a replay never fails a batch.
  * - `markFinished` flushes the run's events first: a finished run's log is complete and durable.
+ * - While writing the event log fails (a full disk), the events stay queued and the backend retries
+ *   on its own, backing off (`WriteRetry`): until the next attempt is due, `flush()` (and so
+ *   `markFinished`) fails at once without trying, and `ping` fails until a write goes through.
  * - Runs are ordered by insertion (`rowid`), newest first in lists, for stable cursor paging.
  * - Ownership: a running run belongs to the instance that started it (`owner`) until its lease
  *   (`leaseUntil`) runs out; the owner renews it while the run goes. Recovery takes only the
@@ -30,7 +33,7 @@ export const MAX_UNFLUSHED_EVENTS = 1000
 export class ClaimLost extends Error {}
 
 export interface RunStore {
-  /** Resolves when the store answers (health checks). */
+  /** Resolves when the store answers and its event log can be written (health checks). */
   ping: () => Promise<void>
 
   insertRun: (run: NewRun) => Promise<void>

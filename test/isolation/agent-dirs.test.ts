@@ -12,7 +12,7 @@ test('a link an agent puts in its home never makes the server change the owner o
   t.teardown(() => rmSync(base, { recursive: true, force: true }))
   const secret = join(base, 'server-secret')
   mkdirSync(secret, { mode: 0o700 })
-  const ids = new AgentIdentities(join(base, 'agents'), join(base, 'agent-ids.json'), 24_000)
+  const ids = new AgentIdentities({ agentsDir: join(base, 'agents'), registryFile: join(base, 'agent-ids.json'), base: 24_000, uidRegistryDir: join(base, 'agent-uids') })
   const alice = ids.identityFor('alice')
   t.equal(statSync(alice.configDir).uid, alice.uid, 'the config directory is the agent\'s')
   // The agent (owner of its home) swaps its config directory for a link to a server path.
@@ -34,7 +34,7 @@ test('key names that are not directory names (. and ..) are refused', async t =>
     t.throws(() => readKeyFile(file), { name: 'ConfigError' }, `a key named ${name} is refused`)
   }
   if (process.getuid?.() === 0) {
-    const ids = new AgentIdentities(join(base, 'agents'), join(base, 'agent-ids.json'), 24_100)
+    const ids = new AgentIdentities({ agentsDir: join(base, 'agents'), registryFile: join(base, 'agent-ids.json'), base: 24_100, uidRegistryDir: join(base, 'agent-uids') })
     t.throws(() => ids.identityFor('..'), /cannot name an agent identity/)
   }
 })

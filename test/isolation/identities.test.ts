@@ -128,11 +128,13 @@ test('a working directory the key\'s identity cannot write is a clear 403', { sk
   const { server, box } = await isolatedServer(t)
   const shared = join(box.work, 'shared')
   mkdirSync(shared, { mode: 0o755 })
+  // Another user's: one of the server's own would be handed to the key (shared-host.test.ts).
+  chownSync(shared, 65534, 65534)
   const res = await fetch(`${server.base}/api/execute`, { method: 'POST', headers: { 'x-api-key': KEYS.alice, 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'hi', working_directory: 'shared' }) })
   t.equal(res.status, 403)
   const body = await res.json() as any
   t.equal(body.code, 'working_directory_not_writable')
-  t.match(body.detail, /not writable by this key's agent identity \(uid \d+\)/)
+  t.match(body.detail, /not writable by this key's agent identity \(uid \d+\), and the server does not hand it over \(.*belongs to uid 65534\)/)
 })
 
 test('a server without privileges reports isolation none and warns; ISOLATION=uid then refuses to start', { skip }, async t => {
@@ -145,7 +147,7 @@ test('a server without privileges reports isolation none and warns; ISOLATION=ui
   const server = await startServer(t, env)
   const health = await (await fetch(`${server.base}/health`)).json() as any
   t.same(health.isolation, { level: 'none', credential_broker: true })
-  t.match(server.output(), /ISOLATION level none: runs execute as the server's own user/, 'a loud warning at start')
+  t.match(server.output(), /ISOLATION=none: runs execute as the server's own user and nothing keeps them from it/, 'a loud warning at start, saying plainly what none protects')
   const refused = await serverThatFails({ ...env, ISOLATION: 'uid', DATA_DIR: join(box.home, 'data2') })
   t.equal(refused.code, 1)
   t.match(refused.stderr, /^Cannot start: ISOLATION=uid needs the server to run as root/)

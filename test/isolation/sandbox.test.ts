@@ -2,14 +2,17 @@ import { test } from 'tap'
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { findBwrap } from '../../src/isolation/sandbox.js'
-import { eventually, fakeModel, keysFile as writeKeys, noWarmSpares, pidsMatching, startServer, testEnv, toolResults, type Sandbox, openToAgents } from '../helper.js'
+import { eventually, fakeModel, keysFile as writeKeys, noWarmSpares, pidsMatching, pruneUidRegistry, startServer, testEnv, toolResults, type Sandbox, openToAgents } from '../helper.js'
 
 /** Like the helper's sandbox, but outside /tmp: inside the sandbox /tmp is a private tmpfs, which would hide the very paths under test. */
 function varTmpBox (t: { teardown: (fn: () => unknown) => void }): Sandbox {
   const base = realpathSync(mkdtempSync('/var/tmp/ccapi-sandbox-test-'))
   const dirs = { home: join(base, 'home'), work: join(base, 'work'), outside: join(base, 'outside') }
   for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true })
-  t.teardown(() => rmSync(base, { recursive: true, force: true }))
+  t.teardown(() => {
+    rmSync(base, { recursive: true, force: true })
+    pruneUidRegistry()
+  })
   return dirs
 }
 
@@ -62,7 +65,9 @@ test('a sandboxed run sees only itself, none of the server\'s paths, and leaves 
   t.match(section('OUTSIDE'), /Read-only file system|Permission denied/, 'nothing outside its own directory is writable')
   t.match(out, /END:/, 'the script ran to its end')
   t.ok(await eventually(() => pidsMatching('sleep 3613').length === 0 && pidsMatching('sleep 3614').length === 0, 5000), 'the detached, env-cleared sleeps died with the run')
-  t.equal(statSync(join(own, 'escape.sh')).uid, 23_000 + (process.pid % 1000) * 10, 'the run wrote in its own directory, as its identity')
+  // Its uid: the first of the range that nothing else on the host uses.
+  const aliceUid = (JSON.parse(readFileSync(join(env.DATA_DIR!, 'agent-ids.json'), 'utf8')) as Record<string, number>).alice
+  t.equal(statSync(join(own, 'escape.sh')).uid, aliceUid, 'the run wrote in its own directory, as its identity')
 
   model.on('write and resume', [{ tool: 'Write', input: { file_path: join(own, 'notes.txt'), content: 'inside\n' } }, { text: 'written' }])
   const first = await (await fetch(`${server.base}/api/execute`, { method: 'POST', headers: { 'x-api-key': KEY, 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'write and resume' }) })).json() as any

@@ -42,3 +42,11 @@ test('a 150,000-character system prompt reaches the model whole (it never travel
   t.equal(res2.json().status, 'succeeded', res2.json().error ?? '')
   t.ok(sent(model.calls.find(c => c.prompt === 'long appended prompt')!).includes(appended.slice(-2000)), 'the appended part whole')
 })
+
+test('a NUL byte in a prompt is not refused: it goes to the CLI on stdin, not in argv, and reaches the model as sent', async t => {
+  const { app, model } = await build(t)
+  const res = await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'nul: before\u0000after' } })
+  t.equal(res.statusCode, 200)
+  t.equal(res.json().status, 'succeeded', res.json().error ?? '')
+  t.ok(model.calls.some(c => c.prompt === 'nul: before\u0000after'), 'the model got the prompt, NUL and all')
+})

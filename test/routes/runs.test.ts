@@ -35,6 +35,18 @@ test('POST /api/runs answers 202 at once; the run goes on and its result is kept
   t.equal(done.queue_position, null)
 })
 
+test('a queued run always has its place: one that has its slot and is starting is next (1)', async t => {
+  const { app, model } = await build(t)
+  const base = await listen(app)
+  model.on('placed', [{ text: 'ok' }])
+  const res = await fetch(`${base}/api/runs`, { method: 'POST', headers: json, body: JSON.stringify({ prompt: 'placed' }) })
+  t.equal(res.status, 202)
+  const run = await res.json() as any
+  // On an idle server the run has its slot at once; its CLI may or may not be up yet.
+  t.same({ status: run.status, queue_position: run.queue_position }, run.status === 'queued' ? { status: 'queued', queue_position: 1 } : { status: 'running', queue_position: null })
+  t.equal((await waitForEnd(base, run.id)).status, 'succeeded')
+})
+
 test('replay of a finished run from every position: each event exactly once, in order', async t => {
   const { app, model } = await build(t)
   const base = await listen(app)

@@ -1,11 +1,11 @@
 import { test } from 'tap'
 import { execFile } from 'node:child_process'
-import { readFileSync, statSync } from 'node:fs'
+import { mkdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parse as parseYaml } from 'yaml'
 import { sha256Hex } from '../../src/auth/keys.js'
-import { build, sandbox } from '../helper.js'
+import { build, fakeModel, sandbox, startServer, testEnv } from '../helper.js'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 
@@ -20,6 +20,16 @@ async function keys (...args: string[]): Promise<Ran> {
 async function keysWith (env: Record<string, string>, ...args: string[]): Promise<Ran> {
   return await new Promise(resolve => {
     execFile(process.execPath, ['--import', 'tsx', 'scripts/keys.ts', ...args], { cwd: ROOT, timeout: 30_000, env: { ...process.env, ...env } }, (err, stdout, stderr) => {
+      resolve({ code: err === null ? 0 : (typeof err.code === 'number' ? err.code : -1), stdout, stderr })
+    })
+  })
+}
+
+/** Run `scripts/keys.ts` from another directory, as an operator in their own checkout would, without API_KEYS_FILE. */
+async function keysIn (cwd: string, ...args: string[]): Promise<Ran> {
+  const { API_KEYS_FILE: _unset, ...env } = process.env
+  return await new Promise(resolve => {
+    execFile(process.execPath, ['--import', import.meta.resolve('tsx'), join(ROOT, 'scripts', 'keys.ts'), ...args], { cwd, timeout: 30_000, env }, (err, stdout, stderr) => {
       resolve({ code: err === null ? 0 : (typeof err.code === 'number' ? err.code : -1), stdout, stderr })
     })
   })
@@ -143,4 +153,29 @@ test('keys CLI: --help explains every command and scope and exits 0; list and ad
   t.match(added.stdout, `to ${file}`, 'add writes to API_KEYS_FILE')
   const listed = await keysWith({ API_KEYS_FILE: file }, 'list')
   t.equal(listed.stdout, 'dashboard\truns:read_all\t\n', 'list reads API_KEYS_FILE')
+})
+
+test('keys CLI: add with no --file and no API_KEYS_FILE writes ./api-keys.json (0600), which a server started there reads', async t => {
+  const box = sandbox(t)
+  const model = await fakeModel(t)
+  const checkout = join(box.outside, 'checkout')
+  mkdirSync(checkout)
+  const added = await keysIn(checkout, 'add', 'first-bot')
+  t.equal(added.code, 0, added.stderr)
+  const key = /cca_[A-Za-z0-9_-]{43}/.exec(added.stdout)![0]
+  const file = join(checkout, 'api-keys.json')
+  t.match(added.stdout, 'to api-keys.json')
+  t.equal(statSync(file).mode & 0o777, 0o600, 'the keys file is its owner\'s only')
+  t.notMatch(added.stdout, /does not read/, 'no variable to set: the server reads this file by default')
+  const elsewhere = await keysIn(checkout, 'add', 'other', '--file', join(box.home, 'other-keys.json'))
+  t.match(elsewhere.stdout, `start it with API_KEYS_FILE=${join(box.home, 'other-keys.json')}`, 'a file the server would not read is named with what to set')
+
+  // `npm start` in that directory, API_KEYS_FILE unset.
+  const env = testEnv(box, model)
+  t.equal(env.API_KEYS_FILE, undefined)
+  const server = await startServer(t, env, checkout)
+  t.match(server.output(), `named keys from ${file}`, 'the log says which file it read')
+  const res = await fetch(`${server.base}/api/runs`, { headers: { 'x-api-key': key } })
+  t.equal(res.status, 200, 'the new key is accepted')
+  t.equal((await fetch(`${server.base}/api/runs`, { headers: { 'x-api-key': 'cca_not-a-key' } })).status, 401, 'and nothing else is')
 })

@@ -1,6 +1,7 @@
 import { test, type Test } from 'tap'
 import type { RunRequest, RunResult, RunSpec, RunStatus } from '../../src/runner/types.js'
 import type { NewRun, PendingWebhook, RunRecord, RunStore, StoredEvent, WebhookDelivery } from '../../src/store/store.js'
+import type { WriteReports } from '../../src/store/write-retry.js'
 
 /**
  * The contract every `RunStore` backend passes: the rules of `src/store/store.ts`, checked through
@@ -741,5 +742,79 @@ export function runStoreContract (name: string, open: OpenStore): void {
     t.strictSame(ids(newest), ['after-restart', 'done', 'running', 'queued'], 'a run inserted after the restart is the newest')
     t.ok(newest[0]!.rowid > before[0]!.rowid, 'and its rowid follows on')
     t.strictSame(ids(await again.listRuns({ limit: 100, before: newest[0]!.rowid })), ['done', 'running', 'queued'], 'cursors taken before the restart still page')
+  })
+}
+
+/** A store whose event-log writes a test can make fail, as a full disk makes them. */
+export interface FailingWrites {
+  /** A store that flushes on its own, often (a few ms), reporting to the given `WriteReports`. */
+  store: RunStore
+  /** From now on every write of events fails ("disk full"), counted by the database itself. */
+  fail: () => Promise<void>
+  /** Writes work again. */
+  mend: () => Promise<void>
+  /** How many writes of events failed, as the database counted them. */
+  failedWrites: () => Promise<number>
+  /** Events of a run written to the database (not those waiting in memory). */
+  written: (runId: string) => Promise<number>
+}
+
+/**
+ * What every backend does when writing its event log fails: it retries on its own, backing off,
+ * reports the failure once and the recovery once (with the number of failed attempts), says it
+ * is unavailable meanwhile, and loses nothing. A backend's test file calls this once.
+ */
+export function writeFailureContract (name: string, open: (t: Test, reports: Required<WriteReports>) => Promise<FailingWrites>): void {
+  test(`${name}: a failing event-log write backs off: reported once, a handful of attempts, recovery reported once with the count`, async t => {
+    const errors: Error[] = []
+    const recovered: number[] = []
+    const s = await open(t, { onError: err => errors.push(err), onRecovered: n => recovered.push(n) })
+    const { store } = s
+    await addRun(store, 'run-1', { status: 'running' })
+    await s.fail()
+    // A chatty run for one second: a few events every couple of milliseconds, each batch flushed
+    // as the run log does, while the store's own timer ticks every few milliseconds.
+    let seq = 0
+    let refused = 0
+    const end = Date.now() + 1000
+    while (Date.now() < end) {
+      appendN(store, 'run-1', seq + 1, seq + 5)
+      seq += 5
+      await store.flush().catch(() => { refused++ })
+      await new Promise(resolve => setTimeout(resolve, 2))
+    }
+    t.ok(refused > 20, `flushes fail meanwhile (${refused} of them)`)
+    t.equal(errors.length, 1, `the failure is reported once (${errors.length} reports)`)
+    t.match(errors[0]?.message, /disk is full/, 'with its error')
+    await t.rejects(store.ping(), /disk is full/, 'the store says it is unavailable')
+    const tried = await s.failedWrites()
+    // 25 ms, doubling: attempts at about 0, 25, 75, 175, 375 and 775 ms.
+    t.ok(tried >= 3 && tried <= 10, `a handful of attempts in a second of failure, not one per tick or per flush (${tried})`)
+    t.equal(await s.written('run-1'), 0, 'nothing was written')
+
+    await s.mend()
+    // The next attempt is at most 2 s away (the backoff's cap), and 1.6 s after a second of failure.
+    const deadline = Date.now() + 4000
+    while (recovered.length === 0 && Date.now() < deadline) await new Promise(resolve => setTimeout(resolve, 20))
+    t.same(recovered, [await s.failedWrites()], 'the recovery is reported once, with the number of failed attempts')
+    t.equal(errors.length, 1, 'and nothing else was reported')
+    await t.resolves(store.ping(), 'the store is available again')
+    await store.flush()
+    t.equal(await s.written('run-1'), seq, `every event written in the end (${seq}), none lost`)
+    t.strictSame(seqs(await store.eventsAfter('run-1', 0, seq + 1)), range(1, seq), 'in order')
+
+    // A second spell is reported again, once.
+    await s.fail()
+    appendN(store, 'run-1', seq + 1, seq + 5)
+    await store.flush().catch(() => {})
+    await s.mend()
+    await store.flush().catch(() => {})
+    const again = Date.now() + 1000
+    while (recovered.length < 2 && Date.now() < again) {
+      await new Promise(resolve => setTimeout(resolve, 10))
+      await store.flush().catch(() => {})
+    }
+    t.equal(errors.length, 2, 'a new spell of failure is reported once more')
+    t.equal(recovered.length, 2, 'and its recovery')
   })
 }

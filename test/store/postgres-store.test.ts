@@ -3,7 +3,7 @@ import pg from 'pg'
 import { PostgresRunStore } from '../../src/store/postgres-store.js'
 import { PG_MIGRATIONS } from '../../src/store/pg-migrations.js'
 import { noPostgres, startPostgres, type PgServer } from '../fixtures/postgres.js'
-import { addRun, appendN, range, runStoreContract, seqs } from './contract.js'
+import { addRun, appendN, range, runStoreContract, seqs, writeFailureContract } from './contract.js'
 
 /**
  * The PostgreSQL store against a real PostgreSQL server this file starts: the contract every
@@ -32,6 +32,26 @@ if (noPostgres !== false) {
   runStoreContract('postgres', async t => {
     const url = await (await serverOnce(t)).database()
     return { store: await openStore(t, url), reopen: async () => await openStore(t, url) }
+  })
+
+  writeFailureContract('postgres', async (t, reports) => {
+    const url = await (await serverOnce(t)).database()
+    const store = await PostgresRunStore.open({ url, flushIntervalMs: 5, flushMaxEvents: 10, ...reports })
+    t.teardown(() => store.close())
+    const admin = new pg.Client({ connectionString: url })
+    await admin.connect()
+    t.teardown(() => admin.end())
+    // A sequence counts each failed write: it is not rolled back with the write.
+    await admin.query(`CREATE SEQUENCE failed_writes;
+      CREATE FUNCTION disk_full() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN PERFORM nextval('failed_writes'); RAISE EXCEPTION 'database or disk is full'; END $$`)
+    return {
+      store,
+      fail: async () => { await admin.query('CREATE TRIGGER disk_full BEFORE INSERT ON events FOR EACH STATEMENT EXECUTE FUNCTION disk_full()') },
+      mend: async () => { await admin.query('DROP TRIGGER disk_full ON events') },
+      failedWrites: async () => (await admin.query<{ n: number }>('SELECT CASE WHEN is_called THEN last_value ELSE 0 END::int AS n FROM failed_writes')).rows[0]!.n,
+      written: async runId => (await admin.query<{ n: number }>('SELECT COUNT(*)::int AS n FROM events WHERE run_id = $1', [runId])).rows[0]!.n
+    }
   })
 
   test('postgres: instances starting at once apply each migration exactly once', async t => {

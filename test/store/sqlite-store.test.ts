@@ -7,7 +7,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { SqliteRunStore, type RunStoreOptions } from '../../src/store/sqlite-store.js'
 import { MIGRATIONS } from '../../src/store/migrations.js'
-import { addRun, appendN, evt, range, result, runStoreContract, seqs, spec, T0 } from './contract.js'
+import { addRun, appendN, evt, range, result, runStoreContract, seqs, spec, T0, writeFailureContract } from './contract.js'
 
 const repoRoot = fileURLToPath(new URL('../../', import.meta.url))
 
@@ -43,6 +43,26 @@ runStoreContract('sqlite', async t => {
   const dir = tempDir(t)
   // close() is idempotent, so the stores a test closed itself are closed again harmlessly.
   return { store: openStore(t, dir), reopen: async () => openStore(t, dir) }
+})
+
+writeFailureContract('sqlite', async (t, reports) => {
+  const dir = tempDir(t)
+  const store = openStore(t, dir, { flushIntervalMs: 5, flushMaxEvents: 10, ...reports })
+  // Counted on the store's own connection: a trigger's writes are rolled back with the failed write.
+  let failed = 0
+  ;(store as unknown as { db: Database.Database }).db.function('count_failed_write', () => ++failed)
+  const admin = new Database(join(dir, 'runs.db'))
+  admin.pragma('busy_timeout = 5000')
+  t.teardown(() => admin.close())
+  return {
+    store,
+    fail: async () => {
+      admin.exec('CREATE TRIGGER disk_full BEFORE INSERT ON events BEGIN SELECT count_failed_write(); SELECT RAISE(ABORT, \'database or disk is full\'); END')
+    },
+    mend: async () => { admin.exec('DROP TRIGGER disk_full') },
+    failedWrites: async () => failed,
+    written: async runId => countEvents(admin, runId)
+  }
 })
 
 test('event writes are batched: a full batch is written at flushMaxEvents, the rest waits for flush()', async t => {
