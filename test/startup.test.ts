@@ -98,7 +98,10 @@ test('a fresh checkout: runs without a directory execute in ./workspace, where n
   const res = await fetch(`${server.base}/api/execute/stream`, { method: 'POST', headers, body: JSON.stringify({ prompt: 'show me the secrets', allowed_tools: ['Bash(cat *)'] }) })
   t.equal(res.status, 200, 'the key with a # in .env works as written')
   const { events } = await readSse(res)
-  t.equal(JSON.parse(events[0]!.data).working_directory, realpathSync(join(checkout, 'workspace')), 'the run executes in ./workspace')
+  // As root (CI), even in a checkout below a private directory, the run is its key's identity's, in its own area.
+  const asRoot = process.getuid?.() === 0
+  const area = asRoot ? join(checkout, 'workspace', 'default') : join(checkout, 'workspace')
+  t.equal(JSON.parse(events[0]!.data).working_directory, realpathSync(area), 'the run executes in ./workspace (as root: the key\'s own ./workspace/default)')
   const result = JSON.parse(events.at(-1)!.data)
   t.equal(result.status, 'succeeded')
   const toolResult = JSON.stringify(model.calls.at(-1)!.body.messages.at(-1))
@@ -106,6 +109,7 @@ test('a fresh checkout: runs without a directory execute in ./workspace, where n
   const everything = JSON.stringify(model.calls.map(c => c.body)) + events.map(e => e.data).join('\n')
   t.notOk(everything.includes('sk-ant-dotenv-secret'), 'the Anthropic key never reached the model or the client')
   t.notOk(everything.includes('s3cr#t-key'), 'nor the admin key')
-  t.same(readdirSync(join(checkout, 'workspace')), [], 'and the work area is still empty')
+  t.same(readdirSync(area), [], 'and the work area is still empty')
+  if (asRoot) t.match(await (await fetch(`${server.base}/health`)).json(), { isolation: { level: 'sandbox' } }, 'as root: the sandbox, not none, though the checkout lies below a private directory')
   t.ok(existsSync(join(checkout, 'data', 'runs.db')), 'the store is in ./data, outside the work area')
 })
