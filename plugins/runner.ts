@@ -46,6 +46,9 @@ function closeToOthers (path: string | undefined, log: { info: (o: object, m: st
   }
 }
 
+/** The unprivileged uid the sandbox is tried as at start. */
+const NOBODY = 65534
+
 /** The directories of the CLI a sandbox must show: its own, and its real one when it is a link. */
 function cliDirs (cli: string): string[] {
   if (!cli.startsWith('/')) return []
@@ -105,7 +108,8 @@ export default fp(async (fastify) => {
   // Tried only where it could be used: as an agent identity would run it.
   const sandbox = tools === null
     ? { ok: false as const, why: switchUsers ? 'bwrap is not installed' : 'not tried' }
-    : await sandboxWorks(tools.bwrap, fastify.config.agentUidBase)
+    // As `nobody`: never an agent identity's uid, whose processes that no run accounts for are ended.
+    : await sandboxWorks(tools.bwrap, NOBODY)
   if (setting === 'auto' && switchUsers && !sandbox.ok) fastify.log.info({ why: sandbox.why }, 'no sandbox (bubblewrap) here: agent identities only')
   const resolved = resolveIsolation(setting, switchUsers, sandbox)
   if ('refused' in resolved) throw new ConfigError(resolved.refused)

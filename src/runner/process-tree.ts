@@ -1,5 +1,6 @@
 import { readdirSync, readFileSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
+import { markerOf } from '../isolation/peer.js'
 
 /**
  * Finding and ending every process of one run.
@@ -230,15 +231,6 @@ function uidsOf (pid: number): number[] | null {
   } catch {
     return null
   }
-}
-
-/** The value of `name` in a process's environment, if it has one. */
-function markerOf (pid: number, name: string): string | undefined {
-  const env = readEnviron(pid)
-  if (env === null) return undefined
-  const prefix = `${name}=`
-  for (const entry of env.toString('utf8').split('\0')) if (entry.startsWith(prefix)) return entry.slice(prefix.length)
-  return undefined
 }
 
 /**

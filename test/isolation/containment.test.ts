@@ -3,7 +3,7 @@ import { chmodSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { realpathSync } from 'node:fs'
 import { defaultCliPath } from '../../src/runner/runner.js'
-import { eventually, fakeModel, keysFile as writeKeys, pidsMatching, sandbox, startServer, testEnv, openToAgents } from '../helper.js'
+import { eventually, fakeModel, keysFile as writeKeys, noWarmSpares, pidsMatching, sandbox, startServer, testEnv, toolResults, openToAgents } from '../helper.js'
 
 /**
  * At `uid` (the Docker image's level: no PID namespace), what a run starts must not outlive it,
@@ -79,4 +79,25 @@ test('a CLI the identities cannot launch: /health degraded with the reason, unti
   h = await health()
   t.equal(h.status, 'healthy', 'and /health says so')
   t.equal(h.isolation.error, undefined)
+})
+
+test('a parked spare\'s token, read from /proc by a run of the same identity, gets nothing', { skip: skip !== false ? skip : noWarmSpares }, async t => {
+  const { model, run, server } = await uidServer(t, 30_000, { WARM_SPARES: '1' })
+  const first = await run({ prompt: 'hello' })
+  t.equal(first.success, true, first.error)
+  t.ok(await eventually(async () => (await (await fetch(`${server.base}/health`)).json() as any).warm.parked === 1, 60_000), 'setup: a spare is parked for alice')
+  const steal = [
+    'for f in /proc/[0-9]*/environ; do cat $f 2>/dev/null | tr "\\0" "\\n" | grep "^ANTHROPIC_API_KEY=sk-ant-run-"; done | cut -d= -f2 | sort -u > tokens',
+    'echo "FOUND:$(grep -cv "^$ANTHROPIC_API_KEY$" tokens)"',
+    'for k in $(grep -v "^$ANTHROPIC_API_KEY$" tokens); do curl -s -o /dev/null -w "USED:%{http_code}\\n" -H "x-api-key: $k" -H "content-type: application/json" --data \'{"model":"claude-x","max_tokens":5,"messages":[{"role":"user","content":"stolen call"}]}\' "$ANTHROPIC_BASE_URL/v1/messages"; done'
+  ].join('; ')
+  model.on('steal the spare token', [{ tool: 'Bash', input: { command: steal } }, { text: 'tried' }])
+  // A system prompt: the spare cannot take this run, which starts cold beside it.
+  const thief = await run({ prompt: 'steal the spare token', allowed_tools: ['Bash'], append_system_prompt: 'be brief' })
+  t.equal(thief.success, true, thief.error)
+  const out = toolResults(model.calls).at(-1) ?? ''
+  t.match(out, /FOUND:[1-9]/, 'the run found the spare\'s token in /proc')
+  t.match(out, /USED:401/, 'and the broker refused it')
+  t.notMatch(out, /USED:200/)
+  t.notOk(model.calls.some(c => c.userTexts.includes('stolen call')), 'nothing reached the model')
 })
