@@ -3,7 +3,7 @@ import { request as httpsRequest } from 'node:https'
 import { randomBytes, timingSafeEqual, createHash } from 'node:crypto'
 import type { AddressInfo, Socket } from 'node:net'
 import { RUN_MARKER_VAR } from '../runner/child-env.js'
-import { markerOf, socketPeer } from './peer.js'
+import { socketPeer } from './peer.js'
 import type { Environment } from '../config.js'
 
 /** The operator's credential, as the broker sends it upstream. */
@@ -173,8 +173,11 @@ export class CredentialBroker {
     const key = `${grant.runId}`
     const known = this.peers.get(socket)
     if (known?.grant === key) return known.ok
-    const peer = socketPeer(socket.remotePort ?? 0, socket.localPort ?? 0)
-    const ok = peer !== null && peer.uid === grant.uid && (grant.marker === undefined || markerOf(peer.pid, RUN_MARKER_VAR) === grant.marker)
+    const peer = socketPeer(
+      { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 },
+      { address: socket.localAddress ?? '', port: socket.localPort ?? 0 },
+      grant.marker !== undefined ? { name: RUN_MARKER_VAR, value: grant.marker } : undefined)
+    const ok = peer !== null && peer.uid === grant.uid
     this.peers.set(socket, { grant: key, ok })
     return ok
   }

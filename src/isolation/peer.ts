@@ -1,48 +1,66 @@
 import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
+import { endianness } from 'node:os'
+
+/** Descriptors looked at in one process at most, so a process with very many cannot stall the server. */
+const MAX_FDS = 4096
+
+/** One end of a loopback TCP connection. */
+export interface Endpoint { address: string, port: number }
 
 /**
  * Who is at the other end of a loopback TCP connection: the uid and pid of the process holding
- * the client's socket, from /proc (the kernel's socket tables, then the holders' descriptors).
- * The server must be able to read every process's descriptors (root, with agent identities).
+ * the client's socket, from /proc (the kernel's socket table, matched on both ends' addresses and
+ * ports, then the holder's descriptors). With `marker`, only processes carrying it in their
+ * environment are looked into. The server must be able to read every process's descriptors
+ * (root, with agent identities). IPv4 only: the broker listens on 127.0.0.1.
  */
-export function socketPeer (clientPort: number, serverPort: number): { uid: number, pid: number } | null {
-  const entry = socketEntry(clientPort, serverPort)
+export function socketPeer (client: Endpoint, server: Endpoint, marker?: { name: string, value: string }): { uid: number, pid: number } | null {
+  const entry = socketEntry(client, server)
   if (entry === null) return null
-  const pid = pidHolding(entry.inode, entry.uid)
+  const pid = pidHolding(entry.inode, entry.uid, marker)
   return pid === null ? null : { uid: entry.uid, pid }
 }
 
-const portOf = (address: string): number => parseInt(address.slice(address.lastIndexOf(':') + 1), 16)
+/** An IPv4 address and port as /proc/net/tcp prints them (the address in host byte order). */
+function procAddress ({ address, port }: Endpoint): string | null {
+  const v4 = /^(?:::ffff:)?(\d+)\.(\d+)\.(\d+)\.(\d+)$/i.exec(address)
+  if (v4 === null) return null
+  const bytes = v4.slice(1, 5).map(Number)
+  const ordered = endianness() === 'LE' ? bytes.reverse() : bytes
+  return ordered.map(b => b.toString(16).padStart(2, '0')).join('').toUpperCase() + ':' + port.toString(16).toUpperCase().padStart(4, '0')
+}
 
-/** The client socket's entry (its owner's uid, its inode) in /proc/net/tcp{,6}. */
-function socketEntry (clientPort: number, serverPort: number): { uid: number, inode: number } | null {
-  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    let text: string
-    try {
-      text = readFileSync(table, 'latin1')
-    } catch {
-      continue
-    }
-    for (const line of text.split('\n').slice(1)) {
-      const f = line.trim().split(/\s+/)
-      if (f.length < 10) continue
-      if (portOf(f[1]!) === clientPort && portOf(f[2]!) === serverPort) return { uid: Number(f[7]), inode: Number(f[9]) }
-    }
+/** The client socket's entry (its owner's uid, its inode) in /proc/net/tcp. */
+function socketEntry (client: Endpoint, server: Endpoint): { uid: number, inode: number } | null {
+  const local = procAddress(client)
+  const remote = procAddress(server)
+  if (local === null || remote === null) return null
+  let text: string
+  try {
+    text = readFileSync('/proc/net/tcp', 'latin1')
+  } catch {
+    return null
+  }
+  for (const line of text.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/)
+    if (f.length >= 10 && f[1] === local && f[2] === remote) return { uid: Number(f[7]), inode: Number(f[9]) }
   }
   return null
 }
 
-/** The process of `uid` holding the socket `inode`, if one does. */
-function pidHolding (inode: number, uid: number): number | null {
+/** The process of `uid` (carrying `marker`, if given) that holds the socket `inode`, if one does. */
+function pidHolding (inode: number, uid: number, marker?: { name: string, value: string }): number | null {
   const link = `socket:[${inode}]`
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue
+    const pid = Number(name)
     try {
       const status = readFileSync(`/proc/${name}/status`, 'latin1')
       if (Number(/^Uid:\s+\d+\s+(\d+)/m.exec(status)?.[1]) !== uid) continue
-      for (const fd of readdirSync(`/proc/${name}/fd`)) {
+      if (marker !== undefined && markerOf(pid, marker.name) !== marker.value) continue
+      for (const fd of readdirSync(`/proc/${name}/fd`).slice(0, MAX_FDS)) {
         try {
-          if (readlinkSync(`/proc/${name}/fd/${fd}`) === link) return Number(name)
+          if (readlinkSync(`/proc/${name}/fd/${fd}`) === link) return pid
         } catch {}
       }
     } catch {

@@ -1,5 +1,5 @@
 import { execa } from 'execa'
-import { existsSync, mkdirSync, statSync } from 'node:fs'
+import { existsSync, lstatSync, mkdirSync, statSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { tmpdir } from 'node:os'
 
@@ -32,8 +32,8 @@ export interface SandboxTools {
    */
   unshare: string | null
   setpriv: string | null
-  /** An empty directory where paths are staged while such a mount namespace is prepared. */
-  stage: string
+  /** An empty directory where paths are staged while such a mount namespace is prepared (null: none could be had). */
+  stage: string | null
 }
 
 /** How one sandboxed CLI is launched. */
@@ -45,6 +45,11 @@ export interface SandboxLaunch {
    * identity itself (`setpriv`); false: it is spawned as the identity.
    */
   privileged: boolean
+  /**
+   * Privileged only: the run's environment does not reach the root part of the launch; bubblewrap
+   * reads it (`--clearenv --setenv …`, NUL-separated) from this descriptor, never from argv.
+   */
+  envFd?: number
 }
 
 const SEARCH = ['/usr/bin', '/bin', '/usr/local/bin', '/usr/sbin', '/sbin']
@@ -67,14 +72,22 @@ export function findBwrap (): string | null {
 export function sandboxTools (): SandboxTools | null {
   const bwrap = findBwrap()
   if (bwrap === null) return null
-  let stage = '/run/claude-code-api-stage'
-  try {
-    mkdirSync(stage, { recursive: true, mode: 0o700 })
-  } catch {
-    stage = join(tmpdir(), 'claude-code-api-stage')
-    mkdirSync(stage, { recursive: true, mode: 0o700 })
-  }
+  const stage = [join('/run', 'claude-code-api-stage'), join(tmpdir(), `claude-code-api-stage-${process.getuid?.() ?? 0}`)].find(ownStagingDir) ?? null
   return { bwrap, unshare: findTool('unshare'), setpriv: findTool('setpriv'), stage }
+}
+
+/**
+ * Whether `dir` is (or now is) a real directory of the server's own, closed to others: never one
+ * another user made first, nor a link (the launch mounts on it as root).
+ */
+function ownStagingDir (dir: string): boolean {
+  try {
+    mkdirSync(dir, { mode: 0o700 })
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') return false
+  }
+  const st = lstatSync(dir, { throwIfNoEntry: false })
+  return st !== undefined && st.isDirectory() && st.uid === (process.getuid?.() ?? 0) && (st.mode & 0o077) === 0
 }
 
 /** Whether `uid`/`gid` may pass through `dir` (owner, group or other search permission; no ACLs). */
@@ -88,6 +101,20 @@ function searchableBy (dir: string, uid: number, gid: number): boolean {
   if (st.uid === uid) return (st.mode & 0o100) !== 0
   if (st.gid === gid) return (st.mode & 0o010) !== 0
   return (st.mode & 0o001) !== 0
+}
+
+/**
+ * Whether nothing `uid` does can change where `dir` leads: it and every directory above it belong
+ * to another user and are writable by neither the identity's group nor others (or are sticky).
+ */
+function settledFor (dir: string, uid: number, gid: number): boolean {
+  for (let d = dir; ; d = dirname(d)) {
+    const st = lstatSync(d, { throwIfNoEntry: false })
+    if (st === undefined || !st.isDirectory() || st.uid === uid) return false
+    const sticky = (st.mode & 0o1000) !== 0
+    if (!sticky && ((st.mode & 0o002) !== 0 || (st.gid === gid && (st.mode & 0o020) !== 0))) return false
+    if (dirname(d) === d) return true
+  }
 }
 
 /** The first directory above `path` that `uid` cannot pass through, or null when it can reach it. */
@@ -108,31 +135,42 @@ const isBelow = (root: string, p: string): boolean => p === root || p.startsWith
  * identity: each path the run must see but cannot reach is bound into a staging tmpfs, each
  * directory in the way is covered by an empty tmpfs (which hides whatever else it holds: the
  * operator's HOME, `.env`, ...), and the staged paths are moved to their own places inside it.
- * Arguments: UID STAGE SETPRIV, then `b PATH` and `h DIR` pairs, then `--` and the command.
+ * Arguments: UID STAGE SETPRIV, then `b DEV:INO PATH` and `h DIR` entries, then `--` and the
+ * command. Each staged path must still be the directory the server checked (device and inode): an
+ * agent that swaps a directory of its own for a link meanwhile fails its run, and reaches nothing.
+ * Every directory from / to each cover is another user's and closed to the identity
+ * (`settledFor`), so nothing the agent does changes where the covers and moves land.
  */
 const PREPARE = `set -e
+umask 022
 u=$1; st=$2; sp=$3; shift 3
-P=/usr/sbin:/usr/bin:/sbin:/bin
-PATH=$P mount -t tmpfs -o mode=0700,size=64k ccapi-stage "$st"
-i=0; op=
+PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t tmpfs -o mode=0700,size=64k ccapi-stage "$st"
+i=0; op=; id=
 for a in "$@"; do
   if [ -z "$op" ]; then if [ "$a" = -- ]; then break; fi; op=$a; continue; fi
-  if [ "$op" = b ]; then i=$((i+1)); PATH=$P mkdir "$st/$i"; PATH=$P mount --bind "$a" "$st/$i"; fi
+  if [ "$op" = b ]; then id=$a; op=B; continue; fi
+  if [ "$op" = B ]; then
+    i=$((i+1)); mkdir "$st/$i"; mount --no-canonicalize --bind "$a" "$st/$i"
+    if [ "$(stat -c %d:%i "$st/$i")" != "$id" ]; then echo "ccapi-sandbox: $a changed while the run started" >&2; exit 126; fi
+  fi
   op=
 done
 op=
 for a in "$@"; do
   if [ -z "$op" ]; then if [ "$a" = -- ]; then break; fi; op=$a; continue; fi
-  if [ "$op" = h ]; then PATH=$P mount -t tmpfs -o mode=0755,size=64k ccapi-hidden "$a"; fi
+  if [ "$op" = b ]; then op=B; continue; fi
+  if [ "$op" = h ]; then mount --no-canonicalize -t tmpfs -o mode=0755,size=64k ccapi-hidden "$a"; fi
   op=
 done
 i=0; op=
 for a in "$@"; do
   if [ -z "$op" ]; then if [ "$a" = -- ]; then break; fi; op=$a; continue; fi
-  if [ "$op" = b ]; then i=$((i+1)); PATH=$P mkdir -p "$a"; PATH=$P mount --move "$st/$i" "$a"; fi
+  if [ "$op" = b ]; then op=B; continue; fi
+  if [ "$op" = B ]; then i=$((i+1)); mkdir -p "$a"; mount --no-canonicalize --move "$st/$i" "$a"; fi
   op=
 done
-PATH=$P umount "$st"
+umount "$st"
 while [ "$1" != -- ]; do shift; done
 shift
 exec "$sp" --reuid="$u" --regid="$u" --clear-groups -- "$@"
@@ -178,16 +216,27 @@ export function sandboxLaunch (p: SandboxPaths, tools: SandboxTools): SandboxLau
     covers.add(b)
   }
   if (binds.length === 0) return { command: tools.bwrap, args, privileged: false }
-  if (tools.unshare === null || tools.setpriv === null) {
-    throw new Error(`${binds[0] ?? ''} lies below ${[...covers][0] ?? ''}, which agent identities cannot enter, and util-linux's unshare and setpriv, which would show it to the sandbox, are missing`)
+  if (tools.unshare === null || tools.setpriv === null || tools.stage === null) {
+    throw new Error(`${binds[0] ?? ''} lies below ${[...covers][0] ?? ''}, which agent identities cannot enter, and util-linux's unshare and setpriv (or a staging directory of the server's own), which would show it to the sandbox, are missing`)
+  }
+  for (const c of covers) {
+    // A directory the agent owns (or could replace) is no place for root to mount on: its own run fails.
+    if (!settledFor(c, p.uid, p.gid)) throw new Error(`${c} is in the way of the run's paths, and the agent identity could change it; the run does not start`)
   }
   const ops: string[] = []
-  for (const b of binds) ops.push('b', b)
+  for (const b of binds) {
+    // As checked now, never through a link: the staged mount must be this very directory.
+    const st = lstatSync(b)
+    if (!st.isDirectory()) throw new Error(`${b} is no longer a directory; the run does not start`)
+    ops.push('b', `${st.dev}:${st.ino}`, b)
+  }
   for (const c of covers) ops.push('h', c)
+  const envFd = 3
   return {
     command: tools.unshare,
-    args: ['--mount', '--propagation', 'private', '--', '/bin/sh', '-c', PREPARE, 'ccapi-sandbox', String(p.uid), tools.stage, tools.setpriv, ...ops, '--', tools.bwrap, ...args],
-    privileged: true
+    args: ['--mount', '--propagation', 'private', '--', '/bin/sh', '-c', PREPARE, 'ccapi-sandbox', String(p.uid), tools.stage, tools.setpriv, ...ops, '--', tools.bwrap, '--args', String(envFd), ...args],
+    privileged: true,
+    envFd
   }
 }
 

@@ -36,7 +36,7 @@ export interface ExecutorSettings {
    * A program the CLI runs inside (the sandbox): `command args… -- cli cliArgs…`; `privileged`:
    * it starts as the server and drops to `identity` itself.
    */
-  wrap?: { command: string, args: string[], privileged: boolean }
+  wrap?: { command: string, args: string[], privileged: boolean, envFd?: number }
 }
 
 /** One line of the CLI's output as a run sees it: parsed, as shown, and whether it was shrunk. */
@@ -101,10 +101,13 @@ export class CliProcess {
   constructor (o: SpawnOptions, readonly marker: string, private readonly s: ExecutorSettings, fallbackCwd: string, private readonly log: RunnerLogger) {
     const childEnv: Record<string, string> = {}
     for (const [k, v] of Object.entries(o.env)) if (v !== undefined) childEnv[k] = v
-    const [command, args] = s.wrap === undefined ? [o.command, o.args] : [s.wrap.command, [...s.wrap.args, '--', o.command, ...o.args]]
+    const cwd = o.cwd ?? fallbackCwd
+    const { command, args, env, envInput } = launchOf(o.command, o.args, cwd, childEnv, s)
     const child = execa(command, args, {
-      cwd: o.cwd ?? fallbackCwd,
-      env: childEnv,
+      // As an identity the process starts in /: the server (root) never enters the run's
+      // directory for it, where a link the agent swapped in could lead it elsewhere.
+      cwd: s.identity !== undefined ? '/' : cwd,
+      env,
       extendEnv: false,
       buffer: false,
       reject: false,
@@ -112,12 +115,12 @@ export class CliProcess {
       detached: true,
       cleanup: true,
       ...(s.identity !== undefined && s.wrap?.privileged !== true ? { uid: s.identity.uid, gid: s.identity.gid } : {}),
-      stdin: 'pipe',
+      stdio: ['pipe', 'pipe', 'pipe', ...(envInput !== undefined ? [envInput] : [])],
       stripFinalNewline: false
     })
     this.contained = new ContainedProcess(child)
     // Its processes (and those of the identity descended from it) are a live run's, until it exits.
-    trackLaunch(child.pid, marker)
+    trackLaunch(child.pid)
     child.once('exit', () => untrackLaunch(child.pid))
     log.debug({ pid: child.pid, args: o.args }, 'CLI started')
     const c = this.contained
@@ -206,6 +209,27 @@ export class CliProcess {
     }
     return undefined
   }
+}
+
+/** Changes into the run's directory as the identity, then becomes the CLI. */
+const ENTER = 'cd -- "$1" || exit 126; shift; exec "$@"'
+/** What the root part of a privileged launch runs with: nothing of the run's. */
+const ROOT_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }
+
+/**
+ * How one CLI is spawned: as the server; as an identity, entering its directory itself; or in the
+ * sandbox, whose privileged launch gets the run's environment through a descriptor (bubblewrap's
+ * `--args`), never as the root part's own.
+ */
+export function launchOf (cli: string, cliArgs: string[], cwd: string, env: Record<string, string>, s: Pick<ExecutorSettings, 'identity' | 'wrap'>): { command: string, args: string[], env: Record<string, string>, envInput?: Uint8Array } {
+  if (s.wrap === undefined) {
+    if (s.identity === undefined) return { command: cli, args: cliArgs, env }
+    return { command: '/bin/sh', args: ['-c', ENTER, 'ccapi-enter', cwd, cli, ...cliArgs], env }
+  }
+  const args = [...s.wrap.args, '--', cli, ...cliArgs]
+  if (s.wrap.envFd === undefined) return { command: s.wrap.command, args, env }
+  const settings = ['--clearenv', ...Object.entries(env).flatMap(([k, v]) => ['--setenv', k, v])]
+  return { command: s.wrap.command, args, env: ROOT_ENV, envInput: Buffer.from(settings.join('\0') + '\0') }
 }
 
 /** The spawn hook the SDK calls: a `CliProcess` for each spawn, handed to `spawned`. */

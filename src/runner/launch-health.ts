@@ -36,8 +36,17 @@ export class LaunchHealth {
   }
 }
 
-/** The line of a CLI's stderr (or an error) that says why it did not start. */
-export function launchFailureReason (stderr: string, fallback: string): string {
-  const lines = stderr.split('\n').map(l => l.trim()).filter(l => l !== '')
-  return (lines.find(l => l.startsWith('bwrap:') || l.includes('Permission denied')) ?? lines.at(-1) ?? fallback).slice(0, 500)
+/** Lines of the launch itself (the sandbox, the identity switch), as opposed to the CLI's own. */
+const LAUNCH_LINE = /^(bwrap|setpriv|unshare|mount|umount|mkdir|ccapi-sandbox|ccapi-enter)\b.*:/
+
+/**
+ * Why a CLI could not be launched, from what the launch itself said (a spawn error, or a line of
+ * bubblewrap, setpriv, mount or the server's own launch scripts), or null when the CLI started and
+ * failed on its own: what an agent does to its own configuration is no reason for `/health`, nor
+ * text for everyone to read there.
+ */
+export function launchFailureReason (stderr: string, spawnError?: string): string | null {
+  if (spawnError !== undefined) return spawnError.slice(0, 500)
+  const line = stderr.split('\n').map(l => l.trim()).find(l => LAUNCH_LINE.test(l))
+  return line === undefined ? null : line.slice(0, 500)
 }

@@ -209,18 +209,32 @@ export async function killRunTree (opts: {
 
 /**
  * The processes the server launched and that still live (the CLIs of runs and spares, and the
- * short commands it runs as an identity), with the marker of each: what an identity's processes
- * may descend from.
+ * short commands it runs as an identity): what an identity's processes may descend from.
  */
-const launches = new Map<number, string | undefined>()
+const launches = new Set<number>()
+/**
+ * The markers of the runs live now, with their identity's uid: at `uid` (no PID namespace) what a
+ * run backgrounds is re-parented to init, and is the run's while it lives. A spare's is not here:
+ * a parked CLI has run nothing, and a stray must not live on by borrowing its marker.
+ */
+const liveRuns = new Map<string, number>()
 
 /** Note a process the server launched as (or for) an agent identity, until it exits. */
-export function trackLaunch (pid: number | undefined, marker?: string): void {
-  if (pid !== undefined) launches.set(pid, marker)
+export function trackLaunch (pid: number | undefined): void {
+  if (pid !== undefined) launches.add(pid)
 }
 
 export function untrackLaunch (pid: number | undefined): void {
   if (pid !== undefined) launches.delete(pid)
+}
+
+/** A run of identity `uid` is live under `marker` (until `endRun`). */
+export function startRun (marker: string, uid: number): void {
+  liveRuns.set(marker, uid)
+}
+
+export function endRun (marker: string): void {
+  liveRuns.delete(marker)
 }
 
 /** The uids of a process (real, effective, saved, file system), or null when it is gone. */
@@ -234,28 +248,31 @@ function uidsOf (pid: number): number[] | null {
 }
 
 /**
- * The processes of `uid` that belong to no live launch: not descended from a CLI the server
- * started (or a command it runs as the identity), and not carrying the marker of one. What a run
- * left behind by detaching (`setsid`, double forks) and clearing its environment (`env -i`).
+ * The processes of `uids` that belong to nothing live: not descended from a CLI the server started
+ * (or a command it runs as the identity), and not carrying the marker of a live run of their own
+ * identity. What a run left behind by detaching (`setsid`, double forks) and clearing its
+ * environment (`env -i`), or what outlived its run by taking another one's marker.
  */
 export function strayProcesses (uids: number | ReadonlySet<number>, markerName: string): number[] {
   const of = typeof uids === 'number' ? new Set([uids]) : uids
   const parents = new Map<number, number>()
-  const owned: number[] = []
+  const owned: Array<{ pid: number, uids: number[] }> = []
   for (const pid of allPids()) {
     const ppid = parentOf(pid)
     if (ppid === null) continue
     parents.set(pid, ppid)
-    if (uidsOf(pid)?.some(u => of.has(u)) === true) owned.push(pid)
+    const ids = uidsOf(pid)
+    if (ids?.some(u => of.has(u)) === true) owned.push({ pid, uids: ids })
   }
-  const liveMarkers = new Set([...launches.values()].filter(m => m !== undefined))
-  return owned.filter(pid => {
+  return owned.filter(({ pid, uids: ids }) => {
     for (let p: number | undefined = pid, hops = 0; p !== undefined && p > 1 && hops < 4096; p = parents.get(p), hops++) {
       if (launches.has(p)) return false
     }
+    // A live run's marker keeps a process only for that run's own identity.
     const marker = markerOf(pid, markerName)
-    return marker === undefined || !liveMarkers.has(marker)
-  })
+    const runUid = marker === undefined ? undefined : liveRuns.get(marker)
+    return runUid === undefined || !ids.includes(runUid)
+  }).map(({ pid }) => pid)
 }
 
 /** SIGKILL every stray process of `uids` (see `strayProcesses`), until none is left: how many. */

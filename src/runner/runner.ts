@@ -12,8 +12,8 @@ import { ClaimLost, type ApprovalRecord, type EventBus, type RunRecord, type Run
 import { Admission, type KeyLimits } from './admission.js'
 import { buildChildEnv, identityEnv, RUN_MARKER_VAR } from './child-env.js'
 import { spareStarter } from './spares.js'
-import type { ExecutorSettings } from './cli-process.js'
-import { endStrays, findMarkedProcesses, killAll, trackLaunch, untrackLaunch } from './process-tree.js'
+import { launchOf, type ExecutorSettings } from './cli-process.js'
+import { endRun, endStrays, findMarkedProcesses, killAll, startRun, trackLaunch, untrackLaunch } from './process-tree.js'
 import { LaunchHealth, launchFailureReason } from './launch-health.js'
 import { execa } from 'execa'
 import { WarmPool, type ClaimOutcome, type WarmSpare } from './warm-pool.js'
@@ -237,8 +237,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
       const counted = async (profile: string): Promise<WarmSpare> => await start(profile).then(spare => {
         launches.worked()
         return spare
-      }, (err: Error) => {
-        launches.failed(err.message)
+      }, (err: Error & { launch?: string }) => {
+        if (err.launch !== undefined) launches.failed(err.launch)
         throw err
       })
       this.warm = new WarmPool({ target: settings.warmSpares, perIdentity: identities !== undefined, start: counted, log: deps.log })
@@ -308,19 +308,23 @@ export class Runner extends EventEmitter<RunnerEvents> {
       const credential = this.broker?.issue('self-check', { inert: true, uid: identity.uid, marker })
       if (credential !== undefined) Object.assign(env, credential.env)
       const s = this.executorSettings(identity, identity.home)
-      const [command, args] = s.wrap === undefined ? [this.cliPath, ['--version']] : [s.wrap.command, [...s.wrap.args, '--', this.cliPath, '--version']]
-      const child = execa(command, args, {
-        env,
+      const launch = launchOf(this.cliPath, ['--version'], identity.home, env, s)
+      const child = execa(launch.command, launch.args, {
+        env: launch.env,
         extendEnv: false,
-        cwd: identity.home,
+        cwd: '/',
         reject: false,
         timeout: 60_000,
+        stdio: ['ignore', 'pipe', 'pipe', ...(launch.envInput !== undefined ? [launch.envInput] : [])],
         ...(s.wrap?.privileged !== true ? { uid: identity.uid, gid: identity.gid } : {})
       })
-      trackLaunch(child.pid, marker)
+      trackLaunch(child.pid)
       const r = await child.finally(() => untrackLaunch(child.pid))
       credential?.revoke()
-      if (r.exitCode !== 0 || !/\d+\.\d+/.test(String(r.stdout))) why = launchFailureReason(String(r.stderr), r.shortMessage ?? `exit code ${String(r.exitCode)}`)
+      if (r.exitCode !== 0 || !/\d+\.\d+/.test(String(r.stdout))) {
+        why = launchFailureReason(String(r.stderr), r.exitCode === undefined ? r.shortMessage : undefined) ??
+          (String(r.stderr).trim().split('\n').at(-1)?.slice(0, 500) || `exit code ${String(r.exitCode)}`)
+      }
     } catch (err) {
       why = (err as Error).message
     }
@@ -834,6 +838,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
         return
       }
       this.emit('started', { id: handle.id, keyName: handle.keyName, webhookUrl: handle.spec.webhookUrl })
+      // What the run backgrounds is its own while it lives (at uid it is re-parented to init).
+      if (identity !== undefined) startRun(marker, identity.uid)
       const execution = await executeRun(spec, env, marker, this.executorSettings(identity, cwd), {
         event: (type, data) => handle.push(type, data),
         inbox: handle.inbox,
@@ -855,7 +861,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
       Object.assign(outcome, execution)
       if (execution.launched === true) this.launches.worked()
       else if (execution.launched === false) {
-        this.launches.failed(launchFailureReason(execution.stderrTail, execution.spawnError?.message ?? `the CLI exited with code ${String(execution.exitCode)} before it started`))
+        const why = launchFailureReason(execution.stderrTail, execution.spawnError?.message)
+        if (why !== null) this.launches.failed(why)
       }
       if (this.cluster !== undefined) {
         // What the SDK's mirror had not sent when the CLI ended is taken from the file, so the next
@@ -865,6 +872,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
           .catch((err: unknown) => handle.log.warn({ err }, 'cluster: copying the transcript to the database failed'))
       }
     } finally {
+      endRun(marker)
       // The token dies with the run: whatever of it survives cannot use it (a spare handed back
       // keeps its own, inert again).
       if (warm === undefined || claimed) credential?.revoke()

@@ -79,8 +79,9 @@ export function spareStarter (c: SpareContext): (profile: string) => Promise<War
     } catch (err) {
       credential?.revoke()
       await proc?.end(0)
-      // What the CLI (or the sandbox) said is the reason a person can act on.
-      throw new Error(proc === undefined ? (err as Error).message : launchFailureReason(proc.stderrTail, (err as Error).message))
+      // What the launch (the sandbox, the identity switch) said is the reason a person can act on.
+      const launch = proc === undefined ? undefined : launchFailureReason(proc.stderrTail, (await proc.spawnError())?.message) ?? undefined
+      throw Object.assign(new Error(launch ?? (err as Error).message), launch !== undefined ? { launch } : {})
     }
   }
 }
