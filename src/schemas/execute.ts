@@ -11,10 +11,11 @@ export interface RequestLimits {
 
 const ENV_NAME = '^[A-Za-z_][A-Za-z0-9_]{0,255}$'
 /**
- * No NUL where a value becomes an argument or an environment variable (the operating system cannot
- * pass one), nor in the system prompts. A prompt may hold one: it goes to the CLI on stdin, as JSON.
+ * No NUL in any text of a request: the operating system cannot pass one in an argument or an
+ * environment variable, and the run store cannot keep one (PostgreSQL's text and JSON refuse it),
+ * so a prompt with one would run on one store and fail on the other.
  */
-const NO_NUL = '^[^\\u0000]*$'
+export const NO_NUL = '^[^\\u0000]*$'
 
 /** Images for a prompt; checked further (base64, size, format) before anything is accepted. */
 export const AttachmentsSchema = Type.Array(Type.Object({
@@ -26,7 +27,7 @@ export const AttachmentsSchema = Type.Array(Type.Object({
 /** The body of `POST /api/execute` and `/api/execute/stream`; unknown fields are refused. */
 export function executeRequestSchema (limits: RequestLimits) {
   return Type.Object({
-    prompt: Type.String({ minLength: 1, maxLength: limits.maxPromptChars, description: 'The task for Claude: any text, NUL included. Sent to the CLI on stdin, never as an argument.' }),
+    prompt: Type.String({ minLength: 1, maxLength: limits.maxPromptChars, pattern: NO_NUL, description: 'The task for Claude (no NUL character). Sent to the CLI on stdin, never as an argument.' }),
     working_directory: Type.Optional(Type.String({ minLength: 1, description: 'Where the run executes. Must exist and lie inside an allowed root (checked after resolving symlinks). Default: the server\'s `DEFAULT_WORKING_DIR`.' })),
     session_id: Type.Optional(Type.String({ format: 'uuid', description: 'Continue this Claude session; an id not seen before starts a new session with that id.' })),
     fork_session: Type.Optional(Type.Boolean({ description: 'With `session_id`: continue from that session under a new session id.' })),

@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import type { ApprovalRecord } from '../store/store.js'
-import { AttachmentsSchema } from './execute.js'
+import { AttachmentsSchema, NO_NUL } from './execute.js'
 
 const Timestamp = Type.String({ format: 'date-time' })
 const Nullable = <T extends ReturnType<typeof Type.String>>(t: T) => Type.Union([t, Type.Null()])
@@ -74,14 +74,14 @@ export const ApprovalListQuerySchema = Type.Object({
 
 export function messageSchema (maxPromptChars: number) {
   return Type.Object({
-    prompt: Type.String({ minLength: 1, maxLength: maxPromptChars, description: 'The next user turn for the agent.' }),
+    prompt: Type.String({ minLength: 1, maxLength: maxPromptChars, pattern: NO_NUL, description: 'The next user turn for the agent (no NUL character).' }),
     attachments: Type.Optional(AttachmentsSchema)
   }, { additionalProperties: false })
 }
 
 export function interruptSchema (maxPromptChars: number) {
   return Type.Object({
-    prompt: Type.Optional(Type.String({ minLength: 1, maxLength: maxPromptChars, description: 'The turn to go on with instead; without it the run ends as `cancelled`.' })),
+    prompt: Type.Optional(Type.String({ minLength: 1, maxLength: maxPromptChars, pattern: NO_NUL, description: 'The turn to go on with instead; without it the run ends as `cancelled` (no NUL character).' })),
     attachments: Type.Optional(AttachmentsSchema)
   }, { additionalProperties: false })
 }

@@ -174,6 +174,8 @@ export class PostgresRunStore implements RunStore {
   }
 
   async listRuns (filter: RunFilter): Promise<RunRecord[]> {
+    // Read your writes: a run this process has read back as ended is listed as ended too.
+    await Promise.allSettled([...this.finishing.values()].map(async f => await f.write))
     const where: string[] = []
     const args: unknown[] = []
     const arg = (v: unknown): string => { args.push(v); return `$${args.length}` }

@@ -43,10 +43,10 @@ test('a 150,000-character system prompt reaches the model whole (it never travel
   t.ok(sent(model.calls.find(c => c.prompt === 'long appended prompt')!).includes(appended.slice(-2000)), 'the appended part whole')
 })
 
-test('a NUL byte in a prompt is not refused: it goes to the CLI on stdin, not in argv, and reaches the model as sent', async t => {
+test('a NUL byte in a prompt is refused, on either store, as a 400 naming the field; nothing runs', async t => {
   const { app, model } = await build(t)
   const res = await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'nul: before\u0000after' } })
-  t.equal(res.statusCode, 200)
-  t.equal(res.json().status, 'succeeded', res.json().error ?? '')
-  t.ok(model.calls.some(c => c.prompt === 'nul: before\u0000after'), 'the model got the prompt, NUL and all')
+  t.equal(res.statusCode, 400)
+  t.match(res.json().detail ?? res.json().title, /prompt/, 'the field is named')
+  t.equal(model.calls.length, 0, 'nothing reached the model')
 })
