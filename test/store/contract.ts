@@ -283,6 +283,16 @@ export function runStoreContract (name: string, open: OpenStore): void {
     t.notOk(JSON.stringify(cancelled).includes(SECRET), 'a run finished from the queue drops its env values too')
   })
 
+  test(`${name}: a run read back as ended is listed as ended, while its end is still being written`, async t => {
+    const { store } = await open(t)
+    await store.insertRun(newRun('run-1'))
+    // Not awaited: what a client that heard of the end asks next must agree with it.
+    const writing = store.markFinished('run-1', result('run-1', 'succeeded'), T0 + 100)
+    t.equal((await store.getRun('run-1'))?.status, 'succeeded', 'read back as ended')
+    t.strictSame((await store.listRuns({ status: 'succeeded', limit: 10 })).map(r => r.id), ['run-1'], 'and listed as ended')
+    await writing
+  })
+
   test(`${name}: appended events are readable at once, before any flush`, async t => {
     const { store } = await open(t)
     await addRun(store, 'run-1', { status: 'running' })
