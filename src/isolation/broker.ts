@@ -85,7 +85,7 @@ export class CredentialBroker {
   private url = ''
   private readonly grants = new Map<string, Grant>()
   /** Per connection: whether its process may use the token it presented. */
-  private readonly peers = new WeakMap<Socket, { grant: string, ok: boolean }>()
+  private readonly peers = new WeakMap<Socket, { grant: string, ok: Promise<boolean> }>()
   private readonly upstream: URL
 
   constructor (private readonly credential: Credential, upstream: string | undefined, private readonly onError: (err: Error) => void = () => {}) {
@@ -167,19 +167,18 @@ export class CredentialBroker {
    * Whether the request comes from a process of the token's run: its identity's uid, carrying its
    * marker (found through the connection's socket in /proc). Decided once per connection.
    */
-  private fromItsRun (req: IncomingMessage, grant: Grant): boolean {
+  private async fromItsRun (req: IncomingMessage, grant: Grant): Promise<boolean> {
     if (grant.uid === undefined) return true
     const socket = req.socket
-    const key = `${grant.runId}`
     const known = this.peers.get(socket)
-    if (known?.grant === key) return known.ok
-    const peer = socketPeer(
+    if (known?.grant === grant.runId) return await known.ok
+    const ok = socketPeer(
       { address: socket.remoteAddress ?? '', port: socket.remotePort ?? 0 },
       { address: socket.localAddress ?? '', port: socket.localPort ?? 0 },
-      grant.marker !== undefined ? { name: RUN_MARKER_VAR, value: grant.marker } : undefined)
-    const ok = peer !== null && peer.uid === grant.uid
-    this.peers.set(socket, { grant: key, ok })
-    return ok
+      grant.marker !== undefined ? { name: RUN_MARKER_VAR, value: grant.marker } : undefined
+    ).then(peer => peer !== null && peer.uid === grant.uid, () => false)
+    this.peers.set(socket, { grant: grant.runId, ok })
+    return await ok
   }
 
   private handle (req: IncomingMessage, res: ServerResponse): void {
@@ -196,7 +195,24 @@ export class CredentialBroker {
     const grant = this.grantOf(req)
     if (grant === undefined) return refuse(401, 'authentication_error', 'invalid or expired run token')
     if (!grant.active) return refuse(401, 'authentication_error', 'this run token belongs to no live run')
-    if (!this.fromItsRun(req, grant)) return refuse(401, 'authentication_error', 'this run token is not for this process')
+    if (grant.uid === undefined) return this.forward(req, res, grant)
+    // The body waits in the socket (paused) while the process behind the connection is looked up.
+    req.pause()
+    void this.fromItsRun(req, grant).then(ok => {
+      if (!ok) return refuse(401, 'authentication_error', 'this run token is not for this process')
+      // Revoked, or inert again, meanwhile.
+      if (!grant.active || this.grantOf(req) !== grant) return refuse(401, 'authentication_error', 'invalid or expired run token')
+      this.forward(req, res, grant)
+    })
+  }
+
+  /** Send an authorised request upstream with the operator's credential, streaming the answer back. */
+  private forward (req: IncomingMessage, res: ServerResponse, grant: Grant): void {
+    const path = req.url ?? '/'
+    const refuse = (status: number, type: string, message: string): void => {
+      res.writeHead(status, { 'content-type': 'application/json' })
+      res.end(JSON.stringify({ type: 'error', error: { type, message } }))
+    }
     if (req.method !== 'POST' || !ALLOWED.some(p => p.test(path))) return refuse(403, 'permission_error', `the run token is for the Messages API only, not ${req.method ?? ''} ${path.split('?')[0] ?? ''}`)
 
     const headers: Record<string, string | string[]> = {}

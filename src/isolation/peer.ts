@@ -1,4 +1,5 @@
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs'
+import { readFileSync } from 'node:fs'
+import { readdir, readFile, readlink } from 'node:fs/promises'
 import { endianness } from 'node:os'
 
 /** Descriptors looked at in one process at most, so a process with very many cannot stall the server. */
@@ -12,12 +13,13 @@ export interface Endpoint { address: string, port: number }
  * the client's socket, from /proc (the kernel's socket table, matched on both ends' addresses and
  * ports, then the holder's descriptors). With `marker`, only processes carrying it in their
  * environment are looked into. The server must be able to read every process's descriptors
- * (root, with agent identities). IPv4 only: the broker listens on 127.0.0.1.
+ * (root, with agent identities). IPv4 only: the broker listens on 127.0.0.1. Asynchronous: the
+ * kernel's tables take milliseconds to read, which the event loop does not wait for.
  */
-export function socketPeer (client: Endpoint, server: Endpoint, marker?: { name: string, value: string }): { uid: number, pid: number } | null {
-  const entry = socketEntry(client, server)
+export async function socketPeer (client: Endpoint, server: Endpoint, marker?: { name: string, value: string }): Promise<{ uid: number, pid: number } | null> {
+  const entry = await socketEntry(client, server)
   if (entry === null) return null
-  const pid = pidHolding(entry.inode, entry.uid, marker)
+  const pid = await pidHolding(entry.inode, entry.uid, marker)
   return pid === null ? null : { uid: entry.uid, pid }
 }
 
@@ -31,13 +33,13 @@ function procAddress ({ address, port }: Endpoint): string | null {
 }
 
 /** The client socket's entry (its owner's uid, its inode) in /proc/net/tcp. */
-function socketEntry (client: Endpoint, server: Endpoint): { uid: number, inode: number } | null {
+async function socketEntry (client: Endpoint, server: Endpoint): Promise<{ uid: number, inode: number } | null> {
   const local = procAddress(client)
   const remote = procAddress(server)
   if (local === null || remote === null) return null
   let text: string
   try {
-    text = readFileSync('/proc/net/tcp', 'latin1')
+    text = await readFile('/proc/net/tcp', 'latin1')
   } catch {
     return null
   }
@@ -49,18 +51,18 @@ function socketEntry (client: Endpoint, server: Endpoint): { uid: number, inode:
 }
 
 /** The process of `uid` (carrying `marker`, if given) that holds the socket `inode`, if one does. */
-function pidHolding (inode: number, uid: number, marker?: { name: string, value: string }): number | null {
+async function pidHolding (inode: number, uid: number, marker?: { name: string, value: string }): Promise<number | null> {
   const link = `socket:[${inode}]`
-  for (const name of readdirSync('/proc')) {
+  for (const name of await readdir('/proc')) {
     if (!/^\d+$/.test(name)) continue
     const pid = Number(name)
     try {
-      const status = readFileSync(`/proc/${name}/status`, 'latin1')
+      const status = await readFile(`/proc/${name}/status`, 'latin1')
       if (Number(/^Uid:\s+\d+\s+(\d+)/m.exec(status)?.[1]) !== uid) continue
       if (marker !== undefined && markerOf(pid, marker.name) !== marker.value) continue
-      for (const fd of readdirSync(`/proc/${name}/fd`).slice(0, MAX_FDS)) {
+      for (const fd of (await readdir(`/proc/${name}/fd`)).slice(0, MAX_FDS)) {
         try {
-          if (readlinkSync(`/proc/${name}/fd/${fd}`) === link) return pid
+          if (await readlink(`/proc/${name}/fd/${fd}`) === link) return pid
         } catch {}
       }
     } catch {

@@ -72,7 +72,11 @@ export class RunPlanner {
     }
     if (identity !== undefined && !writableBy(cwd, identity.uid, identity.gid)) {
       // A project the operator made (as root, say: the README's quick start) is the first key's to use it.
-      const why = req.working_directory === undefined ? 'it is not the key\'s' : handOverDirectory(cwd, s.defaultWorkingDir, identity.uid, identity.gid)
+      if (req.working_directory === undefined) {
+        // The key's own area, made for another uid (a registry reset, a copied tree): the operator's to settle.
+        throw new WorkingDirectoryNotWritable(`the key's own work area ${cwd} is not writable by its agent identity (uid ${identity.uid}): make it that uid's (chown -R ${identity.uid}:${identity.gid} ${cwd})`)
+      }
+      const why = handOverDirectory(cwd, s.defaultWorkingDir, identity.uid, identity.gid)
       if (why !== null) {
         throw new WorkingDirectoryNotWritable(`working_directory ${cwd} is not writable by this key's agent identity (uid ${identity.uid}), and the server does not hand it over (${why}): make it writable by that uid (e.g. chown -R ${identity.uid} ${cwd}), or leave working_directory out to run in the key's own work area`)
       }
