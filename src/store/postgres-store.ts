@@ -302,7 +302,8 @@ export class PostgresRunStore implements RunStore {
   }
 
   async insertSession (s: NewSession): Promise<void> {
-    await this.pool.query(`${INSERT_SESSION} ON CONFLICT (id) DO NOTHING`, sessionValues(s))
+    // The same rule as a run's: a known session stays as it is, a deleted one is made anew.
+    await this.pool.query(UPSERT_SESSION, sessionValues(s))
   }
 
   async getSession (id: string): Promise<SessionRecord | undefined> {

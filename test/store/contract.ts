@@ -672,6 +672,10 @@ export function runStoreContract (name: string, open: OpenStore): void {
     t.equal((await store.sessionOwners()).get(ids[1]!), 'bob')
     await store.insertRun(newRun('again', { sessionId: ids[1]!, keyName: 'bob', workingDirectory: '/w/new', createdAt: T0 + 300, request: { prompt: 'anew' } }))
     t.match(await store.getSession(ids[1]!), { deletedAt: null, workingDirectory: '/w/new', firstPrompt: 'anew', createdAt: T0 + 300, runCount: 1 }, 'a run naming a deleted session makes it anew')
+    // A fork recorded without a run (the sessions API) follows the same rule as a run.
+    await store.updateSession(ids[2]!, { deletedAt: T0 + 400 })
+    await store.insertSession({ id: ids[2]!, keyName: 'alice', workingDirectory: '/w/forked', title: null, firstPrompt: 'forked', createdAt: T0 + 500 })
+    t.match(await store.getSession(ids[2]!), { deletedAt: null, workingDirectory: '/w/forked', firstPrompt: 'forked', createdAt: T0 + 500 }, 'recording a deleted session makes it anew')
     await t.resolves(store.updateSession('no-such-session', { title: 'x' }))
   })
 
