@@ -434,7 +434,7 @@ async function row8 (): Promise<void> {
       chmodSync(workDir, 0o755)
       let srv: Proc
       try {
-        srv = await startServer({ ...cliEnv(home, model.url), DEFAULT_WORKING_DIR: workDir, DATA_DIR: join(home, 'data'), AGENTS_DIR: join(base, `agents-${level}`), ISOLATION: level })
+        srv = await startServer({ ...cliEnv(home, model.url), DEFAULT_WORKING_DIR: workDir, DATA_DIR: join(home, 'data'), AGENTS_DIR: join(base, `agents-${level}`), ISOLATION: level, AGENT_UID_REGISTRY_DIR: join(base, 'agent-uids') })
       } catch {
         continue
       }
