@@ -12,7 +12,7 @@ import { LocalEventBus } from '../src/store/event-bus.js'
 import { DataDirLock } from '../src/store/data-dir-lock.js'
 import { ConfigError } from '../src/config.js'
 import { CredentialBroker, isCloudProvider, operatorCredential } from '../src/isolation/broker.js'
-import { AgentIdentities, blockedOnTheWayTo, canSwitchUsers, resolveIsolation, type IsolationLevel } from '../src/isolation/identities.js'
+import { AgentIdentities, blockedFor, canSwitchUsers, resolveIsolation, type IsolationLevel } from '../src/isolation/identities.js'
 import { sandboxTools, sandboxWorks } from '../src/isolation/sandbox.js'
 import { chmodSync, realpathSync, statSync } from 'node:fs'
 
@@ -120,7 +120,7 @@ export default fp(async (fastify) => {
     // what lies below a directory closed to others (a checkout in root's HOME); `uid` cannot.
     const canShow = isolation.level === 'sandbox' && tools?.unshare !== null && tools?.setpriv !== null
     for (const [what, path] of [['DEFAULT_WORKING_DIR', join(fastify.config.defaultWorkingDir, 'x')], ['AGENTS_DIR', join(fastify.config.agentsDir, 'x')], ['the Claude Code CLI', cli]] as const) {
-      const blocked = path.startsWith('/') ? blockedOnTheWayTo(path) : null
+      const blocked = path.startsWith('/') ? blockedFor(path) : null
       if (blocked === null || canShow) continue
       const why = `${what} (${path.replace(/\/x$/, '')}) lies below ${blocked}, which other users cannot enter, so agent identities could not reach it`
       if (setting !== 'auto') throw new ConfigError(`ISOLATION=${setting}: ${why}; move it, or chmod o+x ${blocked}${setting === 'uid' ? ', or use ISOLATION=sandbox (bubblewrap shows such paths to runs)' : ''}`)

@@ -348,10 +348,14 @@ export function processIds (): Set<number> {
 
 /** Whether `uid` may write in `dir` (owner, group or other write permission; no ACLs). */
 export function writableBy (dir: string, uid: number, gid: number): boolean {
-  const st = statSync(dir)
-  if (st.uid === uid) return (st.mode & 0o200) !== 0
-  if (st.gid === gid) return (st.mode & 0o020) !== 0
-  return (st.mode & 0o002) !== 0
+  return permits(statSync(dir), uid, gid, 0o2)
+}
+
+/** Whether `uid`/`gid` has `bit` (2: write, 1: search) by `st`'s owner, group or other bits (no ACLs). */
+function permits (st: Stats, uid: number, gid: number, bit: number): boolean {
+  if (st.uid === uid) return (st.mode & (bit << 6)) !== 0
+  if (st.gid === gid) return (st.mode & (bit << 3)) !== 0
+  return (st.mode & bit) !== 0
 }
 
 /** At most this many entries in a directory handed over to an identity. */
@@ -423,27 +427,24 @@ export function handOverDirectory (dir: string, workRoot: string, uid: number, g
 }
 
 /**
- * The first directory on the way to `path` that other users cannot pass through (no `x` for
- * others), or null when an agent identity can reach it.
+ * The first directory on the way to `path` that `uid`/`gid` cannot pass through, or null when it
+ * can reach it. Without them: any agent identity (a user who owns none of them, by the bits for
+ * others). A directory not there yet ends the walk: the server creates it, open to pass through.
  */
-export function blockedOnTheWayTo (path: string): string | null {
-  let dir = dirname(path)
+export function blockedFor (path: string, uid = -1, gid = -1): string | null {
   const chain: string[] = []
-  for (;;) {
-    chain.unshift(dir)
-    const up = dirname(dir)
-    if (up === dir) break
-    dir = up
+  for (let d = dirname(path); ; d = dirname(d)) {
+    chain.unshift(d)
+    if (dirname(d) === d) break
   }
   for (const d of chain) {
-    let mode: number
+    let st: Stats
     try {
-      mode = statSync(d).mode
+      st = statSync(d)
     } catch {
-      // Not there yet: the server creates it (and what lies below) open to pass through.
       return null
     }
-    if ((mode & 0o001) === 0) return d
+    if (!permits(st, uid, gid, 0o1)) return d
   }
   return null
 }

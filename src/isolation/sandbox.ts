@@ -1,7 +1,8 @@
 import { execa } from 'execa'
-import { existsSync, lstatSync, mkdirSync, statSync } from 'node:fs'
+import { existsSync, lstatSync, mkdirSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { tmpdir } from 'node:os'
+import { blockedFor } from './identities.js'
 
 /** What a run's sandbox must show, hide and let it write. */
 export interface SandboxPaths {
@@ -90,19 +91,6 @@ function ownStagingDir (dir: string): boolean {
   return st !== undefined && st.isDirectory() && st.uid === (process.getuid?.() ?? 0) && (st.mode & 0o077) === 0
 }
 
-/** Whether `uid`/`gid` may pass through `dir` (owner, group or other search permission; no ACLs). */
-function searchableBy (dir: string, uid: number, gid: number): boolean {
-  let st
-  try {
-    st = statSync(dir)
-  } catch {
-    return true
-  }
-  if (st.uid === uid) return (st.mode & 0o100) !== 0
-  if (st.gid === gid) return (st.mode & 0o010) !== 0
-  return (st.mode & 0o001) !== 0
-}
-
 /**
  * Whether nothing `uid` does can change where `dir` leads: it and every directory above it belong
  * to another user and are writable by neither the identity's group nor others (or are sticky).
@@ -115,17 +103,6 @@ function settledFor (dir: string, uid: number, gid: number): boolean {
     if (!sticky && ((st.mode & 0o002) !== 0 || (st.gid === gid && (st.mode & 0o020) !== 0))) return false
     if (dirname(d) === d) return true
   }
-}
-
-/** The first directory above `path` that `uid` cannot pass through, or null when it can reach it. */
-export function blockedFor (path: string, uid: number, gid: number): string | null {
-  const chain: string[] = []
-  for (let d = dirname(path); ; d = dirname(d)) {
-    chain.unshift(d)
-    if (dirname(d) === d) break
-  }
-  for (const d of chain) if (!searchableBy(d, uid, gid)) return d
-  return null
 }
 
 const isBelow = (root: string, p: string): boolean => p === root || p.startsWith(root.endsWith('/') ? root : root + '/')
