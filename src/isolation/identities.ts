@@ -4,6 +4,7 @@ import { chmodSync, closeSync, constants, existsSync, fchmodSync, fchownSync, fs
 import { dirname, isAbsolute, join, relative } from 'node:path'
 import { ConfigError, makeDirectory } from '../config.js'
 import { AgentIdentityUnavailable } from '../errors.js'
+import { idsOfStatus } from './proc.js'
 
 /** What keeps runs apart from the server and from each other (see the README's security model). */
 export type IsolationLevel = 'none' | 'uid' | 'sandbox'
@@ -339,9 +340,8 @@ export function processIds (): Set<number> {
     } catch {
       continue // ended meanwhile
     }
-    for (const m of status.matchAll(/^(?:Uid|Gid):\s+(.*)$/gm)) {
-      for (const id of m[1]!.trim().split(/\s+/)) ids.add(Number(id))
-    }
+    const { uids, gids } = idsOfStatus(status)
+    for (const id of [...uids, ...gids]) ids.add(id)
   }
   return ids
 }

@@ -1,6 +1,6 @@
-import { readFileSync } from 'node:fs'
 import { readdir, readFile, readlink } from 'node:fs/promises'
 import { endianness } from 'node:os'
+import { idsOfStatus, markerOf } from './proc.js'
 
 /** Descriptors looked at in one process at most, so a process with very many cannot stall the server. */
 const MAX_FDS = 4096
@@ -58,7 +58,7 @@ async function pidHolding (inode: number, uid: number, marker?: { name: string, 
     const pid = Number(name)
     try {
       const status = await readFile(`/proc/${name}/status`, 'latin1')
-      if (Number(/^Uid:\s+\d+\s+(\d+)/m.exec(status)?.[1]) !== uid) continue
+      if (idsOfStatus(status).uids[1] !== uid) continue
       if (marker !== undefined && markerOf(pid, marker.name) !== marker.value) continue
       for (const fd of (await readdir(`/proc/${name}/fd`)).slice(0, MAX_FDS)) {
         try {
@@ -70,17 +70,4 @@ async function pidHolding (inode: number, uid: number, marker?: { name: string, 
     }
   }
   return null
-}
-
-/** The value of `name` in a process's environment, if it has one. */
-export function markerOf (pid: number, name: string): string | undefined {
-  let env: string
-  try {
-    env = readFileSync(`/proc/${pid}/environ`, 'utf8')
-  } catch {
-    return undefined
-  }
-  const prefix = `${name}=`
-  for (const entry of env.split('\0')) if (entry.startsWith(prefix)) return entry.slice(prefix.length)
-  return undefined
 }

@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync } from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { markerOf } from '../isolation/peer.js'
+import { markerOf, uidsOf } from '../isolation/proc.js'
 
 /**
  * Finding and ending every process of one run.
@@ -235,16 +235,6 @@ export function startRun (marker: string, uid: number): void {
 
 export function endRun (marker: string): void {
   liveRuns.delete(marker)
-}
-
-/** The uids of a process (real, effective, saved, file system), or null when it is gone. */
-function uidsOf (pid: number): number[] | null {
-  try {
-    const m = /^Uid:\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'latin1'))
-    return m === null ? null : m.slice(1, 5).map(Number)
-  } catch {
-    return null
-  }
 }
 
 /**
