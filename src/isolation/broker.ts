@@ -15,6 +15,12 @@ const ALLOWED = [/^\/v1\/messages(\?.*)?$/, /^\/v1\/messages\/count_tokens(\?.*)
 const DROP_REQUEST = new Set(['host', 'connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'x-api-key', 'authorization', 'proxy-authorization', 'te', 'trailer'])
 const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 'upgrade', 'proxy-authenticate', 'trailer'])
 
+/** An error answered in the Anthropic API's own shape, which the CLI reports as it is. */
+function refuseWith (res: ServerResponse, status: number, type: string, message: string): void {
+  res.writeHead(status, { 'content-type': 'application/json' })
+  res.end(JSON.stringify({ type: 'error', error: { type, message } }))
+}
+
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
 
 /**
@@ -188,10 +194,7 @@ export class CredentialBroker {
       res.writeHead(200).end()
       return
     }
-    const refuse = (status: number, type: string, message: string): void => {
-      res.writeHead(status, { 'content-type': 'application/json' })
-      res.end(JSON.stringify({ type: 'error', error: { type, message } }))
-    }
+    const refuse = (status: number, type: string, message: string): void => refuseWith(res, status, type, message)
     const grant = this.grantOf(req)
     if (grant === undefined) return refuse(401, 'authentication_error', 'invalid or expired run token')
     if (!grant.active) return refuse(401, 'authentication_error', 'this run token belongs to no live run')
@@ -209,10 +212,7 @@ export class CredentialBroker {
   /** Send an authorised request upstream with the operator's credential, streaming the answer back. */
   private forward (req: IncomingMessage, res: ServerResponse, grant: Grant): void {
     const path = req.url ?? '/'
-    const refuse = (status: number, type: string, message: string): void => {
-      res.writeHead(status, { 'content-type': 'application/json' })
-      res.end(JSON.stringify({ type: 'error', error: { type, message } }))
-    }
+    const refuse = (status: number, type: string, message: string): void => refuseWith(res, status, type, message)
     if (req.method !== 'POST' || !ALLOWED.some(p => p.test(path))) return refuse(403, 'permission_error', `the run token is for the Messages API only, not ${req.method ?? ''} ${path.split('?')[0] ?? ''}`)
 
     const headers: Record<string, string | string[]> = {}
