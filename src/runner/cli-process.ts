@@ -101,21 +101,15 @@ export class CliProcess {
   constructor (o: SpawnOptions, readonly marker: string, private readonly s: ExecutorSettings, fallbackCwd: string, private readonly log: RunnerLogger) {
     const childEnv: Record<string, string> = {}
     for (const [k, v] of Object.entries(o.env)) if (v !== undefined) childEnv[k] = v
-    const cwd = o.cwd ?? fallbackCwd
-    const { command, args, env, envInput } = launchOf(o.command, o.args, cwd, childEnv, s)
-    const child = execa(command, args, {
-      // As an identity the process starts in /: the server (root) never enters the run's
-      // directory for it, where a link the agent swapped in could lead it elsewhere.
-      cwd: s.identity !== undefined ? '/' : cwd,
-      env,
-      extendEnv: false,
+    const launch = launchOf(o.command, o.args, o.cwd ?? fallbackCwd, childEnv, s)
+    const child = execa(launch.command, launch.args, {
+      ...launch.options,
       buffer: false,
       reject: false,
       // Own process group, so the CLI and its ordinary children can be signalled at once.
       detached: true,
       cleanup: true,
-      ...(s.identity !== undefined && s.wrap?.privileged !== true ? { uid: s.identity.uid, gid: s.identity.gid } : {}),
-      stdio: ['pipe', 'pipe', 'pipe', ...(envInput !== undefined ? [envInput] : [])],
+      stdio: ['pipe', 'pipe', 'pipe', ...launch.fds],
       stripFinalNewline: false
     })
     this.contained = new ContainedProcess(child)
@@ -216,20 +210,34 @@ const ENTER = 'cd -- "$1" || exit 126; shift; exec "$@"'
 /** What the root part of a privileged launch runs with: nothing of the run's. */
 const ROOT_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }
 
+/** How one CLI is launched: what runs, and execa's options for where, as whom and with what. */
+export interface Launch {
+  command: string
+  args: string[]
+  /** Where it starts, its environment, the user it runs as. */
+  options: { cwd: string, env: Record<string, string>, extendEnv: false, uid?: number, gid?: number }
+  /** Descriptors from 3 on: the run's environment for a privileged sandbox launch. */
+  fds: Uint8Array[]
+}
+
 /**
- * How one CLI is spawned: as the server; as an identity, entering its directory itself; or in the
- * sandbox, whose privileged launch gets the run's environment through a descriptor (bubblewrap's
- * `--args`), never as the root part's own.
+ * How one CLI is spawned: as the server; as an identity, starting in / and entering its directory
+ * itself (the server never enters the run's directory for it, where a link the agent swapped in
+ * could lead it elsewhere); or in the sandbox, whose privileged launch gets the run's environment
+ * through a descriptor (bubblewrap's `--args`), never as the root part's own.
  */
-export function launchOf (cli: string, cliArgs: string[], cwd: string, env: Record<string, string>, s: Pick<ExecutorSettings, 'identity' | 'wrap'>): { command: string, args: string[], env: Record<string, string>, envInput?: Uint8Array } {
+export function launchOf (cli: string, cliArgs: string[], cwd: string, env: Record<string, string>, s: Pick<ExecutorSettings, 'identity' | 'wrap'>): Launch {
+  const id = s.identity
+  const as = id !== undefined && s.wrap?.privileged !== true ? { uid: id.uid, gid: id.gid } : {}
+  const options = (env: Record<string, string>): Launch['options'] => ({ cwd: id !== undefined ? '/' : cwd, env, extendEnv: false, ...as })
   if (s.wrap === undefined) {
-    if (s.identity === undefined) return { command: cli, args: cliArgs, env }
-    return { command: '/bin/sh', args: ['-c', ENTER, 'ccapi-enter', cwd, cli, ...cliArgs], env }
+    if (id === undefined) return { command: cli, args: cliArgs, options: options(env), fds: [] }
+    return { command: '/bin/sh', args: ['-c', ENTER, 'ccapi-enter', cwd, cli, ...cliArgs], options: options(env), fds: [] }
   }
   const args = [...s.wrap.args, '--', cli, ...cliArgs]
-  if (s.wrap.envFd === undefined) return { command: s.wrap.command, args, env }
+  if (s.wrap.envFd === undefined) return { command: s.wrap.command, args, options: options(env), fds: [] }
   const settings = ['--clearenv', ...Object.entries(env).flatMap(([k, v]) => ['--setenv', k, v])]
-  return { command: s.wrap.command, args, env: ROOT_ENV, envInput: Buffer.from(settings.join('\0') + '\0') }
+  return { command: s.wrap.command, args, options: options(ROOT_ENV), fds: [Buffer.from(settings.join('\0') + '\0')] }
 }
 
 /** The spawn hook the SDK calls: a `CliProcess` for each spawn, handed to `spawned`. */

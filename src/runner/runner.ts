@@ -154,8 +154,6 @@ export class Runner extends EventEmitter<RunnerEvents> {
   readonly approvals: ApprovalDesk
   /** Whether CLIs can be launched as runs launch them (`/health` → `isolation.error`). */
   readonly launches = new LaunchHealth()
-  /** Settles when the start-up self-check has run (with agent identities). */
-  selfChecked: Promise<void> = Promise.resolve()
   private closing = false
   /** Cluster mode: this instance's part in the cluster. */
   readonly cluster: ClusterNode | undefined
@@ -258,7 +256,7 @@ export class Runner extends EventEmitter<RunnerEvents> {
     else if (status.credentials === 'missing') this.log.warn({ cli: this.cliPath }, 'no Claude credential configured (ANTHROPIC_API_KEY, CLAUDE_CODE_OAUTH_TOKEN or a `claude` login): runs will fail with not_authenticated')
     this.probe.startBackground(this.settings.cliProbeIntervalS)
     // In the background: the server starts, and /health says what is wrong meanwhile.
-    if (this.identities !== undefined && status.available) this.selfChecked = this.selfCheck()
+    if (this.identities !== undefined && status.available) void this.selfCheck()
     if (status.available) this.warm?.start()
     // Read now, before any new run exists, so recovery never touches a run of this process.
     if (this.cluster !== undefined) {
@@ -307,17 +305,8 @@ export class Runner extends EventEmitter<RunnerEvents> {
       Object.assign(env, identityEnv(identity))
       const credential = this.broker?.issue('self-check', { inert: true, uid: identity.uid, marker })
       if (credential !== undefined) Object.assign(env, credential.env)
-      const s = this.executorSettings(identity, identity.home)
-      const launch = launchOf(this.cliPath, ['--version'], identity.home, env, s)
-      const child = execa(launch.command, launch.args, {
-        env: launch.env,
-        extendEnv: false,
-        cwd: '/',
-        reject: false,
-        timeout: 60_000,
-        stdio: ['ignore', 'pipe', 'pipe', ...(launch.envInput !== undefined ? [launch.envInput] : [])],
-        ...(s.wrap?.privileged !== true ? { uid: identity.uid, gid: identity.gid } : {})
-      })
+      const launch = launchOf(this.cliPath, ['--version'], identity.home, env, this.executorSettings(identity, identity.home))
+      const child = execa(launch.command, launch.args, { ...launch.options, reject: false, timeout: 60_000, stdio: ['ignore', 'pipe', 'pipe', ...launch.fds] })
       trackLaunch(child.pid)
       const r = await child.finally(() => untrackLaunch(child.pid))
       credential?.revoke()

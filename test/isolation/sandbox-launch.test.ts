@@ -38,10 +38,10 @@ test('paths below a directory closed to the identity: a privileged launch that c
   t.ok(launch.args.includes(`${st.dev}:${st.ino}`), 'each staged path is checked against the directory the server saw')
   t.ok(launch.args.includes(l.priv), 'the closed directory is covered')
 
-  const { command, env, envInput } = launchOf('/cli', ['--x'], l.cwd, { ANTHROPIC_API_KEY: 'sk-ant-run-secret', PATH: '/usr/bin' }, { identity: { uid: UID, gid: UID }, wrap: launch })
+  const { command, options, fds } = launchOf('/cli', ['--x'], l.cwd, { ANTHROPIC_API_KEY: 'sk-ant-run-secret', PATH: '/usr/bin' }, { identity: { uid: UID, gid: UID }, wrap: launch })
   t.equal(command, tools.unshare)
-  t.same(env, { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }, 'the root part of the launch gets nothing of the run\'s environment')
-  t.match(Buffer.from(envInput!).toString(), /^--clearenv\0--setenv\0ANTHROPIC_API_KEY\0sk-ant-run-secret\0/)
+  t.same(options.env, { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }, 'the root part of the launch gets nothing of the run\'s environment')
+  t.match(Buffer.from(fds[0]!).toString(), /^--clearenv\0--setenv\0ANTHROPIC_API_KEY\0sk-ant-run-secret\0/)
 })
 
 test('a directory in the way that the agent owns, or a run directory swapped for a link, is refused', { skip }, async t => {
@@ -61,9 +61,10 @@ test('a directory in the way that the agent owns, or a run directory swapped for
 })
 
 test('at uid the identity enters its directory itself; reachable paths need nothing privileged', { skip }, async t => {
-  const { command, args } = launchOf('/cli', ['--x'], '/srv/work/alice', {}, { identity: { uid: UID, gid: UID } })
+  const { command, args, options } = launchOf('/cli', ['--x'], '/srv/work/alice', {}, { identity: { uid: UID, gid: UID } })
   t.equal(command, '/bin/sh')
   t.same(args.slice(3), ['/srv/work/alice', '/cli', '--x'], 'cd as the identity, then the CLI')
+  t.match(options, { cwd: '/', uid: UID, gid: UID }, 'started in / as the identity')
   const base = realpathSync(mkdtempSync(join(tmpdir(), 'ccapi-launch-open-')))
   t.teardown(() => rmSync(base, { recursive: true, force: true }))
   chmodSync(base, 0o755)
