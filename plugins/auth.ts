@@ -2,7 +2,7 @@ import fp from 'fastify-plugin'
 import rateLimit, { type FastifyRateLimitOptions } from '@fastify/rate-limit'
 import { randomBytes } from 'node:crypto'
 import { allows, KeyRing, readKeyFile, sha256Hex, toApiKey, type ApiKey, type Scope } from '../src/auth/keys.js'
-import { InsufficientScope, RateLimited, withProblem } from '../src/errors.js'
+import { InsufficientScope, RateLimited, withProblem } from '../src/domain/errors.js'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { sendProblem } from './problem.js'
 

@@ -8,7 +8,7 @@ import { ExecuteResultSchema } from '../src/schemas/execute.js'
 import { RunSchema } from '../src/schemas/runs.js'
 import { ApprovalSchema } from '../src/schemas/interactive.js'
 import { SessionSchema } from '../src/schemas/sessions.js'
-import { DomainError } from '../src/errors.js'
+import { DomainError } from '../src/domain/errors.js'
 
 /** The HTTP status of each domain error: the domain says what happened, the API how to answer. */
 export const STATUS_OF_CODE: Readonly<Record<string, number>> = {

@@ -1,8 +1,8 @@
 import fp from 'fastify-plugin'
 import type { FastifyRequest } from 'fastify'
-import type { SubmittedRun } from '../src/runner/runner.js'
-import type { RunRequest } from '../src/runner/types.js'
-import { checkWebhookUrl } from '../src/runner/policy.js'
+import type { SubmittedRun } from '../src/engine/runner.js'
+import type { RunRequest } from '../src/domain/run.js'
+import { checkWebhookUrl } from '../src/engine/policy.js'
 
 declare module 'fastify' {
   interface FastifyInstance {

@@ -1,6 +1,6 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
-import { InvalidRequest, withProblem } from '../src/errors.js'
+import { InvalidRequest, withProblem } from '../src/domain/errors.js'
 import { executeRequestSchema, type ExecuteResult } from '../src/schemas/execute.js'
 import { startRunProblems } from '../src/schemas/problem.js'
 

@@ -1,9 +1,9 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import { allows } from '../src/auth/keys.js'
-import { RunNotFound } from '../src/errors.js'
-import { checkAttachments } from '../src/runner/attachments.js'
-import type { UserTurn } from '../src/runner/types.js'
+import { RunNotFound } from '../src/domain/errors.js'
+import { checkAttachments } from '../src/engine/attachments.js'
+import type { UserTurn } from '../src/domain/run.js'
 import { problemResponses } from '../src/schemas/problem.js'
 import { RunParamsSchema } from '../src/schemas/runs.js'
 import {

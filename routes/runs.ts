@@ -1,12 +1,12 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
-import { InvalidRequest, RunNotFound, withProblem } from '../src/errors.js'
+import { InvalidRequest, RunNotFound, withProblem } from '../src/domain/errors.js'
 import { executeRequestSchema } from '../src/schemas/execute.js'
 import { problemResponses, startRunProblems } from '../src/schemas/problem.js'
 import { RunEventsQuerySchema, RunListQuerySchema, RunListSchema, RunParamsSchema, type Run } from '../src/schemas/runs.js'
-import type { RunRecord } from '../src/store/store.js'
-import type { Runner } from '../src/runner/runner.js'
+import type { RunRecord } from '../src/domain/records.js'
+import type { Runner } from '../src/engine/runner.js'
 
 const security: Array<Record<string, string[]>> = [{ ApiKeyAuth: [] }, { BearerAuth: [] }]
 const runRef = Type.Unsafe<Run>(Type.Ref('Run'))

@@ -2,10 +2,7 @@ import { Type, type Static } from '@sinclair/typebox'
 import { existsSync, mkdirSync, readFileSync, realpathSync, statSync } from 'node:fs'
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path'
 import { PACKAGE_ROOT } from './package-info.js'
-
-/** The permission modes Claude Code accepts for `--permission-mode`. */
-export const PERMISSION_MODES = ['default', 'acceptEdits', 'plan', 'dontAsk', 'bypassPermissions'] as const
-export type PermissionMode = typeof PERMISSION_MODES[number]
+import { PERMISSION_MODES, type PermissionMode } from './domain/run.js'
 
 /**
  * Every setting the server reads, in one schema. `@fastify/env` validates the environment against

@@ -1,5 +1,5 @@
 import type { ServerResponse } from 'node:http'
-import type { RunEvent } from './runner/types.js'
+import type { RunEvent } from './domain/run.js'
 
 /**
  * Writes Server-Sent Events to a response: `id:`/`event:`/`data:` frames and a comment line at

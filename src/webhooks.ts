@@ -1,7 +1,8 @@
 import { createHmac, randomUUID } from 'node:crypto'
-import type { RunResult } from './runner/types.js'
-import type { ApprovalRecord, PendingWebhook, RunStore } from './store/store.js'
-import { capUtf8 } from './runner/result.js'
+import type { RunResult } from './domain/run.js'
+import type { ApprovalRecord, PendingWebhook } from './domain/records.js'
+import type { RunStore } from './store/store.js'
+import { capUtf8 } from './engine/result.js'
 
 export interface WebhookOptions {
   secret: string

@@ -1,4 +1,4 @@
-import type { RunEvent } from '../runner/types.js'
+import type { RunEvent } from '../domain/run.js'
 import { LocalEventBus } from '../store/event-bus.js'
 import type { RunStore } from '../store/store.js'
 

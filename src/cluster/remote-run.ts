@@ -1,4 +1,4 @@
-import type { RunEvent } from '../runner/types.js'
+import type { RunEvent } from '../domain/run.js'
 
 /** A run as the request that started it holds it: on one machine its `RunHandle`, in a cluster a `RemoteRun`. */
 export interface SubmittedRun {

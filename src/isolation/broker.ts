@@ -2,7 +2,7 @@ import { createServer, request as httpRequest, type IncomingMessage, type Server
 import { request as httpsRequest } from 'node:https'
 import { randomBytes, timingSafeEqual, createHash } from 'node:crypto'
 import type { AddressInfo, Socket } from 'node:net'
-import { RUN_MARKER_VAR } from '../runner/child-env.js'
+import { RUN_MARKER_VAR } from './proc.js'
 import { socketPeer } from './peer.js'
 import type { Environment } from '../config.js'
 

@@ -3,7 +3,7 @@ import { randomUUID } from 'node:crypto'
 import { chmodSync, closeSync, constants, existsSync, fchmodSync, fchownSync, fstatSync, lchownSync, linkSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs'
 import { dirname, isAbsolute, join, relative } from 'node:path'
 import { ConfigError, makeDirectory } from '../config.js'
-import { AgentIdentityUnavailable } from '../errors.js'
+import { AgentIdentityUnavailable } from '../domain/errors.js'
 import { idsOfStatus } from './proc.js'
 
 /** What keeps runs apart from the server and from each other (see the README's security model). */

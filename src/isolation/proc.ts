@@ -33,3 +33,6 @@ export function markerOf (pid: number, name: string): string | undefined {
   for (const entry of env.split('\0')) if (entry.startsWith(prefix)) return entry.slice(prefix.length)
   return undefined
 }
+
+/** The name of the variable that marks every process of one run, so the whole tree can be found. */
+export const RUN_MARKER_VAR = 'CLAUDE_API_RUN_MARKER'

@@ -1,7 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox'
-import { PERMISSION_MODES } from '../config.js'
-import { MEDIA_TYPES } from '../runner/attachments.js'
-import { ERROR_CODES, RUN_STATUSES, type RunRequest, type RunResult } from '../runner/types.js'
+import { PERMISSION_MODES } from '../domain/run.js'
+import { MEDIA_TYPES } from '../engine/attachments.js'
+import { ERROR_CODES, RUN_STATUSES, type RunRequest, type RunResult } from '../domain/run.js'
 
 /** Limits the request schema takes from the configuration. */
 export interface RequestLimits {

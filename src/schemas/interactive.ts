@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox'
-import type { ApprovalRecord } from '../store/store.js'
+import type { ApprovalRecord } from '../domain/records.js'
 import { AttachmentsSchema, NO_NUL } from './execute.js'
 
 const Timestamp = Type.String({ format: 'date-time' })

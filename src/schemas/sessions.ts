@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { titleOf, type TranscriptMessage } from '../sessions/catalog.js'
-import type { SessionRecord } from '../store/store.js'
+import type { SessionRecord } from '../domain/records.js'
 
 const Timestamp = Type.String({ format: 'date-time' })
 

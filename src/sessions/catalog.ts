@@ -1,6 +1,7 @@
 import { deleteSession, forkSession, getSessionInfo, getSessionMessages, renameSession, type SessionStore } from '@anthropic-ai/claude-agent-sdk'
-import { InvalidRequest, SessionBusy, SessionEmpty, SessionNotFound, withProblem } from '../errors.js'
-import type { RunStore, SessionRecord } from '../store/store.js'
+import { InvalidRequest, SessionBusy, SessionEmpty, SessionNotFound, withProblem } from '../domain/errors.js'
+import type { RunStore } from '../store/store.js'
+import type { SessionRecord } from '../domain/records.js'
 import { TranscriptFiles } from './transcript-files.js'
 
 /** Who asks: a key sees (and changes) its own sessions only, unless it may see all. */

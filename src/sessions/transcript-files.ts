@@ -3,8 +3,8 @@ import { lstat, mkdir, open, readlink, realpath, rm, type FileHandle } from 'nod
 import { basename, dirname, join, resolve } from 'node:path'
 import type { SessionKey, SessionStore, SessionStoreEntry } from '@anthropic-ai/claude-agent-sdk'
 import { execa } from 'execa'
-import { TranscriptUnreadable } from '../errors.js'
-import { trackLaunch, untrackLaunch } from '../runner/process-tree.js'
+import { TranscriptUnreadable } from '../domain/errors.js'
+import { trackLaunch, untrackLaunch } from '../isolation/process-tree.js'
 
 /** The largest transcript read whole (a longer one is refused, not read into memory). */
 export const MAX_TRANSCRIPT_BYTES = 64 * 1024 * 1024

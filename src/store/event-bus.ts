@@ -1,4 +1,4 @@
-import type { RunEvent } from '../runner/types.js'
+import type { RunEvent } from '../domain/run.js'
 import type { EventBus } from './store.js'
 
 /** The event bus of one process: a fan-out per run, synchronous and in order. */

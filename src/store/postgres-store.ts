@@ -1,15 +1,13 @@
 import pg from 'pg'
-import type { RunResult } from '../runner/types.js'
+import type { RunResult } from '../domain/run.js'
 import { PG_MIGRATIONS } from './pg-migrations.js'
 import { WriteRetry } from './write-retry.js'
 import {
   pageOfEvents, SESSION_COLUMNS, SESSION_INSERT_COLUMNS, sessionOfRun, sessionValues, toDelivery, toPending, toRecord, toSession,
   type DeliveryRow, type OutboxRow, type RunRow, type SessionRow
 } from './rows.js'
-import {
-  ClaimLost, MAX_UNFLUSHED_EVENTS, type ApprovalRecord, type NewRun, type NewSession, type PendingWebhook, type RunFilter,
-  type RunRecord, type RunStore, type SessionFilter, type SessionRecord, type StoredEvent, type WebhookDelivery
-} from './store.js'
+import { ClaimLost, MAX_UNFLUSHED_EVENTS, type RunStore } from './store.js'
+import { type ApprovalRecord, type NewRun, type NewSession, type PendingWebhook, type RunFilter, type RunRecord, type SessionFilter, type SessionRecord, type StoredEvent, type WebhookDelivery } from '../domain/records.js'
 
 /** Held while migrations run, so instances starting at once apply each exactly once. */
 const MIGRATION_LOCK = 0x63636170 // 'ccap'

@@ -1,5 +1,5 @@
-import type { RunStatus } from '../runner/types.js'
-import type { NewRun, NewSession, PendingWebhook, RunRecord, SessionRecord, StoredEvent, WebhookDelivery } from './store.js'
+import type { RunStatus } from '../domain/run.js'
+import type { NewRun, NewSession, PendingWebhook, RunRecord, SessionRecord, StoredEvent, WebhookDelivery } from '../domain/records.js'
 
 /**
  * The rows of the SQL backends (SQLite, PostgreSQL) and how they map to the store's records: one

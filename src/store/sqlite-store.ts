@@ -1,18 +1,19 @@
 import Database from 'better-sqlite3'
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
-import type { RunResult } from '../runner/types.js'
+import type { RunResult } from '../domain/run.js'
 import { Checkpointer } from './checkpointer.js'
 import { createPrivateFile } from './data-dir-lock.js'
 import { MIGRATIONS } from './migrations.js'
 import { WriteRetry } from './write-retry.js'
-import { MAX_UNFLUSHED_EVENTS, type ApprovalRecord, type NewRun, type NewSession, type PendingWebhook, type RunFilter, type RunRecord, type RunStore, type SessionFilter, type SessionRecord, type StoredEvent, type WebhookDelivery } from './store.js'
+import { MAX_UNFLUSHED_EVENTS, type RunStore } from './store.js'
+import { type ApprovalRecord, type NewRun, type NewSession, type PendingWebhook, type RunFilter, type RunRecord, type SessionFilter, type SessionRecord, type StoredEvent, type WebhookDelivery } from '../domain/records.js'
 import {
   pageOfEvents, SESSION_COLUMNS, SESSION_INSERT_COLUMNS, sessionOfRun, sessionValues, toDelivery, toPending, toRecord, toSession,
   type DeliveryRow, type OutboxRow, type RunRow, type SessionRow
 } from './rows.js'
 
-export type { RunRecord, StoredEvent, WebhookDelivery } from './store.js'
+export type { RunRecord, StoredEvent, WebhookDelivery } from '../domain/records.js'
 
 /** A session's values as the named parameters of the statements below. */
 function namedSession (s: NewSession): Record<string, unknown> {

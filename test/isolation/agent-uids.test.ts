@@ -7,7 +7,7 @@ import Fastify from 'fastify'
 import { Value } from '@sinclair/typebox/value'
 import { AgentIdentities, handOverDirectory, processIds, type AgentIdentitiesOptions } from '../../src/isolation/identities.js'
 import { ConfigSchema, toSettings, type RawConfig } from '../../src/config.js'
-import { AgentIdentityUnavailable, DomainError } from '../../src/errors.js'
+import { AgentIdentityUnavailable, DomainError } from '../../src/domain/errors.js'
 import problem from '../../plugins/problem.js'
 import { eventually } from '../helper.js'
 

@@ -1,6 +1,7 @@
 import { test, type Test } from 'tap'
-import type { RunRequest, RunResult, RunSpec, RunStatus } from '../../src/runner/types.js'
-import type { NewRun, PendingWebhook, RunRecord, RunStore, StoredEvent, WebhookDelivery } from '../../src/store/store.js'
+import type { RunRequest, RunResult, RunSpec, RunStatus } from '../../src/domain/run.js'
+import type { NewRun, PendingWebhook, RunRecord, StoredEvent, WebhookDelivery } from '../../src/domain/records.js'
+import type { RunStore } from '../../src/store/store.js'
 import type { WriteReports } from '../../src/store/write-retry.js'
 
 /**

@@ -1,0 +1,185 @@
+import { BudgetExceeded, KeyConcurrencyExceeded, SessionBusy, SessionForbidden, ShuttingDown, withProblem } from '../domain/errors.js'
+import { Scheduler, type Ticket } from './scheduler.js'
+import { utcDay, type KeyLimits } from '../domain/keys.js'
+
+/** A run asking to be admitted. */
+export interface AdmissionRequest {
+  /** The session the run writes to (new, resumed, or a fork's new id). */
+  sessionId: string
+  /** Sessions whose owner must be the run's key: the one it continues, and the one it forks. */
+  claims: string[]
+  /** null with auth off: no per-key limits, and sessions owned by no key. */
+  key: KeyLimits | null
+  /** Who a new session becomes owned by, when not the key itself (where its transcript lives). */
+  newSessionOwner?: string
+}
+
+/**
+ * Admission in one place. One synchronous decision per run, taken and recorded in the same step,
+ * so nothing can slip between a check and the enqueue: the server is not shutting down; the
+ * sessions the run continues belong to its key (and a new one becomes its key's at once); the
+ * key has a free slot (`max_concurrent_runs`) and budget left today (`daily_budget_usd`); and the
+ * run can start now or wait in the queue (`MAX_CONCURRENT_RUNS`, `MAX_QUEUED_RUNS`), behind the
+ * earlier runs of its session.
+ */
+export class Admission {
+  private readonly scheduler: Scheduler
+  private readonly liveByKey = new Map<string, number>()
+  private readonly sessionOwners = new Map<string, string | null>()
+  /** Sessions being deleted: no run of them is admitted meanwhile. */
+  private readonly held = new Map<string, number>()
+  /** Sessions that queued or running forks read from (their runs write to other sessions). */
+  private readonly forkSources = new Map<string, number>()
+  private spend = { dayStart: 0, byKey: new Map<string, number>() }
+  private closed = false
+
+  constructor (opts: { maxConcurrent: number, maxQueued: number }, private readonly now: () => number = Date.now) {
+    this.scheduler = new Scheduler(opts.maxConcurrent, opts.maxQueued)
+  }
+
+  /** What the store knows at start: who owns which session, and what each key spent today. */
+  load (state: { sessionOwners: Map<string, string | null>, spentToday: Map<string, number> }): void {
+    for (const [session, key] of state.sessionOwners) if (!this.sessionOwners.has(session)) this.sessionOwners.set(session, key)
+    this.spend = { dayStart: utcDay(this.now()).start, byKey: new Map(state.spentToday) }
+  }
+
+  /** The day's start for spending, from the same clock (for `spendSince` at start). */
+  today (): number {
+    return utcDay(this.now()).start
+  }
+
+  /**
+   * Admit a run or throw why not (`ShuttingDown`, `SessionForbidden`, `KeyConcurrencyExceeded`,
+   * `BudgetExceeded`, `CapacityExceeded`). On success everything is recorded before returning:
+   * the key's slot, the session's owner, the run's place in the queue. `start` is called when it
+   * may run; `ticket.release()` gives all of it back.
+   */
+  admit (req: AdmissionRequest, start: () => void): Ticket {
+    if (this.closed) throw new ShuttingDown('the server is shutting down; retry in a moment')
+    for (const session of req.claims) if (this.held.has(session)) throw new SessionBusy(`session ${session} is being deleted`)
+    const key = req.key
+    // Auth off (no key) and admin keys may continue any session.
+    if (key !== null && key.anySession !== true) {
+      for (const session of req.claims) {
+        const owner = this.sessionOwners.get(session)
+        if (owner !== undefined && owner !== key.name) throw new SessionForbidden(`session ${session} belongs to another key`)
+      }
+    }
+    if (key?.maxConcurrentRuns !== undefined) {
+      const live = this.liveByKey.get(key.name) ?? 0
+      if (live >= key.maxConcurrentRuns) {
+        throw withProblem(new KeyConcurrencyExceeded(`the key ${key.name} has ${live} runs queued or running, its limit (max_concurrent_runs=${key.maxConcurrentRuns}); retry when one has ended`), { retryAfter: 5 })
+      }
+    }
+    if (key?.dailyBudgetUsd !== undefined) {
+      const spent = this.spentToday(key.name)
+      if (spent >= key.dailyBudgetUsd) {
+        throw withProblem(new BudgetExceeded(`the key ${key.name} has spent $${spent.toFixed(4)} today (UTC), its daily budget of $${key.dailyBudgetUsd}; it resets at midnight UTC`), {
+          retryAfter: utcDay(this.now()).secondsLeft,
+          problem: { spent_usd: spent, daily_budget_usd: key.dailyBudgetUsd }
+        })
+      }
+    }
+    // Throws CapacityExceeded when the run could not start now and the queue is full.
+    const ticket = this.scheduler.enter(req.sessionId, start)
+    return this.recorded(req.sessionId, key?.name ?? null, ticket, req.newSessionOwner, req.claims.filter(c => c !== req.sessionId))
+  }
+
+  /**
+   * Queue again a run that was admitted by a previous process (restart recovery): no limit is
+   * checked, its key's slot and session are recorded.
+   */
+  readmit (sessionId: string, keyName: string | null, start: () => void): Ticket {
+    return this.recorded(sessionId, keyName, this.scheduler.enter(sessionId, start, true))
+  }
+
+  /** A run of `keyName` ended having cost `usd`: it counts against the key's budget for today. */
+  spent (keyName: string | null, usd: number | null): void {
+    if (keyName === null || usd === null || !(usd > 0)) return
+    this.rollDay()
+    this.spend.byKey.set(keyName, (this.spend.byKey.get(keyName) ?? 0) + usd)
+  }
+
+  /** What `keyName` has spent today (UTC). */
+  spentToday (keyName: string): number {
+    this.rollDay()
+    return this.spend.byKey.get(keyName) ?? 0
+  }
+
+  /** Runs of a key queued or running now. */
+  liveRunsOf (keyName: string): number {
+    return this.liveByKey.get(keyName) ?? 0
+  }
+
+  /** Whether a session has a run queued or running, or one that forks it. */
+  hasRuns (sessionId: string): boolean {
+    return this.scheduler.hasRuns(sessionId) || this.forkSources.has(sessionId)
+  }
+
+  /** Admit no run of a session until the returned release is called (it is being deleted). */
+  hold (sessionId: string): () => void {
+    this.held.set(sessionId, (this.held.get(sessionId) ?? 0) + 1)
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      const n = (this.held.get(sessionId) ?? 1) - 1
+      if (n <= 0) this.held.delete(sessionId)
+      else this.held.set(sessionId, n)
+    }
+  }
+
+  /** Whether a session is being deleted (no run of it may be admitted). */
+  isHeld (sessionId: string): boolean {
+    return this.held.has(sessionId)
+  }
+
+  /** A session made without a run (a fork) belongs to `owner`. */
+  adopt (sessionId: string, owner: string | null): void {
+    if (!this.sessionOwners.has(sessionId)) this.sessionOwners.set(sessionId, owner)
+  }
+
+  /** The key that owns a session: undefined when no run has used it. */
+  ownerOf (sessionId: string): string | null | undefined {
+    return this.sessionOwners.get(sessionId)
+  }
+
+  get active (): number { return this.scheduler.active }
+  get queued (): number { return this.scheduler.queued }
+
+  /** Admit nothing more and start nothing more (shutdown); queued runs stay queued. */
+  close (): void {
+    this.closed = true
+    this.scheduler.pause()
+  }
+
+  private recorded (sessionId: string, keyName: string | null, ticket: Ticket, newSessionOwner?: string, sources: string[] = []): Ticket {
+    if (!this.sessionOwners.has(sessionId)) this.sessionOwners.set(sessionId, newSessionOwner ?? keyName)
+    if (keyName !== null) this.liveByKey.set(keyName, (this.liveByKey.get(keyName) ?? 0) + 1)
+    for (const s of sources) this.forkSources.set(s, (this.forkSources.get(s) ?? 0) + 1)
+    let released = false
+    return {
+      position: () => ticket.position(),
+      release: () => {
+        if (released) return
+        released = true
+        if (keyName !== null) {
+          const n = (this.liveByKey.get(keyName) ?? 1) - 1
+          if (n <= 0) this.liveByKey.delete(keyName)
+          else this.liveByKey.set(keyName, n)
+        }
+        for (const s of sources) {
+          const n = (this.forkSources.get(s) ?? 1) - 1
+          if (n <= 0) this.forkSources.delete(s)
+          else this.forkSources.set(s, n)
+        }
+        ticket.release()
+      }
+    }
+  }
+
+  private rollDay (): void {
+    const today = utcDay(this.now()).start
+    if (today !== this.spend.dayStart) this.spend = { dayStart: today, byKey: new Map() }
+  }
+}

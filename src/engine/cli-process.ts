@@ -1,0 +1,243 @@
+import { EventEmitter } from 'node:events'
+import { PassThrough, type Writable } from 'node:stream'
+import type { SpawnedProcess, SpawnOptions } from '@anthropic-ai/claude-agent-sdk'
+import { execa, type ResultPromise } from 'execa'
+import { RUN_MARKER_VAR } from '../isolation/proc.js'
+import { sdkNeeds } from './cli-events.js'
+import { LineSplitter } from './line-splitter.js'
+import { endStrays, killRunTree, trackLaunch, untrackLaunch, type KillReport } from '../isolation/process-tree.js'
+import type { RunnerLogger } from '../domain/logger.js'
+
+const STDERR_TAIL_BYTES = 8 * 1024
+/** Lines past this size are streamed through the shrinker rather than held whole. */
+const SHRINK_ABOVE_BYTES = 1024 * 1024
+/** An oversized line is shown to clients as a preview with strings cut to this. */
+const PREVIEW_STRING_BYTES = 64 * 1024
+/** After the CLI exits, how long its output may stay silent before the pipe is given up. */
+const OUTPUT_GRACE_MS = 2000
+
+/** How the executor runs CLIs: the same for every run. */
+export interface ExecutorSettings {
+  cliPath: string
+  settingSources: string
+  maxLineBytes: number
+  maxOutputBytes: number
+  killGraceMs: number
+  /** The unprivileged identity the CLI runs as (agent isolation); the server's own when absent. */
+  identity?: { uid: number, gid: number }
+  /**
+   * A program the CLI runs inside (the sandbox): `command args… -- cli cliArgs…`; `privileged`:
+   * it starts as the server and drops to `identity` itself.
+   */
+  wrap?: { command: string, args: string[], privileged: boolean, envFd?: number }
+}
+
+/** One line of the CLI's output as a run sees it: parsed, as shown, and whether it was shrunk. */
+export type LineHandler = (msg: unknown, line: string, shrunk: boolean, preview: string | undefined) => void
+
+/** How a CLI process ended. */
+export interface ProcessExit {
+  exitCode?: number | undefined
+  failed: boolean
+  cause?: unknown
+  message?: string | undefined
+  signal: NodeJS.Signals | null
+}
+
+/**
+ * The CLI as the SDK sees it: the real process's stdin, its stdout after our line splitter (so a
+ * 200 MB line is shrunk before the SDK ever parses it), and `exit` only once that stdout is flushed.
+ */
+class ContainedProcess extends EventEmitter implements SpawnedProcess {
+  readonly stdin: Writable
+  readonly stdout = new PassThrough()
+  private exit: { code: number | null, signal: NodeJS.Signals | null } | undefined
+
+  constructor (readonly child: ResultPromise) {
+    super()
+    this.stdin = child.stdin as Writable
+    child.on('error', (err) => { if (this.listenerCount('error') > 0) this.emit('error', err) })
+  }
+
+  get killed (): boolean { return this.child.killed }
+  get exitCode (): number | null { return this.exit?.code ?? null }
+  get signalCode (): NodeJS.Signals | null { return this.exit?.signal ?? null }
+
+  kill (signal: NodeJS.Signals): boolean {
+    return this.child.kill(signal)
+  }
+
+  /** The process has exited and its output was read to the end. */
+  exited (code: number | null, signal: NodeJS.Signals | null): void {
+    this.exit = { code, signal }
+    this.stdout.end()
+    this.emit('exit', code, signal)
+  }
+}
+
+/**
+ * One CLI process, spawned for the Agent SDK (its `spawnClaudeCodeProcess`) by execa in its own
+ * process group, carrying a marker, as the agent identity and inside the sandbox when there is
+ * one. Its output goes through the line splitter: the SDK gets the lines of its protocol, the run
+ * bound to it (`onLine`) gets every line. A warm spare is such a process before any run is bound.
+ */
+export class CliProcess {
+  readonly contained: ContainedProcess
+  /** Settles once the process has exited and its output was read (or given up after a grace). */
+  readonly exited: Promise<ProcessExit>
+  stderrTail = ''
+  oversizeLines = 0
+  /** The run's reader of every line; lines before one is bound are the SDK's alone. */
+  onLine: LineHandler | undefined
+  private killing: Promise<KillReport> | undefined
+
+  constructor (o: SpawnOptions, readonly marker: string, private readonly s: ExecutorSettings, fallbackCwd: string, private readonly log: RunnerLogger) {
+    const childEnv: Record<string, string> = {}
+    for (const [k, v] of Object.entries(o.env)) if (v !== undefined) childEnv[k] = v
+    const launch = launchOf(o.command, o.args, o.cwd ?? fallbackCwd, childEnv, s)
+    const child = execa(launch.command, launch.args, {
+      ...launch.options,
+      buffer: false,
+      reject: false,
+      // Own process group, so the CLI and its ordinary children can be signalled at once.
+      detached: true,
+      cleanup: true,
+      stdio: ['pipe', 'pipe', 'pipe', ...launch.fds],
+      stripFinalNewline: false
+    })
+    this.contained = new ContainedProcess(child)
+    // Its processes (and those of the identity descended from it) are a live run's, until it exits.
+    trackLaunch(child.pid)
+    child.once('exit', () => untrackLaunch(child.pid))
+    log.debug({ pid: child.pid, args: o.args }, 'CLI started')
+    const c = this.contained
+    const splitter = new LineSplitter(s.maxLineBytes, (line, shrunk, preview) => {
+      let msg: unknown
+      try {
+        msg = JSON.parse(line)
+      } catch {
+        log.debug({ line: line.slice(0, 200) }, 'CLI printed a non-JSON line')
+        return
+      }
+      this.onLine?.(msg, line, shrunk, preview)
+      if (shrunk) log.warn({ max: s.maxLineBytes }, 'a CLI output line over MAX_LINE_BYTES was shrunk: its longest strings were cut')
+      // The SDK reads the lines of its protocol (shrunk, if they had to be).
+      if (sdkNeeds(msg)) c.stdout.write(line + '\n')
+    }, bytes => {
+      this.oversizeLines++
+      log.warn({ bytes, max: s.maxLineBytes }, 'dropped a CLI output line over MAX_LINE_BYTES')
+    }, s.maxOutputBytes, SHRINK_ABOVE_BYTES, PREVIEW_STRING_BYTES)
+
+    let lastOutputAt = Date.now()
+    const stdoutDone = new Promise<void>(resolve => {
+      if (child.stdout === null) return resolve()
+      child.stdout.on('data', (chunk: Buffer) => {
+        lastOutputAt = Date.now()
+        splitter.push(chunk)
+      })
+      child.stdout.once('close', () => resolve())
+    })
+    child.stderr?.on('data', (chunk: Buffer) => {
+      this.stderrTail = (this.stderrTail + chunk.toString('utf8')).slice(-STDERR_TAIL_BYTES)
+    })
+    const processExit = new Promise<{ code: number | null, signal: NodeJS.Signals | null }>(resolve => child.once('exit', (code, signal) => resolve({ code, signal })))
+    this.exited = Promise.race([
+      // A spawn that failed (no such CLI) ends here, with its cause.
+      child.then(r => ({ exitCode: r.exitCode, failed: r.failed, cause: r.cause, message: r.message, signal: (r.signal as NodeJS.Signals | undefined) ?? null })),
+      // The CLI exited: its output is read to the end, but not waited for past a grace, since a
+      // process it left behind (detached, without the marker) may hold the pipe open forever.
+      // The grace counts from the last output, so a busy server still reads a long tail whole.
+      processExit.then(async ({ code, signal }) => {
+        let timer: NodeJS.Timeout | undefined
+        const quiet = new Promise<void>(resolve => {
+          const check = (): void => {
+            const idle = Date.now() - lastOutputAt
+            if (idle >= OUTPUT_GRACE_MS) resolve()
+            else timer = setTimeout(check, OUTPUT_GRACE_MS - idle)
+          }
+          lastOutputAt = Date.now()
+          check()
+        })
+        await Promise.race([stdoutDone, quiet])
+        clearTimeout(timer)
+        return { exitCode: code ?? undefined, failed: code !== 0, cause: undefined, message: undefined, signal }
+      })
+    ]).then(r => {
+      child.stdout?.destroy()
+      child.stderr?.destroy()
+      splitter.end()
+      c.exited(r.exitCode ?? null, r.signal)
+      return r
+    })
+  }
+
+  get pid (): number | undefined { return this.contained.child.pid }
+
+  /** End the whole tree (the process group and everything carrying the marker). Once. */
+  end (graceMs = this.s.killGraceMs): Promise<KillReport> {
+    this.killing ??= killRunTree({ rootPid: this.pid, markerName: RUN_MARKER_VAR, markerValue: this.marker, graceMs, rootExited: this.exited })
+      .then(async report => {
+        // What escaped the tree (detached, environment cleared) is still its identity's: it goes too.
+        if (this.s.identity !== undefined) report.killed += await endStrays(this.s.identity.uid, RUN_MARKER_VAR)
+        return report
+      })
+    return this.killing
+  }
+
+  /** Whether `end()` was called. */
+  get ending (): boolean { return this.killing !== undefined }
+
+  /** How a spawn that never started failed, if it did. */
+  async spawnError (): Promise<{ code?: string, message: string } | undefined> {
+    const res = await this.exited
+    const cause = res.cause as NodeJS.ErrnoException | undefined
+    if (this.pid === undefined || (res.failed && cause?.syscall?.startsWith('spawn') === true)) {
+      return { message: cause?.message ?? res.message ?? 'spawn failed', ...(cause?.code !== undefined ? { code: cause.code } : {}) }
+    }
+    return undefined
+  }
+}
+
+/** Changes into the run's directory as the identity, then becomes the CLI. */
+const ENTER = 'cd -- "$1" || exit 126; shift; exec "$@"'
+/** What the root part of a privileged launch runs with: nothing of the run's. */
+const ROOT_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' }
+
+/** How one CLI is launched: what runs, and execa's options for where, as whom and with what. */
+export interface Launch {
+  command: string
+  args: string[]
+  /** Where it starts, its environment, the user it runs as. */
+  options: { cwd: string, env: Record<string, string>, extendEnv: false, uid?: number, gid?: number }
+  /** Descriptors from 3 on: the run's environment for a privileged sandbox launch. */
+  fds: Uint8Array[]
+}
+
+/**
+ * How one CLI is spawned: as the server; as an identity, starting in / and entering its directory
+ * itself (the server never enters the run's directory for it, where a link the agent swapped in
+ * could lead it elsewhere); or in the sandbox, whose privileged launch gets the run's environment
+ * through a descriptor (bubblewrap's `--args`), never as the root part's own.
+ */
+export function launchOf (cli: string, cliArgs: string[], cwd: string, env: Record<string, string>, s: Pick<ExecutorSettings, 'identity' | 'wrap'>): Launch {
+  const id = s.identity
+  const as = id !== undefined && s.wrap?.privileged !== true ? { uid: id.uid, gid: id.gid } : {}
+  const options = (env: Record<string, string>): Launch['options'] => ({ cwd: id !== undefined ? '/' : cwd, env, extendEnv: false, ...as })
+  if (s.wrap === undefined) {
+    if (id === undefined) return { command: cli, args: cliArgs, options: options(env), fds: [] }
+    return { command: '/bin/sh', args: ['-c', ENTER, 'ccapi-enter', cwd, cli, ...cliArgs], options: options(env), fds: [] }
+  }
+  const args = [...s.wrap.args, '--', cli, ...cliArgs]
+  if (s.wrap.envFd === undefined) return { command: s.wrap.command, args, options: options(env), fds: [] }
+  const settings = ['--clearenv', ...Object.entries(env).flatMap(([k, v]) => ['--setenv', k, v])]
+  return { command: s.wrap.command, args, options: options(ROOT_ENV), fds: [Buffer.from(settings.join('\0') + '\0')] }
+}
+
+/** The spawn hook the SDK calls: a `CliProcess` for each spawn, handed to `spawned`. */
+export function cliSpawner (marker: string, s: ExecutorSettings, fallbackCwd: string, log: RunnerLogger, spawned: (p: CliProcess) => void): (o: SpawnOptions) => SpawnedProcess {
+  return (o) => {
+    const p = new CliProcess(o, marker, s, fallbackCwd, log)
+    spawned(p)
+    return p.contained
+  }
+}

@@ -1,0 +1,265 @@
+import { query, type CanUseTool, type ClaimOptions, type Query, type SDKUserMessage, type SpareProcess } from '@anthropic-ai/claude-agent-sdk'
+import { userContent } from './attachments.js'
+import type { Inbox } from './inbox.js'
+import { RUN_MARKER_VAR } from '../isolation/proc.js'
+import { cliSpawner, type CliProcess, type ExecutorSettings, type LineHandler } from './cli-process.js'
+import { type RunnerLogger } from '../domain/logger.js'
+import { sdkOptions } from './cli-options.js'
+import { mapCliLine } from './cli-events.js'
+import { endStrays, killRunTree } from '../isolation/process-tree.js'
+import { PartialText, type CliResultLine } from './result.js'
+import type { RunSpec } from '../domain/run.js'
+
+export type { ExecutorSettings, RunnerLogger }
+
+/** What the executor learnt of a run: the parts of its outcome it is the source of. */
+export interface Execution {
+  exitCode: number | null
+  spawnError?: { code?: string, message: string }
+  resultLine?: CliResultLine
+  resultShrunk?: boolean
+  stderrTail: string
+  oversizeLines: number
+  partialText: string
+  /** An interrupt that the CLI did not honour in time: the tree was killed instead. */
+  interruptKilled?: boolean
+  /** Whether the CLI started (printed its first line): undefined when the run ended before it could. */
+  launched?: boolean
+}
+
+/** What the executor tells its run while it goes. */
+export interface ExecutionHooks {
+  /** An event for the run's log: `message` (a CLI line as shown), `text`, or `user_message`. */
+  event: (type: 'message' | 'text' | 'user_message', data: unknown) => void
+  /** Follow-up messages and interrupts (none: the run answers its prompt and ends). */
+  inbox?: Inbox
+  /** With `approvals: ask`: decides each permission request of the CLI (and its subagents). */
+  askApproval?: CanUseTool
+  /** Resolves when the run must end early (timeout, cancel, disconnect, shutdown). */
+  ended: Promise<void>
+  log: RunnerLogger
+}
+
+/** A parked spare a run starts on instead of spawning a CLI (see `WarmPool`). */
+export interface WarmStart {
+  spare: SpareProcess
+  process: CliProcess
+  /** Whether the run went on the spare (`hit`) or its claim was refused (the run then starts cold). */
+  outcome: (o: 'hit' | 'refused', why?: string) => void
+}
+
+/** What a claim sets of a run: the rest (tools, flags) was fixed when the spare was started. */
+export function claimOptionsOf (spec: RunSpec): ClaimOptions {
+  return {
+    cwd: spec.cwd,
+    permissionMode: spec.permissionMode,
+    ...(spec.model !== undefined ? { model: spec.model } : {}),
+    ...(spec.appendSystemPrompt !== undefined ? { appendSystemPrompt: spec.appendSystemPrompt } : {})
+  }
+}
+
+/**
+ * Runs one run's CLI through the Agent SDK with streaming input: on a warm spare when one is
+ * given and takes the claim, else through `query()`, spawned by execa in its own process group
+ * and carrying the run marker. The first user message is the prompt, the input ends once the CLI
+ * has answered, and at the end (normal, timeout, cancel) the whole process tree is ended and
+ * swept. Never throws: what went wrong is in the `Execution`.
+ */
+export async function executeRun (spec: RunSpec, env: Record<string, string>, marker: string, s: ExecutorSettings, hooks: ExecutionHooks, warm?: WarmStart): Promise<Execution> {
+  const out: Execution = { exitCode: null, stderrTail: '', oversizeLines: 0, partialText: '' }
+  const partial = new PartialText(s.maxOutputBytes)
+  // The input stays open turn by turn: each user turn is handed over once the previous one is
+  // answered (its `result`), until the inbox has nothing more, or the run is ended early.
+  let turnEnded: () => void = () => {}
+  let turnDone = new Promise<void>(resolve => { turnEnded = resolve })
+  let inputClosed = false
+  const closeInput = (): void => {
+    inputClosed = true
+    hooks.inbox?.close()
+    turnEnded()
+  }
+  void hooks.ended.then(closeInput)
+  // An interrupt waits for the CLI's init (one sent earlier does nothing); if the turn has not
+  // ended within the kill grace, the tree is killed instead.
+  let initSeen = false
+  let interruptWanted = false
+  let interruptFallback: NodeJS.Timeout | undefined
+  let interrupt: () => void = () => { interruptWanted = true }
+  // Wired before the CLI exists: an interrupt that comes first is remembered, and sent after init.
+  if (hooks.inbox !== undefined) hooks.inbox.interruptTurn = () => interrupt()
+
+  const onLine: LineHandler = (msg, line, shrunk, preview) => {
+    // The transcript's copy for the SDK's session store (cluster mode): the SDK's business, not the client's.
+    if ((msg as { type?: unknown } | null)?.type === 'transcript_mirror') return
+    // An oversized line is shown with its strings cut short; the full (capped) output is in `result`.
+    for (const effect of mapCliLine(msg, preview ?? line, spec.includePartialMessages)) {
+      switch (effect.kind) {
+        case 'message': hooks.event('message', effect.data); break
+        case 'text':
+          hooks.event('text', { text: effect.text })
+          partial.add(effect.text, effect.block)
+          break
+        case 'block': partial.newBlock(); break
+        case 'result':
+          out.resultLine = effect.line
+          out.resultShrunk = shrunk
+          clearTimeout(interruptFallback)
+          turnEnded()
+          break
+      }
+    }
+    if (!initSeen && (msg as { type?: unknown, subtype?: unknown }).type === 'system' && (msg as { subtype?: unknown }).subtype === 'init') {
+      initSeen = true
+      if (interruptWanted) interrupt()
+    }
+  }
+
+  /** The CLI the run is on now (a refused spare is replaced by a cold one). */
+  let proc: CliProcess | undefined
+  let mustEnd = false
+  /** Timeout, cancel, disconnect or shutdown: end the whole tree, not just the CLI. Once. */
+  const endTree = (): void => {
+    mustEnd = true
+    void proc?.end()
+  }
+  void hooks.ended.then(endTree)
+
+  const userMessage = (prompt: string, attachments: RunSpec['attachments']): SDKUserMessage =>
+    ({ type: 'user', message: { role: 'user', content: userContent(prompt, attachments) as SDKUserMessage['message']['content'] }, parent_tool_use_id: null, session_id: spec.sessionId })
+
+  // Each query gets its own input; a newer one (the cold start after a refused claim) retires the
+  // older, which must not take a follow-up message from the inbox for a query that is gone.
+  let inputs = 0
+  async function * input (): AsyncGenerator<SDKUserMessage> {
+    const mine = ++inputs
+    yield userMessage(spec.prompt, spec.attachments)
+    for (;;) {
+      await turnDone
+      if (inputClosed || mine !== inputs) return
+      // Taken, or the inbox closed, in one synchronous step: nothing accepted is left behind.
+      const next = hooks.inbox?.takeOrClose()
+      if (next === undefined) return
+      turnDone = new Promise<void>(resolve => { turnEnded = resolve })
+      hooks.event('user_message', { message_id: next.id, prompt: next.prompt, attachments: next.attachments?.length ?? 0 })
+      yield userMessage(next.prompt, next.attachments)
+    }
+  }
+
+  /** Read the run's messages to the end, interrupts going through this query. */
+  const drain = async (q: Query): Promise<void> => {
+    interrupt = () => {
+      if (!initSeen) {
+        interruptWanted = true
+        return
+      }
+      interruptWanted = false
+      q.interrupt().catch((err: unknown) => hooks.log.debug({ err }, 'the interrupt was not acknowledged'))
+      clearTimeout(interruptFallback)
+      interruptFallback = setTimeout(() => {
+        hooks.log.warn({ grace_ms: s.killGraceMs }, 'the CLI did not stop its turn on interrupt; killing the run\'s tree')
+        out.interruptKilled = true
+        endTree()
+      }, s.killGraceMs)
+      interruptFallback.unref()
+    }
+    // The events come from the lines themselves (CliProcess); the SDK's parsed messages are not needed.
+    const messages = q[Symbol.asyncIterator]()
+    while ((await messages.next()).done !== true) { /* drained */ }
+  }
+
+  /**
+   * Claim the spare for the run: its lines wait until the claim is answered, then are the run's.
+   * False when the spare would not take it (its process is then ended, and the run starts cold).
+   */
+  const onSpare = async (w: WarmStart): Promise<boolean> => {
+    const p = w.process
+    proc = p
+    let state: 'waiting' | 'claimed' | 'refused' = 'waiting'
+    const held: Array<Parameters<LineHandler>> = []
+    p.onLine = (...line) => {
+      if (state === 'claimed') onLine(...line)
+      else if (state === 'waiting') held.push(line)
+    }
+    let q: Query | undefined
+    let refusal: string | undefined
+    try {
+      q = w.spare.claim({ prompt: input(), options: claimOptionsOf(spec) })
+      // option_not_applied: only a model setting was refused, and the prompt runs already: it
+      // cannot start again, so it goes on (without that setting), and the log says so.
+      refusal = await w.spare.claimed.then(() => undefined, (err: Error) => {
+        if (!err.message.startsWith('option_not_applied')) return err.message
+        hooks.log.warn({ why: err.message, model: spec.model }, 'the warm spare took the run but not its model setting')
+        return undefined
+      })
+    } catch (err) {
+      refusal = (err as Error).message
+    }
+    if (refusal !== undefined || q === undefined) {
+      state = 'refused'
+      p.onLine = undefined
+      w.outcome('refused', refusal)
+      hooks.log.info({ why: refusal }, 'the warm spare refused the run; starting it cold')
+      w.spare.close()
+      await p.end(0)
+      return false
+    }
+    state = 'claimed'
+    for (const line of held) onLine(...line)
+    w.outcome('hit')
+    if (mustEnd) endTree()
+    await drain(q)
+    return true
+  }
+
+  try {
+    // Ended before it started: a spare is left to its pool, and nothing is spawned.
+    const onWarm = warm !== undefined && !mustEnd && await onSpare(warm)
+    if (!onWarm && !(warm !== undefined && mustEnd)) {
+      const q = query({
+        prompt: input(),
+        options: {
+          ...sdkOptions(spec, s.settingSources),
+          ...(spec.approvals === 'ask' && hooks.askApproval !== undefined ? { canUseTool: hooks.askApproval } : {}),
+          env,
+          pathToClaudeCodeExecutable: s.cliPath,
+          spawnClaudeCodeProcess: cliSpawner(marker, s, spec.cwd, hooks.log, (p) => {
+            proc = p
+            p.onLine = onLine
+            // Ended while the SDK was still starting: the process goes at once.
+            if (mustEnd) void p.end()
+          })
+        }
+      })
+      await drain(q)
+    }
+  } catch (err) {
+    // The SDK reports a CLI that exited non-zero or was killed as an error; the outcome says it better.
+    hooks.log.debug({ err }, 'the SDK ended with an error')
+    if (proc === undefined) out.spawnError = { message: (err as Error).message }
+  }
+  clearTimeout(interruptFallback)
+  if (hooks.inbox !== undefined) hooks.inbox.interruptTurn = undefined
+  closeInput()
+  if (proc !== undefined) {
+    const res = await proc.exited
+    out.exitCode = res.exitCode ?? null
+    out.stderrTail = proc.stderrTail
+    out.oversizeLines = proc.oversizeLines
+    const spawnError = await proc.spawnError()
+    if (spawnError !== undefined) out.spawnError = spawnError
+  }
+  out.partialText = partial.text
+  if (initSeen) out.launched = true
+  else if (!mustEnd && (out.spawnError !== undefined || (out.exitCode ?? 0) !== 0)) out.launched = false
+  // Only when that text becomes the output does its cut say `truncated`.
+  if (partial.truncated && typeof out.resultLine?.result !== 'string') out.resultShrunk = true
+  // The CLI is gone; whatever its tools left behind (background tasks, daemons) goes too.
+  const report = await (proc?.ending === true ? proc.end() : killRunTree({ rootPid: undefined, markerName: RUN_MARKER_VAR, markerValue: marker, graceMs: 0, rootExited: Promise.resolve() }))
+  // With an identity, nothing the run started outlives it, however it detached: every process of
+  // the identity that no live run or spare accounts for goes.
+  if (s.identity !== undefined && proc?.ending !== true) report.killed += await endStrays(s.identity.uid, RUN_MARKER_VAR)
+  if (report.error !== undefined) hooks.log.error({ error: report.error }, 'could not verify that the run\'s processes are gone')
+  else if (report.survivors.length > 0) hooks.log.error({ survivors: report.survivors }, 'processes of the run survived SIGKILL')
+  else if (report.killed > 0) hooks.log.info({ killed: report.killed }, 'ended the run\'s remaining processes')
+  return out
+}

@@ -1,0 +1,87 @@
+import { randomUUID } from 'node:crypto'
+import { join } from 'node:path'
+import { prewarm } from '@anthropic-ai/claude-agent-sdk'
+import type { Settings } from '../config.js'
+import type { CredentialBroker } from '../isolation/broker.js'
+import { ownedDirectory, type AgentIdentity } from '../isolation/identities.js'
+import { buildChildEnv, identityEnv } from './child-env.js'
+import { cliSpawner, type CliProcess, type ExecutorSettings } from './cli-process.js'
+import { settingSourcesOf } from './cli-options.js'
+import type { RunnerLogger } from '../domain/logger.js'
+import type { WarmSpare } from './warm-pool.js'
+import { launchFailureReason } from './launch-health.js'
+
+/** How long a spare may take to park before it counts as failed. */
+const SPARE_PARK_TIMEOUT_MS = 30_000
+
+/** What starting a spare takes from the engine. */
+export interface SpareContext {
+  instanceId: string
+  /** This process among the lives of the instance: its spares' markers carry it. */
+  bootId: string
+  runEnv: Settings['serverEnv']
+  settings: Settings
+  cliPath: string
+  log: RunnerLogger & { child: (b: object) => RunnerLogger }
+  broker?: CredentialBroker
+  /** The identity a profile ('' for none) runs as. */
+  identityOf: (profile: string) => AgentIdentity | undefined
+  /** In the sandbox, the one work area a spare of this identity may serve (undefined: any). */
+  workAreaOf: (identity: AgentIdentity) => string | undefined
+  executorSettings: (identity: AgentIdentity | undefined, cwd: string, chdir?: string) => ExecutorSettings
+}
+
+/**
+ * The warm pool's `start`: start a CLI and park it (the SDK's `prewarm()`), with everything a run would have but its
+ * session: the server's options, the identity's user, home and sandbox, a marker of its own
+ * (`warm-<instance>-<boot>-<id>`, so a restart finds what a killed server left), and its own
+ * broker token.
+ */
+export function spareStarter (c: SpareContext): (profile: string) => Promise<WarmSpare> {
+  return async (profile: string): Promise<WarmSpare> => {
+    const identity = c.identityOf(profile)
+    const id = randomUUID()
+    const marker = `warm-${c.instanceId}-${c.bootId}-${id}`
+    const env = buildChildEnv(c.runEnv, {}, marker, c.settings.passEnv)
+    if (identity !== undefined) Object.assign(env, identityEnv(identity))
+    // Inert until a run claims the spare: a process that reads it from the parked CLI gets nothing.
+    const credential = c.broker?.issue(`spare-${id}`, { inert: true, ...(identity !== undefined ? { uid: identity.uid, marker } : {}) })
+    if (credential !== undefined) Object.assign(env, credential.env)
+    // An identity's spare parks in its home (made its own), never in a directory it will serve.
+    let parking: string | undefined
+    let onlyCwd: string | undefined
+    if (identity !== undefined) {
+      parking = join(identity.home, '.spares')
+      ownedDirectory(parking, identity.uid)
+      onlyCwd = c.workAreaOf(identity)
+    }
+    let proc: CliProcess | undefined
+    const log = c.log.child({ spare: id, ...(identity !== undefined ? { identity: identity.key } : {}) })
+    const sessionId = randomUUID()
+    try {
+      const spare = await prewarm({
+        options: {
+          env,
+          pathToClaudeCodeExecutable: c.cliPath,
+          settingSources: settingSourcesOf(c.settings.settingSources),
+          strictMcpConfig: true,
+          includePartialMessages: false,
+          sessionId,
+          ...(c.settings.allowedPermissionModes.includes('bypassPermissions') ? { allowDangerouslySkipPermissions: true } : {}),
+          ...(parking !== undefined ? { cwd: parking } : {}),
+          spawnClaudeCodeProcess: cliSpawner(marker, c.executorSettings(identity, onlyCwd ?? parking ?? c.settings.defaultWorkingDir, onlyCwd !== undefined ? parking : undefined), parking ?? c.settings.defaultWorkingDir, log, p => { proc = p })
+        },
+        initializeTimeoutMs: SPARE_PARK_TIMEOUT_MS
+      })
+      if (proc === undefined) throw new Error('the SDK parked a spare without spawning it')
+      log.debug({ session_id: sessionId }, 'warm spare parked')
+      return { id, profile, sessionId, spare, process: proc, ...(credential !== undefined ? { credential } : {}), ...(onlyCwd !== undefined ? { onlyCwd } : {}) }
+    } catch (err) {
+      credential?.revoke()
+      await proc?.end(0)
+      // What the launch (the sandbox, the identity switch) said is the reason a person can act on.
+      const launch = proc === undefined ? undefined : launchFailureReason(proc.stderrTail, (await proc.spawnError())?.message) ?? undefined
+      throw Object.assign(new Error(launch ?? (err as Error).message), launch !== undefined ? { launch } : {})
+    }
+  }
+}

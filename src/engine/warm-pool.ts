@@ -1,0 +1,189 @@
+import type { SpareProcess } from '@anthropic-ai/claude-agent-sdk'
+import type { RunCredential } from '../isolation/broker.js'
+import type { CliProcess } from './cli-process.js'
+import type { RunnerLogger } from '../domain/logger.js'
+
+/** A CLI started ahead of demand and parked by the Agent SDK (`prewarm()`), waiting for a run. */
+export interface WarmSpare {
+  id: string
+  /** The agent identity it runs as (`''`: the server's own user). */
+  profile: string
+  /** The session it will write: fixed when it was started, so a run knows it before the claim. */
+  sessionId: string
+  spare: SpareProcess
+  process: CliProcess
+  /** Its own token from the credential broker, handed to the run that takes it. */
+  credential?: RunCredential
+  /** In the sandbox: the one directory it can serve (the identity's own work area). */
+  onlyCwd?: string
+}
+
+/** What became of a run of a new session: on a spare, cold for want of one, or cold after a refusal. */
+export type ClaimOutcome = 'hit' | 'miss' | 'refused'
+
+export interface WarmPoolOptions {
+  /** How many spares to keep parked (`WARM_SPARES`). */
+  target: number
+  /** Start and park a spare for a profile. */
+  start: (profile: string) => Promise<WarmSpare>
+  /**
+   * Runs are of one profile (the server's own user) and the pool keeps `target` of it; with agent
+   * identities each key's runs have their own, and the pool keeps one spare for each of the
+   * `target` identities that started a run most recently.
+   */
+  perIdentity: boolean
+  log: RunnerLogger
+}
+
+const MAX_BACKOFF_MS = 60_000
+/** A spare that dies sooner than this after parking counts as a failure to start one. */
+const YOUNG_DEATH_MS = 10_000
+
+/**
+ * The warm spares: parked CLIs that a run for a new session starts on, saving it the CLI's cold
+ * start. Taken synchronously at admission, refilled one at a time in the background (so parking
+ * never competes with runs for more than one CPU), replaced when one dies, backing off while
+ * starting fails, and all ended at `close()`. A spare is never shared across agent identities.
+ */
+export class WarmPool {
+  private readonly parked: WarmSpare[] = []
+  /** Profiles in demand, most recent first. */
+  private readonly wanted: string[]
+  private starting: Promise<void> | undefined
+  private closed = false
+  private failures = 0
+  private retry: NodeJS.Timeout | undefined
+  /** Spares whose process has exited (one handed back then is not parked again). */
+  private readonly exited = new Set<string>()
+
+  constructor (private readonly o: WarmPoolOptions) {
+    this.wanted = o.perIdentity ? [] : ['']
+  }
+
+  get target (): number { return this.o.target }
+  get parkedCount (): number { return this.parked.length }
+
+  /** Park the first spares. */
+  start (): void {
+    this.fill()
+  }
+
+  /**
+   * A parked spare of `profile` that `fits` the run, taken out of the pool (or none). Synchronous,
+   * so admission decides on it in the same step. The demand is noted either way, and a refill begins.
+   */
+  take (profile: string, fits: (s: WarmSpare) => boolean): WarmSpare | undefined {
+    if (this.closed) return undefined
+    this.want(profile)
+    const i = this.parked.findIndex(s => s.profile === profile && fits(s))
+    const spare = i === -1 ? undefined : this.parked.splice(i, 1)[0]
+    // A spare that lived to be taken: starting them works.
+    if (spare !== undefined) this.failures = 0
+    this.fill()
+    return spare
+  }
+
+  /** A spare taken for a run that admission refused: parked again if it still lives, else ended. */
+  giveBack (s: WarmSpare): void {
+    if (this.closed || s.process.ending || this.exited.has(s.id)) {
+      void this.discard(s)
+      return
+    }
+    this.parked.push(s)
+    this.trim()
+  }
+
+  /** A spare taken but not used, whose session id is spoken for: ended (a refill follows). */
+  drop (s: WarmSpare): void {
+    void this.discard(s)
+    this.fill()
+  }
+
+  /** End every spare (and one being started), and start no more. */
+  async close (): Promise<void> {
+    this.closed = true
+    clearTimeout(this.retry)
+    const all = this.parked.splice(0)
+    await Promise.all([...all.map(async s => await this.discard(s)), this.starting])
+  }
+
+  private want (profile: string): void {
+    if (!this.o.perIdentity) return
+    const at = this.wanted.indexOf(profile)
+    if (at !== -1) this.wanted.splice(at, 1)
+    this.wanted.unshift(profile)
+    this.wanted.length = Math.min(this.wanted.length, this.o.target)
+    this.trim()
+  }
+
+  /** The profile the next spare is for: the first in demand with fewer parked than it should have. */
+  private lacking (): string | undefined {
+    if (!this.o.perIdentity) return this.parked.length < this.o.target ? '' : undefined
+    return this.wanted.find(p => !this.parked.some(s => s.profile === p))
+  }
+
+  /** Spares of identities no longer in demand make room for those that are. */
+  private trim (): void {
+    for (const s of [...this.parked]) {
+      const extra = this.o.perIdentity ? !this.wanted.includes(s.profile) : this.parked.length > this.o.target
+      if (!extra) continue
+      this.parked.splice(this.parked.indexOf(s), 1)
+      void this.discard(s)
+    }
+  }
+
+  private fill (): void {
+    if (this.closed || this.starting !== undefined || this.retry !== undefined) return
+    const profile = this.lacking()
+    if (profile === undefined) return
+    this.starting = this.o.start(profile).then(async s => {
+      if (this.closed) {
+        await this.discard(s)
+        this.starting = undefined
+        return
+      }
+      this.starting = undefined
+      const parkedAt = Date.now()
+      void s.spare.exited.then(() => {
+        this.exited.add(s.id)
+        const at = this.parked.indexOf(s)
+        if (at === -1) return
+        // Died while parked: its token and leftovers go, and another takes its place (after a
+        // pause if it died young, so a CLI that cannot stay up does not spin).
+        this.parked.splice(at, 1)
+        void this.discard(s)
+        this.o.log.warn({ spare: s.id, stderr: s.process.stderrTail.slice(-500) }, 'a parked warm spare exited; starting another')
+        if (Date.now() - parkedAt < YOUNG_DEATH_MS) this.failed(new Error('a warm spare exited soon after it parked'))
+        else {
+          this.failures = 0
+          this.fill()
+        }
+      })
+      this.parked.push(s)
+      this.trim()
+      this.fill()
+    }, (err: unknown) => {
+      this.starting = undefined
+      if (!this.closed) this.failed(err as Error)
+    })
+  }
+
+  /** Starting (or keeping) a spare failed: try again after a pause that doubles each time. */
+  private failed (err: Error): void {
+    this.failures++
+    const wait = Math.min(MAX_BACKOFF_MS, 1000 * 2 ** (this.failures - 1))
+    this.o.log.warn({ err: err.message, retry_in_ms: wait }, 'starting a warm spare failed; runs start cold meanwhile')
+    clearTimeout(this.retry)
+    this.retry = setTimeout(() => {
+      this.retry = undefined
+      this.fill()
+    }, wait)
+    this.retry.unref()
+  }
+
+  private async discard (s: WarmSpare): Promise<void> {
+    s.spare.close()
+    s.credential?.revoke()
+    await s.process.end(0)
+  }
+}
