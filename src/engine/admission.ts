@@ -1,22 +1,11 @@
-import { BudgetExceeded, KeyConcurrencyExceeded, SessionBusy, SessionForbidden, ShuttingDown, withProblem } from '../domain/errors.js'
+import { decideAdmission, type AdmissionRequest } from '../domain/admission.js'
 import { Scheduler, type Ticket } from './scheduler.js'
-import { utcDay, type KeyLimits } from '../domain/keys.js'
-
-/** A run asking to be admitted. */
-export interface AdmissionRequest {
-  /** The session the run writes to (new, resumed, or a fork's new id). */
-  sessionId: string
-  /** Sessions whose owner must be the run's key: the one it continues, and the one it forks. */
-  claims: string[]
-  /** null with auth off: no per-key limits, and sessions owned by no key. */
-  key: KeyLimits | null
-  /** Who a new session becomes owned by, when not the key itself (where its transcript lives). */
-  newSessionOwner?: string
-}
+import { utcDay } from '../domain/keys.js'
 
 /**
- * Admission in one place. One synchronous decision per run, taken and recorded in the same step,
- * so nothing can slip between a check and the enqueue: the server is not shutting down; the
+ * Admission on one machine: the rules (`decideAdmission`) over in-memory counters, one synchronous
+ * decision per run, taken and recorded in the same step, so nothing can slip between a check and
+ * the enqueue: the server is not shutting down; the
  * sessions the run continues belong to its key (and a new one becomes its key's at once); the
  * key has a free slot (`max_concurrent_runs`) and budget left today (`daily_budget_usd`); and the
  * run can start now or wait in the queue (`MAX_CONCURRENT_RUNS`, `MAX_QUEUED_RUNS`), behind the
@@ -55,32 +44,17 @@ export class Admission {
    * may run; `ticket.release()` gives all of it back.
    */
   admit (req: AdmissionRequest, start: () => void): Ticket {
-    if (this.closed) throw new ShuttingDown('the server is shutting down; retry in a moment')
-    for (const session of req.claims) if (this.held.has(session)) throw new SessionBusy(`session ${session} is being deleted`)
     const key = req.key
-    // Auth off (no key) and admin keys may continue any session.
-    if (key !== null && key.anySession !== true) {
-      for (const session of req.claims) {
-        const owner = this.sessionOwners.get(session)
-        if (owner !== undefined && owner !== key.name) throw new SessionForbidden(`session ${session} belongs to another key`)
-      }
-    }
-    if (key?.maxConcurrentRuns !== undefined) {
-      const live = this.liveByKey.get(key.name) ?? 0
-      if (live >= key.maxConcurrentRuns) {
-        throw withProblem(new KeyConcurrencyExceeded(`the key ${key.name} has ${live} runs queued or running, its limit (max_concurrent_runs=${key.maxConcurrentRuns}); retry when one has ended`), { retryAfter: 5 })
-      }
-    }
-    if (key?.dailyBudgetUsd !== undefined) {
-      const spent = this.spentToday(key.name)
-      if (spent >= key.dailyBudgetUsd) {
-        throw withProblem(new BudgetExceeded(`the key ${key.name} has spent $${spent.toFixed(4)} today (UTC), its daily budget of $${key.dailyBudgetUsd}; it resets at midnight UTC`), {
-          retryAfter: utcDay(this.now()).secondsLeft,
-          problem: { spent_usd: spent, daily_budget_usd: key.dailyBudgetUsd }
-        })
-      }
-    }
-    // Throws CapacityExceeded when the run could not start now and the queue is full.
+    decideAdmission(req, {
+      closing: this.closed,
+      held: req.claims.filter(s => this.held.has(s)),
+      owners: new Map(req.claims.filter(s => this.sessionOwners.has(s)).map(s => [s, this.sessionOwners.get(s) ?? null])),
+      keyLive: key === null ? 0 : this.liveByKey.get(key.name) ?? 0,
+      keySpent: key === null ? 0 : this.spentToday(key.name),
+      capacity: this.scheduler.capacity(req.sessionId),
+      scope: '',
+      now: this.now()
+    })
     const ticket = this.scheduler.enter(req.sessionId, start)
     return this.recorded(req.sessionId, key?.name ?? null, ticket, req.newSessionOwner, req.claims.filter(c => c !== req.sessionId))
   }
@@ -90,7 +64,7 @@ export class Admission {
    * checked, its key's slot and session are recorded.
    */
   readmit (sessionId: string, keyName: string | null, start: () => void): Ticket {
-    return this.recorded(sessionId, keyName, this.scheduler.enter(sessionId, start, true))
+    return this.recorded(sessionId, keyName, this.scheduler.enter(sessionId, start))
   }
 
   /** A run of `keyName` ended having cost `usd`: it counts against the key's budget for today. */

@@ -1,4 +1,4 @@
-import { CapacityExceeded, withProblem } from '../domain/errors.js'
+import type { Capacity } from '../domain/admission.js'
 
 /** A run's place in the scheduler. */
 export interface Ticket {
@@ -17,7 +17,8 @@ interface Entry {
 
 /**
  * Admission and ordering of runs: at most `maxConcurrent` at once, one at a time per session,
- * and a FIFO queue of at most `maxQueued` behind them (429 with a `Retry-After` estimate beyond).
+ * and a FIFO queue of at most `maxQueued` behind them (`capacity` says whether a run fits, with a
+ * `Retry-After` estimate when not).
  * A queued run whose session is busy waits behind that session's earlier runs without holding up
  * runs of other sessions.
  */
@@ -41,24 +42,24 @@ export class Scheduler {
   hasRuns (sessionId: string): boolean { return this.busy.has(sessionId) || this.queue.some(e => e.sessionId === sessionId) }
 
   /**
-   * Throws `CapacityExceeded` (429) when the run could not start now and the queue is full. A run
-   * whose session is busy cannot start now either, so it counts against the queue like any other.
+   * Whether a run could start now or wait in the queue (`maxQueued`); a run whose session is busy
+   * cannot start now either, so it counts against the queue like any other.
    */
-  checkCapacity (sessionId?: string): void {
+  capacity (sessionId?: string): Capacity {
     // While a slot is free, every queued run of an idle session has started: `busy` is all there is to check.
     const startsNow = !this.paused && this.running < this.maxConcurrent && (sessionId === undefined || !this.busy.has(sessionId))
-    if (!startsNow && this.queue.length >= this.maxQueued) {
-      const retryAfter = Math.min(300, Math.max(1, Math.ceil(this.avgRunMs / 1000 * (this.queue.length + 1) / this.maxConcurrent)))
-      throw withProblem(new CapacityExceeded(`capacity full: ${this.running} runs running and ${this.queue.length} queued (MAX_CONCURRENT_RUNS=${this.maxConcurrent}, MAX_QUEUED_RUNS=${this.maxQueued}); retry later`), { retryAfter })
+    if (startsNow || this.queue.length < this.maxQueued) return { room: true }
+    return {
+      room: false,
+      running: this.running,
+      queued: this.queue.length,
+      limits: `MAX_CONCURRENT_RUNS=${this.maxConcurrent}, MAX_QUEUED_RUNS=${this.maxQueued}`,
+      retryAfter: Math.min(300, Math.max(1, Math.ceil(this.avgRunMs / 1000 * (this.queue.length + 1) / this.maxConcurrent)))
     }
   }
 
-  /**
-   * Queue a run; `start` is called when it may run. With `force`, the queue limit is not checked
-   * (runs recovered after a restart were accepted already).
-   */
-  enter (sessionId: string, start: () => void, force = false): Ticket {
-    if (!force) this.checkCapacity(sessionId)
+  /** Queue a run (admission has decided it may); `start` is called when it may run. */
+  enter (sessionId: string, start: () => void): Ticket {
     const entry: Entry = { sessionId, start, state: 'queued', startedAt: 0 }
     this.queue.push(entry)
     this.pump()

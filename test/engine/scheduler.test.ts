@@ -1,6 +1,12 @@
 import { test } from 'tap'
 import { Scheduler, type Ticket } from '../../src/engine/scheduler.js'
 import { CapacityExceeded, type DomainError } from '../../src/domain/errors.js'
+import { decideAdmission } from '../../src/domain/admission.js'
+
+/** The capacity rule as admission applies it: throws `CapacityExceeded` when the run does not fit. */
+function checkCapacity (scheduler: Scheduler, session?: string): void {
+  decideAdmission({ claims: [], key: null }, { closing: false, held: [], owners: new Map(), keyLive: 0, keySpent: 0, capacity: scheduler.capacity(session), scope: '', now: Date.now() })
+}
 
 /**
  * A scheduler with a log of which runs started, in order, and which are running now; it also
@@ -15,11 +21,12 @@ function harness (maxConcurrent: number, maxQueued: number) {
 
   /** `name` is the run; `session` defaults to the run's own session. */
   const enter = (name: string, session = name, force = false): Ticket => {
+    if (!force) checkCapacity(scheduler, session)
     const ticket = scheduler.enter(session, () => {
       started.push(name)
       if ([...running.values()].includes(session)) overlaps.push(`${name} started while ${session} was busy`)
       running.set(name, session)
-    }, force)
+    })
     tickets.set(name, ticket)
     return ticket
   }
@@ -123,18 +130,18 @@ test('many runs of one session run strictly one after another, in order', async 
   t.strictSame(h.overlaps, [])
 })
 
-test('checkCapacity throws 429 CAPACITY_EXCEEDED when nothing can start and the queue is full', async t => {
+test('the capacity rule throws 429 CAPACITY_EXCEEDED when nothing can start and the queue is full', async t => {
   const h = harness(1, 2)
-  h.scheduler.checkCapacity()
+  checkCapacity(h.scheduler)
   h.enter('r1')
-  h.scheduler.checkCapacity()
+  checkCapacity(h.scheduler)
   h.enter('r2')
   h.enter('r3')
   t.equal(h.scheduler.queued, 2)
 
-  t.ok(capacityError(() => h.scheduler.checkCapacity()), 'full: 429 with a retry-after')
+  t.ok(capacityError(() => checkCapacity(h.scheduler)), 'full: 429 with a retry-after')
   try {
-    h.scheduler.checkCapacity()
+    checkCapacity(h.scheduler)
   } catch (err) {
     const e = err as DomainError
     t.equal(e.code, 'capacity_exceeded')
@@ -142,22 +149,19 @@ test('checkCapacity throws 429 CAPACITY_EXCEEDED when nothing can start and the 
     t.match(e.message, /1 runs running and 2 queued/)
   }
 
-  let ran = false
-  t.ok(capacityError(() => h.enter('r4', 'r4')), 'enter() checks too')
-  t.ok(capacityError(() => h.scheduler.enter('r5', () => { ran = true })))
+  t.ok(capacityError(() => h.enter('r4', 'r4')), 'admission refuses the next run')
   t.equal(h.scheduler.queued, 2, 'a refused run is not queued')
-  t.equal(ran, false)
 
   h.release('r1')
   t.strictSame(h.started, ['r1', 'r2'])
-  h.scheduler.checkCapacity()
+  checkCapacity(h.scheduler)
   t.pass('room again once the queue moves')
 })
 
 test('maxQueued 0 means no queue: a run is admitted only when it can start now', async t => {
   const h = harness(1, 0)
   h.enter('r1')
-  t.ok(capacityError(() => h.scheduler.checkCapacity()))
+  t.ok(capacityError(() => checkCapacity(h.scheduler)))
   t.ok(capacityError(() => h.enter('r2')))
   t.equal(h.scheduler.queued, 0)
   h.release('r1')
@@ -165,11 +169,11 @@ test('maxQueued 0 means no queue: a run is admitted only when it can start now',
   t.strictSame(h.started, ['r1', 'r3'])
 })
 
-test('enter(..., force) skips the capacity check (runs recovered after a restart)', async t => {
+test('runs entered without the capacity check (recovered after a restart) queue beyond maxQueued', async t => {
   const h = harness(1, 1)
   h.enter('r1')
   h.enter('r2')
-  t.ok(capacityError(() => h.scheduler.checkCapacity()))
+  t.ok(capacityError(() => checkCapacity(h.scheduler)))
   h.enter('r3', 'r3', true)
   h.enter('r4', 'r4', true)
   t.equal(h.scheduler.queued, 3, 'forced runs are queued beyond maxQueued')
@@ -256,7 +260,7 @@ test('pause(): nothing queued starts afterwards, even when slots free up', async
 test('retryAfter grows with the queue and stays within [1, 300]', async t => {
   const retryAfter = (s: Scheduler): number => {
     try {
-      s.checkCapacity()
+      checkCapacity(s)
     } catch (err) {
       return (err as DomainError).retryAfter!
     }
