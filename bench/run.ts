@@ -12,7 +12,7 @@ import { join } from 'node:path'
 import { randomUUID } from 'node:crypto'
 import { spawn } from 'node:child_process'
 import { createServer as createHttpServer } from 'node:http'
-import { defaultCliPath } from '../src/engine/runner.js'
+import { defaultCliPath } from '../src/engine/launch.js'
 import { startFakeModel, type FakeModel } from '../test/fixtures/fake-model.js'
 import {
   cliArgs, cliEnv, execute, FAKE_CLI, headers, median, quantile, readSse, ROOT, round,

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { randomUUID } from 'node:crypto'
 import app, { serverOptions } from '../src/app.js'
-import { defaultCliPath } from '../src/engine/runner.js'
+import { defaultCliPath } from '../src/engine/launch.js'
 import { startFakeModel } from '../test/fixtures/fake-model.js'
 
 const runs = Number(process.argv[2] ?? 20)

@@ -22,7 +22,7 @@ declare module 'fastify' {
  * an admin key or with `METRICS_TOKEN` (as a bearer token), so a scraper needs no run rights.
  */
 export default fp(async (fastify) => {
-  const { runner, config } = fastify
+  const { engine, serverStatus, config } = fastify
   const registry = new Registry()
   collectDefaultMetrics({ register: registry, prefix: 'ccapi_process_' })
   const key = (k: string | null): string => k ?? 'none'
@@ -39,19 +39,19 @@ export default fp(async (fastify) => {
   const cost = new Counter({ name: 'ccapi_cost_usd_total', help: 'What runs cost, as the CLI reports it', labelNames: ['key'], registers: [registry] })
   const tokens = new Counter({ name: 'ccapi_tokens_total', help: 'Tokens used by runs', labelNames: ['key', 'type'], registers: [registry] })
   // eslint-disable-next-line no-new
-  new Gauge({ name: 'ccapi_runs_queued', help: 'Runs waiting for a slot', registers: [registry], async collect () { this.set((await runner.stats()).queued) } })
+  new Gauge({ name: 'ccapi_runs_queued', help: 'Runs waiting for a slot', registers: [registry], async collect () { this.set((await serverStatus.runs()).queued) } })
   // eslint-disable-next-line no-new
-  new Gauge({ name: 'ccapi_runs_active', help: 'Claude Code CLIs running now', registers: [registry], async collect () { this.set((await runner.stats()).active) } })
+  new Gauge({ name: 'ccapi_runs_active', help: 'Claude Code CLIs running now', registers: [registry], async collect () { this.set((await serverStatus.runs()).active) } })
   // eslint-disable-next-line no-new
-  new Gauge({ name: 'ccapi_claude_code_available', help: '1 when the CLI probe succeeds', registers: [registry], collect () { this.set(runner.probe.status.available ? 1 : 0) } })
+  new Gauge({ name: 'ccapi_claude_code_available', help: '1 when the CLI probe succeeds', registers: [registry], collect () { this.set(serverStatus.cli().available ? 1 : 0) } })
   // eslint-disable-next-line no-new
-  new Gauge({ name: 'ccapi_warm_spares_parked', help: 'Warm spares (parked CLIs) ready for new sessions', registers: [registry], collect () { this.set(runner.warmStats().parked) } })
-  const cluster = runner.clusterStats()
+  new Gauge({ name: 'ccapi_warm_spares_parked', help: 'Warm spares (parked CLIs) ready for new sessions', registers: [registry], collect () { this.set(serverStatus.warm().parked) } })
+  const cluster = serverStatus.cluster()
   if (cluster !== undefined) {
     // Every instance serves its own /metrics: this names the instance, and what it sees of the cluster.
     new Gauge({ name: 'ccapi_instance_info', help: 'This server instance (cluster mode)', labelNames: ['instance_id'], registers: [registry] }).set({ instance_id: cluster.instance_id }, 1)
     // eslint-disable-next-line no-new
-    new Gauge({ name: 'ccapi_cluster_instances', help: 'Instances sharing the database that heartbeat lately, this one included', registers: [registry], collect () { this.set(runner.clusterStats()?.instances ?? 0) } })
+    new Gauge({ name: 'ccapi_cluster_instances', help: 'Instances sharing the database that heartbeat lately, this one included', registers: [registry], collect () { this.set(serverStatus.cluster()?.instances ?? 0) } })
   }
   const warm = new Counter({ name: 'ccapi_warm_claims_total', help: 'Runs of new sessions by how they started: on a warm spare (hit), cold for want of one (miss), cold after the spare refused (refused)', labelNames: ['outcome'], registers: [registry] })
   for (const outcome of ['hit', 'miss', 'refused']) warm.inc({ outcome }, 0)
@@ -64,9 +64,9 @@ export default fp(async (fastify) => {
     registers: [registry]
   })
 
-  runner.on('started', handle => started.inc({ key: key(handle.keyName) }))
-  runner.on('warm', outcome => warm.inc({ outcome }))
-  runner.on('finished', (handle, result) => {
+  engine.on('started', handle => started.inc({ key: key(handle.keyName) }))
+  engine.on('warm', outcome => warm.inc({ outcome }))
+  engine.on('finished', (handle, result) => {
     const k = key(handle.keyName)
     finished.inc({ status: result.status, key: k })
     duration.observe({ status: result.status }, result.execution_time)
@@ -114,4 +114,4 @@ export default fp(async (fastify) => {
     }
     return reply.type(registry.contentType).send(await registry.metrics())
   })
-}, { name: 'metrics', dependencies: ['config', 'auth', 'runner'] })
+}, { name: 'metrics', dependencies: ['config', 'auth', 'engine', 'read-model'] })

@@ -1,8 +1,10 @@
 import fp from 'fastify-plugin'
-import type { FastifyRequest } from 'fastify'
-import type { SubmittedRun } from '../src/engine/runner.js'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { RunRequest } from '../src/domain/run.js'
 import { checkWebhookUrl } from '../src/engine/policy.js'
+
+/** A run as `submit` hands it back: live here, or on another instance of the cluster. */
+type SubmittedRun = Awaited<ReturnType<FastifyInstance['engine']['submit']>>
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -16,10 +18,10 @@ declare module 'fastify' {
 
 /** The one way the API starts runs, shared by `/api/execute`, `/api/execute/stream` and `POST /api/runs`. */
 export default fp(async (fastify) => {
-  const { runner, config } = fastify
+  const { engine, config } = fastify
   fastify.decorate('startRun', async (request: FastifyRequest, body: RunRequest, cancelOnDisconnect: boolean) => {
     checkWebhookUrl(body.webhook_url, config.webhookAllowedHosts)
-    const spec = await runner.prepare(body, request.apiKeyName, request.apiKey === null || fastify.isAdmin(request))
+    const spec = await engine.prepare(body, request.apiKeyName, request.apiKey === null || fastify.isAdmin(request))
     const k = request.apiKey
     const key = k === null
       ? null
@@ -29,9 +31,9 @@ export default fp(async (fastify) => {
           ...(k.maxConcurrentRuns !== undefined ? { maxConcurrentRuns: k.maxConcurrentRuns } : {}),
           ...(k.dailyBudgetUsd !== undefined ? { dailyBudgetUsd: k.dailyBudgetUsd } : {})
         }
-    const handle = await runner.submit(spec, { request: body, key, cancelOnDisconnect, requestId: request.id })
+    const handle = await engine.submit(spec, { request: body, key, cancelOnDisconnect, requestId: request.id })
     // A client that left while its run was being set up never hears of it: end the run now.
     if (cancelOnDisconnect && request.raw.socket?.destroyed === true) handle.cancel('client disconnected')
     return handle
   })
-}, { name: 'start-run', dependencies: ['config', 'auth', 'runner'] })
+}, { name: 'start-run', dependencies: ['config', 'auth', 'engine'] })

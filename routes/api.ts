@@ -8,12 +8,18 @@ import sessionsRoutes from './sessions.js'
 
 /**
  * The `/api` scope: every API route, and what belongs to them alone, registered here so
- * encapsulation (not URL matching) decides where it applies: the key check (also for unknown
- * `/api` paths, so a 404 never tells what exists to a client without a key), the per-key rate
- * limit, HTTP metrics, and the API's not-found answer. `/health`, `/metrics` and the docs stay
- * outside and pay for none of it.
+ * encapsulation (not URL matching) decides where it applies: the wait for recovery at start,
+ * the key check (also for unknown `/api` paths, so a 404 never tells what exists to a client
+ * without a key), the per-key rate limit, HTTP metrics, and the API's not-found answer.
+ * `/health`, `/metrics` and the docs stay outside and pay for none of it.
  */
 const api: FastifyPluginAsync = async (fastify) => {
+  // Once the server listens, the engine recovers what a previous process left; a request that
+  // arrives meanwhile waits for it: a run that process left queued is live again once recovered,
+  // not "finished" in between.
+  fastify.addHook('onRequest', async () => {
+    if (fastify.server.listening) await fastify.engine.recovered()
+  })
   if (fastify.authenticate !== undefined) fastify.addHook('onRequest', fastify.authenticate)
   if (fastify.rateLimitOptions !== undefined) await fastify.register(rateLimit, fastify.rateLimitOptions)
   fastify.addHook('onResponse', fastify.observeHttp)

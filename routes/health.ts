@@ -17,12 +17,12 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     }
   }, async (_request, reply) => {
-    const { runner } = fastify
-    const cli = runner.probe.status
-    const store = runner.storeAnswers
-    const cluster = runner.clusterStats()
-    const launchError = runner.launches.error
-    const status = runner.shuttingDown ? 'shutting_down' : cli.available && cli.credentials !== 'missing' && store && launchError === null ? 'healthy' : 'degraded'
+    const server = fastify.serverStatus
+    const cli = server.cli()
+    const store = server.storeAnswers()
+    const cluster = server.cluster()
+    const launchError = server.launchError()
+    const status = server.shuttingDown() ? 'shutting_down' : cli.available && cli.credentials !== 'missing' && store && launchError === null ? 'healthy' : 'degraded'
     if (status === 'shutting_down') reply.code(503)
     return {
       status,
@@ -31,10 +31,10 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
       claude_code_version: cli.version,
       credentials: cli.credentials,
       store: store ? 'ok' : 'unavailable',
-      isolation: { ...fastify.isolation, ...(launchError !== null ? { error: launchError } : {}) },
+      isolation: { ...server.isolation, ...(launchError !== null ? { error: launchError } : {}) },
       uptime_s: Math.round((Date.now() - startedAt) / 100) / 10,
-      runs: await runner.stats(),
-      warm: runner.warmStats(),
+      runs: await server.runs(),
+      warm: server.warm(),
       ...(cluster !== undefined ? { cluster } : {})
     } as const
   })

@@ -2,7 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import { allows } from '../src/auth/keys.js'
 import { RunNotFound } from '../src/domain/errors.js'
-import { checkAttachments } from '../src/engine/attachments.js'
+import { checkAttachments } from '../src/domain/attachments.js'
 import type { UserTurn } from '../src/domain/run.js'
 import { problemResponses } from '../src/schemas/problem.js'
 import { RunParamsSchema } from '../src/schemas/runs.js'
@@ -26,7 +26,7 @@ const queueFull = {
  * the key may read (its own, or any with `runs:read_all`), or `admin`.
  */
 const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
-  const { config, runner } = fastify
+  const { config, engine, approvals } = fastify
   const find = runFinder(fastify)
   const turn = (body: { prompt: string, attachments?: UserTurn['attachments'] }): UserTurn => {
     const attachments = checkAttachments(body.attachments)
@@ -47,7 +47,7 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => {
     const id = request.params.id.toLowerCase()
     await find(request, id)
-    return { approvals: (await runner.store.listApprovals({ runId: id, limit: 1000 })).map(approvalView) }
+    return { approvals: (await approvals.list({ runId: id, limit: 1000 })).map(approvalView) }
   })
 
   fastify.post('/runs/:id/approvals/:approval_id', {
@@ -77,7 +77,7 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
     const run = await find(request, id, mayDecideForOthers ? 'read' : 'write')
     if (!mayDecideForOthers && run.keyName !== request.apiKeyName) throw new RunNotFound(`no run ${id}`)
     const body = request.body
-    const record = await runner.answerApproval(id, request.params.approval_id.toLowerCase(), {
+    const record = await engine.answerApproval(id, request.params.approval_id.toLowerCase(), {
       decision: body.decision,
       by: request.apiKeyName ?? null,
       ...(body.message !== undefined ? { message: body.message } : {}),
@@ -101,7 +101,7 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => {
     const { status, limit = 100 } = request.query
     const all = fastify.readsAllRuns(request)
-    const list = await runner.store.listApprovals({ limit, ...(status !== undefined ? { status } : {}), ...(all ? {} : { keyName: request.apiKeyName ?? '' }) })
+    const list = await approvals.list({ limit, ...(status !== undefined ? { status } : {}), ...(all ? {} : { keyName: request.apiKeyName ?? '' }) })
     return { approvals: list.map(approvalView) }
   })
 
@@ -129,7 +129,7 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request, reply) => {
     const id = request.params.id.toLowerCase()
     await find(request, id, 'write')
-    const messageId = await runner.message(id, turn(request.body))
+    const messageId = await engine.message(id, turn(request.body))
     return await reply.code(202).send({ message_id: messageId, status: 'queued' as const })
   })
 
@@ -160,7 +160,7 @@ const interactive: FastifyPluginAsyncTypebox = async (fastify) => {
     const id = request.params.id.toLowerCase()
     await find(request, id, 'write')
     const body = request.body
-    await runner.interrupt(id, body.prompt === undefined ? undefined : turn({ ...body, prompt: body.prompt }))
+    await engine.interrupt(id, body.prompt === undefined ? undefined : turn({ ...body, prompt: body.prompt }))
     return await reply.code(202).send({ run_id: id, status: 'interrupting' as const })
   })
 }

@@ -6,20 +6,19 @@ import { executeRequestSchema } from '../src/schemas/execute.js'
 import { problemResponses, startRunProblems } from '../src/schemas/problem.js'
 import { RunEventsQuerySchema, RunListQuerySchema, RunListSchema, RunParamsSchema, type Run } from '../src/schemas/runs.js'
 import type { RunRecord } from '../src/domain/records.js'
-import type { Runner } from '../src/engine/runner.js'
 
 const security: Array<Record<string, string[]>> = [{ ApiKeyAuth: [] }, { BearerAuth: [] }]
 const runRef = Type.Unsafe<Run>(Type.Ref('Run'))
 const iso = (ms: number | null): string | null => ms === null ? null : new Date(ms).toISOString()
 
 /** A stored run as the API shows it; the live handle (if any) knows the queue position. */
-async function view (r: RunRecord, runner: Runner): Promise<Run> {
-  const live = runner.get(r.id)
+async function view (r: RunRecord, read: FastifyInstance['runs']): Promise<Run> {
+  const live = read.live(r.id)
   const status = live !== undefined && !live.isFinished() ? live.status : r.status
   return {
     id: r.id,
     status,
-    queue_position: status === 'queued' ? (await runner.queuePosition(r.id)) || null : null,
+    queue_position: status === 'queued' ? (await read.queuePosition(r.id)) || null : null,
     session_id: r.sessionId,
     working_directory: r.workingDirectory,
     key_name: r.keyName,
@@ -29,11 +28,11 @@ async function view (r: RunRecord, runner: Runner): Promise<Run> {
     request: r.request,
     result: r.result,
     events_url: `/api/runs/${r.id}/events`,
-    pending_approvals: await runner.pendingApprovals(r.id),
+    pending_approvals: await read.pendingApprovals(r.id),
     webhook: typeof r.request.webhook_url === 'string'
       ? {
           url: r.request.webhook_url,
-          deliveries: (await runner.store.deliveries(r.id)).map(d => ({ event: d.event ?? 'run.finished', attempt: d.attempt, attempted_at: iso(d.attemptedAt)!, status_code: d.statusCode, error: d.error, duration_ms: d.durationMs }))
+          deliveries: (await read.deliveries(r.id)).map(d => ({ event: d.event ?? 'run.finished', attempt: d.attempt, attempted_at: iso(d.attemptedAt)!, status_code: d.statusCode, error: d.error, duration_ms: d.durationMs }))
         }
       : null
   }
@@ -84,7 +83,7 @@ cancel it.`
  */
 export function runFinder (fastify: FastifyInstance) {
   return async (request: FastifyRequest, id: string, access: 'read' | 'write' = 'read'): Promise<RunRecord> => {
-    const r = await fastify.runner.store.getRun(id)
+    const r = await fastify.runs.get(id)
     const all = access === 'read' ? fastify.readsAllRuns(request) : fastify.isAdmin(request)
     if (r === undefined || (!all && r.keyName !== request.apiKeyName)) throw new RunNotFound(`no run ${id}`)
     return r
@@ -92,8 +91,7 @@ export function runFinder (fastify: FastifyInstance) {
 }
 
 const runs: FastifyPluginAsyncTypebox = async (fastify) => {
-  const { config, runner } = fastify
-  const store = runner.store
+  const { config, engine, runs: read } = fastify
   const find = runFinder(fastify)
 
   fastify.post('/runs', {
@@ -118,7 +116,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
       })
     }
     const handle = await fastify.startRun(request, request.body, false)
-    return await reply.code(202).header('location', `/api/runs/${handle.id}`).send(await view(await find(request, handle.id), runner))
+    return await reply.code(202).header('location', `/api/runs/${handle.id}`).send(await view(await find(request, handle.id), read))
   })
 
   fastify.get('/runs', {
@@ -134,7 +132,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request) => {
     const { status, session_id: sessionId, limit = 20, cursor } = request.query
-    const page = await store.listRuns({
+    const page = await read.list({
       limit: limit + 1,
       ...(status !== undefined ? { status } : {}),
       ...(sessionId !== undefined ? { sessionId: sessionId.toLowerCase() } : {}),
@@ -145,7 +143,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
     })
     const more = page.length > limit
     const shown = page.slice(0, limit)
-    return { runs: await Promise.all(shown.map(async r => abridge(await view(r, runner)))), next_cursor: more ? String(shown.at(-1)!.rowid) : null }
+    return { runs: await Promise.all(shown.map(async r => abridge(await view(r, read)))), next_cursor: more ? String(shown.at(-1)!.rowid) : null }
   })
 
   fastify.get('/runs/:id', {
@@ -159,7 +157,7 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
       params: RunParamsSchema,
       response: { 200: { ...runRef, description: 'The run.' }, 400: problemResponses[400], 401: problemResponses[401], 404: problemResponses[404] }
     }
-  }, async (request) => await view(await find(request, request.params.id.toLowerCase()), runner))
+  }, async (request) => await view(await find(request, request.params.id.toLowerCase()), read))
 
   fastify.post('/runs/:id/cancel', {
     config: { scope: 'runs:write' },
@@ -175,8 +173,8 @@ const runs: FastifyPluginAsyncTypebox = async (fastify) => {
   }, async (request) => {
     const id = request.params.id.toLowerCase()
     await find(request, id, 'write')
-    await runner.cancel(id, 'cancelled through the API')
-    return await view(await find(request, id), runner)
+    await engine.cancel(id, 'cancelled through the API')
+    return await view(await find(request, id), read)
   })
 
   fastify.get('/runs/:id/events', {

@@ -18,7 +18,7 @@ const notFound = { ...problemResponses[404], description: 'No such session, dele
  * key's sessions with `runs:read_all`); changing takes `runs:write` (any key's with `admin`).
  */
 const sessions: FastifyPluginAsyncTypebox = async (fastify) => {
-  const catalog = fastify.runner.sessions
+  const catalog = fastify.sessions
   const reader = (request: FastifyRequest): Viewer => ({ keyName: request.apiKeyName ?? null, all: fastify.readsAllRuns(request) })
   const writer = (request: FastifyRequest): Viewer => ({ keyName: request.apiKeyName ?? null, all: fastify.isAdmin(request) })
 

@@ -6,7 +6,10 @@ import problemPlugin from '../plugins/problem.js'
 import docsPlugin from '../plugins/docs.js'
 import corsPlugin from '../plugins/cors.js'
 import authPlugin, { type AuthPluginOptions } from '../plugins/auth.js'
-import runnerPlugin from '../plugins/runner.js'
+import storePlugin from '../plugins/store.js'
+import isolationPlugin from '../plugins/isolation.js'
+import enginePlugin from '../plugins/engine.js'
+import readModelPlugin from '../plugins/read-model.js'
 import ssePlugin from '../plugins/sse.js'
 import startRunPlugin from '../plugins/start-run.js'
 import webhooksPlugin from '../plugins/webhooks.js'
@@ -44,10 +47,10 @@ export function serverOptions (logLevel: string, trustProxy: TrustProxy = false,
     // While draining, our own handlers answer: 503 problem+json for new runs, health says so,
     // and the runs API still reads.
     return503OnClosing: false,
-    // Starting the runner probes the CLI (a Node process) and bubblewrap and opens the store: a
-    // few seconds, many more on a loaded 2-core machine (the test suite, a busy host), where
-    // Fastify's default 10 s failed the start with "Plugin did not start in time: 'runner'". A
-    // start that truly hangs still fails, after 120 s, naming the plugin.
+    // Starting the engine probes the CLI (a Node process), isolation tries bubblewrap, the store
+    // opens: a few seconds each, many more on a loaded 2-core machine (the test suite, a busy
+    // host), where Fastify's default 10 s failed the start with "Plugin did not start in time:
+    // 'runner'". A start that truly hangs still fails, after 120 s, naming the plugin.
     pluginTimeout: PLUGIN_TIMEOUT_MS,
     ajv: { customOptions: { removeAdditional: false } }
   }
@@ -72,8 +75,9 @@ function limitConnections (fastify: FastifyInstance): void {
 
 /**
  * The whole service as one plugin. Read top to bottom, the registrations are the architecture:
- * configuration, then infrastructure (errors, docs, CORS), then our decorators (auth, runner,
- * start-run, webhooks, metrics), then routes: health outside, the API in its own scope.
+ * configuration, then infrastructure (errors, docs, CORS), then our decorators (auth; isolation,
+ * the store, the engine built on both, the read model routes use; start-run, sse, webhooks,
+ * metrics), then routes: health outside, the API in its own scope.
  */
 const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(configPlugin, { env: opts.env, ...(opts.cwd !== undefined ? { cwd: opts.cwd } : {}) })
@@ -85,7 +89,10 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(corsPlugin)
 
   await fastify.register(authPlugin, opts.announce !== undefined ? { announce: opts.announce } : {})
-  await fastify.register(runnerPlugin)
+  await fastify.register(isolationPlugin)
+  await fastify.register(storePlugin)
+  await fastify.register(enginePlugin)
+  await fastify.register(readModelPlugin)
   await fastify.register(ssePlugin)
   await fastify.register(startRunPlugin)
   await fastify.register(webhooksPlugin)

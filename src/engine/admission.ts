@@ -1,5 +1,6 @@
 import { decideAdmission, type AdmissionRequest } from '../domain/admission.js'
 import { Scheduler, type Ticket } from './scheduler.js'
+import { SessionLedger } from './session-ledger.js'
 import { utcDay } from '../domain/keys.js'
 
 /**
@@ -14,21 +15,23 @@ import { utcDay } from '../domain/keys.js'
 export class Admission {
   private readonly scheduler: Scheduler
   private readonly liveByKey = new Map<string, number>()
-  private readonly sessionOwners = new Map<string, string | null>()
-  /** Sessions being deleted: no run of them is admitted meanwhile. */
-  private readonly held = new Map<string, number>()
   /** Sessions that queued or running forks read from (their runs write to other sessions). */
   private readonly forkSources = new Map<string, number>()
   private spend = { dayStart: 0, byKey: new Map<string, number>() }
   private closed = false
 
-  constructor (opts: { maxConcurrent: number, maxQueued: number }, private readonly now: () => number = Date.now) {
+  constructor (
+    opts: { maxConcurrent: number, maxQueued: number },
+    private readonly now: () => number = Date.now,
+    /** Who owns each session, and which are being deleted (shared with the rest of the engine). */
+    readonly sessions: SessionLedger = new SessionLedger()
+  ) {
     this.scheduler = new Scheduler(opts.maxConcurrent, opts.maxQueued)
   }
 
   /** What the store knows at start: who owns which session, and what each key spent today. */
-  load (state: { sessionOwners: Map<string, string | null>, spentToday: Map<string, number> }): void {
-    for (const [session, key] of state.sessionOwners) if (!this.sessionOwners.has(session)) this.sessionOwners.set(session, key)
+  load (state: { sessionOwners?: Map<string, string | null>, spentToday: Map<string, number> }): void {
+    if (state.sessionOwners !== undefined) this.sessions.load(state.sessionOwners)
     this.spend = { dayStart: utcDay(this.now()).start, byKey: new Map(state.spentToday) }
   }
 
@@ -47,8 +50,8 @@ export class Admission {
     const key = req.key
     decideAdmission(req, {
       closing: this.closed,
-      held: req.claims.filter(s => this.held.has(s)),
-      owners: new Map(req.claims.filter(s => this.sessionOwners.has(s)).map(s => [s, this.sessionOwners.get(s) ?? null])),
+      held: req.claims.filter(s => this.sessions.isHeld(s)),
+      owners: new Map(req.claims.filter(s => this.sessions.knows(s)).map(s => [s, this.sessions.ownerOf(s) ?? null])),
       keyLive: key === null ? 0 : this.liveByKey.get(key.name) ?? 0,
       keySpent: key === null ? 0 : this.spentToday(key.name),
       capacity: this.scheduler.capacity(req.sessionId),
@@ -90,34 +93,6 @@ export class Admission {
     return this.scheduler.hasRuns(sessionId) || this.forkSources.has(sessionId)
   }
 
-  /** Admit no run of a session until the returned release is called (it is being deleted). */
-  hold (sessionId: string): () => void {
-    this.held.set(sessionId, (this.held.get(sessionId) ?? 0) + 1)
-    let released = false
-    return () => {
-      if (released) return
-      released = true
-      const n = (this.held.get(sessionId) ?? 1) - 1
-      if (n <= 0) this.held.delete(sessionId)
-      else this.held.set(sessionId, n)
-    }
-  }
-
-  /** Whether a session is being deleted (no run of it may be admitted). */
-  isHeld (sessionId: string): boolean {
-    return this.held.has(sessionId)
-  }
-
-  /** A session made without a run (a fork) belongs to `owner`. */
-  adopt (sessionId: string, owner: string | null): void {
-    if (!this.sessionOwners.has(sessionId)) this.sessionOwners.set(sessionId, owner)
-  }
-
-  /** The key that owns a session: undefined when no run has used it. */
-  ownerOf (sessionId: string): string | null | undefined {
-    return this.sessionOwners.get(sessionId)
-  }
-
   get active (): number { return this.scheduler.active }
   get queued (): number { return this.scheduler.queued }
 
@@ -128,7 +103,7 @@ export class Admission {
   }
 
   private recorded (sessionId: string, keyName: string | null, ticket: Ticket, newSessionOwner?: string, sources: string[] = []): Ticket {
-    if (!this.sessionOwners.has(sessionId)) this.sessionOwners.set(sessionId, newSessionOwner ?? keyName)
+    this.sessions.adopt(sessionId, newSessionOwner ?? keyName)
     if (keyName !== null) this.liveByKey.set(keyName, (this.liveByKey.get(keyName) ?? 0) + 1)
     for (const s of sources) this.forkSources.set(s, (this.forkSources.get(s) ?? 0) + 1)
     let released = false

@@ -34,15 +34,15 @@ export class CliProbe {
   status: CliStatus = { available: false, version: null, credentials: 'unknown', checkedAt: 0, error: 'not probed yet' }
   private timer: NodeJS.Timeout | undefined
 
-  constructor (private readonly cliPath: string, private readonly env: Record<string, string>) {}
+  constructor (readonly cli: string, private readonly env: Record<string, string>) {}
 
   /** Probe now; resolves with the new status. Never throws. */
   async refresh (): Promise<CliStatus> {
     const opts = { env: this.env, extendEnv: false, timeout: 10_000, stdin: 'ignore' } as const
     const [version, auth] = await Promise.allSettled([
-      execa(this.cliPath, ['--version'], opts),
+      execa(this.cli, ['--version'], opts),
       // Exits 1 when logged out; the JSON says so either way.
-      execa(this.cliPath, ['auth', 'status', '--json'], { ...opts, reject: false })
+      execa(this.cli, ['auth', 'status', '--json'], { ...opts, reject: false })
     ])
     if (version.status === 'rejected') {
       this.status = { available: false, version: null, credentials: 'unknown', checkedAt: Date.now(), error: (version.reason as Error).message.split('\n')[0] }

@@ -1,5 +1,5 @@
 import { query, type CanUseTool, type ClaimOptions, type Query, type SDKUserMessage, type SpareProcess } from '@anthropic-ai/claude-agent-sdk'
-import { userContent } from './attachments.js'
+import { userContent } from '../domain/attachments.js'
 import type { Inbox } from './inbox.js'
 import { RUN_MARKER_VAR } from '../isolation/proc.js'
 import { cliSpawner, type CliProcess, type ExecutorSettings, type LineHandler } from './cli-process.js'

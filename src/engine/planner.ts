@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import type { Settings } from '../config.js'
 import { SessionDirectoryMismatch, SessionForbidden, WorkingDirectoryForbidden, WorkingDirectoryNotWritable } from '../domain/errors.js'
 import { handOverDirectory, writableBy, type AgentIdentities, type AgentIdentity } from '../isolation/identities.js'
-import { checkAttachments } from './attachments.js'
+import { checkAttachments, describeAttachments } from '../domain/attachments.js'
 import { checkEnvVars, checkOutputSchema, checkPermissionMode, isInside, resolveWorkingDir } from './policy.js'
 import { SessionRegistry } from './sessions.js'
 import type { RunRequest, RunSpec } from '../domain/run.js'
@@ -141,4 +141,13 @@ export class RunPlanner {
   identityOf (spec: RunSpec): AgentIdentity | undefined {
     return this.identities === undefined || spec.identity === undefined ? undefined : this.identities.identityFor(spec.identity)
   }
+}
+
+/** A request as stored: everything but the values of its env vars. */
+export function storedRequest (req: RunRequest): RunRequest {
+  const copy: RunRequest = { ...req }
+  if (req.env_vars !== undefined) copy.env_vars = Object.fromEntries(Object.keys(req.env_vars).map(k => [k, '[redacted]']))
+  // Images are kept in the spec (to queue the run again after a restart), not in the request shown.
+  if (req.attachments !== undefined) (copy as unknown as Record<string, unknown>).attachments = describeAttachments(req.attachments)
+  return copy
 }

@@ -2,7 +2,7 @@ import { MAX_UNFLUSHED_EVENTS, type RunStore } from '../store/store.js'
 import { type RunRecord } from '../domain/records.js'
 import { RUN_MARKER_VAR } from '../isolation/proc.js'
 import type { RunnerLogger } from '../domain/logger.js'
-import { killRunTree } from '../isolation/process-tree.js'
+import { findMarkedProcesses, killAll, killRunTree } from '../isolation/process-tree.js'
 import { PartialText, toRunResult } from './result.js'
 import { REPLAY_PAGE, REPLAY_PAGE_BYTES } from './run-log.js'
 import type { RunResult } from '../domain/run.js'
@@ -16,6 +16,58 @@ export interface RecoveryContext {
   finished: (r: RunRecord, result: RunResult) => void
   /** Queue a recovered run again (it was accepted before the restart). */
   requeue: (r: RunRecord & { spec: NonNullable<RunRecord['spec']> }) => Promise<void>
+}
+
+/** What recovering a previous life of this instance needs besides `RecoveryContext`. */
+export interface LeftoversContext extends RecoveryContext {
+  /** The marker prefix of this instance's warm spares, and of those of this very process. */
+  spares: string
+  ownSpares: string
+}
+
+/**
+ * What a previous process left, from the start (`note`) until recovery has dealt with it once the
+ * server holds its port (`recover`); requests about runs wait for that (`recovered`).
+ */
+export class Leftovers {
+  private left: { running: RunRecord[], queued: RunRecord[] } | undefined
+  private done = (): void => {}
+  private readonly settled = new Promise<void>(resolve => { this.done = resolve })
+
+  /** What the store (or the cluster's queue) says was left; read before any new run exists. */
+  note (left: { running: RunRecord[], queued: RunRecord[] }): void {
+    this.left = left
+  }
+
+  /** Recover what was left, once (nothing when the server is already closing). */
+  async recover (closing: boolean, ctx: LeftoversContext): Promise<void> {
+    const left = this.left
+    this.left = undefined
+    try {
+      if (left !== undefined && !closing) await recoverLeftovers(left, ctx)
+    } finally {
+      this.done()
+    }
+  }
+
+  /**
+   * Resolves once the runs a previous process left are interrupted or queued again: until then a
+   * queued run of that process is in no one's hands. At once when nothing was left.
+   */
+  async recovered (): Promise<void> {
+    if (this.left === undefined || (this.left.running.length === 0 && this.left.queued.length === 0)) return
+    await this.settled
+  }
+}
+
+/**
+ * What a previous life of this instance left: the spares it had parked (nobody claims them now)
+ * are ended, then its runs recovered (see `recoverRuns`).
+ */
+export async function recoverLeftovers (leftovers: { running: RunRecord[], queued: RunRecord[] }, ctx: LeftoversContext): Promise<void> {
+  const ended = await killAll(() => findMarkedProcesses(RUN_MARKER_VAR, v => v.startsWith(ctx.spares) && !v.startsWith(ctx.ownSpares)))
+  if (ended > 0) ctx.log.info({ killed: ended }, 'ended the warm spares a previous process left')
+  await recoverRuns(leftovers, ctx)
 }
 
 /**

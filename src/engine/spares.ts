@@ -1,11 +1,9 @@
 import { randomUUID } from 'node:crypto'
 import { join } from 'node:path'
 import { prewarm } from '@anthropic-ai/claude-agent-sdk'
-import type { Settings } from '../config.js'
-import type { CredentialBroker } from '../isolation/broker.js'
 import { ownedDirectory, type AgentIdentity } from '../isolation/identities.js'
-import { buildChildEnv, identityEnv } from './child-env.js'
-import { cliSpawner, type CliProcess, type ExecutorSettings } from './cli-process.js'
+import { cliSpawner, type CliProcess } from './cli-process.js'
+import { executorSettings, runEnvironment, type Launcher } from './launch.js'
 import { settingSourcesOf } from './cli-options.js'
 import type { RunnerLogger } from '../domain/logger.js'
 import type { WarmSpare } from './warm-pool.js'
@@ -19,16 +17,12 @@ export interface SpareContext {
   instanceId: string
   /** This process among the lives of the instance: its spares' markers carry it. */
   bootId: string
-  runEnv: Settings['serverEnv']
-  settings: Settings
-  cliPath: string
+  launcher: Launcher
   log: RunnerLogger & { child: (b: object) => RunnerLogger }
-  broker?: CredentialBroker
   /** The identity a profile ('' for none) runs as. */
   identityOf: (profile: string) => AgentIdentity | undefined
   /** In the sandbox, the one work area a spare of this identity may serve (undefined: any). */
   workAreaOf: (identity: AgentIdentity) => string | undefined
-  executorSettings: (identity: AgentIdentity | undefined, cwd: string, chdir?: string) => ExecutorSettings
 }
 
 /**
@@ -42,11 +36,9 @@ export function spareStarter (c: SpareContext): (profile: string) => Promise<War
     const identity = c.identityOf(profile)
     const id = randomUUID()
     const marker = `warm-${c.instanceId}-${c.bootId}-${id}`
-    const env = buildChildEnv(c.runEnv, {}, marker, c.settings.passEnv)
-    if (identity !== undefined) Object.assign(env, identityEnv(identity))
-    // Inert until a run claims the spare: a process that reads it from the parked CLI gets nothing.
-    const credential = c.broker?.issue(`spare-${id}`, { inert: true, ...(identity !== undefined ? { uid: identity.uid, marker } : {}) })
-    if (credential !== undefined) Object.assign(env, credential.env)
+    // Its token is inert until a run claims the spare: a process that reads it from the parked CLI gets nothing.
+    const { env, credential } = runEnvironment(c.launcher, { runId: `spare-${id}`, env: {}, marker, identity, inert: true })
+    const settings = c.launcher.settings
     // An identity's spare parks in its home (made its own), never in a directory it will serve.
     let parking: string | undefined
     let onlyCwd: string | undefined
@@ -62,14 +54,14 @@ export function spareStarter (c: SpareContext): (profile: string) => Promise<War
       const spare = await prewarm({
         options: {
           env,
-          pathToClaudeCodeExecutable: c.cliPath,
-          settingSources: settingSourcesOf(c.settings.settingSources),
+          pathToClaudeCodeExecutable: c.launcher.cliPath,
+          settingSources: settingSourcesOf(settings.settingSources),
           strictMcpConfig: true,
           includePartialMessages: false,
           sessionId,
-          ...(c.settings.allowedPermissionModes.includes('bypassPermissions') ? { allowDangerouslySkipPermissions: true } : {}),
+          ...(settings.allowedPermissionModes.includes('bypassPermissions') ? { allowDangerouslySkipPermissions: true } : {}),
           ...(parking !== undefined ? { cwd: parking } : {}),
-          spawnClaudeCodeProcess: cliSpawner(marker, c.executorSettings(identity, onlyCwd ?? parking ?? c.settings.defaultWorkingDir, onlyCwd !== undefined ? parking : undefined), parking ?? c.settings.defaultWorkingDir, log, p => { proc = p })
+          spawnClaudeCodeProcess: cliSpawner(marker, executorSettings(c.launcher, identity, onlyCwd ?? parking ?? settings.defaultWorkingDir, onlyCwd !== undefined ? parking : undefined), parking ?? settings.defaultWorkingDir, log, p => { proc = p })
         },
         initializeTimeoutMs: SPARE_PARK_TIMEOUT_MS
       })

@@ -1,6 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { PERMISSION_MODES } from '../domain/run.js'
-import { MEDIA_TYPES } from '../engine/attachments.js'
+import { MEDIA_TYPES } from '../domain/attachments.js'
 import { ERROR_CODES, RUN_STATUSES, type RunRequest, type RunResult } from '../domain/run.js'
 
 /** Limits the request schema takes from the configuration. */

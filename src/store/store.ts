@@ -10,27 +10,37 @@ import type { ApprovalRecord, NewRun, NewSession, PendingWebhook, RunFilter, Run
  * - Methods are async; none throws for "not found" (`undefined` or an empty list instead).
  * - `appendEvent` is buffered and never throws: the event is visible to `eventsAfter` and
  *   `lastSeq` of this process at once, and durable after the next `flush()` (which a backend also
- *   runs on its own, at least every few tens of milliseconds). An append of a `(runId, seq)` that
- *   exists already is ignored, so a replay never fails a batch.
+ *   runs on its own, at least every few tens of milliseconds, and as soon as
+ *   `MAX_UNFLUSHED_EVENTS` wait). An append of a `(runId, seq)` that exists already is ignored, so
+ *   a replay never fails a batch.
+ * - A `result` event ends its run when it is written, in the same transaction: the run's status
+ *   and result are the event's, its end time the result's `timestamp`. Whoever reads the event
+ *   (a follower, on any instance) reads the run as ended.
  * - `markFinished` flushes the run's events first: a finished run's log is complete and durable.
- * - While writing the event log fails (a full disk), the events stay queued and the backend retries
- *   on its own, backing off (`WriteRetry`): until the next attempt is due, `flush()` (and so
- *   `markFinished`) fails at once without trying, and `ping` fails until a write goes through.
+ *   The end is read back at once, written or not (`getRun`; `listRuns` no longer lists the run
+ *   under the status it left).
+ * - While writing the event log fails (a full disk), the events and run ends stay queued and the
+ *   backend retries on its own, backing off (`WriteRetry`): until the next attempt is due,
+ *   `flush()` (and so `markFinished`) fails at once without trying, and `ping` fails until a write
+ *   goes through. Nothing queued is lost: a run's end is written with the first write that works.
  * - Runs are ordered by insertion (`rowid`), newest first in lists, for stable cursor paging.
  * - Ownership: a running run belongs to the instance that started it (`owner`) until its lease
- *   (`leaseUntil`) runs out; the owner renews it while the run goes. Recovery takes only the
- *   running runs an instance owned, or whose lease has lapsed (a lease ending exactly at `now` has
- *   not lapsed yet). `leftovers().queued` come oldest first, so a restart requeues them in order.
+ *   (`leaseUntil`) runs out; the owner renews it while the run goes (in a cluster, a run it has
+ *   claimed and not started yet too). Only a queued run that no other instance holds is started.
+ *   Recovery takes only the running runs an instance owned, or whose lease has lapsed (a lease
+ *   ending exactly at `now` has not lapsed yet). `leftovers().queued` come oldest first, so a
+ *   restart requeues them in order.
  * - `spendSince(t)` counts runs that ended at `t` or later.
  */
 /**
- * At most this many appended events wait unflushed (a backend flushes when it reaches it): all a
- * crash can lose. Recovery numbers a crashed run's `result` past them, so no id a client may have
- * received is ever given to another event.
+ * At most this many appended events wait unflushed (a backend starts writing them when it reaches
+ * it; a store's `flushMaxEvents` may lower it, never raise it): all a crash can lose. Recovery
+ * numbers a crashed run's `result` past them, so no id a client may have received is ever given
+ * to another event.
  */
 export const MAX_UNFLUSHED_EVENTS = 1000
 
-/** `markStarted` of a run this instance claimed whose claim lapsed: another instance runs it (cluster mode). */
+/** `markStarted` of a run that is not this instance's to start: its claim lapsed and another instance has it (cluster mode), or it ended. */
 export class ClaimLost extends Error {}
 
 export interface RunStore {
@@ -41,10 +51,12 @@ export interface RunStore {
   /**
    * The run started on `owner`, in `workingDirectory` (the path checked at start): recorded
    * before the spawn with its marker, so whoever recovers it can find and kill its processes.
+   * Only a queued run that nobody or `owner` holds starts: any other throws `ClaimLost` (another
+   * instance has it, or it ended meanwhile). An unknown id is ignored.
    */
   markStarted: (id: string, start: { startedAt: number, marker: string, sessionId: string, workingDirectory: string, owner: string, leaseUntil: number }) => Promise<void>
   markFinished: (id: string, result: RunResult, endedAt: number) => Promise<void>
-  /** Extend the lease of every running run `owner` holds. */
+  /** Extend the lease of every run `owner` holds that has not ended: running, or claimed and not started yet (cluster mode). */
   renewLeases: (owner: string, leaseUntil: number) => Promise<void>
 
   getRun: (id: string) => Promise<RunRecord | undefined>
@@ -76,7 +88,9 @@ export interface RunStore {
   sessionOwners: () => Promise<Map<string, string | null>>
   /**
    * Record a session made without a run (a fork). A session is otherwise recorded by the first
-   * `insertRun` that names it. An existing session is left as it is (a deleted one is made anew).
+   * `insertRun` that names it. An existing session is left as it is, its activity time included
+   * (a run naming it is activity: `insertRun` moves it on); a deleted one is made anew, its owner
+   * kept.
    */
   insertSession: (s: NewSession) => Promise<void>
   /** A session with its runs' figures; deleted ones too (`deletedAt` set). */

@@ -91,14 +91,14 @@ test('sessions belong to the key of their first run, decided in the same step as
   // Two keys claim the same new session id at once: the first wins, at once.
   t.equal(h.refusal('a', alice, shared), null)
   t.ok(h.refusal('b', bob, shared) instanceof SessionForbidden, 'the second key is refused')
-  t.equal(h.admission.ownerOf(shared), 'alice')
+  t.equal(h.admission.sessions.ownerOf(shared), 'alice')
   t.equal(h.refusal('c', alice, shared), null, 'the owner continues it (it queues behind its first run)')
   t.equal(h.refusal('d', { name: 'root', anySession: true }, shared), null, 'an admin key may continue any session')
   t.equal(h.refusal('e', null, shared), null, 'with auth off there are no owners to check')
   // A fork claims the session it forks from; the new session becomes the forker's.
   t.ok(h.refusal('f', bob, 'new-fork', ['new-fork', shared]) instanceof SessionForbidden, 'bob cannot fork alice\'s session')
   t.equal(h.refusal('g', alice, 'alice-fork', ['alice-fork', shared]), null)
-  t.equal(h.admission.ownerOf('alice-fork'), 'alice')
+  t.equal(h.admission.sessions.ownerOf('alice-fork'), 'alice')
 })
 
 test('owners loaded from the store hold across a restart', async t => {

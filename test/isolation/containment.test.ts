@@ -2,7 +2,7 @@ import { test } from 'tap'
 import { chmodSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { realpathSync } from 'node:fs'
-import { defaultCliPath } from '../../src/engine/runner.js'
+import { defaultCliPath } from '../../src/engine/launch.js'
 import { eventually, fakeModel, keysFile as writeKeys, noWarmSpares, pidsMatching, sandbox, startServer, testEnv, toolResults, openToAgents } from '../helper.js'
 
 /**

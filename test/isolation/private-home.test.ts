@@ -1,7 +1,7 @@
 import { test } from 'tap'
 import { chmodSync, copyFileSync, linkSync, mkdirSync, mkdtempSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { defaultCliPath } from '../../src/engine/runner.js'
+import { defaultCliPath } from '../../src/engine/launch.js'
 import { findBwrap } from '../../src/isolation/sandbox.js'
 import { fakeModel, serverThatFails, startServer, testEnv, toolResults, API_KEY, type Sandbox } from '../helper.js'
 

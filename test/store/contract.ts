@@ -1,7 +1,7 @@
 import { test, type Test } from 'tap'
 import type { RunRequest, RunResult, RunSpec, RunStatus } from '../../src/domain/run.js'
 import type { NewRun, PendingWebhook, RunRecord, StoredEvent, WebhookDelivery } from '../../src/domain/records.js'
-import type { RunStore } from '../../src/store/store.js'
+import { ClaimLost, MAX_UNFLUSHED_EVENTS, type RunStore } from '../../src/store/store.js'
 import type { WriteReports } from '../../src/store/write-retry.js'
 
 /**
@@ -123,6 +123,19 @@ export async function addRun (store: RunStore, id: string, o: RunOpts = {}): Pro
   })
   if (status === 'running') return
   await store.markFinished(id, result(id, status, { session_id: sessionId, total_cost_usd: o.cost === undefined ? 0.0006 : o.cost }), o.endedAt ?? createdAt + 2000)
+}
+
+const sleep = async (ms: number): Promise<void> => await new Promise(resolve => setTimeout(resolve, ms))
+
+/** Poll `read` until `done` holds of what it gives (or `ms` have passed): its last value. */
+async function until<T> (read: () => Promise<T>, done: (v: T) => boolean, ms = 5000): Promise<T> {
+  const deadline = Date.now() + ms
+  let v = await read()
+  while (!done(v) && Date.now() < deadline) {
+    await sleep(10)
+    v = await read()
+  }
+  return v
 }
 
 /** The event `appendN` appends at `seq`. */
@@ -294,6 +307,26 @@ export function runStoreContract (name: string, open: OpenStore): void {
     await writing
   })
 
+  test(`${name}: a result event ends its run when it is written, whoever reads it`, async t => {
+    const { store, reopen } = await open(t)
+    await addRun(store, 'run-1', { status: 'running' })
+    await addRun(store, 'run-2', { status: 'running' })
+    appendN(store, 'run-1', 1, 2)
+    const res = result('run-1', 'failed', { error_code: 'cli_error' })
+    store.appendEvent('run-1', 3, 'result', JSON.stringify(res))
+    store.appendEvent('run-2', 1, 'message', JSON.stringify({ status: 'succeeded' }))
+    t.equal((await store.getRun('run-1'))?.status, 'running', 'waiting: not yet')
+    await store.flush()
+    const other = await reopen()
+    const ended = await other.getRun('run-1')
+    t.match(ended, { status: 'failed', endedAt: Date.parse(res.timestamp), spec: null }, 'written: another store reads it ended, at the result\'s time')
+    t.strictSame(ended?.result, res, 'with the event\'s result')
+    t.notOk(JSON.stringify(ended).includes(SECRET))
+    t.equal((await other.getSession(SESSION))?.updatedAt, Date.parse(res.timestamp), 'its end is its session\'s activity')
+    t.strictSame((await other.listRuns({ status: 'failed', limit: 10 })).map(r => r.id), ['run-1'])
+    t.equal((await other.getRun('run-2'))?.status, 'running', 'another event that looks like a result ends nothing')
+  })
+
   test(`${name}: appended events are readable at once, before any flush`, async t => {
     const { store } = await open(t)
     await addRun(store, 'run-1', { status: 'running' })
@@ -415,6 +448,19 @@ export function runStoreContract (name: string, open: OpenStore): void {
     t.equal(await third.lastSeq('run-2'), 5)
   })
 
+  test(`${name}: at most MAX_UNFLUSHED_EVENTS wait: the one that reaches it has them written without a flush`, async t => {
+    const { store, reopen } = await open(t)
+    await addRun(store, 'run-1', { status: 'running' })
+    await addRun(store, 'run-2', { status: 'running' })
+    appendN(store, 'run-1', 1, MAX_UNFLUSHED_EVENTS - 2)
+    store.appendEvent('run-2', 1, 'message', '{}')
+    const other = await reopen()
+    t.equal(await other.lastSeq('run-1'), 0, `${MAX_UNFLUSHED_EVENTS - 1} wait, unwritten (the factory slows flushing down, and asks for batches bigger than the cap)`)
+    appendN(store, 'run-1', MAX_UNFLUSHED_EVENTS - 1, MAX_UNFLUSHED_EVENTS - 1)
+    t.equal(await until(async () => await other.lastSeq('run-1'), n => n === MAX_UNFLUSHED_EVENTS - 1), MAX_UNFLUSHED_EVENTS - 1, `the ${MAX_UNFLUSHED_EVENTS}th appended has every waiting event written, on its own`)
+    t.equal(await other.lastSeq('run-2'), 1, 'every run\'s')
+  })
+
   test(`${name}: lastSeq is the highest seq of the run, waiting events included`, async t => {
     const { store, reopen } = await open(t)
     await addRun(store, 'run-a', { status: 'running' })
@@ -516,13 +562,28 @@ export function runStoreContract (name: string, open: OpenStore): void {
     t.equal((await store.getRun('a2'))?.leaseUntil, T0 + 1000)
     t.equal((await store.getRun('b1'))?.leaseUntil, T0 + 100, 'another owner\'s lease is not touched')
     t.match(await store.getRun('queued'), { status: 'queued', owner: null }, 'a queued run is not taken')
-    t.equal((await store.getRun('a-done'))?.status, 'succeeded', 'a finished run stays finished')
+    t.match(await store.getRun('a-done'), { status: 'succeeded', leaseUntil: T0 + 100 }, 'a finished run stays finished, its lease as it was')
     t.strictSame(sortedIds((await store.leftovers('instance-c', T0 + 500)).running), ['b1'], 'A\'s runs are held again')
     t.strictSame(sortedIds((await store.leftovers('instance-c', T0 + 1001)).running), ['a1', 'a2', 'b1'], 'until the renewed lease ends')
     t.strictSame(ids((await store.leftovers('instance-c', T0 + 500)).queued), ['queued'])
 
     await store.renewLeases('no-such-owner', T0 + 5000)
     t.strictSame(sortedIds((await store.leftovers('instance-c', T0 + 1001)).running), ['a1', 'a2', 'b1'], 'an owner without runs changes nothing')
+  })
+
+  test(`${name}: markStarted starts only a queued run that nobody else holds`, async t => {
+    const { store } = await open(t)
+    const start = (owner: string): Parameters<RunStore['markStarted']>[1] => ({ startedAt: T0 + 50, marker: 'm-late', sessionId: SESSION, workingDirectory: '/srv/work', owner, leaseUntil: T0 + 90_000 })
+    const refusal = async (p: Promise<void>): Promise<unknown> => await p.then(() => undefined, (err: unknown) => err)
+    await addRun(store, 'done', { status: 'cancelled' })
+    t.ok(await refusal(store.markStarted('done', start(OWNER_A))) instanceof ClaimLost, 'an ended run: ClaimLost')
+    t.match(await store.getRun('done'), { status: 'cancelled', marker: 'marker-done' }, 'and it stays ended')
+    await addRun(store, 'theirs', { status: 'running', owner: OWNER_B, leaseUntil: T0 + 60_000 })
+    t.ok(await refusal(store.markStarted('theirs', start(OWNER_A))) instanceof ClaimLost, 'a run another instance runs: ClaimLost')
+    t.match(await store.getRun('theirs'), { owner: OWNER_B, marker: 'marker-theirs', leaseUntil: T0 + 60_000 }, 'and it stays theirs')
+    await store.insertRun(newRun('queued'))
+    await t.resolves(store.markStarted('queued', start(OWNER_A)), 'a queued run nobody holds starts')
+    t.match(await store.getRun('queued'), { status: 'running', owner: OWNER_A, marker: 'm-late' })
   })
 
   test(`${name}: prune deletes old and excess finished runs with their events and deliveries, never queued or running ones`, async t => {
@@ -664,19 +725,21 @@ export function runStoreContract (name: string, open: OpenStore): void {
     await store.updateSession(ids[0]!, { title: 'renamed', updatedAt: T0 + 100 })
     t.match(await store.getSession(ids[0]!), { title: 'renamed', updatedAt: T0 + 100 })
     t.equal((await store.listSessions({ limit: 1 }))[0]?.id, ids[0], 'activity moves a session to the top')
+    const known = await store.getSession(ids[0]!)
     await store.insertSession({ id: ids[0]!, keyName: 'bob', workingDirectory: '/elsewhere', title: null, firstPrompt: null, createdAt: T0 })
-    t.match(await store.getSession(ids[0]!), { keyName: 'alice', workingDirectory: '/w/one', title: 'renamed' }, 'recording a known session changes nothing')
+    await store.insertSession({ id: ids[0]!, keyName: 'bob', workingDirectory: '/elsewhere', title: 'other', firstPrompt: 'other', createdAt: T0 + 10_000 })
+    t.strictSame(await store.getSession(ids[0]!), known, 'recording a known session changes nothing, its activity time included')
 
     await store.updateSession(ids[1]!, { deletedAt: T0 + 200 })
     t.notOk((await store.listSessions({ limit: 10 })).some(s => s.id === ids[1]), 'a deleted session is not listed')
     t.match(await store.getSession(ids[1]!), { deletedAt: T0 + 200, keyName: 'bob' }, 'but its record (and owner) stays')
     t.equal((await store.sessionOwners()).get(ids[1]!), 'bob')
     await store.insertRun(newRun('again', { sessionId: ids[1]!, keyName: 'bob', workingDirectory: '/w/new', createdAt: T0 + 300, request: { prompt: 'anew' } }))
-    t.match(await store.getSession(ids[1]!), { deletedAt: null, workingDirectory: '/w/new', firstPrompt: 'anew', createdAt: T0 + 300, runCount: 1 }, 'a run naming a deleted session makes it anew')
+    t.match(await store.getSession(ids[1]!), { deletedAt: null, workingDirectory: '/w/new', firstPrompt: 'anew', createdAt: T0 + 300, updatedAt: T0 + 300, runCount: 1 }, 'a run naming a deleted session makes it anew')
     // A fork recorded without a run (the sessions API) follows the same rule as a run.
     await store.updateSession(ids[2]!, { deletedAt: T0 + 400 })
     await store.insertSession({ id: ids[2]!, keyName: 'alice', workingDirectory: '/w/forked', title: null, firstPrompt: 'forked', createdAt: T0 + 500 })
-    t.match(await store.getSession(ids[2]!), { deletedAt: null, workingDirectory: '/w/forked', firstPrompt: 'forked', createdAt: T0 + 500 }, 'recording a deleted session makes it anew')
+    t.match(await store.getSession(ids[2]!), { keyName: 'alice', deletedAt: null, workingDirectory: '/w/forked', title: null, firstPrompt: 'forked', createdAt: T0 + 500, updatedAt: T0 + 500 }, 'recording a deleted session makes it anew')
     await t.resolves(store.updateSession('no-such-session', { title: 'x' }))
   })
 
@@ -772,6 +835,8 @@ export interface FailingWrites {
   failedWrites: () => Promise<number>
   /** Events of a run written to the database (not those waiting in memory). */
   written: (runId: string) => Promise<number>
+  /** A run's status as written to the database. */
+  status: (runId: string) => Promise<string | undefined>
 }
 
 /**
@@ -831,5 +896,27 @@ export function writeFailureContract (name: string, open: (t: Test, reports: Req
     }
     t.equal(errors.length, 2, 'a new spell of failure is reported once more')
     t.equal(recovered.length, 2, 'and its recovery')
+  })
+
+  test(`${name}: while writes fail, a run's end is read back at once, kept, and written with its events once they work`, async t => {
+    const s = await open(t, { onError: () => {}, onRecovered: () => {} })
+    const { store } = s
+    await addRun(store, 'run-1', { status: 'running' })
+    await s.fail()
+    appendN(store, 'run-1', 1, 3)
+    const res = result('run-1', 'succeeded')
+    await t.rejects(store.markFinished('run-1', res, T0 + 5000), /disk is full/, 'markFinished fails: the run\'s events cannot be written')
+    await t.rejects(store.flush(), /disk is full/, 'the next flush fails at once, untried')
+    await t.rejects(store.ping(), /disk is full/, 'the store says it is unavailable')
+    t.match(await store.getRun('run-1'), { status: 'succeeded', endedAt: T0 + 5000 }, 'the run reads as ended all the same')
+    t.strictSame(await store.listRuns({ status: 'running', limit: 10 }), [], 'and is no longer listed as running')
+    t.match((await store.listRuns({ limit: 10 }))[0], { id: 'run-1', status: 'succeeded' })
+    t.equal(await s.status('run-1'), 'running', 'nothing was written')
+
+    await s.mend()
+    t.equal(await until(async () => await s.status('run-1'), v => v === 'succeeded'), 'succeeded', 'the store writes the end on its own once it can')
+    t.equal(await s.written('run-1'), 3, 'after the run\'s events')
+    await t.resolves(store.ping(), 'and is available again')
+    t.strictSame((await store.getRun('run-1'))?.result, res)
   })
 }

@@ -19,7 +19,8 @@ function tempDir (t: Test): string {
 }
 
 /**
- * A store that flushes only when told (or at a batch size the test picks), closed at teardown.
+ * A store that flushes only when told (or at a batch size the test picks; the store holds no more
+ * than `MAX_UNFLUSHED_EVENTS` back, whatever it is asked), closed at teardown.
  * Teardowns run in reverse order, so the store is closed before its directory is removed.
  */
 function openStore (t: Test, dataDir: string, opts: Partial<RunStoreOptions> = {}): SqliteRunStore {
@@ -61,7 +62,8 @@ writeFailureContract('sqlite', async (t, reports) => {
     },
     mend: async () => { admin.exec('DROP TRIGGER disk_full') },
     failedWrites: async () => failed,
-    written: async runId => countEvents(admin, runId)
+    written: async runId => countEvents(admin, runId),
+    status: async runId => (admin.prepare('SELECT status FROM runs WHERE id = ?').get(runId) as { status: string } | undefined)?.status
   }
 })
 

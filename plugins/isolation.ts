@@ -1,26 +1,30 @@
 import fp from 'fastify-plugin'
-import { randomUUID } from 'node:crypto'
-import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { chmodSync, realpathSync, statSync } from 'node:fs'
 import { dirname, join } from 'node:path'
-import { defaultCliPath, Runner } from '../src/engine/runner.js'
-import { SqliteRunStore } from '../src/store/sqlite-store.js'
-import { PostgresRunStore } from '../src/store/postgres-store.js'
-import type { WriteReports } from '../src/store/write-retry.js'
-import { ClusterNode } from '../src/cluster/cluster.js'
-import type { RunStore } from '../src/store/store.js'
-import { LocalEventBus } from '../src/store/event-bus.js'
-import { DataDirLock } from '../src/store/data-dir-lock.js'
+import { defaultCliPath } from '../src/engine/launch.js'
 import { ConfigError } from '../src/config.js'
 import { CredentialBroker, isCloudProvider, operatorCredential } from '../src/isolation/broker.js'
 import { AgentIdentities, blockedFor, canSwitchUsers, resolveIsolation, type IsolationLevel } from '../src/isolation/identities.js'
-import { sandboxTools, sandboxWorks } from '../src/isolation/sandbox.js'
-import { chmodSync, realpathSync, statSync } from 'node:fs'
+import { sandboxTools, sandboxWorks, type SandboxTools } from '../src/isolation/sandbox.js'
+
+/** What keeps runs from the server and from each other, as the engine takes it. */
+export interface Containment {
+  /** Hands each run a token of its own instead of the operator's credential (absent: not fronted). */
+  broker?: CredentialBroker
+  /** The level, each key's agent identity (`uid`, `sandbox`), and what the sandbox shows and hides. */
+  isolation: {
+    level: IsolationLevel
+    identities?: AgentIdentities
+    sandbox?: { tools: SandboxTools, agentsDir: string, hiddenDirs: string[], hiddenFiles: string[], readOnly?: string[] }
+  }
+}
 
 declare module 'fastify' {
   interface FastifyInstance {
-    runner: Runner
     /** What keeps runs from the server and from each other, as `/health` reports it. */
     isolation: { level: IsolationLevel, credential_broker: boolean }
+    /** The same for the engine: the credential broker, agent identities and sandbox settings. */
+    containment: Containment
   }
 }
 
@@ -61,44 +65,12 @@ function cliDirs (cli: string): string[] {
   return [...new Set([dirname(cli), dirname(real), ...node])]
 }
 
-/** The PostgreSQL run store; a database that cannot be reached stops the start with one line. */
-async function openPostgres (url: string, instanceId: string, reports: Required<WriteReports>): Promise<PostgresRunStore> {
-  try {
-    return await PostgresRunStore.open({ url, origin: instanceId, ...reports })
-  } catch (err) {
-    const where = redactUrl(url)
-    throw new ConfigError(`DATABASE_URL ${where}: cannot open the run store (${(err as Error).message})`)
-  }
-}
-
-/** A database URL fit for a log line: no password. */
-function redactUrl (url: string): string {
-  try {
-    const u = new URL(url)
-    if (u.password !== '') u.password = '***'
-    return u.toString()
-  } catch {
-    return '(not a URL)'
-  }
-}
-
-/** This server's instance id, kept in `DATA_DIR` so a restart recovers the runs it owned. */
-function instanceIdOf (dataDir: string): string {
-  const file = join(dataDir, 'instance-id')
-  if (existsSync(file)) {
-    const id = readFileSync(file, 'utf8').trim()
-    if (id !== '') return id
-  }
-  const id = randomUUID()
-  writeFileSync(file, id + '\n', { mode: 0o600 })
-  return id
-}
-
 /**
- * The run engine as a decorator, with its store in `DATA_DIR`, which it locks first (one server
- * per directory). At start it probes the CLI; once the server listens it recovers what a previous
- * process left; on close it drains (`SHUTDOWN_GRACE_S`) and ends every running run's process tree
- * before the server lets go.
+ * Isolation: the level `ISOLATION` resolves to here (the sandbox, bubblewrap, is tried at start),
+ * refused when agent identities could not reach what runs need; the credential broker that fronts
+ * the operator's credential; each key's agent identity; and the server's own files closed to
+ * others. Decorates `isolation` (for `/health`) and `containment` (for the engine); the broker
+ * stops on close.
  */
 export default fp(async (fastify) => {
   const { dataDir, serverEnv } = fastify.config
@@ -128,13 +100,8 @@ export default fp(async (fastify) => {
       throw new ConfigError(`ISOLATION=auto: ${why}, and there is no sandbox to show it to them (${sandbox.ok ? 'util-linux unshare/setpriv missing' : sandbox.why}). Install bubblewrap (apt-get install bubblewrap), or chmod o+x ${blocked}, or move it; or set ISOLATION=none to run agents as the server's own user (root), knowingly`)
     }
   }
-  const lock = DataDirLock.acquire(dataDir)
-  if (lock.closed.length > 0) fastify.log.warn({ paths: lock.closed }, 'DATA_DIR was open to other users: closed it to them (0700, files 0600)')
-  if (lock.open.length > 0) fastify.log.warn({ paths: lock.open }, 'files in DATA_DIR are open to other users and not this user\'s to close (the 0700 DATA_DIR keeps them out): chmod go-rwx them')
-  let runner: Runner
-  let store: RunStore | undefined
   let broker: CredentialBroker | undefined
-  let cluster: ClusterNode | undefined
+  let identities: AgentIdentities | undefined
   try {
     // The broker fronts the operator's credential for every run; a cloud provider keeps its own.
     const credential = operatorCredential(serverEnv)
@@ -146,7 +113,6 @@ export default fp(async (fastify) => {
         ? 'credential broker off: a cloud provider (Bedrock/Vertex/Foundry) is configured, whose credentials runs receive as before'
         : 'credential broker off: no ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN or CLAUDE_CODE_OAUTH_TOKEN to front')
     }
-    let identities: AgentIdentities | undefined
     if (isolation.level !== 'none') {
       // In a cluster every instance must give a key the same uid: the registry is in the shared AGENTS_DIR.
       identities = new AgentIdentities({
@@ -168,73 +134,32 @@ export default fp(async (fastify) => {
     closeToOthers(fastify.config.apiKeysFile, fastify.log)
     closeToOthers(join(process.cwd(), '.env'), fastify.log)
     closeToOthers(fastify.config.agentsDir, fastify.log, 0o066)
-    // Once when writing starts failing (a full disk), once when it works again: the retries between
-    // back off and say nothing, however long it lasts.
-    const writes: Required<WriteReports> = {
-      onError: (err: Error): void => fastify.log.error({ err }, 'writing the event log failed; will retry, backing off, and say when it works again'),
-      onRecovered: (failedAttempts: number): void => fastify.log.info({ failed_attempts: failedAttempts }, `writing the event log works again after ${failedAttempts} failed attempts`)
-    }
-    const instanceId = instanceIdOf(dataDir)
-    if (fastify.config.databaseUrl !== undefined) {
-      // Cluster mode: any number of instances share the database, each with a DATA_DIR of its own.
-      const pgStore = await openPostgres(fastify.config.databaseUrl, instanceId, writes)
-      store = pgStore
-      cluster = new ClusterNode({ url: fastify.config.databaseUrl, store: pgStore, instanceId, maxConcurrent: fastify.config.maxConcurrentRuns, deadAfterMs: fastify.config.runLeaseMs, log: fastify.log.child({ component: 'cluster' }) })
-    } else {
-      store = new SqliteRunStore({ dataDir, ...writes })
-    }
-    runner = new Runner({
-      settings: fastify.config,
-      log: fastify.log.child({ component: 'runner' }),
-      store,
-      bus: cluster?.bus ?? new LocalEventBus(),
-      ...(cluster !== undefined ? { cluster } : {}),
-      leaseMs: fastify.config.runLeaseMs,
-      instanceId,
-      ...(broker !== undefined ? { broker } : {}),
-      isolation: {
-        level: isolation.level,
-        ...(identities !== undefined ? { identities } : {}),
-        ...(isolation.level === 'sandbox' && tools !== null
-          ? {
-              sandbox: {
-                tools,
-                agentsDir: fastify.config.agentsDir,
-                // The server's own: its store, its Claude config, its keys and .env.
-                hiddenDirs: [dataDir, serverEnv.CLAUDE_CONFIG_DIR ?? join(serverEnv.HOME ?? '/root', '.claude')],
-                hiddenFiles: [...(fastify.config.apiKeysFile !== undefined ? [fastify.config.apiKeysFile] : []), join(process.cwd(), '.env')],
-                // The CLI itself, wherever it is installed (a private /tmp would hide one below it).
-                readOnly: cliDirs(cli)
-              }
-            }
-          : {})
-      }
-    })
-    await runner.start()
   } catch (err) {
-    await cluster?.stop()
-    await store?.close().catch(() => {})
     await broker?.close()
-    lock.release()
     throw err
   }
-  fastify.decorate('runner', runner)
   fastify.decorate('isolation', { level: isolation.level, credential_broker: broker !== undefined })
-  // Only a server that got its port may kill and requeue what a previous one left.
-  fastify.addHook('onListen', async () => {
-    await runner.recover()
-  })
-  // A request about runs that arrives while that is under way waits for it: a run the previous
-  // process left queued is live again once recovered, not "finished" in between.
-  fastify.addHook('onRequest', async (request) => {
-    if (fastify.server.listening && request.url.startsWith('/api/')) await runner.recovered()
-  })
-  // preClose, not onClose: open streams wait for their runs, so the runs must end first.
-  fastify.addHook('preClose', async () => {
-    await runner.close()
+  fastify.decorate('containment', {
+    ...(broker !== undefined ? { broker } : {}),
+    isolation: {
+      level: isolation.level,
+      ...(identities !== undefined ? { identities } : {}),
+      ...(isolation.level === 'sandbox' && tools !== null
+        ? {
+            sandbox: {
+              tools,
+              agentsDir: fastify.config.agentsDir,
+              // The server's own: its store, its Claude config, its keys and .env.
+              hiddenDirs: [dataDir, serverEnv.CLAUDE_CONFIG_DIR ?? join(serverEnv.HOME ?? '/root', '.claude')],
+              hiddenFiles: [...(fastify.config.apiKeysFile !== undefined ? [fastify.config.apiKeysFile] : []), join(process.cwd(), '.env')],
+              // The CLI itself, wherever it is installed (a private /tmp would hide one below it).
+              readOnly: cliDirs(cli)
+            }
+          }
+        : {})
+    }
   })
   fastify.addHook('onClose', async () => {
     await broker?.close()
-    lock.release()
   })
-}, { name: 'runner', dependencies: ['config'] })
+}, { name: 'isolation', dependencies: ['config'] })

@@ -1,5 +1,5 @@
-import { InvalidRequest, withProblem } from '../domain/errors.js'
-import type { Attachment } from '../domain/run.js'
+import { InvalidRequest, withProblem } from './errors.js'
+import type { Attachment } from './run.js'
 
 /** The largest image the model takes, decoded. */
 export const MAX_ATTACHMENT_BYTES = 5 * 1024 * 1024

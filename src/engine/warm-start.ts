@@ -1,0 +1,59 @@
+import type { RunnerLogger } from '../domain/logger.js'
+import type { RunRequest, RunSpec } from '../domain/run.js'
+import type { AgentIdentity } from '../isolation/identities.js'
+import type { Launcher } from './launch.js'
+import type { LaunchHealth } from './launch-health.js'
+import { spareStarter } from './spares.js'
+import { WarmPool, type ClaimOutcome, type WarmSpare } from './warm-pool.js'
+
+/** What warm start is built from. */
+export interface WarmStartDeps {
+  instanceId: string
+  bootId: string
+  launcher: Launcher
+  log: RunnerLogger & { child: (b: object) => RunnerLogger }
+  /** The identity a profile ('' for none) runs as. */
+  identityOf: (profile: string) => AgentIdentity | undefined
+  /** In the sandbox, the one work area a spare of this identity may serve (undefined: any). */
+  workAreaOf: (identity: AgentIdentity) => string | undefined
+  perIdentity: boolean
+  /** Whether CLIs can be launched: a spare that parks is a launch that works, one that cannot is one that failed. */
+  launches: LaunchHealth
+  /** A run of a new session started on a spare (`hit`) or cold (`miss`, `refused`). */
+  claimed: (outcome: ClaimOutcome) => void
+}
+
+/**
+ * Warm start (`WARM_SPARES`): CLIs started ahead and parked, each taken by a run of a new session
+ * whose options it can take. Refilled in the background by the pool.
+ */
+export class WarmStart {
+  readonly pool: WarmPool
+
+  constructor (target: number, private readonly d: WarmStartDeps) {
+    const start = spareStarter(d)
+    const counted = async (profile: string): Promise<WarmSpare> => await start(profile).then(spare => {
+      d.launches.worked()
+      return spare
+    }, (err: Error & { launch?: string }) => {
+      if (err.launch !== undefined) d.launches.failed(err.launch)
+      throw err
+    })
+    this.pool = new WarmPool({ target, perIdentity: d.perIdentity, start: counted, log: d.log })
+  }
+
+  /**
+   * A spare for a run of a new session, if one is parked for its identity and can take its
+   * options (the claim sets directory, model, permission mode and appended system prompt; the
+   * rest was fixed when the spare started). Taken synchronously, before admission.
+   */
+  take (spec: RunSpec, request: RunRequest): WarmSpare | undefined {
+    if (request.session_id !== undefined || spec.sessionMode !== 'new') return undefined
+    const claimable = Object.keys(spec.env).length === 0 && spec.systemPrompt === undefined && spec.allowedTools === undefined &&
+      spec.disallowedTools === undefined && spec.maxTurns === undefined && spec.maxBudgetUsd === undefined &&
+      spec.outputSchema === undefined && spec.approvals === 'deny' && !spec.includePartialMessages
+    const spare = this.pool.take(spec.identity ?? '', s => claimable && (s.onlyCwd === undefined || s.onlyCwd === spec.cwd))
+    if (spare === undefined) this.d.claimed('miss')
+    return spare
+  }
+}
