@@ -20,7 +20,8 @@ import { RemoteRun } from './remote-run.js'
 export class ClusterQueue implements RunQueue {
   /** Claiming has begun (at start) and not ended (shutdown). */
   private claiming = false
-  private pumping = false
+  /** The claims under way (a claimed run is tracked here once it settles). */
+  private pumping: Promise<void> | undefined
   /** Whether runs held by other instances are live, as last read (for followers). */
   private readonly remoteLive = new Map<string, { live: boolean, at: number }>()
 
@@ -69,6 +70,12 @@ export class ClusterQueue implements RunQueue {
     if (here !== undefined) return { here }
     const owner = await this.node.ownerOf(runId)
     if (owner !== null && owner !== this.node.instanceId) return { elsewhere: owner }
+    if (owner === this.node.instanceId) {
+      // Claimed here and on its way to start: held here once the claims under way settle.
+      await this.pumping
+      const claimed = this.h.runs.get(runId)
+      if (claimed !== undefined) return { here: claimed }
+    }
     const r = await this.h.store.getRun(runId)
     return r !== undefined && (r.status === 'queued' || r.status === 'running') ? { queued: true } : { ended: true }
   }
@@ -79,7 +86,7 @@ export class ClusterQueue implements RunQueue {
   }
 
   async stats (): Promise<{ active: number, queued: number }> {
-    return { active: this.h.runs.size, queued: await this.node.queuedRuns().catch(() => 0) }
+    return { active: this.h.runs.all().filter(h => !h.isFinished()).length, queued: await this.node.queuedRuns().catch(() => 0) }
   }
 
   async leaveMessage (runId: string, id: string, turn: UserTurn, limits: QueueLimits): Promise<{ queued: true } | { owner: string } | { finished: true }> {
@@ -137,8 +144,12 @@ export class ClusterQueue implements RunQueue {
    * each the first live run of its session; each starts here as a recovered run does.
    */
   async pump (): Promise<void> {
-    if (!this.claiming || this.pumping) return
-    this.pumping = true
+    if (!this.claiming || this.pumping !== undefined) return
+    this.pumping = this.claimWhileFree().finally(() => { this.pumping = undefined })
+    await this.pumping
+  }
+
+  private async claimWhileFree (): Promise<void> {
     try {
       while (this.claiming && this.h.runs.size < this.h.settings.maxConcurrentRuns) {
         const claimed = await this.node.claim(Date.now() + this.h.leaseMs)
@@ -151,8 +162,6 @@ export class ClusterQueue implements RunQueue {
       }
     } catch (err) {
       this.h.log.error({ err }, 'cluster: claiming queued runs failed; will retry')
-    } finally {
-      this.pumping = false
     }
   }
 

@@ -113,9 +113,11 @@ export class Control {
     return await this.d.approvals.answer(runId, approvalId, answer)
   }
 
-  /** Pending approvals of a run: here, or in the store for a run held elsewhere. */
+  /** Pending approvals of a run: here, or in the store for a run held elsewhere; none for a run nobody holds. */
   async pendingApprovals (runId: string): Promise<number> {
-    if (this.d.runs.has(runId)) return this.d.approvals.pendingOf(runId)
+    const place = await this.placeOf(runId)
+    if ('here' in place) return this.d.approvals.pendingOf(runId)
+    if (!('elsewhere' in place)) return 0
     return (await this.d.store.listApprovals({ runId, status: 'pending', limit: 1000 })).length
   }
 

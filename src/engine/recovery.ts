@@ -31,12 +31,15 @@ export interface LeftoversContext extends RecoveryContext {
  */
 export class Leftovers {
   private left: { running: RunRecord[], queued: RunRecord[] } | undefined
+  /** Something was left and is not dealt with yet: requests about runs wait. */
+  private waiting = false
   private done = (): void => {}
   private readonly settled = new Promise<void>(resolve => { this.done = resolve })
 
   /** What the store (or the cluster's queue) says was left; read before any new run exists. */
   note (left: { running: RunRecord[], queued: RunRecord[] }): void {
     this.left = left
+    this.waiting = left.running.length > 0 || left.queued.length > 0
   }
 
   /** Recover what was left, once (nothing when the server is already closing). */
@@ -46,16 +49,18 @@ export class Leftovers {
     try {
       if (left !== undefined && !closing) await recoverLeftovers(left, ctx)
     } finally {
+      this.waiting = false
       this.done()
     }
   }
 
   /**
-   * Resolves once the runs a previous process left are interrupted or queued again: until then a
-   * queued run of that process is in no one's hands. At once when nothing was left.
+   * Resolves once the runs a previous process left are interrupted or queued again, including
+   * while recovery is under way: until then a queued run of that process is in no one's hands.
+   * At once when nothing was left.
    */
   async recovered (): Promise<void> {
-    if (this.left === undefined || (this.left.running.length === 0 && this.left.queued.length === 0)) return
+    if (!this.waiting) return
     await this.settled
   }
 }
@@ -109,6 +114,10 @@ async function finishStored (r: RunRecord, how: { status: 'interrupted' | 'cance
   // Past every id the crash may have lost: clients may have received those, for other events.
   const stored = await ctx.store.lastSeq(r.id)
   const seq = r.status === 'running' ? stored + MAX_UNFLUSHED_EVENTS + 1 : stored + 1
+  // Its permission requests were never answered, and now never will be.
+  for (const a of await ctx.store.listApprovals({ runId: r.id, status: 'pending', limit: 1000 })) {
+    await ctx.store.saveApproval({ ...a, status: 'denied', resolvedAt: now, decisionReason: 'run_ended', message: 'The run ended before this permission request was answered.' })
+  }
   ctx.store.appendEvent(r.id, seq, 'result', JSON.stringify(result))
   await ctx.store.markFinished(r.id, result, now)
   ctx.finished(r, result)

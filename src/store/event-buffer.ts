@@ -109,11 +109,13 @@ export class EventBuffer {
   /**
    * A page of a run's events with `seq > after`: the stored ones (`stored` reads at most `limit`),
    * then the waiting ones. The waiting ones are taken first: one written meanwhile is then read
-   * from the store, and a duplicate is dropped by its seq.
+   * from the store, and a duplicate is dropped by its seq. Stored rows given synchronously (an
+   * iterator) are read in the same tick, only as far as the page goes.
    */
-  async page (runId: string, after: number, limit: number, maxBytes: number, stored: () => Promise<Iterable<StoredEvent>>): Promise<StoredEvent[]> {
+  async page (runId: string, after: number, limit: number, maxBytes: number, stored: () => Iterable<StoredEvent> | Promise<Iterable<StoredEvent>>): Promise<StoredEvent[]> {
     const waiting = this.pending.filter(e => e.runId === runId && e.seq > after)
-    return pageOfEvents(await stored(), waiting, after, limit, maxBytes)
+    const rows = stored()
+    return pageOfEvents(rows instanceof Promise ? await rows : rows, waiting, after, limit, maxBytes)
   }
 
   /** The highest seq of a run: the stored one, or a waiting event's. */

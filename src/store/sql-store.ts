@@ -13,6 +13,11 @@ export interface SqlDatabase {
   run: (text: string, values?: unknown[]) => Promise<number>
   /** Run statements in one transaction, in order. */
   atomically: (queries: Query[]) => Promise<void>
+  /**
+   * The rows of a statement one at a time, read synchronously as they are consumed (SQLite): a page
+   * of events stops reading at its byte limit instead of loading up to `limit` large rows.
+   */
+  iterate?: <T>(text: string, values?: unknown[]) => Iterable<T>
 }
 
 /** The statements that record a new run (queued) and its session. */
@@ -108,7 +113,11 @@ export abstract class SqlRunStore implements RunStore {
   }
 
   async eventsAfter (runId: string, after: number, limit: number, maxBytes = Number.POSITIVE_INFINITY): Promise<StoredEvent[]> {
-    return await this.buffer.page(runId, after, limit, maxBytes, async () => await this.sql.all<StoredEvent>(this.q.eventsAfter, [runId, after, limit]))
+    const values = [runId, after, limit]
+    const iterate = this.sql.iterate
+    return await this.buffer.page(runId, after, limit, maxBytes, iterate !== undefined
+      ? () => iterate<StoredEvent>(this.q.eventsAfter, values)
+      : async () => await this.sql.all<StoredEvent>(this.q.eventsAfter, values))
   }
 
   async lastSeq (runId: string): Promise<number> {

@@ -60,7 +60,8 @@ export class SqliteRunStore extends SqlRunStore {
     this.sql = {
       all: async <T>(text: string, values: unknown[] = []) => this.prepared(text).all(bind(values)) as T[],
       run: async (text, values = []) => this.prepared(text).run(bind(values)).changes,
-      atomically: async queries => { this.transaction(queries) }
+      atomically: async queries => { this.transaction(queries) },
+      iterate: <T>(text: string, values: unknown[] = []) => this.prepared(text).iterate(bind(values)) as Iterable<T>
     }
   }
 
