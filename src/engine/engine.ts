@@ -331,7 +331,7 @@ export class Engine extends EventEmitter<EngineEvents> {
 
   /** The parts start-up and shutdown work on. */
   private parts (): EngineParts {
-    return { settings: this.settings, log: this.log, store: this.store, probe: this.probe, identities: this.identities, upkeep: this.upkeep, warm: this.warm, queue: this.queue, peers: this.peers, control: this.control, ledger: this.ledger, retention: this.retention, leftovers: this.leftovers, runs: this.runs, shutdown: this.shutdown }
+    return { settings: this.settings, log: this.log, store: this.store, probe: this.probe, identities: this.identities, upkeep: this.upkeep, warm: this.warm, queue: this.queue, peers: this.peers, control: this.control, ledger: this.ledger, retention: this.retention, leftovers: this.leftovers, runs: this.runs, runLog: this.runLog, shutdown: this.shutdown }
   }
 
   /** A run was recorded or taken up here: its session's owner, and the directory it lives in. */

@@ -12,6 +12,7 @@ import type { Control } from './control.js'
 import type { Peers, RunQueue } from './ports.js'
 import type { Leftovers } from './recovery.js'
 import type { Retention } from './retention.js'
+import type { RunLog } from './run-log.js'
 import type { Supervisor } from './supervisor.js'
 import type { WarmStart } from './warm-start.js'
 
@@ -125,6 +126,7 @@ export interface EngineParts {
   retention: Retention
   leftovers: Leftovers
   runs: Supervisor
+  runLog: RunLog
   /** Aborted when the server shuts down: followers of runs that stay queued end their streams. */
   shutdown: AbortController
 }
@@ -185,6 +187,9 @@ export async function closeEngine (p: EngineParts, graceMs: number): Promise<voi
   await spares
   // Admitted here and never started: back to a shared queue, for another instance.
   await p.queue.close(live.filter(h => !running.includes(h) && !h.isFinished()))
+  // The ends of the runs just cancelled reach their followers (a client of /api/execute in a
+  // cluster follows its run's events) before the followers are let go.
+  await p.runLog.published()
   // Runs left queued stay so in the store; their followers end their streams now and reconnect later.
   p.shutdown.abort()
   await p.store.close()

@@ -50,6 +50,11 @@ export class RunLog {
       .then(() => { for (const { runId, event } of batch) this.bus.publish(runId, event) })
   }
 
+  /** Once every event appended so far is committed and published (followers have had it). */
+  async published (): Promise<void> {
+    await this.committing
+  }
+
   /**
    * Send a run's events with `seq > after` to the follower, until the terminal `result` (true),
    * or until the follower leaves, or the run is not live and the log holds no more (false: e.g. a

@@ -94,6 +94,9 @@ export class EventBuffer {
     await this.flush()
   }
 
+  /** Whether a run's end is recorded and not written yet (being written, or waiting). */
+  get endsWaiting (): boolean { return this.ends.size > 0 }
+
   /** A stored run as this process knows it: ended, when its end is recorded and not written yet. */
   withEnd (record: RunRecord): RunRecord {
     const end = this.ends.get(record.id)

@@ -91,8 +91,9 @@ export abstract class SqlRunStore implements RunStore {
   }
 
   async listRuns (filter: RunFilter): Promise<RunRecord[]> {
-    // Read your writes: a run read back as ended is listed as ended too, once its end is written.
-    await this.buffer.settled()
+    // Read your writes: a run read back as ended is listed as ended too, once its end is written
+    // (only ends are waited for: a list never waits on the event log's writes).
+    if (this.buffer.endsWaiting) await this.buffer.settled()
     const { text, values } = runsPage(this.dialect, filter)
     return this.buffer.withEnds((await this.sql.all<RunRow>(text, values)).map(toRecord), filter.status)
   }
