@@ -249,7 +249,17 @@ export class ClusterNode {
       }, timeoutMs)
       this.pending.set(id, { resolve, reject, timer })
     })
-    await this.send({ to, from: this.instanceId, id, op, args })
+    // The answer may come (over the LISTEN connection) before the NOTIFY's own query returns: it is
+    // handled from now on, or a refusal arriving that early would be an unhandled rejection.
+    answer.catch(() => {})
+    try {
+      await this.send({ to, from: this.instanceId, id, op, args })
+    } catch (err) {
+      const p = this.pending.get(id)
+      if (p !== undefined) clearTimeout(p.timer)
+      this.pending.delete(id)
+      throw err
+    }
     return await answer
   }
 

@@ -89,15 +89,24 @@ if (noPostgres !== false) {
     t.strictSame(await a.overdue(Date.now() + 1e9), [], 'an ended run is not overdue')
   })
 
-  test('requests between instances: answered, and too big for a notification', async t => {
+  test('requests between instances: answered, failed with the handler\'s error, and too big for a notification', async t => {
     const url = await (await server).database()
     const a = await node(t, url)
     const b = await node(t, url)
-    b.handle(async (_op, args: { text: string }) => ({ echoed: args.text.length }))
+    b.handle(async (op, args: { text: string }) => {
+      if (op === 'fail') throw Object.assign(new Error('no such run here'), { code: 'run_finished' })
+      return { echoed: args.text.length }
+    })
     await a.start(() => {})
     await b.start(() => {})
     t.strictSame(await a.call(b.instanceId, 'echo', { text: 'hi' }), { echoed: 2 })
     t.strictSame(await a.call(b.instanceId, 'echo', { text: 'x'.repeat(20_000) }), { echoed: 20_000 }, 'a request bigger than a notification waits in a table')
+    // Often answered before the request's own NOTIFY returns: never an unhandled rejection (which
+    // would end the process).
+    for (let i = 0; i < 20; i++) {
+      const failed = await a.call(b.instanceId, 'fail', { text: '' }).then(() => null, (err: { code?: string, message?: string }) => ({ code: err.code, message: err.message }))
+      t.strictSame(failed, { code: 'internal_error', message: 'no such run here' }, 'an error that is not a domain error')
+    }
     t.equal(b.instances, 2, 'the one that joined last counts both')
     const accepted = Date.now()
     t.equal(await a.processGone(b.instanceId, accepted), false, 'an instance alive since it accepted a run')
