@@ -1,21 +1,10 @@
-import type { RunnerLogger } from '../domain/logger.js'
 import type { RunRequest, RunSpec } from '../domain/run.js'
-import type { AgentIdentity } from '../isolation/identities.js'
-import type { Launcher } from './launch.js'
 import type { LaunchHealth } from './launch-health.js'
-import { spareStarter } from './spares.js'
+import { spareStarter, type SpareContext } from './spares.js'
 import { WarmPool, type ClaimOutcome, type WarmSpare } from './warm-pool.js'
 
-/** What warm start is built from. */
-export interface WarmStartDeps {
-  instanceId: string
-  bootId: string
-  launcher: Launcher
-  log: RunnerLogger & { child: (b: object) => RunnerLogger }
-  /** The identity a profile ('' for none) runs as. */
-  identityOf: (profile: string) => AgentIdentity | undefined
-  /** In the sandbox, the one work area a spare of this identity may serve (undefined: any). */
-  workAreaOf: (identity: AgentIdentity) => string | undefined
+/** What warm start is built from: what starting a spare takes, and how the pool reports. */
+export interface WarmStartDeps extends SpareContext {
   perIdentity: boolean
   /** Whether CLIs can be launched: a spare that parks is a launch that works, one that cannot is one that failed. */
   launches: LaunchHealth
