@@ -6,6 +6,10 @@ import { ConfigError } from '../src/config.js'
 import { CredentialBroker, isCloudProvider, operatorCredential } from '../src/isolation/broker.js'
 import { AgentIdentities, blockedFor, canSwitchUsers, resolveIsolation, type IsolationLevel } from '../src/isolation/identities.js'
 import { sandboxTools, sandboxWorks, type SandboxTools } from '../src/isolation/sandbox.js'
+import { setUpLimits, type LimitsSetup } from '../src/isolation/limits.js'
+import { EgressProxy } from '../src/isolation/egress-proxy.js'
+import { findSocat, RunNetworks } from '../src/isolation/run-network.js'
+import type { LimitEnforcement } from '../src/domain/limits.js'
 
 /** What keeps runs from the server and from each other, as the engine takes it. */
 export interface Containment {
@@ -17,12 +21,28 @@ export interface Containment {
     identities?: AgentIdentities
     sandbox?: { tools: SandboxTools, agentsDir: string, hiddenDirs: string[], hiddenFiles: string[], readOnly?: string[] }
   }
+  /** How runs are held to their limits on this host. */
+  limits: LimitsSetup
+  /** Sandboxed runs' own networks (absent: runs share the host's). */
+  networks?: RunNetworks
+}
+
+/** `/health`'s `limits`: what the host enforces, and the server's limits. */
+export interface LimitsView {
+  enforced: LimitEnforcement
+  memory_max: number | null
+  pids_max: number | null
+  cpu_max: number | null
+  disk_max: number | null
+  disk_enforced: 'file_and_tmp' | 'file' | 'none'
 }
 
 declare module 'fastify' {
   interface FastifyInstance {
     /** What keeps runs from the server and from each other, as `/health` reports it. */
-    isolation: { level: IsolationLevel, credential_broker: boolean }
+    isolation: { level: IsolationLevel, credential_broker: boolean, network: 'egress' | 'none' | 'host', network_error?: string }
+    /** How runs are held to their limits, as `/health` reports it. */
+    limits: LimitsView
     /** The same for the engine: the credential broker, agent identities and sandbox settings. */
     containment: Containment
   }
@@ -102,7 +122,21 @@ export default fp(async (fastify) => {
   }
   let broker: CredentialBroker | undefined
   let identities: AgentIdentities | undefined
+  let limits: LimitsSetup | undefined
+  let egress: EgressProxy | undefined
+  let networks: RunNetworks | undefined
+  let networkError: string | undefined
   try {
+    limits = await setUpLimits()
+    const l = fastify.config.runLimits
+    if (limits.enforced === 'none') {
+      fastify.log.error({ why: limits.why }, 'RESOURCE LIMITS ARE NOT ENFORCED: this host gives the server no control groups and no prlimit, so one run can take all of the machine\'s memory, processes and CPU, and the server with it. Run the server as root (or with a delegated cgroup v2), as the Docker image does')
+    } else if (limits.enforced === 'rlimit') {
+      fastify.log.warn({ why: limits.why }, 'no control groups for runs here: limits fall back to rlimits (memory as address space per process, processes per agent identity, no CPU limit, no containment by group)')
+    } else {
+      fastify.log.info({ enforced: limits.enforced, memory_max: l.memoryMax ?? null, pids_max: l.pidsMax ?? null, cpu_max: l.cpuMax ?? null, disk_max: l.diskMax ?? null }, 'runs are held to their limits by control groups')
+    }
+    if (!limits.oomProtected) fastify.log.info('the server\'s OOM score could not be lowered (not root): runs\' processes are still the kernel\'s first choice, theirs raised')
     // The broker fronts the operator's credential for every run; a cloud provider keeps its own.
     const credential = operatorCredential(serverEnv)
     if (credential !== null) {
@@ -112,6 +146,23 @@ export default fp(async (fastify) => {
       fastify.log.warn(isCloudProvider(serverEnv)
         ? 'credential broker off: a cloud provider (Bedrock/Vertex/Foundry) is configured, whose credentials runs receive as before'
         : 'credential broker off: no ANTHROPIC_API_KEY, ANTHROPIC_AUTH_TOKEN or CLAUDE_CODE_OAUTH_TOKEN to front')
+    }
+    if (isolation.level === 'sandbox' && fastify.config.runNetwork !== 'host') {
+      const socat = findSocat()
+      if (socat === null) {
+        networkError = 'socat is not installed (apt-get install socat), so runs cannot have a network of their own'
+        fastify.log.error(`RUN_NETWORK=${fastify.config.runNetwork}: ${networkError}; sandboxed runs share the host's network, and can reach its loopback services (this server, a database)`)
+      } else {
+        if (fastify.config.runNetwork === 'egress') {
+          egress = new EgressProxy({
+            allow: fastify.config.egressAllow,
+            onRefused: o => fastify.log.info({ run_id: o.run, host: o.host, port: o.port, why: o.why }, 'egress proxy: refused a run\'s connection')
+          })
+        }
+        networks = new RunNetworks({ mode: fastify.config.runNetwork, socat, brokerPort: broker?.port, egress })
+      }
+    } else if (isolation.level === 'sandbox') {
+      fastify.log.warn('RUN_NETWORK=host: sandboxed runs share the host\'s network, and can reach its loopback services (this server, the credential broker\'s port, a database)')
     }
     if (isolation.level !== 'none') {
       // In a cluster every instance must give a key the same uid: the registry is in the shared AGENTS_DIR.
@@ -136,11 +187,24 @@ export default fp(async (fastify) => {
     closeToOthers(fastify.config.agentsDir, fastify.log, 0o066)
   } catch (err) {
     await broker?.close()
+    await egress?.close()
+    await limits?.boxes?.close()
     throw err
   }
-  fastify.decorate('isolation', { level: isolation.level, credential_broker: broker !== undefined })
+  const l = fastify.config.runLimits
+  fastify.decorate('isolation', { level: isolation.level, credential_broker: broker !== undefined, network: networks?.mode ?? 'host', ...(networkError !== undefined ? { network_error: networkError } : {}) })
+  fastify.decorate('limits', {
+    enforced: limits.enforced,
+    memory_max: l.memoryMax ?? null,
+    pids_max: l.pidsMax ?? null,
+    cpu_max: l.cpuMax ?? null,
+    disk_max: l.diskMax ?? null,
+    disk_enforced: l.diskMax === undefined || limits.prlimit === null ? 'none' : isolation.level === 'sandbox' ? 'file_and_tmp' : 'file'
+  })
   fastify.decorate('containment', {
     ...(broker !== undefined ? { broker } : {}),
+    limits,
+    ...(networks !== undefined ? { networks } : {}),
     isolation: {
       level: isolation.level,
       ...(identities !== undefined ? { identities } : {}),
@@ -159,7 +223,11 @@ export default fp(async (fastify) => {
         : {})
     }
   })
+  const boxes = limits.boxes
   fastify.addHook('onClose', async () => {
     await broker?.close()
+    await egress?.close()
+    // Runs have ended by now (the engine's preClose): what is left in their groups goes with them.
+    await boxes?.close()
   })
 }, { name: 'isolation', dependencies: ['config'] })

@@ -53,6 +53,13 @@ export default fp(async (fastify) => {
     // eslint-disable-next-line no-new
     new Gauge({ name: 'ccapi_cluster_instances', help: 'Instances sharing the database that heartbeat lately, this one included', registers: [registry], collect () { this.set(serverStatus.cluster()?.instances ?? 0) } })
   }
+  const limited = new Counter({ name: 'ccapi_runs_limited_total', help: 'Runs ended because their process tree hit a resource limit, by limit', labelNames: ['limit', 'key'], registers: [registry] })
+  const peakMemory = new Histogram({
+    name: 'ccapi_run_peak_memory_bytes',
+    help: 'The most memory a run\'s process tree held (where runs have control groups)',
+    buckets: [64, 128, 256, 512, 1024, 2048, 4096, 8192].map(m => m * 1024 * 1024),
+    registers: [registry]
+  })
   const warm = new Counter({ name: 'ccapi_warm_claims_total', help: 'Runs of new sessions by how they started: on a warm spare (hit), cold for want of one (miss), cold after the spare refused (refused)', labelNames: ['outcome'], registers: [registry] })
   for (const outcome of ['hit', 'miss', 'refused']) warm.inc({ outcome }, 0)
   const http = new Counter({ name: 'ccapi_http_requests_total', help: 'HTTP requests by route and status', labelNames: ['method', 'route', 'status'], registers: [registry] })
@@ -71,6 +78,9 @@ export default fp(async (fastify) => {
     finished.inc({ status: result.status, key: k })
     duration.observe({ status: result.status }, result.execution_time)
     if (typeof result.total_cost_usd === 'number') cost.inc({ key: k }, result.total_cost_usd)
+    if (result.limit !== undefined) limited.inc({ limit: result.limit, key: k })
+    const peak = result.resources?.peak_memory_bytes
+    if (typeof peak === 'number') peakMemory.observe(peak)
     const usage = result.usage ?? {}
     for (const type of ['input_tokens', 'output_tokens', 'cache_creation_input_tokens', 'cache_read_input_tokens'] as const) {
       const n = usage[type]

@@ -29,7 +29,8 @@ export default fp(async (fastify) => {
           name: k.name,
           anySession: fastify.isAdmin(request),
           ...(k.maxConcurrentRuns !== undefined ? { maxConcurrentRuns: k.maxConcurrentRuns } : {}),
-          ...(k.dailyBudgetUsd !== undefined ? { dailyBudgetUsd: k.dailyBudgetUsd } : {})
+          ...(k.dailyBudgetUsd !== undefined ? { dailyBudgetUsd: k.dailyBudgetUsd } : {}),
+          ...(k.limits !== undefined ? { runLimits: k.limits } : {})
         }
     const handle = await engine.submit(spec, { request: body, key, cancelOnDisconnect, requestId: request.id })
     // A client that left while its run was being set up never hears of it: end the run now.

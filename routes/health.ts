@@ -32,6 +32,7 @@ const health: FastifyPluginAsyncTypebox = async (fastify) => {
       credentials: cli.credentials,
       store: store ? 'ok' : 'unavailable',
       isolation: { ...server.isolation, ...(launchError !== null ? { error: launchError } : {}) },
+      limits: fastify.limits,
       uptime_s: Math.round((Date.now() - startedAt) / 100) / 10,
       runs: await server.runs(),
       warm: server.warm(),

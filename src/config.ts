@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, readFileSync, realpathSync, statSync } from 'nod
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'node:path'
 import { PACKAGE_ROOT } from './package-info.js'
 import { PERMISSION_MODES, type PermissionMode } from './domain/run.js'
+import { parseBytes, type RunLimits } from './domain/limits.js'
 
 /**
  * Every setting the server reads, in one schema. `@fastify/env` validates the environment against
@@ -66,7 +67,16 @@ export const ConfigSchema = Type.Object({
   AGENT_UID_BASE: Type.Integer({ default: 20_000, minimum: 1000, maximum: 2_000_000_000 }),
   AGENTS_DIR: Type.String({ default: './agents' }),
   // Host-wide: every server on the host reserves its agents' uids here, so no two share one.
-  AGENT_UID_REGISTRY_DIR: Type.String({ default: '/var/lib/claude-code-api/agent-uids' })
+  AGENT_UID_REGISTRY_DIR: Type.String({ default: '/var/lib/claude-code-api/agent-uids' }),
+  // Each run's whole process tree: memory (4G, 1536M, none), processes and threads, CPUs, and the
+  // bytes of one file it writes and of its private temp space. Keys may carry lower ones.
+  RUN_MEMORY_MAX: Type.String({ default: '4G' }),
+  RUN_PIDS_MAX: Type.String({ default: '512' }),
+  RUN_CPU_MAX: Type.Optional(Type.String()),
+  RUN_DISK_MAX: Type.Optional(Type.String()),
+  // At ISOLATION=sandbox: egress (a filtering proxy to public addresses), none, or host (no network namespace).
+  RUN_NETWORK: Type.Union(['egress', 'none', 'host'].map(l => Type.Literal(l)), { default: 'egress' }),
+  RUN_EGRESS_ALLOW: Type.String({ default: '' })
 })
 export type RawConfig = Static<typeof ConfigSchema>
 
@@ -128,6 +138,12 @@ export interface Settings {
   agentsDir: string
   /** Where the servers of this host reserve their agents' uids (one file per uid). */
   agentUidRegistryDir: string
+  /** What one run's tree may hold at most (`RUN_*_MAX`); keys may narrow it. */
+  runLimits: RunLimits
+  /** A run's network at `sandbox`: `egress` through the filtering proxy, `none`, or `host`'s own. */
+  runNetwork: 'egress' | 'none' | 'host'
+  /** Hosts the egress proxy lets runs reach (`*.example.com` for subdomains); empty: any public host. */
+  egressAllow: string[]
   /** The server's own environment: the source of operator credentials for the CLI. */
   serverEnv: Environment
 }
@@ -341,8 +357,46 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     agentUidBase: raw.AGENT_UID_BASE,
     agentsDir: resolve(cwd, raw.AGENTS_DIR),
     agentUidRegistryDir: resolve(cwd, raw.AGENT_UID_REGISTRY_DIR),
+    runLimits: runLimitsOf(raw),
+    runNetwork: raw.RUN_NETWORK as Settings['runNetwork'],
+    egressAllow: list(raw.RUN_EGRESS_ALLOW).map(h => h.toLowerCase()),
     serverEnv
   }
+}
+
+/** `RUN_MEMORY_MAX`, `RUN_PIDS_MAX`, `RUN_CPU_MAX`, `RUN_DISK_MAX` as limits; a bad value names its variable. */
+function runLimitsOf (raw: RawConfig): RunLimits {
+  const out: RunLimits = {}
+  const bytes = (name: string, v: string | undefined): number | undefined => {
+    if (v === undefined || v === '') return undefined
+    try {
+      return parseBytes(v)
+    } catch (err) {
+      throw new ConfigError(`${name}=${v}: ${(err as Error).message}`)
+    }
+  }
+  const count = (name: string, v: string | undefined, integer: boolean): number | undefined => {
+    if (v === undefined || v === '' || /^(none|max|0)$/i.test(v.trim())) return undefined
+    const n = Number(v)
+    if (!Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) throw new ConfigError(`${name}=${v}: ${integer ? 'a whole number of processes' : 'a number of CPUs, e.g. 1.5'} (or none)`)
+    return n
+  }
+  const memoryMax = bytes('RUN_MEMORY_MAX', raw.RUN_MEMORY_MAX)
+  const pidsMax = count('RUN_PIDS_MAX', raw.RUN_PIDS_MAX, true)
+  const cpuMax = count('RUN_CPU_MAX', unlessEmpty(raw.RUN_CPU_MAX), false)
+  const diskMax = bytes('RUN_DISK_MAX', unlessEmpty(raw.RUN_DISK_MAX))
+  if (memoryMax !== undefined) {
+    // The CLI alone holds ~250 MB: a limit below that fails every run, and says so only then.
+    if (memoryMax < 256 * 1024 * 1024) throw new ConfigError(`RUN_MEMORY_MAX=${raw.RUN_MEMORY_MAX} is below 256M: the Claude Code CLI alone needs about 250 MB`)
+    out.memoryMax = memoryMax
+  }
+  if (pidsMax !== undefined) {
+    if (pidsMax < 32) throw new ConfigError(`RUN_PIDS_MAX=${raw.RUN_PIDS_MAX} is below 32: the CLI's own threads need about 20`)
+    out.pidsMax = pidsMax
+  }
+  if (cpuMax !== undefined) out.cpuMax = cpuMax
+  if (diskMax !== undefined) out.diskMax = diskMax
+  return out
 }
 
 /** The process's soft limit on open files (from /proc; 1024 where it cannot be read). */

@@ -306,9 +306,9 @@ export function toolResults (calls: Array<{ body: any }>): string[] {
 }
 
 /** Write `box.home/keys.json` (readable by all, as agents' servers need) with these named keys; its path. */
-export function keysFile (box: Sandbox, keys: Record<string, { key: string, scopes: Scope[] }>): string {
+export function keysFile (box: Sandbox, keys: Record<string, { key: string, scopes: Scope[], limits?: Record<string, string | number> }>): string {
   const path = join(box.home, 'keys.json')
-  const entries = Object.entries(keys).map(([name, k]) => ({ name, key_sha256: sha256Hex(k.key), scopes: k.scopes }))
+  const entries = Object.entries(keys).map(([name, k]) => ({ name, key_sha256: sha256Hex(k.key), scopes: k.scopes, ...(k.limits !== undefined ? { limits: k.limits } : {}) }))
   writeFileSync(path, JSON.stringify({ keys: entries }), { mode: 0o644 })
   return path
 }

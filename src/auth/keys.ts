@@ -4,6 +4,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
 import { existsSync, readFileSync, writeFileSync, renameSync } from 'node:fs'
 import { parse as parseYaml } from 'yaml'
 import { ConfigError } from '../config.js'
+import { parseBytes, type RunLimits } from '../domain/limits.js'
 
 /**
  * What a key may do. `runs:write` starts and cancels its own runs; `runs:read` reads its own runs;
@@ -21,7 +22,14 @@ const KeyEntrySchema = Type.Object({
   scopes: Type.Array(Type.Union(SCOPES.map(s => Type.Literal(s))), { minItems: 1 }),
   max_concurrent_runs: Type.Optional(Type.Integer({ minimum: 1 })),
   daily_budget_usd: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
-  rate_limit_per_min: Type.Optional(Type.Integer({ minimum: 1 }))
+  rate_limit_per_min: Type.Optional(Type.Integer({ minimum: 1 })),
+  // Lower resource limits for this key's runs than the server's RUN_*_MAX (never higher).
+  limits: Type.Optional(Type.Object({
+    memory_max: Type.Optional(Type.Union([Type.String(), Type.Integer({ minimum: 1 })])),
+    pids_max: Type.Optional(Type.Integer({ minimum: 1 })),
+    cpu_max: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
+    disk_max: Type.Optional(Type.Union([Type.String(), Type.Integer({ minimum: 1 })]))
+  }, { additionalProperties: false }))
 }, { additionalProperties: false })
 export type KeyEntry = Static<typeof KeyEntrySchema>
 
@@ -37,6 +45,8 @@ export interface ApiKey {
   maxConcurrentRuns?: number
   dailyBudgetUsd?: number
   rateLimitPerMin?: number
+  /** Resource limits of its own runs, narrower than the server's. */
+  limits?: RunLimits
 }
 
 export const sha256Hex = (key: string): string => createHash('sha256').update(key).digest('hex')
@@ -71,10 +81,15 @@ export function readKeyFile (path: string): KeyFile {
     throw new ConfigError(`API_KEYS_FILE ${path}: ${first?.path ?? ''} ${first?.message ?? 'is invalid'}`)
   }
   const names = new Set<string>()
-  for (const k of data.keys) {
+  data.keys.forEach((k, i) => {
     if (names.has(k.name)) throw new ConfigError(`API_KEYS_FILE ${path}: the name ${k.name} is used twice`)
     names.add(k.name)
-  }
+    try {
+      keyLimits(k)
+    } catch (err) {
+      throw new ConfigError(`API_KEYS_FILE ${path}: /keys/${i}/limits: ${(err as Error).message}`)
+    }
+  })
   return data
 }
 
@@ -93,7 +108,29 @@ export function toApiKey (e: KeyEntry): ApiKey {
   if (e.max_concurrent_runs !== undefined) key.maxConcurrentRuns = e.max_concurrent_runs
   if (e.daily_budget_usd !== undefined) key.dailyBudgetUsd = e.daily_budget_usd
   if (e.rate_limit_per_min !== undefined) key.rateLimitPerMin = e.rate_limit_per_min
+  const limits = keyLimits(e)
+  if (limits !== undefined) key.limits = limits
   return key
+}
+
+/** A key's `limits` as run limits (sizes as `512M` or bytes); throws naming a bad value. */
+function keyLimits (e: KeyEntry): RunLimits | undefined {
+  const l = e.limits
+  if (l === undefined) return undefined
+  const size = (name: string, v: string | number | undefined): number | undefined => {
+    if (v === undefined) return undefined
+    const n = typeof v === 'number' ? v : parseBytes(v)
+    if (n === undefined) throw new Error(`${name}: ${String(v)} is no limit; leave it out to take the server's`)
+    return n
+  }
+  const out: RunLimits = {}
+  const memoryMax = size('memory_max', l.memory_max)
+  const diskMax = size('disk_max', l.disk_max)
+  if (memoryMax !== undefined) out.memoryMax = memoryMax
+  if (l.pids_max !== undefined) out.pidsMax = l.pids_max
+  if (l.cpu_max !== undefined) out.cpuMax = l.cpu_max
+  if (diskMax !== undefined) out.diskMax = diskMax
+  return out
 }
 
 /**

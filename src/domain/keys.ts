@@ -1,3 +1,5 @@
+import type { RunLimits } from './limits.js'
+
 /** What admission needs to know of the API key a run is started with. */
 export interface KeyLimits {
   name: string
@@ -5,6 +7,8 @@ export interface KeyLimits {
   dailyBudgetUsd?: number
   /** Admin keys may continue any key's session. */
   anySession?: boolean
+  /** Resource limits for its runs, narrower than the server's. */
+  runLimits?: RunLimits
 }
 
 /** The start of the UTC day `now` falls in, and seconds until the next one. */

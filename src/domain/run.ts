@@ -1,3 +1,4 @@
+import type { LimitName, ResourceUsage, RunLimits } from './limits.js'
 /** The permission modes Claude Code accepts for `--permission-mode`. */
 export const PERMISSION_MODES = ['default', 'acceptEdits', 'plan', 'dontAsk', 'bypassPermissions'] as const
 export type PermissionMode = typeof PERMISSION_MODES[number]
@@ -7,7 +8,7 @@ export const RUN_STATUSES = ['queued', 'running', 'succeeded', 'failed', 'timed_
 export type RunStatus = typeof RUN_STATUSES[number]
 
 /** Why a run did not succeed. */
-export const ERROR_CODES = ['timeout', 'cancelled', 'interrupted', 'api_error', 'not_authenticated', 'max_turns', 'max_budget', 'session_not_found', 'cli_not_found', 'cli_error', 'working_directory_forbidden', 'store_unavailable'] as const
+export const ERROR_CODES = ['timeout', 'cancelled', 'interrupted', 'api_error', 'not_authenticated', 'max_turns', 'max_budget', 'session_not_found', 'cli_not_found', 'cli_error', 'working_directory_forbidden', 'store_unavailable', 'resource_limit'] as const
 export type ErrorCode = typeof ERROR_CODES[number]
 
 /**
@@ -71,6 +72,10 @@ export interface RunResult {
   permission_denials: Array<Record<string, unknown>>
   structured_output: unknown
   truncated: boolean
+  /** With `error_code: resource_limit`: the limit the run's tree hit. */
+  limit?: LimitName
+  /** What the run's tree used (where the machine could tell). */
+  resources?: ResourceUsage
 }
 
 /** One run, fully resolved and checked against policy: what the runner executes. */
@@ -110,6 +115,8 @@ export interface RunSpec {
   approvalTimeoutS: number
   /** Images for the first prompt. */
   attachments?: Attachment[]
+  /** What its process tree may hold: the server's limits, narrowed by its key's. */
+  limits?: RunLimits
 }
 
 /** The kinds of event a run's log holds, in the order clients see them. */

@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events'
+import { writeFileSync } from 'node:fs'
 import { PassThrough, type Writable } from 'node:stream'
 import type { SpawnedProcess, SpawnOptions } from '@anthropic-ai/claude-agent-sdk'
 import { execa, type ResultPromise } from 'execa'
@@ -7,6 +8,9 @@ import { sdkNeeds } from './cli-events.js'
 import { LineSplitter } from './line-splitter.js'
 import { endStrays, killRunTree, trackLaunch, untrackLaunch, type KillReport } from '../isolation/process-tree.js'
 import type { RunnerLogger } from '../domain/logger.js'
+import type { LimitName, ResourceUsage, RunLimits } from '../domain/limits.js'
+import type { Box } from '../isolation/cgroups.js'
+import { gateScript, rlimitOptions, type LimitsSetup } from '../isolation/limits.js'
 
 const STDERR_TAIL_BYTES = 8 * 1024
 /** Lines past this size are streamed through the shrinker rather than held whole. */
@@ -15,6 +19,17 @@ const SHRINK_ABOVE_BYTES = 1024 * 1024
 const PREVIEW_STRING_BYTES = 64 * 1024
 /** After the CLI exits, how long its output may stay silent before the pipe is given up. */
 const OUTPUT_GRACE_MS = 2000
+/** How often a limited run's control group is looked at for a limit it ran into. */
+const LIMIT_WATCH_MS = 250
+
+/** What became of a run's control group at its end. */
+export interface BoxReport {
+  /** The limit its tree ran into, if any. */
+  limit: LimitName | null
+  usage: ResourceUsage | null
+  /** Processes still in the group that were killed. */
+  killed: number
+}
 
 /** How the executor runs CLIs: the same for every run. */
 export interface ExecutorSettings {
@@ -29,7 +44,12 @@ export interface ExecutorSettings {
    * A program the CLI runs inside (the sandbox): `command args… -- cli cliArgs…`; `privileged`:
    * it starts as the server and drops to `identity` itself.
    */
-  wrap?: { command: string, args: string[], privileged: boolean, envFd?: number }
+  wrap?: { command: string, args: string[], privileged: boolean, envFd?: number, inner?: string[] }
+  /**
+   * Resource limits: the control group the launch is put in before it runs anything (`setup.boxes`),
+   * the rlimits it sets itself, and the limits themselves.
+   */
+  limits?: { setup: LimitsSetup, limits: RunLimits }
 }
 
 /** One line of the CLI's output as a run sees it: parsed, as shown, and whether it was shrunk. */
@@ -89,12 +109,22 @@ export class CliProcess {
   oversizeLines = 0
   /** The run's reader of every line; lines before one is bound are the SDK's alone. */
   onLine: LineHandler | undefined
+  /** The limit the run's tree ran into (seen while it ran, or at its end). */
+  limitHit: LimitName | null = null
   private killing: Promise<KillReport> | undefined
+  /** The run's control group, while it has one. */
+  private readonly box: Box | undefined
+  private watch: NodeJS.Timeout | undefined
+  private released: Promise<BoxReport> | undefined
 
   constructor (o: SpawnOptions, readonly marker: string, private readonly s: ExecutorSettings, fallbackCwd: string, private readonly log: RunnerLogger) {
     const childEnv: Record<string, string> = {}
     for (const [k, v] of Object.entries(o.env)) if (v !== undefined) childEnv[k] = v
+    // A group of its own first: if it cannot be made, the run does not start (never unlimited).
+    this.box = s.limits?.setup.boxes?.create(marker, s.limits.limits)
     const launch = launchOf(o.command, o.args, o.cwd ?? fallbackCwd, childEnv, s)
+    let placed: (ok: boolean) => void = () => {}
+    const gate = launch.gated ? new Promise<boolean>(resolve => { placed = resolve }) : undefined
     const child = execa(launch.command, launch.args, {
       ...launch.options,
       buffer: false,
@@ -102,13 +132,14 @@ export class CliProcess {
       // Own process group, so the CLI and its ordinary children can be signalled at once.
       detached: true,
       cleanup: true,
-      stdio: ['pipe', 'pipe', 'pipe', ...launch.fds],
+      stdio: ['pipe', 'pipe', 'pipe', ...launch.fds, ...(gate !== undefined ? [(async function * () { if (await gate) yield 'go\n' })()] : [])],
       stripFinalNewline: false
     })
     this.contained = new ContainedProcess(child)
     // Its processes (and those of the identity descended from it) are a live run's, until it exits.
     trackLaunch(child.pid)
     child.once('exit', () => untrackLaunch(child.pid))
+    if (gate !== undefined) placed(this.place(child.pid))
     log.debug({ pid: child.pid, args: o.args }, 'CLI started')
     const c = this.contained
     const splitter = new LineSplitter(s.maxLineBytes, (line, shrunk, preview) => {
@@ -163,6 +194,7 @@ export class CliProcess {
         return { exitCode: code ?? undefined, failed: code !== 0, cause: undefined, message: undefined, signal }
       })
     ]).then(r => {
+      clearInterval(this.watch)
       child.stdout?.destroy()
       child.stderr?.destroy()
       splitter.end()
@@ -173,10 +205,68 @@ export class CliProcess {
 
   get pid (): number | undefined { return this.contained.child.pid }
 
-  /** End the whole tree (the process group and everything carrying the marker). Once. */
+  /**
+   * Put the launch's first process (waiting at its gate) in the run's control group and watch the
+   * group for a limit it runs into: then the whole run is ended. False if it could not be placed
+   * (the gate then stays shut and the launch ends, running nothing).
+   */
+  private place (pid: number | undefined): boolean {
+    const box = this.box
+    if (box === undefined) return pid !== undefined
+    if (pid === undefined) return false
+    try {
+      for (const f of box.procsFiles) writeFileSync(f, String(pid))
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'could not place the run in its control group; it does not start')
+      return false
+    }
+    this.watch = setInterval(() => {
+      void box.hit().then(hit => {
+        if (hit === null || this.limitHit !== null) return
+        this.limitHit = hit
+        this.log.warn({ limit: hit, limits: this.s.limits?.limits }, 'the run\'s processes hit a resource limit; ending the run')
+        void this.end(0)
+      })
+    }, LIMIT_WATCH_MS)
+    this.watch.unref()
+    return true
+  }
+
+  /** A claimed spare takes the limits of the run that claimed it. */
+  applyLimits (limits: RunLimits | undefined): void {
+    if (this.box === undefined || limits === undefined) return
+    try {
+      this.box.apply(limits)
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message, limits }, 'the spare could not take the run\'s limits (it holds more already); ending it')
+      this.limitHit = 'memory'
+      void this.end(0)
+    }
+  }
+
+  /**
+   * Kill what is left in the run's control group (whatever session or parent it gave itself), read
+   * what the tree used and whether it hit a limit, and remove the group. Once; after `end()` or exit.
+   */
+  release (): Promise<BoxReport> {
+    this.released ??= (async () => {
+      clearInterval(this.watch)
+      const box = this.box
+      if (box === undefined) return { limit: this.limitHit, usage: null, killed: 0 }
+      const killed = await box.kill()
+      this.limitHit ??= await box.hit()
+      const usage = await box.usage()
+      await box.remove().catch((err: Error) => this.log.warn({ err: err.message }, 'could not remove the run\'s control group'))
+      return { limit: this.limitHit, usage, killed }
+    })()
+    return this.released
+  }
+
+  /** End the whole tree (its control group, the process group and everything carrying the marker). Once. */
   end (graceMs = this.s.killGraceMs): Promise<KillReport> {
     this.killing ??= killRunTree({ rootPid: this.pid, markerName: RUN_MARKER_VAR, markerValue: this.marker, graceMs, rootExited: this.exited })
       .then(async report => {
+        report.killed += (await this.release()).killed
         // What escaped the tree (detached, environment cleared) is still its identity's: it goes too.
         if (this.s.identity !== undefined) report.killed += await endStrays(this.s.identity.uid, RUN_MARKER_VAR)
         return report
@@ -211,6 +301,8 @@ export interface Launch {
   options: { cwd: string, env: Record<string, string>, extendEnv: false, uid?: number, gid?: number }
   /** Descriptors from 3 on: the run's environment for a privileged sandbox launch. */
   fds: Uint8Array[]
+  /** The launch waits at its gate (the next descriptor) until the server has placed it in its control group. */
+  gated: boolean
 }
 
 /**
@@ -219,18 +311,28 @@ export interface Launch {
  * could lead it elsewhere); or in the sandbox, whose privileged launch gets the run's environment
  * through a descriptor (bubblewrap's `--args`), never as the root part's own.
  */
-export function launchOf (cli: string, cliArgs: string[], cwd: string, env: Record<string, string>, s: Pick<ExecutorSettings, 'identity' | 'wrap'>): Launch {
+export function launchOf (cli: string, cliArgs: string[], cwd: string, env: Record<string, string>, s: Pick<ExecutorSettings, 'identity' | 'wrap' | 'limits'>): Launch {
+  const launch = unlimitedLaunch(cli, cliArgs, cwd, env, s)
+  const l = s.limits
+  if (l === undefined) return launch
+  // Limited: the gate shell goes first, as the same user, and becomes the launch once placed.
+  const gateFd = 3 + launch.fds.length
+  const rlimits = rlimitOptions(l.limits, l.setup)
+  return { ...launch, command: '/bin/sh', args: ['-c', gateScript(gateFd), 'ccapi-limits', l.setup.prlimit ?? '-', ...rlimits, '--', launch.command, ...launch.args], gated: true }
+}
+
+function unlimitedLaunch (cli: string, cliArgs: string[], cwd: string, env: Record<string, string>, s: Pick<ExecutorSettings, 'identity' | 'wrap'>): Launch {
   const id = s.identity
   const as = id !== undefined && s.wrap?.privileged !== true ? { uid: id.uid, gid: id.gid } : {}
   const options = (env: Record<string, string>): Launch['options'] => ({ cwd: id !== undefined ? '/' : cwd, env, extendEnv: false, ...as })
   if (s.wrap === undefined) {
-    if (id === undefined) return { command: cli, args: cliArgs, options: options(env), fds: [] }
-    return { command: '/bin/sh', args: ['-c', ENTER, 'ccapi-enter', cwd, cli, ...cliArgs], options: options(env), fds: [] }
+    if (id === undefined) return { command: cli, args: cliArgs, options: options(env), fds: [], gated: false }
+    return { command: '/bin/sh', args: ['-c', ENTER, 'ccapi-enter', cwd, cli, ...cliArgs], options: options(env), fds: [], gated: false }
   }
-  const args = [...s.wrap.args, '--', cli, ...cliArgs]
-  if (s.wrap.envFd === undefined) return { command: s.wrap.command, args, options: options(env), fds: [] }
+  const args = [...s.wrap.args, '--', ...(s.wrap.inner ?? []), cli, ...cliArgs]
+  if (s.wrap.envFd === undefined) return { command: s.wrap.command, args, options: options(env), fds: [], gated: false }
   const settings = ['--clearenv', ...Object.entries(env).flatMap(([k, v]) => ['--setenv', k, v])]
-  return { command: s.wrap.command, args, options: options(ROOT_ENV), fds: [Buffer.from(settings.join('\0') + '\0')] }
+  return { command: s.wrap.command, args, options: options(ROOT_ENV), fds: [Buffer.from(settings.join('\0') + '\0')], gated: false }
 }
 
 /** The spawn hook the SDK calls: a `CliProcess` for each spawn, handed to `spawned`. */

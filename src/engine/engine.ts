@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto'
 import { join } from 'node:path'
 import type { Settings } from '../config.js'
 import { ShuttingDown } from '../domain/errors.js'
+import { narrower } from '../domain/limits.js'
 import type { ApprovalAnswer, ApprovalRecord } from '../domain/records.js'
 import type { RunEvent, RunRequest, RunSpec, UserTurn } from '../domain/run.js'
 import type { AgentIdentities } from '../isolation/identities.js'
@@ -84,7 +85,7 @@ export class Engine extends EventEmitter<EngineEvents> {
     this.store = deps.store
     this.instanceId = deps.instanceId
     const leaseMs = deps.leaseMs ?? LEASE_MS
-    this.launcher = launcherOf(settings, deps.broker, deps.isolation?.level === 'sandbox' ? deps.isolation.sandbox : undefined)
+    this.launcher = launcherOf(settings, deps.broker, deps.isolation?.level === 'sandbox' ? deps.isolation.sandbox : undefined, deps.limits, deps.networks)
     this.cliPath = this.launcher.cliPath
     this.probe = new CliProbe(this.cliPath, buildChildEnv(settings.serverEnv, {}, 'probe', settings.passEnv))
     const env = settings.serverEnv
@@ -238,6 +239,7 @@ export class Engine extends EventEmitter<EngineEvents> {
   async submit (spec: RunSpec, opts: SubmitOptions): Promise<SubmittedRun> {
     if (this.closing) throw new ShuttingDown('the server is shutting down; retry in a moment')
     if (opts.requestId !== undefined) spec.requestId = opts.requestId
+    spec.limits = narrower(this.settings.runLimits, opts.key?.runLimits)
     const log = this.log.child({ run_id: spec.runId, key_name: opts.key?.name ?? null, ...(opts.requestId !== undefined ? { request_id: opts.requestId } : {}) })
     // The run takes the spare's session id.
     const warm = this.warm?.take(spec, opts.request)

@@ -9,6 +9,7 @@ import { mapCliLine } from './cli-events.js'
 import { endStrays, killRunTree } from '../isolation/process-tree.js'
 import { PartialText, type CliResultLine } from './result.js'
 import type { RunSpec } from '../domain/run.js'
+import type { LimitName, ResourceUsage } from '../domain/limits.js'
 
 export type { ExecutorSettings, RunnerLogger }
 
@@ -25,6 +26,10 @@ export interface Execution {
   interruptKilled?: boolean
   /** Whether the CLI started (printed its first line): undefined when the run ended before it could. */
   launched?: boolean
+  /** The resource limit the run's tree ran into (it was ended for it). */
+  limit?: LimitName
+  /** What the run's tree used, where it had a control group. */
+  resources?: ResourceUsage
 }
 
 /** What the executor tells its run while it goes. */
@@ -204,6 +209,8 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
       return false
     }
     state = 'claimed'
+    // Parked under the limits of the key it waited for; from now on, under the run's own.
+    p.applyLimits(s.limits?.limits)
     for (const line of held) onLine(...line)
     w.outcome('hit')
     if (mustEnd) endTree()
@@ -258,6 +265,10 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
   // With an identity, nothing the run started outlives it, however it detached: every process of
   // the identity that no live run or spare accounts for goes.
   if (s.identity !== undefined && proc?.ending !== true) report.killed += await endStrays(s.identity.uid, RUN_MARKER_VAR)
+  const box = await proc?.release()
+  if (box?.limit != null) out.limit = box.limit
+  if (box?.usage != null) out.resources = box.usage
+  if (box !== undefined && proc?.ending !== true) report.killed += box.killed
   if (report.error !== undefined) hooks.log.error({ error: report.error }, 'could not verify that the run\'s processes are gone')
   else if (report.survivors.length > 0) hooks.log.error({ survivors: report.survivors }, 'processes of the run survived SIGKILL')
   else if (report.killed > 0) hooks.log.info({ killed: report.killed }, 'ended the run\'s remaining processes')

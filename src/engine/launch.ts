@@ -10,6 +10,9 @@ import { sandboxLaunch, type SandboxTools } from '../isolation/sandbox.js'
 import { buildChildEnv, identityEnv } from './child-env.js'
 import { launchOf, type ExecutorSettings } from './cli-process.js'
 import { launchFailureReason } from './launch-health.js'
+import type { RunLimits } from '../domain/limits.js'
+import type { LimitsSetup } from '../isolation/limits.js'
+import type { RunNetwork, RunNetworks } from '../isolation/run-network.js'
 
 // How a CLI is launched for a run, a spare or the self-check: its environment, its credential,
 // its identity and its sandbox. Functions of the settings; nothing here holds state.
@@ -31,6 +34,10 @@ export interface Launcher {
   runEnv: Settings['serverEnv']
   broker: CredentialBroker | undefined
   sandbox: SandboxSettings | undefined
+  /** How runs are held to their limits (absent: they are not). */
+  limits: LimitsSetup | undefined
+  /** Sandboxed runs' own networks (absent: the host's). */
+  networks: RunNetworks | undefined
 }
 
 /**
@@ -51,18 +58,42 @@ export function defaultCliPath (): string {
 }
 
 /** A launcher from the settings: the CLI to run and the environment runs start from. */
-export function launcherOf (settings: Settings, broker: CredentialBroker | undefined, sandbox: SandboxSettings | undefined): Launcher {
+export function launcherOf (settings: Settings, broker: CredentialBroker | undefined, sandbox: SandboxSettings | undefined, limits?: LimitsSetup, networks?: RunNetworks): Launcher {
   const runEnv = broker === undefined
     ? settings.serverEnv
     : Object.fromEntries(Object.entries(settings.serverEnv).filter(([k]) => !BROKERED_VARS.includes(k)))
-  return { settings, cliPath: settings.claudePath ?? defaultCliPath(), runEnv, broker, sandbox }
+  return { settings, cliPath: settings.claudePath ?? defaultCliPath(), runEnv, broker, sandbox, limits, networks: sandbox !== undefined ? networks : undefined }
 }
 
-/** How the executor runs a CLI as `identity` (and in the sandbox, with `cwd` bound), or as the server. */
-export function executorSettings (l: Launcher, identity: AgentIdentity | undefined, cwd: string, chdir?: string): ExecutorSettings {
+/** What a launch is held to besides its identity and directory: its limits, its own network. */
+export interface Boundaries {
+  limits?: RunLimits | undefined
+  network?: RunNetwork | undefined
+  /** Where the CLI starts (a spare parks in its home, away from the directory it serves). */
+  chdir?: string | undefined
+}
+
+/**
+ * How the executor runs a CLI as `identity` (and in the sandbox, with `cwd` bound, its own
+ * network), or as the server; in a control group with its limits where the host allows.
+ */
+export function executorSettings (l: Launcher, identity: AgentIdentity | undefined, cwd: string, b: Boundaries = {}): ExecutorSettings {
   const sb = l.sandbox
+  const limits = b.limits ?? l.settings.runLimits
   const wrap = identity !== undefined && sb !== undefined
-    ? sandboxLaunch({ uid: identity.uid, gid: identity.gid, cwd, ...(chdir !== undefined ? { chdir } : {}), home: identity.home, agentsDir: sb.agentsDir, hiddenDirs: sb.hiddenDirs, hiddenFiles: sb.hiddenFiles, readOnly: sb.readOnly ?? [] }, sb.tools)
+    ? sandboxLaunch({
+      uid: identity.uid,
+      gid: identity.gid,
+      cwd,
+      ...(b.chdir !== undefined ? { chdir: b.chdir } : {}),
+      home: identity.home,
+      agentsDir: sb.agentsDir,
+      hiddenDirs: sb.hiddenDirs,
+      hiddenFiles: sb.hiddenFiles,
+      readOnly: sb.readOnly ?? [],
+      ...(limits.diskMax !== undefined ? { tmpSize: limits.diskMax } : {}),
+      ...(b.network !== undefined ? { network: { args: b.network.sandboxArgs, inner: b.network.inner } } : {})
+    }, sb.tools)
     : undefined
   return {
     cliPath: l.cliPath,
@@ -71,7 +102,8 @@ export function executorSettings (l: Launcher, identity: AgentIdentity | undefin
     maxOutputBytes: l.settings.maxOutputBytes,
     killGraceMs: l.settings.killGraceMs,
     ...(identity !== undefined ? { identity: { uid: identity.uid, gid: identity.gid } } : {}),
-    ...(wrap !== undefined ? { wrap } : {})
+    ...(wrap !== undefined ? { wrap } : {}),
+    ...(l.limits !== undefined && l.limits.enforced !== 'none' ? { limits: { setup: l.limits, limits } } : {})
   }
 }
 
@@ -80,15 +112,27 @@ export function executorSettings (l: Launcher, identity: AgentIdentity | undefin
  * variables, the marker, the identity's home, and a broker token good for this run only (instead
  * of the operator's credential), unless it has one already (a spare's).
  */
-export function runEnvironment (l: Launcher, o: { runId: string, env: Record<string, string>, marker: string, identity: AgentIdentity | undefined, credential?: RunCredential | undefined, inert?: boolean }): { env: Record<string, string>, credential: RunCredential | undefined } {
+export function runEnvironment (l: Launcher, o: { runId: string, env: Record<string, string>, marker: string, identity: AgentIdentity | undefined, credential?: RunCredential | undefined, network?: RunNetwork | undefined, inert?: boolean }): { env: Record<string, string>, credential: RunCredential | undefined, network: RunNetwork | undefined } {
   const env = buildChildEnv(l.runEnv, o.env, o.marker, l.settings.passEnv)
   if (o.identity !== undefined) Object.assign(env, identityEnv(o.identity))
+  const fresh = o.credential === undefined && o.network === undefined
   const credential = o.credential ?? l.broker?.issue(o.runId, {
     ...(o.inert === true ? { inert: true } : {}),
     ...(o.identity !== undefined ? { uid: o.identity.uid, marker: o.marker } : {})
   })
   if (credential !== undefined) Object.assign(env, credential.env)
-  return { env, credential }
+  // A sandboxed run's own network: its token is served on its own socket, and works nowhere else.
+  let network = o.network
+  if (network === undefined && fresh && l.networks !== undefined && o.identity !== undefined) {
+    try {
+      network = l.networks.open(o.marker, { uid: o.identity.uid, gid: o.identity.gid }, credential, o.runId)
+    } catch (err) {
+      credential?.revoke()
+      throw err
+    }
+  }
+  if (network !== undefined) Object.assign(env, network.env)
+  return { env, credential, network }
 }
 
 /**
@@ -98,12 +142,15 @@ export function runEnvironment (l: Launcher, o: { runId: string, env: Record<str
  */
 export async function checkLaunch (l: Launcher, identity: AgentIdentity, marker: string): Promise<string | null> {
   try {
-    const { env, credential } = runEnvironment(l, { runId: 'self-check', env: {}, marker, identity, inert: true })
-    const launch = launchOf(l.cliPath, ['--version'], identity.home, env, executorSettings(l, identity, identity.home))
+    const { env, credential, network } = runEnvironment(l, { runId: 'self-check', env: {}, marker, identity, inert: true })
+    // As a run is launched, its network's relays included; outside any control group (it is brief).
+    const { limits: _, ...settings } = executorSettings(l, identity, identity.home, { network })
+    const launch = launchOf(l.cliPath, ['--version'], identity.home, env, settings)
     const child = execa(launch.command, launch.args, { ...launch.options, reject: false, timeout: 60_000, stdio: ['ignore', 'pipe', 'pipe', ...launch.fds] })
     trackLaunch(child.pid)
     const r = await child.finally(() => untrackLaunch(child.pid))
     credential?.revoke()
+    await network?.close()
     if (r.exitCode !== 0 || !/\d+\.\d+/.test(String(r.stdout))) {
       return launchFailureReason(String(r.stderr), r.exitCode === undefined ? r.shortMessage : undefined) ??
         (String(r.stderr).trim().split('\n').at(-1)?.slice(0, 500) || `exit code ${String(r.exitCode)}`)

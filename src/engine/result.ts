@@ -1,4 +1,5 @@
 import type { ErrorCode, RunResult, RunStatus } from '../domain/run.js'
+import type { LimitName, ResourceUsage, RunLimits } from '../domain/limits.js'
 
 /** The CLI's final `result` line, as far as the server reads it; other members pass through. */
 export interface CliResultLine {
@@ -43,6 +44,11 @@ export interface RunOutcome {
   maxOutputBytes: number
   /** The answer's text as streamed so far: the output of a run that ended without a result. */
   partialText?: string
+  /** The resource limit its tree hit (it was ended for it), and the limits it had. */
+  limit?: LimitName
+  limits?: RunLimits
+  /** What its tree used, where it had a control group. */
+  resources?: ResourceUsage
 }
 
 /**
@@ -110,6 +116,7 @@ function classify (o: RunOutcome): { status: RunStatus, errorCode: ErrorCode | n
     return { status: 'cancelled', errorCode: 'cancelled', error: `Run cancelled: ${o.ended.reason}` }
   }
   if (o.refused !== undefined) return { status: 'failed', errorCode: o.refused.code, error: o.refused.message }
+  if (o.limit !== undefined) return { status: 'failed', errorCode: 'resource_limit', error: limitMessage(o.limit, o.limits) }
   if (o.spawnError !== undefined) {
     if (o.spawnError.code === 'ENOENT' || o.spawnError.code === 'EACCES') {
       return { status: 'failed', errorCode: 'cli_not_found', error: `Claude Code CLI could not be started: ${o.spawnError.message}` }
@@ -172,6 +179,20 @@ export function toRunResult (o: RunOutcome): RunResult {
     duration_ms: r?.duration_ms ?? null,
     permission_denials: r?.permission_denials ?? [],
     structured_output: r?.structured_output ?? null,
-    truncated: truncated || o.resultShrunk === true
+    truncated: truncated || o.resultShrunk === true,
+    ...(o.limit !== undefined && errorCode === 'resource_limit' ? { limit: o.limit } : {}),
+    ...(o.resources !== undefined ? { resources: o.resources } : {})
+  }
+}
+
+const mib = (b: number): string => b >= 1024 ** 3 && b % (1024 ** 3) === 0 ? `${b / 1024 ** 3} GiB` : `${Math.round(b / 1024 ** 2)} MiB`
+
+/** One sentence on the limit a run hit, with its value. */
+function limitMessage (limit: LimitName, limits: RunLimits | undefined): string {
+  switch (limit) {
+    case 'memory': return `The run's processes needed more memory than its limit${limits?.memoryMax !== undefined ? ` (${mib(limits.memoryMax)})` : ''} and were ended (RUN_MEMORY_MAX, or the key's memory_max)`
+    case 'pids': return `The run's processes reached their limit of ${limits?.pidsMax ?? 'the allowed'} processes and threads and were ended (RUN_PIDS_MAX, or the key's pids_max)`
+    case 'disk': return `The run wrote more than its disk limit${limits?.diskMax !== undefined ? ` (${mib(limits.diskMax)})` : ''} and was ended (RUN_DISK_MAX, or the key's disk_max)`
+    case 'cpu': return 'The run exceeded its CPU limit and was ended'
   }
 }

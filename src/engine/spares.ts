@@ -6,6 +6,7 @@ import { cliSpawner, type CliProcess } from './cli-process.js'
 import { executorSettings, runEnvironment, type Launcher } from './launch.js'
 import { settingSourcesOf } from './cli-options.js'
 import type { RunnerLogger } from '../domain/logger.js'
+import type { RunLimits } from '../domain/limits.js'
 import type { WarmSpare } from './warm-pool.js'
 import { launchFailureReason } from './launch-health.js'
 
@@ -23,6 +24,8 @@ export interface SpareContext {
   identityOf: (profile: string) => AgentIdentity | undefined
   /** In the sandbox, the one work area a spare of this identity may serve (undefined: any). */
   workAreaOf: (identity: AgentIdentity) => string | undefined
+  /** The limits of the key a profile's spare waits for (the server's when unknown). */
+  limitsOf?: (profile: string) => RunLimits | undefined
 }
 
 /**
@@ -37,7 +40,7 @@ export function spareStarter (c: SpareContext): (profile: string) => Promise<War
     const id = randomUUID()
     const marker = `warm-${c.instanceId}-${c.bootId}-${id}`
     // Its token is inert until a run claims the spare: a process that reads it from the parked CLI gets nothing.
-    const { env, credential } = runEnvironment(c.launcher, { runId: `spare-${id}`, env: {}, marker, identity, inert: true })
+    const { env, credential, network } = runEnvironment(c.launcher, { runId: `spare-${id}`, env: {}, marker, identity, inert: true })
     const settings = c.launcher.settings
     // An identity's spare parks in its home (made its own), never in a directory it will serve.
     let parking: string | undefined
@@ -61,15 +64,16 @@ export function spareStarter (c: SpareContext): (profile: string) => Promise<War
           sessionId,
           ...(settings.allowedPermissionModes.includes('bypassPermissions') ? { allowDangerouslySkipPermissions: true } : {}),
           ...(parking !== undefined ? { cwd: parking } : {}),
-          spawnClaudeCodeProcess: cliSpawner(marker, executorSettings(c.launcher, identity, onlyCwd ?? parking ?? settings.defaultWorkingDir, onlyCwd !== undefined ? parking : undefined), parking ?? settings.defaultWorkingDir, log, p => { proc = p })
+          spawnClaudeCodeProcess: cliSpawner(marker, executorSettings(c.launcher, identity, onlyCwd ?? parking ?? settings.defaultWorkingDir, { chdir: onlyCwd !== undefined ? parking : undefined, network, limits: c.limitsOf?.(profile) }), parking ?? settings.defaultWorkingDir, log, p => { proc = p })
         },
         initializeTimeoutMs: SPARE_PARK_TIMEOUT_MS
       })
       if (proc === undefined) throw new Error('the SDK parked a spare without spawning it')
       log.debug({ session_id: sessionId }, 'warm spare parked')
-      return { id, profile, sessionId, spare, process: proc, ...(credential !== undefined ? { credential } : {}), ...(onlyCwd !== undefined ? { onlyCwd } : {}) }
+      return { id, profile, sessionId, spare, process: proc, ...(credential !== undefined ? { credential } : {}), ...(network !== undefined ? { network } : {}), ...(onlyCwd !== undefined ? { onlyCwd } : {}) }
     } catch (err) {
       credential?.revoke()
+      await network?.close()
       await proc?.end(0)
       // What the launch (the sandbox, the identity switch) said is the reason a person can act on.
       const launch = proc === undefined ? undefined : launchFailureReason(proc.stderrTail, (await proc.spawnError())?.message) ?? undefined

@@ -91,7 +91,8 @@ export class Supervisor {
       oversizeLines: 0,
       startedAt: handle.submittedAt,
       endedAt: 0,
-      maxOutputBytes: this.d.launcher.settings.maxOutputBytes
+      maxOutputBytes: this.d.launcher.settings.maxOutputBytes,
+      ...(spec.limits !== undefined ? { limits: spec.limits } : {})
     }
     let onShutdown: (() => void) | undefined
     const shutdown = new Promise<void>(resolve => {
@@ -168,7 +169,7 @@ export class Supervisor {
     const warm = handle.warm
     handle.warm = undefined
     const marker = warm?.process.marker ?? randomUUID()
-    const { env, credential } = runEnvironment(launcher, { runId: spec.runId, env: spec.env, marker, identity, credential: warm?.credential })
+    const { env, credential, network } = runEnvironment(launcher, { runId: spec.runId, env: spec.env, marker, identity, credential: warm?.credential, network: warm?.network })
     // A spare's token works from the moment a run holds it, not before.
     warm?.credential?.activate()
     handle.markRunning()
@@ -194,7 +195,7 @@ export class Supervisor {
       this.d.started(handle)
       // What the run backgrounds is its own while it lives (at uid it is re-parented to init).
       if (identity !== undefined) startRun(marker, identity.uid)
-      const execution = await (this.d.execute ?? executeRun)(spec, env, marker, executorSettings(launcher, identity, cwd), {
+      const execution = await (this.d.execute ?? executeRun)(spec, env, marker, executorSettings(launcher, identity, cwd, { limits: spec.limits, network }), {
         event: (type, data) => handle.push(type, data),
         inbox: handle.inbox,
         askApproval: async (toolName, input, ask) => await this.d.approvals.ask(handle, toolName, input, ask),
@@ -226,8 +227,10 @@ export class Supervisor {
       endRun(marker)
       // The token dies with the run: whatever of it survives cannot use it (a spare handed back
       // keeps its own, inert again).
-      if (warm === undefined || claimed) credential?.revoke()
-      else credential?.deactivate()
+      if (warm === undefined || claimed) {
+        credential?.revoke()
+        await network?.close()
+      } else credential?.deactivate()
     }
   }
 }

@@ -4,6 +4,8 @@ import type { RunnerLogger } from '../domain/logger.js'
 import type { ApprovalRecord } from '../domain/records.js'
 import type { RunRequest, RunResult } from '../domain/run.js'
 import type { CredentialBroker } from '../isolation/broker.js'
+import type { LimitsSetup } from '../isolation/limits.js'
+import type { RunNetworks } from '../isolation/run-network.js'
 import type { AgentIdentities, IsolationLevel } from '../isolation/identities.js'
 import type { SandboxSettings } from './launch.js'
 import type { SupervisorDeps } from './supervisor.js'
@@ -55,6 +57,10 @@ export interface EngineDeps {
   leaseMs?: number
   /** With `uid` or `sandbox` isolation: the agent identity of each key's runs, and the sandbox. */
   isolation?: { level: IsolationLevel, identities?: AgentIdentities, sandbox?: SandboxSettings }
+  /** How runs are held to their limits on this host (absent: they are not). */
+  limits?: LimitsSetup
+  /** Sandboxed runs' own networks (absent: the host's). */
+  networks?: RunNetworks
   /** Runs a run's CLI: the real executor unless a test gives a fake one. */
   execute?: SupervisorDeps['execute']
 }

@@ -1,5 +1,6 @@
 import type { SpareProcess } from '@anthropic-ai/claude-agent-sdk'
 import type { RunCredential } from '../isolation/broker.js'
+import type { RunNetwork } from '../isolation/run-network.js'
 import type { CliProcess } from './cli-process.js'
 import type { RunnerLogger } from '../domain/logger.js'
 
@@ -14,6 +15,8 @@ export interface WarmSpare {
   process: CliProcess
   /** Its own token from the credential broker, handed to the run that takes it. */
   credential?: RunCredential
+  /** Its own network (sandboxed), which the run that takes it keeps. */
+  network?: RunNetwork
   /** In the sandbox: the one directory it can serve (the identity's own work area). */
   onlyCwd?: string
 }
@@ -185,5 +188,6 @@ export class WarmPool {
     s.spare.close()
     s.credential?.revoke()
     await s.process.end(0)
+    await s.network?.close()
   }
 }

@@ -1,4 +1,5 @@
 import type { RunRequest, RunSpec } from '../domain/run.js'
+import type { RunLimits } from '../domain/limits.js'
 import type { LaunchHealth } from './launch-health.js'
 import { spareStarter, type SpareContext } from './spares.js'
 import { WarmPool, type ClaimOutcome, type WarmSpare } from './warm-pool.js'
@@ -18,9 +19,11 @@ export interface WarmStartDeps extends SpareContext {
  */
 export class WarmStart {
   readonly pool: WarmPool
+  /** With agent identities, the limits of the key each identity's spares wait for (its last run's). */
+  private readonly limits = new Map<string, RunLimits>()
 
   constructor (target: number, private readonly d: WarmStartDeps) {
-    const start = spareStarter(d)
+    const start = spareStarter({ ...d, limitsOf: profile => this.limits.get(profile) })
     const counted = async (profile: string): Promise<WarmSpare> => await start(profile).then(spare => {
       d.launches.worked()
       return spare
@@ -37,6 +40,7 @@ export class WarmStart {
    * rest was fixed when the spare started). Taken synchronously, before admission.
    */
   take (spec: RunSpec, request: RunRequest): WarmSpare | undefined {
+    if (this.d.perIdentity && spec.identity !== undefined && spec.limits !== undefined) this.limits.set(spec.identity, spec.limits)
     if (request.session_id !== undefined || spec.sessionMode !== 'new') return undefined
     const claimable = Object.keys(spec.env).length === 0 && spec.systemPrompt === undefined && spec.allowedTools === undefined &&
       spec.disallowedTools === undefined && spec.maxTurns === undefined && spec.maxBudgetUsd === undefined &&

@@ -1,7 +1,8 @@
 import { createServer, request as httpRequest, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { request as httpsRequest } from 'node:https'
 import { randomBytes, timingSafeEqual, createHash } from 'node:crypto'
-import type { AddressInfo, Socket } from 'node:net'
+import { createServer as createNetServer, type AddressInfo, type Server as NetServer, type Socket } from 'node:net'
+import { chmodSync, chownSync, rmSync } from 'node:fs'
 import { RUN_MARKER_VAR } from './proc.js'
 import { socketPeer } from './peer.js'
 import type { Environment } from '../config.js'
@@ -19,6 +20,13 @@ const DROP_RESPONSE = new Set(['connection', 'keep-alive', 'transfer-encoding', 
 function refuseWith (res: ServerResponse, status: number, type: string, message: string): void {
   res.writeHead(status, { 'content-type': 'application/json' })
   res.end(JSON.stringify({ type: 'error', error: { type, message } }))
+}
+
+/** Stop a run's socket: no new connections, the socket file gone (open ones end with their requests). */
+function closeListener (l: NetServer): void {
+  const path = l.address()
+  l.close()
+  if (typeof path === 'string') rmSync(path, { force: true })
 }
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest()
@@ -57,6 +65,8 @@ interface Grant {
   uid?: number
   /** The run marker the process using it must carry (with agent identities). */
   marker?: string
+  /** Served on a socket of its own (a sandboxed run's network): accepted from nowhere else. */
+  bound?: boolean
 }
 
 /** Who may use a token: whether it works yet, and from which processes. */
@@ -77,6 +87,12 @@ export interface RunCredential {
   activate: () => void
   /** And stops again (the claim was refused): requests in flight cut. */
   deactivate: () => void
+  /**
+   * Serve this token on a UNIX socket of its own at `path` (owned by `owner`, mode 0600), for a run
+   * whose network namespace has no other way out: connections from it may use this token only,
+   * and the token is accepted from nowhere else from now on. Closed when the token is revoked.
+   */
+  listen: (path: string, owner?: { uid: number, gid: number }) => void
 }
 
 /**
@@ -90,6 +106,8 @@ export class CredentialBroker {
   private server: Server | undefined
   private url = ''
   private readonly grants = new Map<string, Grant>()
+  /** Connections that came through a run's own socket, and the grant that socket serves. */
+  private readonly boundTo = new WeakMap<Socket, Grant>()
   /** Per connection: whether its process may use the token it presented. */
   private readonly peers = new WeakMap<Socket, { grant: string, ok: Promise<boolean> }>()
   private readonly upstream: URL
@@ -113,6 +131,9 @@ export class CredentialBroker {
   /** The broker's address (for tests and the log). */
   get address (): string { return this.url }
 
+  /** Its port on loopback: a sandboxed run reaches it on the same port of its own loopback. */
+  get port (): number { return Number(new URL(this.url).port) }
+
   /** A token for one run: the variables its environment gets. */
   issue (runId: string, opts: GrantOptions = {}): RunCredential {
     const token = 'sk-ant-run-' + randomBytes(32).toString('base64url')
@@ -125,6 +146,7 @@ export class CredentialBroker {
       ...(opts.marker !== undefined ? { marker: opts.marker } : {})
     }
     this.grants.set(token, grant)
+    const listeners: NetServer[] = []
     // The CLI authenticates the way the operator's credential does, with the run's token in its place.
     const env: Record<string, string> = { ANTHROPIC_BASE_URL: this.url }
     if (this.credential.kind === 'oauth') env.CLAUDE_CODE_OAUTH_TOKEN = token
@@ -133,9 +155,25 @@ export class CredentialBroker {
     return {
       env,
       revoke: () => {
+        for (const l of listeners.splice(0)) closeListener(l)
         if (this.grants.get(token) !== grant) return
         this.grants.delete(token)
         for (const req of grant.inflight) req.destroy()
+      },
+      listen: (path, owner) => {
+        const http = this.server
+        if (http === undefined) throw new Error('the credential broker is not started')
+        const l = createNetServer(socket => {
+          this.boundTo.set(socket, grant)
+          http.emit('connection', socket)
+        })
+        // Bound synchronously (a UNIX socket), so its mode and owner are set before anyone can connect.
+        l.listen(path)
+        chmodSync(path, 0o600)
+        if (owner !== undefined) chownSync(path, owner.uid, owner.gid)
+        l.on('error', err => this.onError(err))
+        grant.bound = true
+        listeners.push(l)
       },
       activate: () => { grant.active = true },
       deactivate: () => {
@@ -198,6 +236,12 @@ export class CredentialBroker {
     const grant = this.grantOf(req)
     if (grant === undefined) return refuse(401, 'authentication_error', 'invalid or expired run token')
     if (!grant.active) return refuse(401, 'authentication_error', 'this run token belongs to no live run')
+    const bound = this.boundTo.get(req.socket)
+    // Through a run's own socket only that run's token; a token served so, only through it.
+    if (bound !== undefined || grant.bound === true) {
+      if (bound !== grant) return refuse(401, 'authentication_error', 'this run token is not for this connection')
+      return this.forward(req, res, grant)
+    }
     if (grant.uid === undefined) return this.forward(req, res, grant)
     // The body waits in the socket (paused) while the process behind the connection is looked up.
     req.pause()

@@ -22,6 +22,10 @@ export interface SandboxPaths {
   hiddenFiles: string[]
   /** Directories the run must see read-only wherever they are (the CLI's). */
   readOnly?: string[]
+  /** Bytes its private /tmp may hold (a size-limited tmpfs); unlimited when absent. */
+  tmpSize?: number
+  /** A network of its own: bubblewrap's options for it, and the command the CLI starts through inside. */
+  network?: { args: string[], inner: string[] }
 }
 
 /** The programs a sandbox is built with, found once at start. */
@@ -51,6 +55,8 @@ export interface SandboxLaunch {
    * reads it (`--clearenv --setenv …`, NUL-separated) from this descriptor, never from argv.
    */
   envFd?: number
+  /** The command the CLI is started through inside the sandbox (its network's relays), if any. */
+  inner?: string[]
 }
 
 const SEARCH = ['/usr/bin', '/bin', '/usr/local/bin', '/usr/sbin', '/sbin']
@@ -172,8 +178,9 @@ export function sandboxLaunch (p: SandboxPaths, tools: SandboxTools): SandboxLau
     '--ro-bind', '/', '/',
     '--proc', '/proc',
     '--dev', '/dev',
-    '--tmpfs', '/tmp',
-    '--tmpfs', '/dev/shm'
+    ...(p.tmpSize !== undefined ? ['--size', String(p.tmpSize)] : []), '--tmpfs', '/tmp',
+    '--tmpfs', '/dev/shm',
+    ...(p.network?.args ?? [])
   ]
   const readOnly = (p.readOnly ?? []).filter(d => existsSync(d))
   // After the private /tmp: a CLI installed below /tmp must stay visible.
@@ -192,7 +199,8 @@ export function sandboxLaunch (p: SandboxPaths, tools: SandboxTools): SandboxLau
     binds.push(path)
     covers.add(b)
   }
-  if (binds.length === 0) return { command: tools.bwrap, args, privileged: false }
+  const inner = p.network !== undefined && p.network.inner.length > 0 ? { inner: p.network.inner } : {}
+  if (binds.length === 0) return { command: tools.bwrap, args, privileged: false, ...inner }
   if (tools.unshare === null || tools.setpriv === null || tools.stage === null) {
     throw new Error(`${binds[0] ?? ''} lies below ${[...covers][0] ?? ''}, which agent identities cannot enter, and util-linux's unshare and setpriv (or a staging directory of the server's own), which would show it to the sandbox, are missing`)
   }
@@ -213,7 +221,8 @@ export function sandboxLaunch (p: SandboxPaths, tools: SandboxTools): SandboxLau
     command: tools.unshare,
     args: ['--mount', '--propagation', 'private', '--', '/bin/sh', '-c', PREPARE, 'ccapi-sandbox', String(p.uid), tools.stage, tools.setpriv, ...ops, '--', tools.bwrap, '--args', String(envFd), ...args],
     privileged: true,
-    envFd
+    envFd,
+    ...inner
   }
 }
 

@@ -1,6 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox'
 import { PERMISSION_MODES } from '../domain/run.js'
 import { MEDIA_TYPES } from '../domain/attachments.js'
+import { LIMIT_NAMES } from '../domain/limits.js'
 import { ERROR_CODES, RUN_STATUSES, type RunRequest, type RunResult } from '../domain/run.js'
 
 /** Limits the request schema takes from the configuration. */
@@ -88,7 +89,12 @@ export const ExecuteResultSchema = Type.Object({
   duration_ms: Type.Union([Type.Integer(), Type.Null()], { description: 'The CLI\'s own duration.' }),
   permission_denials: Type.Array(Type.Object({}, { additionalProperties: true }), { description: 'Tool uses the permission mode refused.' }),
   structured_output: Type.Union([Type.Unknown(), Type.Null()], { description: 'With `output_schema`: the validated structured result.' }),
-  truncated: Type.Boolean({ description: '`output` was cut at `MAX_OUTPUT_BYTES`.' })
+  truncated: Type.Boolean({ description: '`output` was cut at `MAX_OUTPUT_BYTES`.' }),
+  limit: Type.Optional(Type.Union(LIMIT_NAMES.map(l => Type.Literal(l)), { description: 'With `error_code: resource_limit`: the limit the run\'s process tree hit.' })),
+  resources: Type.Optional(Type.Object({
+    peak_memory_bytes: Type.Union([Type.Integer(), Type.Null()], { description: 'The most memory the run\'s tree held at once.' }),
+    cpu_seconds: Type.Union([Type.Number(), Type.Null()], { description: 'CPU time the run\'s tree used.' })
+  }, { description: 'What the run\'s process tree used, where the server holds runs in control groups.' }))
 }, { $id: 'ExecuteResult', title: 'ExecuteResult' })
 export type ExecuteResult = Static<typeof ExecuteResultSchema>
 

@@ -43,7 +43,7 @@ test('a run cannot read the server\'s secrets, store or keys, nor signal it; its
   const { model, server, env, keysFile, box } = await isolatedServer(t)
   const pid = server.child.pid!
   const health = await (await fetch(`${server.base}/health`)).json() as any
-  t.same(health.isolation, { level: 'uid', credential_broker: true }, '/health says what is in force')
+  t.same(health.isolation, { level: 'uid', credential_broker: true, network: 'host' }, '/health says what is in force')
 
   // The attack is a script the agent writes and runs: the CLI's own command checks never see it,
   // so only the operating system stands in the way.
@@ -146,7 +146,7 @@ test('a server without privileges reports isolation none and warns; ISOLATION=ui
   const env = testEnv(box, model, { ISOLATION: 'auto', RUN_AS_UID: '65534' })
   const server = await startServer(t, env)
   const health = await (await fetch(`${server.base}/health`)).json() as any
-  t.same(health.isolation, { level: 'none', credential_broker: true })
+  t.same(health.isolation, { level: 'none', credential_broker: true, network: 'host' })
   t.match(server.output(), /ISOLATION=none: runs execute as the server's own user and nothing keeps them from it/, 'a loud warning at start, saying plainly what none protects')
   const refused = await serverThatFails({ ...env, ISOLATION: 'uid', DATA_DIR: join(box.home, 'data2') })
   t.equal(refused.code, 1)

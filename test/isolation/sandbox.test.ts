@@ -32,7 +32,7 @@ test('a sandboxed run sees only itself, none of the server\'s paths, and leaves 
   const env = testEnv(box, model, { ISOLATION: 'sandbox', AGENTS_DIR: join(base, 'agents'), AGENT_UID_BASE: String(23_000 + (process.pid % 1000) * 10), API_KEYS_FILE: keysFile })
   const server = await startServer(t, env)
   const health = await (await fetch(`${server.base}/health`)).json() as any
-  t.same(health.isolation, { level: 'sandbox', credential_broker: true })
+  t.same(health.isolation, { level: 'sandbox', credential_broker: true, network: 'egress' })
 
   const own = join(box.work, 'alice')
   const script = [
