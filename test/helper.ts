@@ -2,6 +2,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { fileURLToPath } from 'node:url'
+import { sweepDeadServers } from '../src/isolation/cgroups.js'
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -275,7 +276,14 @@ function spawnServer (env: Record<string, string>, cwd = ROOT): ChildProcessWith
 export async function startServer (t: T, env: Record<string, string>, cwd?: string): Promise<ServerProcess> {
   const child = spawnServer(env, cwd)
   const exited = new Promise<number | null>(resolve => child.once('exit', code => resolve(code)))
-  t.teardown(() => { child.kill('SIGKILL') })
+  t.teardown(async () => {
+    child.kill('SIGKILL')
+    // What a killed server leaves of its runs' control groups, the next one would sweep: here, now.
+    if (process.getuid?.() === 0) {
+      await exited
+      await sweepDeadServers().catch(() => {})
+    }
+  })
   let out = ''
   child.stdout.on('data', (c: Buffer) => { out += c.toString() })
   child.stderr.on('data', (c: Buffer) => { out += c.toString() })

@@ -106,6 +106,8 @@ export class CredentialBroker {
   private server: Server | undefined
   private url = ''
   private readonly grants = new Map<string, Grant>()
+  /** Runs' own sockets, open now. */
+  private readonly listeners = new Set<NetServer>()
   /** Connections that came through a run's own socket, and the grant that socket serves. */
   private readonly boundTo = new WeakMap<Socket, Grant>()
   /** Per connection: whether its process may use the token it presented. */
@@ -174,6 +176,8 @@ export class CredentialBroker {
         l.on('error', err => this.onError(err))
         grant.bound = true
         listeners.push(l)
+        this.listeners.add(l)
+        l.once('close', () => this.listeners.delete(l))
       },
       activate: () => { grant.active = true },
       deactivate: () => {
@@ -191,6 +195,7 @@ export class CredentialBroker {
   async close (): Promise<void> {
     for (const g of this.grants.values()) for (const req of g.inflight) req.destroy()
     this.grants.clear()
+    for (const l of [...this.listeners]) closeListener(l)
     const server = this.server
     if (server === undefined) return
     server.closeAllConnections()

@@ -425,6 +425,21 @@ async function v1Boxes (view: CgroupView, why: string[]): Promise<Boxes | null> 
 }
 
 /**
+ * Remove the groups of servers no longer alive (as every server does at start), in the hierarchies
+ * this process is in: for a supervisor (or a test) that killed a server outright.
+ */
+export async function sweepDeadServers (view: CgroupView = ownView()): Promise<void> {
+  const own = ownGroups(view.procCgroup)
+  const parents: string[] = []
+  for (const m of cgroupMounts(view.mountinfo)) {
+    const key = m.fstype === 'cgroup2' ? '' : m.options.find(o => own.has(o) && o !== '')
+    const path = key === undefined ? undefined : own.get(key)
+    if (path !== undefined) parents.push(dirIn(m, path))
+  }
+  await sweepLeftovers([...new Set(parents)], d => [join(d, 'cgroup.procs')])
+}
+
+/**
  * The groups runs get on this host: v2 where delegated, else v1, else null with the reasons
  * (the server then falls back to rlimits). Found once at start.
  */

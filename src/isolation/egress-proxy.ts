@@ -211,7 +211,7 @@ export class EgressProxy {
     server.on('connection', (socket: Socket) => {
       socket.on('error', noop)
       l.sockets.add(socket)
-      l.admitted.add(socket)
+      if (l.admitted.size < this.maxConnections) l.admitted.add(socket)
       socket.on('close', () => {
         l.sockets.delete(socket)
         l.admitted.delete(socket)
@@ -413,9 +413,11 @@ export class EgressProxy {
       upstream.destroy()
       return refuse(400, `the request cannot be forwarded (${(err as Error).message})`, host, port)
     }
+    // The client hung up (or the answer is complete): whatever the origin does now is no refusal.
+    let done = false
     out.on('error', (err: Error) => {
       upstream.destroy()
-      refuse(502, `${host}:${port} failed (${err.message})`, host, port)
+      if (!done) refuse(502, `${host}:${port} failed (${err.message})`, host, port)
     })
     out.on('response', (answer: IncomingMessage) => {
       answer.on('error', () => res.destroy())
@@ -423,7 +425,10 @@ export class EgressProxy {
       res.flushHeaders()
       answer.pipe(res)
     })
-    res.on('close', () => upstream.destroy())
+    res.on('close', () => {
+      done = true
+      upstream.destroy()
+    })
     req.pipe(out)
   }
 }
