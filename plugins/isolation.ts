@@ -132,7 +132,7 @@ export default fp(async (fastify) => {
     if (limits.enforced === 'none') {
       fastify.log.error({ why: limits.why }, 'RESOURCE LIMITS ARE NOT ENFORCED: this host gives the server no control groups and no prlimit, so one run can take all of the machine\'s memory, processes and CPU, and the server with it. Run the server as root (or with a delegated cgroup v2), as the Docker image does')
     } else if (limits.enforced === 'rlimit') {
-      fastify.log.warn({ why: limits.why }, 'no control groups for runs here: limits fall back to rlimits (memory as address space per process, processes per agent identity, no CPU limit, no containment by group)')
+      fastify.log.warn({ why: limits.why }, 'no control groups for runs here: limits fall back to rlimits (writable memory per process, processes per agent identity, no CPU limit, no containment by group)')
     } else {
       fastify.log.info({ enforced: limits.enforced, memory_max: l.memoryMax ?? null, pids_max: l.pidsMax ?? null, cpu_max: l.cpuMax ?? null, disk_max: l.diskMax ?? null }, 'runs are held to their limits by control groups')
     }

@@ -317,7 +317,7 @@ export function launchOf (cli: string, cliArgs: string[], cwd: string, env: Reco
   if (l === undefined) return launch
   // Limited: the gate shell goes first, as the same user, and becomes the launch once placed.
   const gateFd = 3 + launch.fds.length
-  const rlimits = rlimitOptions(l.limits, l.setup)
+  const rlimits = rlimitOptions(l.limits, l.setup, s.identity !== undefined)
   return { ...launch, command: '/bin/sh', args: ['-c', gateScript(gateFd), 'ccapi-limits', l.setup.prlimit ?? '-', ...rlimits, '--', launch.command, ...launch.args], gated: true }
 }
 

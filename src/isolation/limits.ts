@@ -15,6 +15,12 @@ export interface LimitsSetup {
   oomProtected: boolean
 }
 
+/**
+ * RLIMIT_DATA counts what a process reserves writable, not what it uses: the CLI (a Bun binary)
+ * reserves about 1 GiB at start and aborts below it. Under rlimits a memory limit is never lower.
+ */
+export const RLIMIT_DATA_FLOOR = 2 * 1024 ** 3
+
 const PRLIMIT = ['/usr/bin/prlimit', '/bin/prlimit', '/usr/local/bin/prlimit'].find(p => existsSync(p)) ?? null
 
 /**
@@ -31,17 +37,19 @@ export async function setUpLimits (): Promise<LimitsSetup> {
 
 /**
  * The rlimits a launch sets (prlimit's options): the size of any one file the run writes
- * (`diskMax`) wherever prlimit exists; and where there are no control groups, the address space of
- * each process (`memoryMax`) and the processes of the run's user (`pidsMax`: per user, so it holds
+ * (`diskMax`) wherever prlimit exists; and where there are no control groups, the writable memory of
+ * each process (`memoryMax`, RLIMIT_DATA: not the address space, which WebAssembly's and some
+ * runtimes' large reservations would exceed) and the processes of the run's user (`pidsMax`: per user, so it holds
  * only with agent identities).
  */
-export function rlimitOptions (limits: RunLimits, setup: Pick<LimitsSetup, 'enforced' | 'prlimit'>): string[] {
+export function rlimitOptions (limits: RunLimits, setup: Pick<LimitsSetup, 'enforced' | 'prlimit'>, ownUid: boolean): string[] {
   if (setup.prlimit === null) return []
   const opts: string[] = []
   if (limits.diskMax !== undefined) opts.push(`--fsize=${limits.diskMax}`)
   if (setup.enforced === 'rlimit') {
-    if (limits.memoryMax !== undefined) opts.push(`--as=${limits.memoryMax}`)
-    if (limits.pidsMax !== undefined) opts.push(`--nproc=${limits.pidsMax}`)
+    if (limits.memoryMax !== undefined) opts.push(`--data=${Math.max(limits.memoryMax, RLIMIT_DATA_FLOOR)}`)
+    // Counted over every process of the uid: only an agent identity's are the run's (and its key's).
+    if (limits.pidsMax !== undefined && ownUid) opts.push(`--nproc=${limits.pidsMax}`)
   }
   return opts
 }

@@ -114,9 +114,11 @@ test('cgroup v2 protocol on a delegated group: controllers enabled for the serve
 })
 
 test('the gate: rlimits by prlimit, then nothing runs until the server says go', async t => {
-  t.same(rlimitOptions({ memoryMax: G, pidsMax: 64, diskMax: M }, { enforced: 'cgroup1', prlimit: '/usr/bin/prlimit' }), [`--fsize=${M}`], 'with control groups, only a file\'s size')
-  t.same(rlimitOptions({ memoryMax: G, pidsMax: 64 }, { enforced: 'rlimit', prlimit: '/usr/bin/prlimit' }), [`--as=${G}`, '--nproc=64'])
-  t.same(rlimitOptions({ memoryMax: G }, { enforced: 'none', prlimit: null }), [])
+  t.same(rlimitOptions({ memoryMax: G, pidsMax: 64, diskMax: M }, { enforced: 'cgroup1', prlimit: '/usr/bin/prlimit' }, true), [`--fsize=${M}`], 'with control groups, only a file\'s size')
+  t.same(rlimitOptions({ memoryMax: 4 * G, pidsMax: 64 }, { enforced: 'rlimit', prlimit: '/usr/bin/prlimit' }, true), [`--data=${4 * G}`, '--nproc=64'])
+  t.same(rlimitOptions({ memoryMax: 4 * G, pidsMax: 64 }, { enforced: 'rlimit', prlimit: '/usr/bin/prlimit' }, false), [`--data=${4 * G}`], 'processes are counted per uid: never for the server\'s own')
+  t.same(rlimitOptions({ memoryMax: 512 * M }, { enforced: 'rlimit', prlimit: '/usr/bin/prlimit' }, true), [`--data=${2 * G}`], 'never below what the CLI itself reserves')
+  t.same(rlimitOptions({ memoryMax: G }, { enforced: 'none', prlimit: null }, true), [])
   const setup = { enforced: 'cgroup1' as const, boxes: null, prlimit: '/usr/bin/prlimit', why: [], oomProtected: true }
   const plain = launchOf('/opt/claude', ['-p'], '/work', { A: '1' }, { limits: { setup, limits: { diskMax: M } } })
   t.equal(plain.command, '/bin/sh')

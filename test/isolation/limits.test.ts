@@ -157,3 +157,21 @@ test('a sandboxed run reaches neither the host\'s loopback (a service, the serve
   t.match(out, /link-local=(ENETUNREACH|EHOSTUNREACH|TIMEOUT)/)
   t.match(out, /proxy=http:\/\/127\.0\.0\.1:3128/, 'outbound HTTP goes through the egress proxy')
 })
+
+test('a server run by an ordinary user: no control groups, rlimits instead; runs work, and one process cannot take more than RUN_MEMORY_MAX (at least 2 GiB there)', { skip: root ? false : 'needs root to start the server as another user' }, async t => {
+  const { chmodSync, chownSync } = await import('node:fs')
+  const model = await fakeModel(t)
+  const box = varTmpBox(t)
+  chmodSync(join(box.home, '..'), 0o755)
+  for (const d of [box.home, box.work]) chownSync(d, 65534, 65534)
+  const s = await startServer(t, testEnv(box, model, { ISOLATION: 'auto', RUN_AS_UID: '65534', RUN_MEMORY_MAX: '2G' }))
+  const health = await (await fetch(`${s.base}/health`)).json() as any
+  t.equal(health.limits.enforced, 'rlimit', '/health says only rlimits hold runs here')
+  t.match(s.output(), /no control groups for runs here: limits fall back to rlimits/, 'and the log says what that means')
+  model.on('take 3 GiB here', [{ tool: 'Bash', input: { command: hog(3072, 'hog3705').replace('setTimeout(()=>{},1e6)', '0') + ' 2>&1 | grep -m1 -iE "error|held"; echo "exit=$?"' } }, { text: 'tried' }])
+  const r = await (await fetch(`${s.base}/api/execute`, { method: 'POST', headers: { 'x-api-key': 'test-key-0123456789', 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'take 3 GiB here', allowed_tools: ['Bash'] }) })).json() as any
+  t.equal(r.status, 'succeeded', `the CLI itself runs under the rlimits: ${String(r.error)}`)
+  const out = toolResults(model.calls).at(-1) ?? ''
+  t.notMatch(out, /held 3072/, 'the process could not hold 3 GiB')
+  t.match(out, /allocation failed|out of memory|RangeError/i, out)
+})
