@@ -117,6 +117,8 @@ export class RunNetworks {
         proxySocket = join(dir, 'egress.sock')
         // Listening starts synchronously for a UNIX socket; the closer arrives a moment later.
         const stop = egress.listen(proxySocket, run, owner)
+        // A listener that failed to start leaves the run without a way out, not the server down.
+        stop.catch(() => {})
         closers.push(async () => await (await stop)())
         const url = `http://127.0.0.1:${EGRESS_PORT}`
         Object.assign(env, { HTTPS_PROXY: url, HTTP_PROXY: url, https_proxy: url, http_proxy: url, NO_PROXY: 'localhost,127.0.0.1,::1', no_proxy: 'localhost,127.0.0.1,::1' })

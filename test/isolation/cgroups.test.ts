@@ -8,7 +8,7 @@ import { gateScript, rlimitOptions } from '../../src/isolation/limits.js'
 import { narrower, parseBytes } from '../../src/domain/limits.js'
 import { ConfigError, ConfigSchema, toSettings, type RawConfig } from '../../src/config.js'
 import { readKeyFile, toApiKey } from '../../src/auth/keys.js'
-import { launchOf } from '../../src/engine/cli-process.js'
+import { launchOf } from '../../src/engine/launch-command.js'
 
 /** The logic of run limits without a kernel: sizes, settings, keys, the cgroup files' protocol, the launch's gate. */
 

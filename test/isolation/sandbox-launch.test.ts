@@ -3,7 +3,7 @@ import { chmodSync, chownSync, mkdirSync, mkdtempSync, realpathSync, rmSync, sta
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { sandboxLaunch, type SandboxTools } from '../../src/isolation/sandbox.js'
-import { launchOf } from '../../src/engine/cli-process.js'
+import { launchOf } from '../../src/engine/launch-command.js'
 
 /** How a run's CLI is launched, decided without launching it (the launches themselves: private-home.test.ts). */
 const skip = process.getuid?.() !== 0 ? 'needs root (paths of other owners)' : false
