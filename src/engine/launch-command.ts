@@ -1,3 +1,5 @@
+import { accessSync, constants } from 'node:fs'
+import { join } from 'node:path'
 import type { RunLimits } from '../domain/limits.js'
 import { gateScript, rlimitOptions, type LimitsSetup } from '../isolation/limits.js'
 
@@ -51,11 +53,25 @@ export interface Launch {
 export function launchOf (cli: string, cliArgs: string[], cwd: string, env: Record<string, string>, s: Pick<ExecutorSettings, 'identity' | 'wrap' | 'limits'>): Launch {
   const launch = unlimitedLaunch(cli, cliArgs, cwd, env, s)
   const l = s.limits
-  if (l === undefined) return launch
+  // A CLI that is not there starts nothing to hold: its spawn fails as itself (cli_not_found), not as the gate's.
+  if (l === undefined || (s.wrap === undefined && s.identity === undefined && !executable(cli, env.PATH))) return launch
   // Limited: the gate shell goes first, as the same user, and becomes the launch once placed.
   const gateFd = 3 + launch.fds.length
   const rlimits = rlimitOptions(l.limits, l.setup, s.identity !== undefined)
   return { ...launch, command: '/bin/sh', args: ['-c', gateScript(gateFd), 'ccapi-limits', l.setup.prlimit ?? '-', ...rlimits, '--', launch.command, ...launch.args], gated: true }
+}
+
+/** Whether `cmd` (a path, or a name looked up in `path`) is an executable file. */
+function executable (cmd: string, path: string | undefined): boolean {
+  const candidates = cmd.includes('/') ? [cmd] : (path ?? '').split(':').filter(Boolean).map(d => join(d, cmd))
+  return candidates.some(c => {
+    try {
+      accessSync(c, constants.X_OK)
+      return true
+    } catch {
+      return false
+    }
+  })
 }
 
 function unlimitedLaunch (cli: string, cliArgs: string[], cwd: string, env: Record<string, string>, s: Pick<ExecutorSettings, 'identity' | 'wrap'>): Launch {

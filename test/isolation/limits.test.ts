@@ -37,7 +37,8 @@ function varTmpBox (t: { teardown: (fn: () => unknown) => void }): Sandbox {
 
 /** A node process that takes `mib` MiB (touched, so really held), tagged so the test can look for it. */
 const hog = (mib: number, tag: string): string =>
-  `node -e "const a=[];for(let i=0;i<${mib / 64};i++)a.push(Buffer.alloc(64<<20,1));console.log('held ${mib}');setTimeout(()=>{},1e6)" ${tag}`
+  // NODE_OPTIONS: the test runner's own, naming a file the sandbox's private /tmp may hide.
+  `env -u NODE_OPTIONS node -e "const a=[];for(let i=0;i<${mib / 64};i++)a.push(Buffer.alloc(64<<20,1));console.log('held ${mib}');setTimeout(()=>{},1e6)" ${tag}`
 
 async function server (t: Parameters<typeof varTmpBox>[0], extra: Record<string, string>, uidOffset: number) {
   const box = varTmpBox(t)
@@ -136,7 +137,7 @@ test('a sandboxed run reaches neither the host\'s loopback (a service, the serve
   const port = (service.address() as { port: number }).port
   const serverPort = new URL(s.base).port
   const probe = (host: string, p: number | string, label: string): string =>
-    `node -e "const s=require('net').connect(${p},'${host}');s.setTimeout(2000,()=>{console.log('${label}=TIMEOUT');process.exit()});s.on('connect',()=>{console.log('${label}=CONNECTED');process.exit()}).on('error',e=>console.log('${label}='+e.code))"`
+    `env -u NODE_OPTIONS node -e "const s=require('net').connect(${p},'${host}');s.setTimeout(2000,()=>{console.log('${label}=TIMEOUT');process.exit()});s.on('connect',()=>{console.log('${label}=CONNECTED');process.exit()}).on('error',e=>console.log('${label}='+e.code))"`
   const script = [
     `curl -s -m 3 http://127.0.0.1:${port}/; echo "curl-service=$?"`,
     `curl -s -m 3 http://127.0.0.1:${serverPort}/health; echo "curl-server=$?"`,
