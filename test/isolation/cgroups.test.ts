@@ -120,10 +120,13 @@ test('the gate: rlimits by prlimit, then nothing runs until the server says go',
   t.same(rlimitOptions({ memoryMax: 512 * M }, { enforced: 'rlimit', prlimit: '/usr/bin/prlimit' }, true), [`--data=${2 * G}`], 'never below what the CLI itself reserves')
   t.same(rlimitOptions({ memoryMax: G }, { enforced: 'none', prlimit: null }, true), [])
   const setup = { enforced: 'cgroup1' as const, boxes: null, prlimit: '/usr/bin/prlimit', why: [], oomProtected: true }
-  const plain = launchOf('/opt/claude', ['-p'], '/work', { A: '1' }, { limits: { setup, limits: { diskMax: M } } })
+  const cli = process.execPath
+  const plain = launchOf(cli, ['-p'], '/work', { A: '1' }, { limits: { setup, limits: { diskMax: M } } })
   t.equal(plain.command, '/bin/sh')
   t.equal(plain.gated, true)
-  t.same(plain.args.slice(2), ['ccapi-limits', '/usr/bin/prlimit', `--fsize=${M}`, '--', '/opt/claude', '-p'])
+  t.same(plain.args.slice(2), ['ccapi-limits', '/usr/bin/prlimit', `--fsize=${M}`, '--', cli, '-p'])
+  const missing = launchOf('/nonexistent/claude', [], '/work', {}, { limits: { setup, limits: {} } })
+  t.same([missing.command, missing.gated], ['/nonexistent/claude', false], 'a CLI that is not there is spawned as itself, to fail as cli_not_found')
   t.match(plain.args[1], /read -r g <&3/, 'with no other descriptor, the gate is 3')
   const sandboxed = launchOf('/opt/claude', [], '/work', {}, { identity: { uid: 1, gid: 1 }, wrap: { command: '/usr/bin/unshare', args: ['x'], privileged: true, envFd: 3 }, limits: { setup, limits: {} } })
   t.match(sandboxed.args[1], /<&4/, 'after the environment\'s descriptor, 4')
