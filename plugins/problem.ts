@@ -23,6 +23,7 @@ export const STATUS_OF_CODE: Readonly<Record<string, number>> = {
   webhook_host_forbidden: 403,
   session_forbidden: 403,
   run_not_found: 404,
+  model_not_found: 404,
   approval_not_found: 404,
   approval_resolved: 409,
   run_finished: 409,

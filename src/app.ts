@@ -16,6 +16,7 @@ import webhooksPlugin from '../plugins/webhooks.js'
 import metricsPlugin from '../plugins/metrics.js'
 import healthRoutes from '../routes/health.js'
 import apiRoutes from '../routes/api.js'
+import v1Routes from '../routes/v1.js'
 
 export interface AppOptions extends AuthPluginOptions {
   /** The environment settings are read from (the server's own, or a test's). */
@@ -101,6 +102,8 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
   await fastify.register(healthRoutes)
   // Everything under /api, with its auth, rate limit, metrics and not-found handler.
   await fastify.register(apiRoutes, { prefix: '/api' })
+  // OpenAI's wire format over the same runs, keys and limits, its errors in OpenAI's shape.
+  await fastify.register(v1Routes, { prefix: '/v1' })
 }
 
 export default app

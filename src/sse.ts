@@ -28,6 +28,12 @@ export class SseWriter {
     return ok
   }
 
+  /** Send one frame of another protocol's events: `event:` (if named) and one line of `data:`. */
+  frame (data: string, event?: string): boolean {
+    if (this.closed || this.res.writableEnded) return true
+    return this.res.write(`${event !== undefined ? `event: ${event}\n` : ''}data: ${data}\n\n`)
+  }
+
   /** Resolves when the socket can take more, or is gone. */
   async drained (): Promise<void> {
     if (this.closed || !this.res.writableNeedDrain) return

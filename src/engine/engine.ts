@@ -13,6 +13,7 @@ import { SessionLedger } from './session-ledger.js'
 import { ApprovalDesk } from './approvals.js'
 import { buildChildEnv } from './child-env.js'
 import { CliProbe } from './cli-probe.js'
+import { ModelCatalog } from './model-catalog.js'
 import { Control } from './control.js'
 import { launcherOf, type Launcher } from './launch.js'
 import { LaunchHealth } from './launch-health.js'
@@ -43,6 +44,8 @@ export const LEASE_MS = 30_000
 export class Engine extends EventEmitter<EngineEvents> {
   readonly cliPath: string
   readonly probe: CliProbe
+  /** The models runs may use, as the CLI lists them. */
+  readonly catalog: ModelCatalog
   /** The sessions API: browse, read, rename, fork and delete sessions. */
   readonly sessions: SessionCatalog
   /** The permission requests of `approvals: ask` runs, parked until answered. */
@@ -88,6 +91,7 @@ export class Engine extends EventEmitter<EngineEvents> {
     this.launcher = launcherOf(settings, deps.broker, deps.isolation?.level === 'sandbox' ? deps.isolation.sandbox : undefined, deps.limits, deps.networks)
     this.cliPath = this.launcher.cliPath
     this.probe = new CliProbe(this.cliPath, buildChildEnv(settings.serverEnv, {}, 'probe', settings.passEnv))
+    this.catalog = new ModelCatalog(this.cliPath, buildChildEnv(settings.serverEnv, {}, 'models', settings.passEnv))
     const env = settings.serverEnv
     const configDir = env.CLAUDE_CONFIG_DIR ?? join(env.HOME ?? '/', '.claude')
     const identities = deps.isolation?.level === 'none' ? undefined : deps.isolation?.identities
@@ -329,6 +333,7 @@ export class Engine extends EventEmitter<EngineEvents> {
   async close (graceMs = this.settings.shutdownGraceS * 1000): Promise<void> {
     this.closing = true
     await closeEngine(this.parts(), graceMs)
+    await this.catalog.close()
   }
 
   /** The parts start-up and shutdown work on. */

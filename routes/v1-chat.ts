@@ -1,0 +1,243 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from '@sinclair/typebox'
+import { Ajv } from 'ajv'
+import addFormats from 'ajv-formats'
+import type { OutgoingHttpHeaders } from 'node:http'
+import { InvalidRequest, withProblem, DomainError } from '../src/domain/errors.js'
+import { PERMISSION_MODES, type RunRequest, type RunResult } from '../src/domain/run.js'
+import { executeRequestSchema } from '../src/schemas/execute.js'
+import { SseWriter } from '../src/sse.js'
+import { chunkOf, completionOf, contentOf, created, failureOf, finishReasonOf, usageOf } from '../src/openai/chat.js'
+import { ConversationIndex } from '../src/openai/conversations.js'
+import { promptWithHistory, readMessages, type ChatMessage, type Turn } from '../src/openai/messages.js'
+import { paramOf } from './v1.js'
+
+/** The alias for the operator's default model (the CLI's own choice). */
+export const DEFAULT_MODEL = 'claude-code'
+
+const security: Array<Record<string, string[]>> = [{ BearerAuth: [] }, { ApiKeyAuth: [] }]
+const Open = { additionalProperties: true }
+
+const ChatMessageSchema = Type.Object({
+  role: Type.String({ description: '`system`, `developer`, `user`, `assistant` or `tool`.' }),
+  content: Type.Optional(Type.Union([Type.String(), Type.Array(Type.Object({ type: Type.String() }, Open)), Type.Null()])),
+  name: Type.Optional(Type.String()),
+  tool_calls: Type.Optional(Type.Array(Type.Object({}, Open))),
+  tool_call_id: Type.Optional(Type.String())
+}, Open)
+
+const ChatRequestSchema = Type.Object({
+  model: Type.String({ minLength: 1, description: 'A model from `GET /v1/models`; `claude-code` for the server\'s default.' }),
+  messages: Type.Array(ChatMessageSchema, { minItems: 1 }),
+  stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
+  stream_options: Type.Optional(Type.Union([Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, Open), Type.Null()])),
+  response_format: Type.Optional(Type.Object({
+    type: Type.Union([Type.Literal('text'), Type.Literal('json_object'), Type.Literal('json_schema')]),
+    json_schema: Type.Optional(Type.Object({ name: Type.Optional(Type.String()), schema: Type.Optional(Type.Object({}, Open)), strict: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])) }, Open))
+  }, Open)),
+  n: Type.Optional(Type.Union([Type.Integer({ minimum: 1, maximum: 1 }), Type.Null()])),
+  tools: Type.Optional(Type.Array(Type.Object({ type: Type.String() }, Open))),
+  tool_choice: Type.Optional(Type.Unknown()),
+  user: Type.Optional(Type.String()),
+  metadata: Type.Optional(Type.Union([Type.Record(Type.String(), Type.String()), Type.Null()])),
+  working_directory: Type.Optional(Type.String({ minLength: 1, description: 'Extension: where a new conversation\'s run executes (as `/api/runs`).' })),
+  permission_mode: Type.Optional(Type.Union(PERMISSION_MODES.map(m => Type.Literal(m)), { description: 'Extension: the run\'s permission mode (as `/api/runs`).' }))
+}, { ...Open, description: 'OpenAI\'s Chat Completions request. Other OpenAI fields (temperature, max_tokens, …) are accepted and ignored: the agent decides.' })
+
+const OpenAiErrorSchema = Type.Object({
+  error: Type.Object({ message: Type.String(), type: Type.String(), param: Type.Union([Type.String(), Type.Null()]), code: Type.Union([Type.String(), Type.Null()]) })
+}, { description: 'An error in OpenAI\'s shape.' })
+
+const errors = Object.fromEntries([400, 401, 403, 404, 429, 500, 503].map(s => [s, { ...OpenAiErrorSchema, description: `An error in OpenAI's shape (${s}).` }]))
+
+/** Text of the new turns of a conversation that resumes its session. */
+function promptOf (next: Turn[]): string {
+  return promptWithHistory([], next)
+}
+
+/**
+ * `GET /v1/models` and `POST /v1/chat/completions`: OpenAI's Chat Completions on the server's runs.
+ * A conversation the server answered before continues its Claude session with only its new turns.
+ */
+const chat: FastifyPluginAsyncTypebox = async (fastify) => {
+  const { config, engine } = fastify
+  const conversations = new ConversationIndex()
+  const runRequestOk = addFormats.default(new Ajv({ allErrors: false, strict: false })).compile(executeRequestSchema(config))
+
+  /** The model a request names as a run's `model` (undefined: the default), or 404 model_not_found. */
+  const modelFor = async (model: string): Promise<string | undefined> => {
+    if (model === DEFAULT_MODEL) return undefined
+    const known = await engine.catalog.models()
+    const hit = known.find(m => m.id === model || m.resolved === model)
+    if (hit === undefined) {
+      throw Object.assign(withProblem(new DomainError('model_not_found', `The model ${model} does not exist or is not available here; GET /v1/models lists them (${DEFAULT_MODEL} is the server's default)`), { problem: { param: 'model' } }), {})
+    }
+    return hit.id === 'default' ? undefined : model
+  }
+
+  fastify.get('/models', {
+    config: { scope: ['runs:write', 'runs:read'] },
+    schema: {
+      tags: ['openai'],
+      summary: 'List models (OpenAI)',
+      description: 'The models runs may use, as the Claude Code CLI lists them (aliases and the ids they resolve to), and `claude-code` for the server\'s default.',
+      operationId: 'openaiListModels',
+      security,
+      response: {
+        200: Type.Object({ object: Type.Literal('list'), data: Type.Array(Type.Object({ id: Type.String(), object: Type.Literal('model'), created: Type.Integer(), owned_by: Type.String() })) }),
+        ...errors
+      }
+    }
+  }, async () => {
+    const ids = new Set<string>([DEFAULT_MODEL])
+    for (const m of await engine.catalog.models()) {
+      if (m.id !== 'default') ids.add(m.id)
+      if (m.resolved !== undefined) ids.add(m.resolved)
+    }
+    return { object: 'list' as const, data: [...ids].map(id => ({ id, object: 'model' as const, created: 0, owned_by: id === DEFAULT_MODEL ? 'claude-code-api' : 'anthropic' })) }
+  })
+
+  fastify.post('/chat/completions', {
+    bodyLimit: config.maxBodyBytes,
+    config: { scope: 'runs:write' },
+    schema: {
+      tags: ['openai'],
+      summary: 'Create a chat completion (OpenAI)',
+      description: 'A run of the Claude Code agent for the conversation\'s new turns, answered as a `chat.completion` (or, with `stream`, `chat.completion.chunk` events and `data: [DONE]`). The `id` is the run\'s id (`/api/runs/{id}`); `X-Run-Id` and `X-Session-Id` headers. A conversation this key had continues its Claude session.',
+      operationId: 'openaiChatCompletion',
+      security,
+      body: ChatRequestSchema,
+      response: {
+        200: {
+          description: 'A `chat.completion` object, or with `stream: true` an event stream of `chat.completion.chunk` objects ending with `data: [DONE]`.',
+          content: {
+            'application/json': { schema: Type.Object({ id: Type.String(), object: Type.Literal('chat.completion') }, Open) },
+            'text/event-stream': { schema: Type.String() }
+          }
+        },
+        ...errors
+      }
+    }
+  }, async (request, reply) => {
+    const body = request.body
+    const model = await modelFor(body.model)
+    if (body.tools !== undefined && body.tools.length > 0) {
+      throw withProblem(new InvalidRequest('tools (client-side function calling) are not supported by this server yet'), { problem: { param: 'tools' } })
+    }
+    const { system, turns } = readMessages(body.messages as ChatMessage[])
+    const last = turns.at(-1)
+    if (last?.role === 'assistant') throw withProblem(new InvalidRequest('the last message must be the user\'s (or a tool\'s), not the assistant\'s'), { problem: { param: `messages[${body.messages.length - 1}].role` } })
+    const key = request.apiKeyName ?? '-'
+    const c = conversations.continuation(key, system, turns)
+    const format = body.response_format
+    const schema = format?.type === 'json_schema' ? format.json_schema?.schema : undefined
+    if (format?.type === 'json_schema' && schema === undefined) throw withProblem(new InvalidRequest('response_format.json_schema.schema is required'), { problem: { param: 'response_format.json_schema.schema' } })
+    const jsonObject = format?.type === 'json_object'
+    const images = c.next.flatMap(t => t.images)
+    const appended = [system, jsonObject ? 'Answer with one JSON object and nothing else.' : undefined].filter(s => s !== undefined).join('\n\n')
+    const run: RunRequest = {
+      prompt: c.resume !== undefined ? promptOf(c.next) : promptWithHistory(c.earlier, c.next),
+      ...(images.length > 0 ? { attachments: images } : {}),
+      ...(appended !== '' ? { append_system_prompt: appended } : {}),
+      ...(model !== undefined ? { model } : {}),
+      ...(c.resume !== undefined
+        ? { session_id: c.resume.sessionId, working_directory: c.resume.workingDirectory }
+        : body.working_directory !== undefined ? { working_directory: body.working_directory } : {}),
+      ...(body.permission_mode !== undefined ? { permission_mode: body.permission_mode } : {}),
+      ...(schema !== undefined ? { output_schema: schema } : {}),
+      include_partial_messages: body.stream === true
+    }
+    if (!runRequestOk(run)) {
+      const e = runRequestOk.errors?.[0]
+      const field = paramOf(e?.instancePath ?? '')
+      const param = field === 'prompt' ? 'messages' : field.startsWith('attachments') ? 'messages' : field === 'output_schema' ? 'response_format' : field
+      throw withProblem(new InvalidRequest(`${param}: ${e?.message ?? 'is invalid'}`), { problem: { param } })
+    }
+    if (body.stream === true) request.log.debug({ conversation: c.resume !== undefined ? 'resumed' : c.branched === true ? 'branched' : 'new' }, 'chat completion')
+    const handle = await fastify.startRun(request, run, true)
+    const at = created()
+    const structured = schema !== undefined
+    /** Remember the conversation as answered, so its next request continues the session. */
+    const remember = async (r: RunResult): Promise<void> => {
+      if (r.session_id === null) return
+      const stored = await fastify.runs.get(r.run_id).catch(() => undefined)
+      if (stored === undefined || stored === null) return
+      conversations.answered(key, system, turns, { role: 'assistant', text: contentOf(r, structured), images: [] }, r.session_id, stored.workingDirectory)
+    }
+
+    if (body.stream !== true) {
+      reply.header('x-run-id', handle.id)
+      reply.raw.on('close', () => {
+        if (!reply.raw.writableFinished) handle.cancel('client disconnected')
+      })
+      await handle.result
+      const r = JSON.parse(handle.resultJson) as RunResult
+      if (r.session_id !== null) reply.header('x-session-id', r.session_id)
+      if (!r.success && finishReasonOf(r) !== 'length') {
+        const f = failureOf(r)
+        return await reply.code(f.status as 200).type('application/json; charset=utf-8').send(JSON.stringify(f.body))
+      }
+      await remember(r)
+      return await reply.type('application/json; charset=utf-8').send(JSON.stringify(completionOf(r, body.model, structured, at)))
+    }
+
+    // Streamed: the headers go with the run's first event (it names the session).
+    reply.hijack()
+    const raw = reply.raw
+    let sse: SseWriter | undefined
+    const gone = new AbortController()
+    let complete = false
+    raw.on('close', () => {
+      gone.abort()
+      if (!complete) handle.cancel('client disconnected')
+    })
+    const includeUsage = body.stream_options?.include_usage === true
+    const open = (sessionId: string | null): SseWriter => {
+      raw.writeHead(200, {
+        ...reply.getHeaders(),
+        'content-type': 'text/event-stream; charset=utf-8',
+        'cache-control': 'no-cache, no-transform',
+        'x-accel-buffering': 'no',
+        connection: 'keep-alive',
+        'x-run-id': handle.id,
+        ...(sessionId !== null ? { 'x-session-id': sessionId } : {})
+      } as OutgoingHttpHeaders)
+      const w = new SseWriter(raw, config.sseKeepAliveMs)
+      w.frame(JSON.stringify(chunkOf(handle.id, body.model, at, { role: 'assistant', content: '' })))
+      return w
+    }
+    let sentText = false
+    complete = await engine.follow(handle.id, 0, e => {
+      if (e.type === 'run') {
+        sse ??= open((JSON.parse(e.data) as { session_id?: string }).session_id ?? null)
+        return true
+      }
+      sse ??= open(null)
+      if (e.type === 'text') {
+        if (structured) return true
+        sentText = true
+        return sse.frame(JSON.stringify(chunkOf(handle.id, body.model, at, { content: (JSON.parse(e.data) as { text: string }).text })))
+      }
+      if (e.type !== 'result') return true
+      const r = JSON.parse(e.data) as RunResult
+      if (!r.success && finishReasonOf(r) !== 'length') {
+        sse.frame(JSON.stringify(failureOf(r).body))
+        return true
+      }
+      // Structured output (or a run whose text never streamed) comes whole, in one chunk.
+      if (structured || !sentText) {
+        const content = contentOf(r, structured)
+        if (content !== '') sse.frame(JSON.stringify(chunkOf(handle.id, body.model, at, { content })))
+      }
+      sse.frame(JSON.stringify(chunkOf(handle.id, body.model, at, {}, finishReasonOf(r))))
+      if (includeUsage) sse.frame(JSON.stringify(chunkOf(handle.id, body.model, at, {}, null, usageOf(r))))
+      void remember(r)
+      return true
+    }, async () => await sse?.drained(), gone.signal)
+    sse ??= open(null)
+    sse.frame('[DONE]')
+    sse.end()
+  })
+}
+
+export default chat
