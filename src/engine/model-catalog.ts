@@ -45,7 +45,7 @@ export class ModelCatalog {
     async function * nothing (): AsyncGenerator<never> { await held }
     const q = query({ prompt: nothing(), options: { pathToClaudeCodeExecutable: this.cli, env: this.env, settingSources: [], strictMcpConfig: true } })
     // Read to its end, which comes when the CLI has exited: `close()` waits for that.
-    const ended = (async () => { for await (const _ of q) { /* nothing is asked */ } })().catch(() => {})
+    const ended = (async () => { while ((await q.next()).done !== true) { /* nothing is asked */ } })().catch(() => {})
     this.running.add(ended)
     void ended.finally(() => this.running.delete(ended))
     let timer: NodeJS.Timeout | undefined
