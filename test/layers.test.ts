@@ -23,6 +23,7 @@ const RANK: Record<string, number> = {
   'src/engine': 4,
   'src/cluster': 5,
   'src/schemas': 6,
+  'src/openai': 6,
   'src/sse.ts': 6,
   'src/webhooks.ts': 6,
   plugins: 7,
