@@ -1,19 +1,14 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
-import { Ajv } from 'ajv'
-import addFormats from 'ajv-formats'
 import type { OutgoingHttpHeaders } from 'node:http'
-import { InvalidRequest, withProblem, DomainError } from '../src/domain/errors.js'
+import { InvalidRequest, withProblem } from '../src/domain/errors.js'
+import { DEFAULT_MODEL, modelIds, runModel } from '../src/openai/models.js'
 import { PERMISSION_MODES, type RunRequest, type RunResult } from '../src/domain/run.js'
-import { executeRequestSchema } from '../src/schemas/execute.js'
 import { SseWriter } from '../src/sse.js'
 import { chunkOf, completionOf, contentOf, created, failureOf, finishReasonOf, usageOf } from '../src/openai/chat.js'
 import { ConversationIndex } from '../src/openai/conversations.js'
 import { promptWithHistory, readMessages, type ChatMessage, type Turn } from '../src/openai/messages.js'
-import { paramOf } from './v1.js'
-
-/** The alias for the operator's default model (the CLI's own choice). */
-export const DEFAULT_MODEL = 'claude-code'
+import { runChecker } from './v1-run.js'
 
 const security: Array<Record<string, string[]>> = [{ BearerAuth: [] }, { ApiKeyAuth: [] }]
 const Open = { additionalProperties: true }
@@ -62,18 +57,7 @@ function promptOf (next: Turn[]): string {
 const chat: FastifyPluginAsyncTypebox = async (fastify) => {
   const { config, engine } = fastify
   const conversations = new ConversationIndex()
-  const runRequestOk = addFormats.default(new Ajv({ allErrors: false, strict: false })).compile(executeRequestSchema(config))
-
-  /** The model a request names as a run's `model` (undefined: the default), or 404 model_not_found. */
-  const modelFor = async (model: string): Promise<string | undefined> => {
-    if (model === DEFAULT_MODEL) return undefined
-    const known = await engine.catalog.models()
-    const hit = known.find(m => m.id === model || m.resolved === model)
-    if (hit === undefined) {
-      throw Object.assign(withProblem(new DomainError('model_not_found', `The model ${model} does not exist or is not available here; GET /v1/models lists them (${DEFAULT_MODEL} is the server's default)`), { problem: { param: 'model' } }), {})
-    }
-    return hit.id === 'default' ? undefined : model
-  }
+  const checkRun = runChecker(config, { prompt: 'messages', attachments: 'messages', output_schema: 'response_format', append_system_prompt: 'messages' })
 
   fastify.get('/models', {
     config: { scope: ['runs:write', 'runs:read'] },
@@ -89,12 +73,7 @@ const chat: FastifyPluginAsyncTypebox = async (fastify) => {
       }
     }
   }, async () => {
-    const ids = new Set<string>([DEFAULT_MODEL])
-    for (const m of await engine.catalog.models()) {
-      if (m.id !== 'default') ids.add(m.id)
-      if (m.resolved !== undefined) ids.add(m.resolved)
-    }
-    return { object: 'list' as const, data: [...ids].map(id => ({ id, object: 'model' as const, created: 0, owned_by: id === DEFAULT_MODEL ? 'claude-code-api' : 'anthropic' })) }
+    return { object: 'list' as const, data: modelIds(await engine.catalog.models()).map(id => ({ id, object: 'model' as const, created: 0, owned_by: id === DEFAULT_MODEL ? 'claude-code-api' : 'anthropic' })) }
   })
 
   fastify.post('/chat/completions', {
@@ -120,7 +99,7 @@ const chat: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const body = request.body
-    const model = await modelFor(body.model)
+    const model = runModel(await engine.catalog.models(), body.model)
     if (body.tools !== undefined && body.tools.length > 0) {
       throw withProblem(new InvalidRequest('tools (client-side function calling) are not supported by this server yet'), { problem: { param: 'tools' } })
     }
@@ -147,12 +126,7 @@ const chat: FastifyPluginAsyncTypebox = async (fastify) => {
       ...(schema !== undefined ? { output_schema: schema } : {}),
       include_partial_messages: body.stream === true
     }
-    if (!runRequestOk(run)) {
-      const e = runRequestOk.errors?.[0]
-      const field = paramOf(e?.instancePath ?? '')
-      const param = field === 'prompt' ? 'messages' : field.startsWith('attachments') ? 'messages' : field === 'output_schema' ? 'response_format' : field
-      throw withProblem(new InvalidRequest(`${param}: ${e?.message ?? 'is invalid'}`), { problem: { param } })
-    }
+    checkRun(run)
     if (body.stream === true) request.log.debug({ conversation: c.resume !== undefined ? 'resumed' : c.branched === true ? 'branched' : 'new' }, 'chat completion')
     const handle = await fastify.startRun(request, run, true)
     const at = created()

@@ -3,6 +3,7 @@ import { rateLimit } from '../plugins/auth.js'
 import { sendProblem } from '../plugins/problem.js'
 import { errorType } from '../src/openai/chat.js'
 import chatRoutes from './v1-chat.js'
+import responsesRoutes from './v1-responses.js'
 
 /** OpenAI's `code` for ours, where OpenAI has one of its own. */
 const CODES: Record<string, string> = {
@@ -45,6 +46,7 @@ const v1: FastifyPluginAsync = async (fastify) => {
   fastify.setNotFoundHandler((request, reply) =>
     sendProblem(request, reply, 404, 'not_found', `No route ${request.method} ${request.url.split('?')[0]}`))
   await fastify.register(chatRoutes)
+  await fastify.register(responsesRoutes)
 }
 
 export default v1

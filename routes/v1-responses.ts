@@ -1,0 +1,247 @@
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import { Type } from '@sinclair/typebox'
+import type { FastifyRequest } from 'fastify'
+import type { OutgoingHttpHeaders } from 'node:http'
+import { DomainError, InvalidRequest, withProblem } from '../src/domain/errors.js'
+import { PERMISSION_MODES, type RunRequest, type RunResult } from '../src/domain/run.js'
+import type { RunRecord } from '../src/domain/records.js'
+import { SseWriter } from '../src/sse.js'
+import { promptWithHistory } from '../src/openai/messages.js'
+import { DEFAULT_MODEL, runModel } from '../src/openai/models.js'
+import { imagesOf, outputMessage, readInput, responseOf, type InputItem, type ResponseRequest } from '../src/openai/responses.js'
+import { runChecker } from './v1-run.js'
+
+const security: Array<Record<string, string[]>> = [{ BearerAuth: [] }, { ApiKeyAuth: [] }]
+const Open = { additionalProperties: true }
+
+const ResponseRequestSchema = Type.Object({
+  model: Type.String({ minLength: 1, description: 'A model from `GET /v1/models`; `claude-code` for the server\'s default.' }),
+  input: Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.Object({}, Open), { minItems: 1 })], { description: 'Text, or message items (`input_text`, `input_image` as a data URL).' }),
+  instructions: Type.Optional(Type.Union([Type.String(), Type.Null()])),
+  previous_response_id: Type.Optional(Type.Union([Type.String({ format: 'uuid' }), Type.Null()], { description: 'Continue that response\'s Claude session (its working directory, tools and context).' })),
+  stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
+  background: Type.Optional(Type.Union([Type.Boolean(), Type.Null()], { description: 'Answer at once (`queued`); the run goes on without the client: `GET /v1/responses/{id}` polls it, `POST /v1/responses/{id}/cancel` cancels it.' })),
+  text: Type.Optional(Type.Object({ format: Type.Optional(Type.Object({ type: Type.Union([Type.Literal('text'), Type.Literal('json_object'), Type.Literal('json_schema')]), name: Type.Optional(Type.String()), schema: Type.Optional(Type.Object({}, Open)), strict: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])) }, Open)) }, Open)),
+  tools: Type.Optional(Type.Array(Type.Object({ type: Type.String() }, Open))),
+  tool_choice: Type.Optional(Type.Unknown()),
+  metadata: Type.Optional(Type.Union([Type.Record(Type.String(), Type.String()), Type.Null()])),
+  store: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
+  working_directory: Type.Optional(Type.String({ minLength: 1, description: 'Extension: where a new conversation\'s run executes (as `/api/runs`).' })),
+  permission_mode: Type.Optional(Type.Union(PERMISSION_MODES.map(m => Type.Literal(m)), { description: 'Extension: the run\'s permission mode (as `/api/runs`).' }))
+}, { ...Open, description: 'OpenAI\'s Responses request. Other fields (temperature, reasoning, …) are accepted and ignored.' })
+
+const ResponseObject = Type.Object({ id: Type.String(), object: Type.Literal('response'), status: Type.String() }, { ...Open, description: 'An OpenAI `response` object; its `id` is the run\'s (`/api/runs/{id}`).' })
+const OpenAiErrorSchema = Type.Object({ error: Type.Object({ message: Type.String(), type: Type.String(), param: Type.Union([Type.String(), Type.Null()]), code: Type.Union([Type.String(), Type.Null()]) }) })
+const errors = Object.fromEntries([400, 401, 403, 404, 409, 429, 500, 503].map(s => [s, { ...OpenAiErrorSchema, description: `An error in OpenAI's shape (${s}).` }]))
+const IdParams = Type.Object({ id: Type.String({ format: 'uuid' }) })
+
+const notFound = (id: string, param: string | null = null): Error =>
+  withProblem(new DomainError('run_not_found', `No response with id ${id}`), { problem: { param } })
+
+/** What a stored run's response echoes of the request that made it. */
+function requestOf (run: RunRecord): ResponseRequest {
+  const r = run.request
+  return {
+    model: r.model ?? DEFAULT_MODEL,
+    ...(r.append_system_prompt !== undefined ? { instructions: r.append_system_prompt } : {}),
+    background: !run.cancelOnDisconnect,
+    ...(r.output_schema !== undefined ? { format: { type: 'json_schema', schema: r.output_schema } } : {})
+  }
+}
+
+/**
+ * `POST /v1/responses`, `GET /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`: OpenAI's
+ * Responses API on the server's runs. `previous_response_id` continues that response's session.
+ */
+const responses: FastifyPluginAsyncTypebox = async (fastify) => {
+  const { config, engine } = fastify
+  const checkRun = runChecker(config, { prompt: 'input', attachments: 'input', output_schema: 'text.format', append_system_prompt: 'instructions' })
+
+  /** A stored run this key may see (an admin's: any), or 404. */
+  const ownRun = async (request: FastifyRequest, id: string, param: string | null = null): Promise<RunRecord> => {
+    const run = await fastify.runs.get(id)
+    if (run === null || run === undefined || (!fastify.readsAllRuns(request) && run.keyName !== request.apiKeyName)) throw notFound(id, param)
+    return run
+  }
+
+  fastify.post('/responses', {
+    bodyLimit: config.maxBodyBytes,
+    config: { scope: 'runs:write' },
+    schema: {
+      tags: ['openai'],
+      summary: 'Create a response (OpenAI Responses API)',
+      description: 'A run of the Claude Code agent, answered as a `response` (with `stream`, the Responses SSE events; with `background`, at once). Its `id` is the run\'s.',
+      operationId: 'openaiCreateResponse',
+      security,
+      body: ResponseRequestSchema,
+      response: {
+        200: { description: 'A `response` object, or with `stream: true` an event stream of typed Responses events.', content: { 'application/json': { schema: ResponseObject }, 'text/event-stream': { schema: Type.String() } } },
+        ...errors
+      }
+    }
+  }, async (request, reply) => {
+    const body = request.body
+    const model = runModel(await engine.catalog.models(), body.model)
+    if (body.tools !== undefined && body.tools.length > 0) throw withProblem(new InvalidRequest('tools (client-side function calling) are not supported by this server yet'), { problem: { param: 'tools' } })
+    const background = body.background === true
+    if (background && body.stream === true) throw withProblem(new InvalidRequest('background and stream together are not supported: poll GET /v1/responses/{id}'), { problem: { param: 'background' } })
+    const instructions = body.instructions ?? undefined
+    const { system, turns } = readInput(body.input as string | InputItem[], instructions)
+    const previous = typeof body.previous_response_id === 'string' ? await ownRun(request, body.previous_response_id, 'previous_response_id') : undefined
+    const format = body.text?.format
+    const schema = format?.type === 'json_schema' ? format.schema : undefined
+    if (format?.type === 'json_schema' && schema === undefined) throw withProblem(new InvalidRequest('text.format.schema is required for json_schema'), { problem: { param: 'text.format.schema' } })
+    const appended = [system, format?.type === 'json_object' ? 'Answer with one JSON object and nothing else.' : undefined].filter(s => s !== undefined).join('\n\n')
+    // With a previous response, every input item is new; without one, those before the last user turns came with it.
+    let k = previous !== undefined ? 0 : turns.length
+    if (previous === undefined) while (k > 0 && turns[k - 1]?.role !== 'assistant') k--
+    const next = turns.slice(k)
+    const run: RunRequest = {
+      prompt: promptWithHistory(turns.slice(0, k), next),
+      ...(imagesOf(next).length > 0 ? { attachments: imagesOf(next) } : {}),
+      ...(appended !== '' ? { append_system_prompt: appended } : {}),
+      ...(model !== undefined ? { model } : {}),
+      ...(previous !== undefined
+        ? { session_id: previous.sessionId, working_directory: previous.workingDirectory }
+        : body.working_directory !== undefined ? { working_directory: body.working_directory } : {}),
+      ...(body.permission_mode !== undefined ? { permission_mode: body.permission_mode } : {}),
+      ...(schema !== undefined ? { output_schema: schema } : {}),
+      include_partial_messages: body.stream === true
+    }
+    checkRun(run)
+    const echo: ResponseRequest = {
+      model: body.model,
+      ...(instructions !== undefined ? { instructions } : {}),
+      ...(previous !== undefined ? { previousResponseId: previous.id } : {}),
+      background,
+      ...(format !== undefined ? { format } : {}),
+      ...(body.metadata !== undefined && body.metadata !== null ? { metadata: body.metadata } : {})
+    }
+    const handle = await fastify.startRun(request, run, !background)
+    const createdAt = Date.now()
+    reply.header('x-run-id', handle.id)
+    if (background) {
+      const stored = await fastify.runs.get(handle.id)
+      return await reply.send(responseOf(handle.id, createdAt, stored?.status ?? 'queued', null, echo))
+    }
+    if (body.stream !== true) {
+      reply.raw.on('close', () => {
+        if (!reply.raw.writableFinished) handle.cancel('client disconnected')
+      })
+      await handle.result
+      const r = JSON.parse(handle.resultJson) as RunResult
+      if (r.session_id !== null) reply.header('x-session-id', r.session_id)
+      return await reply.send(responseOf(handle.id, createdAt, r.status, r, echo))
+    }
+
+    reply.hijack()
+    const raw = reply.raw
+    const gone = new AbortController()
+    let complete = false
+    raw.on('close', () => {
+      gone.abort()
+      if (!complete) handle.cancel('client disconnected')
+    })
+    let seq = 0
+    let sse: SseWriter | undefined
+    const send = (type: string, data: Record<string, unknown>): boolean => sse?.frame(JSON.stringify({ type, sequence_number: seq++, ...data }), type) ?? true
+    const open = (sessionId: string | null): SseWriter => {
+      raw.writeHead(200, {
+        ...reply.getHeaders(),
+        'content-type': 'text/event-stream; charset=utf-8',
+        'cache-control': 'no-cache, no-transform',
+        'x-accel-buffering': 'no',
+        connection: 'keep-alive',
+        ...(sessionId !== null ? { 'x-session-id': sessionId } : {})
+      } as OutgoingHttpHeaders)
+      sse = new SseWriter(raw, config.sseKeepAliveMs)
+      send('response.created', { response: responseOf(handle.id, createdAt, 'queued', null, echo) })
+      send('response.in_progress', { response: responseOf(handle.id, createdAt, 'running', null, echo) })
+      return sse
+    }
+    const item = `msg_${handle.id}`
+    let text = ''
+    let itemOpen = false
+    const openItem = (): void => {
+      if (itemOpen) return
+      itemOpen = true
+      send('response.output_item.added', { output_index: 0, item: outputMessage(handle.id, '', 'in_progress') })
+      send('response.content_part.added', { item_id: item, output_index: 0, content_index: 0, part: { type: 'output_text', text: '', annotations: [] } })
+    }
+    const structured = schema !== undefined
+    complete = await engine.follow(handle.id, 0, e => {
+      if (e.type === 'run') {
+        open((JSON.parse(e.data) as { session_id?: string }).session_id ?? null)
+        return true
+      }
+      if (sse === undefined) open(null)
+      if (e.type === 'text' && !structured) {
+        const delta = (JSON.parse(e.data) as { text: string }).text
+        openItem()
+        text += delta
+        return send('response.output_text.delta', { item_id: item, output_index: 0, content_index: 0, delta })
+      }
+      if (e.type !== 'result') return true
+      const r = JSON.parse(e.data) as RunResult
+      const final = responseOf(handle.id, createdAt, r.status, r, echo)
+      const out = (final.output as Array<{ content: Array<{ text: string }> }>)[0]?.content[0]?.text
+      if (out !== undefined) {
+        if (!itemOpen) {
+          openItem()
+          send('response.output_text.delta', { item_id: item, output_index: 0, content_index: 0, delta: out })
+        }
+        text = out
+        send('response.output_text.done', { item_id: item, output_index: 0, content_index: 0, text })
+        send('response.content_part.done', { item_id: item, output_index: 0, content_index: 0, part: { type: 'output_text', text, annotations: [] } })
+        send('response.output_item.done', { output_index: 0, item: outputMessage(handle.id, text, 'completed') })
+      }
+      const status = final.status as string
+      send(status === 'completed' ? 'response.completed' : status === 'incomplete' ? 'response.incomplete' : 'response.failed', { response: final })
+      return true
+    }, async () => await sse?.drained(), gone.signal)
+    if (sse === undefined) open(null)
+    sse?.end()
+  })
+
+  fastify.get('/responses/:id', {
+    config: { scope: ['runs:read', 'runs:write'] },
+    schema: {
+      tags: ['openai'],
+      summary: 'Get a response (OpenAI Responses API)',
+      description: 'The response of a run, as it stands: `queued`, `in_progress`, then `completed`, `failed`, `incomplete` or `cancelled`.',
+      operationId: 'openaiGetResponse',
+      security,
+      params: IdParams,
+      response: { 200: ResponseObject, ...errors }
+    }
+  }, async (request) => {
+    const run = await ownRun(request, request.params.id)
+    return responseOf(run.id, run.createdAt, run.status, run.result, requestOf(run))
+  })
+
+  fastify.post('/responses/:id/cancel', {
+    config: { scope: 'runs:write' },
+    schema: {
+      tags: ['openai'],
+      summary: 'Cancel a response (OpenAI Responses API)',
+      description: 'Cancel the run of a response (a background one, typically); answers the response once the run has ended.',
+      operationId: 'openaiCancelResponse',
+      security,
+      params: IdParams,
+      response: { 200: ResponseObject, ...errors }
+    }
+  }, async (request) => {
+    let run = await ownRun(request, request.params.id)
+    if (run.status === 'queued' || run.status === 'running') {
+      await engine.cancel(run.id, 'cancelled through /v1/responses/{id}/cancel')
+      const until = Date.now() + 10_000
+      while ((run.status === 'queued' || run.status === 'running') && Date.now() < until) {
+        await new Promise(resolve => setTimeout(resolve, 50))
+        run = await ownRun(request, run.id)
+      }
+    }
+    return responseOf(run.id, run.createdAt, run.status, run.result, requestOf(run))
+  })
+}
+
+export default responses
