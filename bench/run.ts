@@ -16,7 +16,7 @@ import { connect } from 'node:net'
 import { defaultCliPath } from '../src/engine/launch.js'
 import { startFakeModel, type FakeModel } from '../test/fixtures/fake-model.js'
 import {
-  cliArgs, cliEnv, execute, FAKE_CLI, freePort, headers, median, quantile, readSse, ROOT, round,
+  API_KEY, cliArgs, cliEnv, execute, FAKE_CLI, freePort, headers, median, quantile, readSse, ROOT, round,
   runCli, startBare, startServer, tempDir, type Proc
 } from './lib.js'
 import { clusterRow } from './cluster.js'
@@ -760,7 +760,135 @@ async function row11 (): Promise<void> {
   })
 }
 
-const all: Array<[number, () => Promise<void>]> = [[1, row1], [2, row2], [3, row3], [4, row4], [5, row5], [6, row6], [7, row7], [8, row8], [9, row9], [10, row10], [11, row11]]
+/** One streamed run as a client sees it: ms from sending to each content delta, the text, and whether it ended well. */
+interface Streamed { at: number[], text: string, ok: boolean }
+
+async function row12 (): Promise<void> {
+  const n = quick ? 3 : 10
+  const prompt = 'stream for the bench'
+  const pieces = Array.from({ length: 20 }, (_, i) => `piece ${i} `)
+  const gap = 2
+  log(`row 12: OpenAI-compatible API against the native one, ${n} interleaved pairs: trivial run, first streamed token (${pieces.length} deltas)`)
+  model.on(prompt, [{ text: pieces, gapMs: gap, deltas: true }])
+  const srv = await server()
+  const bearer = { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' }
+  const chat = async (body: Record<string, unknown>): Promise<Response> =>
+    await fetch(`${srv.url}/v1/chat/completions`, { method: 'POST', headers: bearer, body: JSON.stringify({ model: 'claude-code', ...body }) })
+  /** A trivial run through POST /v1/chat/completions: the answer's text (empty if none). */
+  const completion = async (): Promise<string> => {
+    const r = await (await chat({ messages: [{ role: 'user', content: 'say hi' }] })).json() as { choices?: Array<{ message?: { content?: unknown } }> }
+    const content = r.choices?.[0]?.message?.content
+    if (typeof content !== 'string' || content === '') throw new Error('chat completion failed: ' + JSON.stringify(r).slice(0, 300))
+    return content
+  }
+  /** The prompt through POST /v1/chat/completions with stream: each `delta.content`, until `data: [DONE]`. */
+  const chatStream = async (): Promise<Streamed> => {
+    const t0 = performance.now()
+    const s: Streamed = { at: [], text: '', ok: false }
+    const res = await chat({ messages: [{ role: 'user', content: prompt }], stream: true, stream_options: { include_usage: true } })
+    await readSse(res, e => {
+      if (e.data === '[DONE]') return
+      const c = JSON.parse(e.data) as { choices?: Array<{ delta?: { content?: unknown }, finish_reason?: string | null }>, error?: unknown }
+      if (c.error !== undefined) throw new Error('chat stream failed: ' + e.data.slice(0, 300))
+      const content = c.choices?.[0]?.delta?.content
+      if (typeof content === 'string' && content !== '') {
+        s.at.push(performance.now() - t0)
+        s.text += content
+      }
+      if (c.choices?.[0]?.finish_reason === 'stop') s.ok = true
+    })
+    return s
+  }
+  /** The prompt through POST /api/execute/stream with include_partial_messages: each `text` event. */
+  const nativeStream = async (): Promise<Streamed> => {
+    const t0 = performance.now()
+    const s: Streamed = { at: [], text: '', ok: false }
+    const res = await fetch(`${srv.url}/api/execute/stream`, { method: 'POST', headers, body: JSON.stringify({ prompt, include_partial_messages: true }) })
+    await readSse(res, e => {
+      if (e.event === 'text') {
+        const text = (JSON.parse(e.data) as { text: string }).text
+        if (text !== '') {
+          s.at.push(performance.now() - t0)
+          s.text += text
+        }
+      }
+      if (e.event === 'result') s.ok = (JSON.parse(e.data) as { success: boolean }).success
+    })
+    return s
+  }
+  const check = (name: string, s: Streamed): Streamed => {
+    if (!s.ok || s.text !== pieces.join('')) throw new Error(`${name} stream failed: ${s.at.length} deltas, ${JSON.stringify(s.text.slice(0, 100))}`)
+    return s
+  }
+  const viaChat: number[] = []
+  const viaExecute: number[] = []
+  const chatStreams: Streamed[] = []
+  const nativeStreams: Streamed[] = []
+  try {
+    await completion()
+    await execute(srv.url, { prompt: 'say hi' })
+    for (let i = 0; i < n; i++) {
+      // Each pair in turn order: neither path always follows the other's run.
+      for (const which of i % 2 === 0 ? ['chat', 'execute'] : ['execute', 'chat']) {
+        const t0 = performance.now()
+        if (which === 'chat') {
+          await completion()
+          viaChat.push(performance.now() - t0)
+        } else {
+          const r = await execute(srv.url, { prompt: 'say hi' })
+          viaExecute.push(performance.now() - t0)
+          if (r.success !== true) throw new Error('run failed: ' + JSON.stringify(r).slice(0, 300))
+        }
+      }
+    }
+    check('chat', await chatStream())
+    check('native', await nativeStream())
+    for (let i = 0; i < n; i++) {
+      for (const which of i % 2 === 0 ? ['chat', 'native'] : ['native', 'chat']) {
+        if (which === 'chat') chatStreams.push(check(which, await chatStream()))
+        else nativeStreams.push(check(which, await nativeStream()))
+      }
+    }
+  } finally {
+    await srv.stop()
+  }
+  const ratio = median(viaChat) / median(viaExecute)
+  const firstChat = chatStreams.map(s => s.at[0]!)
+  const firstNative = nativeStreams.map(s => s.at[0]!)
+  const diffs = firstChat.map((x, i) => x - firstNative[i]!)
+  const added = { p50: quantile(diffs, 0.5), p99: quantile(diffs, 0.99) }
+  const gaps = (ss: Streamed[]): number[] => ss.flatMap(s => s.at.slice(1).map((t, i) => t - s.at[i]!))
+  const gapsChat = gaps(chatStreams)
+  const gapsNative = gaps(nativeStreams)
+  const signed = (x: number): string => `${x < 0 ? '−' : '+'}${round(Math.abs(x), 2)}`
+  rows.push({
+    row: 12,
+    what: `OpenAI-compatible API: trivial run through POST /v1/chat/completions (median of ${n}, interleaved); time to the first streamed token with stream: true (${n} interleaved pairs, ${pieces.length} deltas ${gap} ms apart)`,
+    compared_with: 'the same run through POST /api/execute; the same prompt through POST /api/execute/stream with include_partial_messages (first `text` event)',
+    measured: `${round(median(viaChat), 0)} ms; first token median ${round(median(firstChat), 0)} ms, ${signed(added.p50)} ms p50, ${signed(added.p99)} ms p99 (chat − native, per pair); delta gaps p50 ${round(quantile(gapsChat, 0.5), 2)} ms, p99 ${round(quantile(gapsChat, 0.99), 2)} ms`,
+    baseline: `${round(median(viaExecute), 0)} ms; first token median ${round(median(firstNative), 0)} ms; delta gaps p50 ${round(quantile(gapsNative, 0.5), 2)} ms, p99 ${round(quantile(gapsNative, 0.99), 2)} ms`,
+    figure: round(ratio, 3),
+    unit: '× (chat completion vs /api/execute)',
+    budget: '≤ 1.03×; first token ≤ +2 ms p99 added',
+    pass: ratio <= 1.03 && added.p99 <= 2,
+    smoke_pass: ratio <= 1.5 && added.p99 <= 50,
+    details: {
+      chat_ms: viaChat.map(x => round(x, 1)),
+      execute_ms: viaExecute.map(x => round(x, 1)),
+      first_token_chat_ms: firstChat.map(x => round(x, 1)),
+      first_token_native_ms: firstNative.map(x => round(x, 1)),
+      first_token_added_ms: diffs.map(x => round(x, 2)),
+      first_token_added_p50_ms: round(added.p50, 2),
+      first_token_added_p99_ms: round(added.p99, 2),
+      delta_gap_ms: {
+        chat: { p50: round(quantile(gapsChat, 0.5), 2), p99: round(quantile(gapsChat, 0.99), 2), max: round(Math.max(...gapsChat), 2) },
+        native: { p50: round(quantile(gapsNative, 0.5), 2), p99: round(quantile(gapsNative, 0.99), 2), max: round(Math.max(...gapsNative), 2) }
+      }
+    }
+  })
+}
+
+const all: Array<[number, () => Promise<void>]> = [[1, row1], [2, row2], [3, row3], [4, row4], [5, row5], [6, row6], [7, row7], [8, row8], [9, row9], [10, row10], [11, row11], [12, row12]]
 const started = Date.now()
 try {
   for (const [n, fn] of all) {
