@@ -28,6 +28,8 @@ export interface Continuation {
 /** The conversations of every key, most recent first, within a bound (in memory; per instance). */
 export class ConversationIndex {
   private readonly known = new Map<string, Known>()
+  /** Each session's latest answered conversation. */
+  private readonly heads = new Map<string, Known>()
 
   constructor (private readonly max = 10_000) {}
 
@@ -54,14 +56,18 @@ export class ConversationIndex {
 
   /** The conversation now ends with `answer`, in `sessionId`; the turns it continued are no longer its head. */
   answered (key: string, system: string | undefined, turns: Turn[], answer: Turn, sessionId: string, workingDirectory: string): void {
-    for (const known of this.known.values()) if (known.sessionId === sessionId) known.head = false
+    const before = this.heads.get(sessionId)
+    if (before !== undefined) before.head = false
     const print = key + ':' + fingerprint(system, [...turns, answer])
+    const now: Known = { sessionId, workingDirectory, head: true, at: Date.now() }
     this.known.delete(print)
-    this.known.set(print, { sessionId, workingDirectory, head: true, at: Date.now() })
+    this.known.set(print, now)
+    this.heads.set(sessionId, now)
     while (this.known.size > this.max) {
-      const oldest = this.known.keys().next().value
+      const [oldest, entry] = this.known.entries().next().value ?? []
       if (oldest === undefined) break
       this.known.delete(oldest)
+      if (entry !== undefined && this.heads.get(entry.sessionId) === entry) this.heads.delete(entry.sessionId)
     }
   }
 }
