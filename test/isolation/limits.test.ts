@@ -176,3 +176,18 @@ test('a server run by an ordinary user: no control groups, rlimits instead; runs
   t.notMatch(out, /held 3072/, 'the process could not hold 3 GiB')
   t.match(out, /allocation failed|out of memory|RangeError/i, out)
 })
+
+test('RUN_NETWORK=none: the model only, no proxy; RUN_NETWORK=host: the host\'s network, said in /health', { skip: skipSandbox }, async t => {
+  const none = await server(t, { RUN_NETWORK: 'none' }, 34_000)
+  t.equal((await (await fetch(`${none.server.base}/health`)).json() as any).isolation.network, 'none')
+  none.model.on('look for a proxy', [{ tool: 'Bash', input: { command: 'echo "proxy=[$HTTPS_PROXY]"; curl -s -m 3 -x http://127.0.0.1:3128 http://example.com/; echo "curl=$?"' } }, { text: 'looked' }])
+  const r = await none.run(ALICE, { prompt: 'look for a proxy', allowed_tools: ['Bash'] })
+  t.equal(r.status, 'succeeded', `the run talks to its model: ${String(r.error)}`)
+  const out = toolResults(none.model.calls).at(-1) ?? ''
+  t.match(out, /proxy=\[\]/, 'no proxy in its environment')
+  t.match(out, /curl=7/, 'and none to be reached')
+
+  const host = await server(t, { RUN_NETWORK: 'host' }, 35_000)
+  t.equal((await (await fetch(`${host.server.base}/health`)).json() as any).isolation.network, 'host')
+  t.match(host.server.output(), /RUN_NETWORK=host: sandboxed runs share the host's network/, 'a warning at start')
+})
