@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import { existsSync, lstatSync, mkdirSync, rmSync } from 'node:fs'
+import { existsSync, lstatSync, mkdirSync, readdirSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { RunCredential } from './broker.js'
@@ -82,11 +82,26 @@ function socketRoot (): string {
   throw new Error('no directory for runs\' network sockets could be made (/run, the temp directory)')
 }
 
+function alive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
 /** The networks of sandboxed runs. */
 export class RunNetworks {
   private readonly root = socketRoot()
 
-  constructor (private readonly o: RunNetworkOptions) {}
+  constructor (private readonly o: RunNetworkOptions) {
+    // What a server killed outright left: its runs' directories (named after its pid) go.
+    for (const name of readdirSync(this.root)) {
+      const pid = Number(/^(\d+)-/.exec(name)?.[1])
+      if (!Number.isInteger(pid) || !alive(pid)) rmSync(join(this.root, name), { recursive: true, force: true })
+    }
+  }
 
   get mode (): 'egress' | 'none' { return this.o.mode }
 
@@ -96,7 +111,7 @@ export class RunNetworks {
    */
   open (marker: string, owner: { uid: number, gid: number }, credential: RunCredential | undefined, run: string): RunNetwork {
     // Short: a UNIX socket's path has room for 107 bytes only.
-    const dir = join(this.root, createHash('sha256').update(marker).digest('hex').slice(0, 24))
+    const dir = join(this.root, `${process.pid}-${createHash('sha256').update(marker).digest('hex').slice(0, 16)}`)
     mkdirSync(dir, { mode: 0o711 })
     const closers: Array<() => Promise<void>> = []
     let closed: Promise<void> | undefined
