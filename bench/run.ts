@@ -772,49 +772,51 @@ async function row12 (): Promise<void> {
   model.on(prompt, [{ text: pieces, gapMs: gap, deltas: true }])
   const srv = await server()
   const bearer = { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' }
-  const chat = async (body: Record<string, unknown>): Promise<Response> =>
+  const chat0 = async (body: Record<string, unknown>): Promise<Response> =>
     await fetch(`${srv.url}/v1/chat/completions`, { method: 'POST', headers: bearer, body: JSON.stringify({ model: 'claude-code', ...body }) })
-  /** A trivial run through POST /v1/chat/completions: the answer's text (empty if none). */
+  /** A trivial run through POST /v1/chat/completions: the answer's text (throws if there is none). */
   const completion = async (): Promise<string> => {
-    const r = await (await chat({ messages: [{ role: 'user', content: 'say hi' }] })).json() as { choices?: Array<{ message?: { content?: unknown } }> }
+    const r = await (await chat0({ messages: [{ role: 'user', content: 'say hi' }] })).json() as { choices?: Array<{ message?: { content?: unknown } }> }
     const content = r.choices?.[0]?.message?.content
     if (typeof content !== 'string' || content === '') throw new Error('chat completion failed: ' + JSON.stringify(r).slice(0, 300))
     return content
   }
-  /** The prompt through POST /v1/chat/completions with stream: each `delta.content`, until `data: [DONE]`. */
-  const chatStream = async (): Promise<Streamed> => {
+  /**
+   * One run seen both ways at once: POST /v1/chat/completions with stream (each `delta.content`,
+   * ok with `finish_reason: stop`) and, for the very same run (its `X-Run-Id`), the native
+   * GET /api/runs/{id}/events (each `text` event). Both clocks are this process's: the difference
+   * per delta is what the OpenAI layer adds, free of the CLI's own start-up jitter between runs.
+   */
+  const bothWays = async (): Promise<{ chat: Streamed, native: Streamed }> => {
     const t0 = performance.now()
-    const s: Streamed = { at: [], text: '', ok: false }
-    const res = await chat({ messages: [{ role: 'user', content: prompt }], stream: true, stream_options: { include_usage: true } })
+    const chat: Streamed = { at: [], text: '', ok: false }
+    const native: Streamed = { at: [], text: '', ok: false }
+    const res = await chat0({ messages: [{ role: 'user', content: prompt }], stream: true, stream_options: { include_usage: true } })
+    const id = res.headers.get('x-run-id')
+    if (id === null) throw new Error('no X-Run-Id on the chat stream')
+    const follower = fetch(`${srv.url}/api/runs/${id}/events`, { headers }).then(async r => await readSse(r, e => {
+      if (e.event === 'text') {
+        const text = (JSON.parse(e.data) as { text: string }).text
+        if (text !== '') {
+          native.at.push(performance.now() - t0)
+          native.text += text
+        }
+      }
+      if (e.event === 'result') native.ok = (JSON.parse(e.data) as { success: boolean }).success
+    }))
     await readSse(res, e => {
       if (e.data === '[DONE]') return
       const c = JSON.parse(e.data) as { choices?: Array<{ delta?: { content?: unknown }, finish_reason?: string | null }>, error?: unknown }
       if (c.error !== undefined) throw new Error('chat stream failed: ' + e.data.slice(0, 300))
       const content = c.choices?.[0]?.delta?.content
       if (typeof content === 'string' && content !== '') {
-        s.at.push(performance.now() - t0)
-        s.text += content
+        chat.at.push(performance.now() - t0)
+        chat.text += content
       }
-      if (c.choices?.[0]?.finish_reason === 'stop') s.ok = true
+      if (c.choices?.[0]?.finish_reason === 'stop') chat.ok = true
     })
-    return s
-  }
-  /** The prompt through POST /api/execute/stream with include_partial_messages: each `text` event. */
-  const nativeStream = async (): Promise<Streamed> => {
-    const t0 = performance.now()
-    const s: Streamed = { at: [], text: '', ok: false }
-    const res = await fetch(`${srv.url}/api/execute/stream`, { method: 'POST', headers, body: JSON.stringify({ prompt, include_partial_messages: true }) })
-    await readSse(res, e => {
-      if (e.event === 'text') {
-        const text = (JSON.parse(e.data) as { text: string }).text
-        if (text !== '') {
-          s.at.push(performance.now() - t0)
-          s.text += text
-        }
-      }
-      if (e.event === 'result') s.ok = (JSON.parse(e.data) as { success: boolean }).success
-    })
-    return s
+    await follower
+    return { chat, native }
   }
   const check = (name: string, s: Streamed): Streamed => {
     if (!s.ok || s.text !== pieces.join('')) throw new Error(`${name} stream failed: ${s.at.length} deltas, ${JSON.stringify(s.text.slice(0, 100))}`)
@@ -841,13 +843,11 @@ async function row12 (): Promise<void> {
         }
       }
     }
-    check('chat', await chatStream())
-    check('native', await nativeStream())
+    await bothWays()
     for (let i = 0; i < n; i++) {
-      for (const which of i % 2 === 0 ? ['chat', 'native'] : ['native', 'chat']) {
-        if (which === 'chat') chatStreams.push(check(which, await chatStream()))
-        else nativeStreams.push(check(which, await nativeStream()))
-      }
+      const { chat, native } = await bothWays()
+      chatStreams.push(check('chat', chat))
+      nativeStreams.push(check('native', native))
     }
   } finally {
     await srv.stop()
@@ -856,21 +856,23 @@ async function row12 (): Promise<void> {
   const firstChat = chatStreams.map(s => s.at[0]!)
   const firstNative = nativeStreams.map(s => s.at[0]!)
   const diffs = firstChat.map((x, i) => x - firstNative[i]!)
-  const added = { p50: quantile(diffs, 0.5), p99: quantile(diffs, 0.99) }
+  // Every delta of every run, chat against native: the first token and all after it.
+  const allDiffs = chatStreams.flatMap((s, i) => s.at.map((t, k) => t - (nativeStreams[i]!.at[k] ?? t)))
+  const added = { p50: quantile(allDiffs, 0.5), p99: quantile(allDiffs, 0.99), first: Math.max(...diffs) }
   const gaps = (ss: Streamed[]): number[] => ss.flatMap(s => s.at.slice(1).map((t, i) => t - s.at[i]!))
   const gapsChat = gaps(chatStreams)
   const gapsNative = gaps(nativeStreams)
   const signed = (x: number): string => `${x < 0 ? '−' : '+'}${round(Math.abs(x), 2)}`
   rows.push({
     row: 12,
-    what: `OpenAI-compatible API: trivial run through POST /v1/chat/completions (median of ${n}, interleaved); time to the first streamed token with stream: true (${n} interleaved pairs, ${pieces.length} deltas ${gap} ms apart)`,
-    compared_with: 'the same run through POST /api/execute; the same prompt through POST /api/execute/stream with include_partial_messages (first `text` event)',
-    measured: `${round(median(viaChat), 0)} ms; first token median ${round(median(firstChat), 0)} ms, ${signed(added.p50)} ms p50, ${signed(added.p99)} ms p99 (chat − native, per pair); delta gaps p50 ${round(quantile(gapsChat, 0.5), 2)} ms, p99 ${round(quantile(gapsChat, 0.99), 2)} ms`,
+    what: `OpenAI-compatible API: trivial run through POST /v1/chat/completions (median of ${n}, interleaved); each streamed token with stream: true against the native stream of the same run (${n} runs, ${pieces.length} deltas ${gap} ms apart)`,
+    compared_with: 'the same run through POST /api/execute; the same run\'s own GET /api/runs/{id}/events, read at the same time (its `text` events)',
+    measured: `${round(median(viaChat), 0)} ms; tokens ${signed(added.p50)} ms p50, ${signed(added.p99)} ms p99 after the native stream (first token at most ${signed(added.first)} ms; first at ${round(median(firstChat), 0)} ms median); delta gaps p50 ${round(quantile(gapsChat, 0.5), 2)} ms, p99 ${round(quantile(gapsChat, 0.99), 2)} ms`,
     baseline: `${round(median(viaExecute), 0)} ms; first token median ${round(median(firstNative), 0)} ms; delta gaps p50 ${round(quantile(gapsNative, 0.5), 2)} ms, p99 ${round(quantile(gapsNative, 0.99), 2)} ms`,
     figure: round(ratio, 3),
     unit: '× (chat completion vs /api/execute)',
-    budget: '≤ 1.03×; first token ≤ +2 ms p99 added',
-    pass: ratio <= 1.03 && added.p99 <= 2,
+    budget: '≤ 1.03×; streamed tokens ≤ +2 ms p99 added',
+    pass: ratio <= 1.03 && added.p99 <= 2 && added.first <= 2,
     smoke_pass: ratio <= 1.5 && added.p99 <= 50,
     details: {
       chat_ms: viaChat.map(x => round(x, 1)),
@@ -879,7 +881,8 @@ async function row12 (): Promise<void> {
       first_token_native_ms: firstNative.map(x => round(x, 1)),
       first_token_added_ms: diffs.map(x => round(x, 2)),
       first_token_added_p50_ms: round(added.p50, 2),
-      first_token_added_p99_ms: round(added.p99, 2),
+      token_added_p99_ms: round(added.p99, 2),
+      token_added_p50_ms: round(added.p50, 2),
       delta_gap_ms: {
         chat: { p50: round(quantile(gapsChat, 0.5), 2), p99: round(quantile(gapsChat, 0.99), 2), max: round(Math.max(...gapsChat), 2) },
         native: { p50: round(quantile(gapsNative, 0.5), 2), p99: round(quantile(gapsNative, 0.99), 2), max: round(Math.max(...gapsNative), 2) }
