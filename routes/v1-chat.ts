@@ -23,7 +23,7 @@ const ChatMessageSchema = Type.Object({
 
 const ChatRequestSchema = Type.Object({
   model: Type.String({ minLength: 1, description: 'A model from `GET /v1/models`; `claude-code` for the server\'s default.' }),
-  messages: Type.Array(ChatMessageSchema, { minItems: 1 }),
+  messages: Type.Array(ChatMessageSchema, { minItems: 1, maxItems: 1000 }),
   stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
   stream_options: Type.Optional(Type.Union([Type.Object({ include_usage: Type.Optional(Type.Boolean()) }, Open), Type.Null()])),
   response_format: Type.Optional(Type.Object({
@@ -99,7 +99,8 @@ const chat: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const body = request.body
-    const model = runModel(await engine.catalog.models(), body.model)
+    // The default needs no list: a request for it never waits for the CLI to be asked.
+    const model = body.model === DEFAULT_MODEL ? undefined : runModel(await engine.catalog.models(), body.model)
     if (body.tools !== undefined && body.tools.length > 0) {
       throw withProblem(new InvalidRequest('tools (client-side function calling) are not supported by this server yet'), { problem: { param: 'tools' } })
     }
@@ -207,7 +208,13 @@ const chat: FastifyPluginAsyncTypebox = async (fastify) => {
       if (includeUsage) sse.frame(JSON.stringify(chunkOf(handle.id, body.model, at, {}, null, usageOf(r))))
       void remember(r)
       return true
-    }, async () => await sse?.drained(), gone.signal)
+    }, async () => await sse?.drained(), gone.signal).catch((err: unknown) => {
+      // The run's events could not be read to the end (the store failed): say so, and end the stream.
+      request.log.error({ err }, 'chat completion stream: following the run failed')
+      sse ??= open(null)
+      sse.frame(JSON.stringify({ error: { message: 'the run\'s events could not be read; GET /api/runs/' + handle.id + ' shows it', type: 'server_error', param: null, code: 'store_unavailable' } }))
+      return false
+    })
     sse ??= open(null)
     sse.frame('[DONE]')
     sse.end()

@@ -16,7 +16,7 @@ const Open = { additionalProperties: true }
 
 const ResponseRequestSchema = Type.Object({
   model: Type.String({ minLength: 1, description: 'A model from `GET /v1/models`; `claude-code` for the server\'s default.' }),
-  input: Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.Object({}, Open), { minItems: 1 })], { description: 'Text, or message items (`input_text`, `input_image` as a data URL).' }),
+  input: Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.Object({}, Open), { minItems: 1, maxItems: 1000 })], { description: 'Text, or message items (`input_text`, `input_image` as a data URL).' }),
   instructions: Type.Optional(Type.Union([Type.String(), Type.Null()])),
   previous_response_id: Type.Optional(Type.Union([Type.String({ format: 'uuid' }), Type.Null()], { description: 'Continue that response\'s Claude session (its working directory, tools and context).' })),
   stream: Type.Optional(Type.Union([Type.Boolean(), Type.Null()])),
@@ -57,10 +57,14 @@ const responses: FastifyPluginAsyncTypebox = async (fastify) => {
   const { config, engine } = fastify
   const checkRun = runChecker(config, { prompt: 'input', attachments: 'input', output_schema: 'text.format', append_system_prompt: 'instructions' })
 
-  /** A stored run this key may see (an admin's: any), or 404. */
-  const ownRun = async (request: FastifyRequest, id: string, param: string | null = null): Promise<RunRecord> => {
+  /**
+   * A stored run this key may see (`runs:read_all`: any), or may change (`write`: its own; an
+   * admin's: any), or 404.
+   */
+  const ownRun = async (request: FastifyRequest, id: string, param: string | null = null, write = false): Promise<RunRecord> => {
     const run = await fastify.runs.get(id)
-    if (run === null || run === undefined || (!fastify.readsAllRuns(request) && run.keyName !== request.apiKeyName)) throw notFound(id, param)
+    const mayAll = write ? fastify.isAdmin(request) : fastify.readsAllRuns(request)
+    if (run === null || run === undefined || (!mayAll && run.keyName !== request.apiKeyName)) throw notFound(id, param)
     return run
   }
 
@@ -81,13 +85,14 @@ const responses: FastifyPluginAsyncTypebox = async (fastify) => {
     }
   }, async (request, reply) => {
     const body = request.body
-    const model = runModel(await engine.catalog.models(), body.model)
+    // The default needs no list: a request for it never waits for the CLI to be asked.
+    const model = body.model === DEFAULT_MODEL ? undefined : runModel(await engine.catalog.models(), body.model)
     if (body.tools !== undefined && body.tools.length > 0) throw withProblem(new InvalidRequest('tools (client-side function calling) are not supported by this server yet'), { problem: { param: 'tools' } })
     const background = body.background === true
     if (background && body.stream === true) throw withProblem(new InvalidRequest('background and stream together are not supported: poll GET /v1/responses/{id}'), { problem: { param: 'background' } })
     const instructions = body.instructions ?? undefined
     const { system, turns } = readInput(body.input as string | InputItem[], instructions)
-    const previous = typeof body.previous_response_id === 'string' ? await ownRun(request, body.previous_response_id, 'previous_response_id') : undefined
+    const previous = typeof body.previous_response_id === 'string' ? await ownRun(request, body.previous_response_id, 'previous_response_id', true) : undefined
     const format = body.text?.format
     const schema = format?.type === 'json_schema' ? format.schema : undefined
     if (format?.type === 'json_schema' && schema === undefined) throw withProblem(new InvalidRequest('text.format.schema is required for json_schema'), { problem: { param: 'text.format.schema' } })
@@ -198,7 +203,12 @@ const responses: FastifyPluginAsyncTypebox = async (fastify) => {
       const status = final.status as string
       send(status === 'completed' ? 'response.completed' : status === 'incomplete' ? 'response.incomplete' : 'response.failed', { response: final })
       return true
-    }, async () => await sse?.drained(), gone.signal)
+    }, async () => await sse?.drained(), gone.signal).catch((err: unknown) => {
+      request.log.error({ err }, 'response stream: following the run failed')
+      if (sse === undefined) open(null)
+      send('error', { code: 'store_unavailable', message: `the run's events could not be read; GET /v1/responses/${handle.id} shows it`, param: null })
+      return false
+    })
     if (sse === undefined) open(null)
     sse?.end()
   })
@@ -231,7 +241,7 @@ const responses: FastifyPluginAsyncTypebox = async (fastify) => {
       response: { 200: ResponseObject, ...errors }
     }
   }, async (request) => {
-    let run = await ownRun(request, request.params.id)
+    let run = await ownRun(request, request.params.id, null, true)
     if (run.status === 'queued' || run.status === 'running') {
       await engine.cancel(run.id, 'cancelled through /v1/responses/{id}/cancel')
       const until = Date.now() + 10_000

@@ -126,6 +126,9 @@ function keyLimits (e: KeyEntry): RunLimits | undefined {
   const out: RunLimits = {}
   const memoryMax = size('memory_max', l.memory_max)
   const diskMax = size('disk_max', l.disk_max)
+  // The same floors as RUN_MEMORY_MAX and RUN_PIDS_MAX: below them every run of the key would fail.
+  if (memoryMax !== undefined && memoryMax < 256 * 1024 * 1024) throw new Error(`memory_max: ${String(l.memory_max)} is below 256M; the Claude Code CLI alone needs about 250 MB`)
+  if (l.pids_max !== undefined && l.pids_max < 32) throw new Error(`pids_max: ${l.pids_max} is below 32; the CLI's own threads need about 20`)
   if (memoryMax !== undefined) out.memoryMax = memoryMax
   if (l.pids_max !== undefined) out.pidsMax = l.pids_max
   if (l.cpu_max !== undefined) out.cpuMax = l.cpu_max

@@ -213,15 +213,15 @@ export class CliProcess {
     return true
   }
 
-  /** A claimed spare takes the limits of the run that claimed it. */
-  applyLimits (limits: RunLimits | undefined): void {
-    if (this.box === undefined || limits === undefined) return
+  /** A spare takes the limits of the run that claims it; false if its group cannot hold them (it holds more already). */
+  applyLimits (limits: RunLimits | undefined): boolean {
+    if (this.box === undefined || limits === undefined) return true
     try {
       this.box.apply(limits)
+      return true
     } catch (err) {
-      this.log.warn({ err: (err as Error).message, limits }, 'the spare could not take the run\'s limits (it holds more already); ending it')
-      this.limitHit = 'memory'
-      void this.end(0)
+      this.log.warn({ err: (err as Error).message, limits }, 'the spare could not take the run\'s limits (it holds more already)')
+      return false
     }
   }
 

@@ -186,16 +186,19 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
       else if (state === 'waiting') held.push(line)
     }
     let q: Query | undefined
-    let refusal: string | undefined
+    // Parked under the limits of the key it waited for; under the run's own before the run's prompt reaches it.
+    let refusal: string | undefined = p.applyLimits(s.limits?.limits) ? undefined : 'its control group holds more than the run\'s limits allow'
     try {
-      q = w.spare.claim({ prompt: input(), options: claimOptionsOf(spec) })
+      if (refusal === undefined) q = w.spare.claim({ prompt: input(), options: claimOptionsOf(spec) })
       // option_not_applied: only a model setting was refused, and the prompt runs already: it
       // cannot start again, so it goes on (without that setting), and the log says so.
-      refusal = await w.spare.claimed.then(() => undefined, (err: Error) => {
-        if (!err.message.startsWith('option_not_applied')) return err.message
-        hooks.log.warn({ why: err.message, model: spec.model }, 'the warm spare took the run but not its model setting')
-        return undefined
-      })
+      if (q !== undefined) {
+        refusal = await w.spare.claimed.then(() => undefined, (err: Error) => {
+          if (!err.message.startsWith('option_not_applied')) return err.message
+          hooks.log.warn({ why: err.message, model: spec.model }, 'the warm spare took the run but not its model setting')
+          return undefined
+        })
+      }
     } catch (err) {
       refusal = (err as Error).message
     }
@@ -209,8 +212,6 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
       return false
     }
     state = 'claimed'
-    // Parked under the limits of the key it waited for; from now on, under the run's own.
-    p.applyLimits(s.limits?.limits)
     for (const line of held) onLine(...line)
     w.outcome('hit')
     if (mustEnd) endTree()

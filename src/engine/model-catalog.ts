@@ -2,6 +2,8 @@ import { query, type ModelInfo } from '@anthropic-ai/claude-agent-sdk'
 
 /** How long the CLI's model list is kept before it is asked again. */
 const KEEP_MS = 10 * 60_000
+/** After a failure to ask, how long until the CLI is asked again. */
+const FAILED_RETRY_MS = 60_000
 /** How long asking may take before the last known list (or none) is used. */
 const ASK_TIMEOUT_MS = 30_000
 
@@ -28,7 +30,12 @@ export class ModelCatalog {
       this.list = list
       this.at = Date.now()
       return list
-    }, () => this.list ?? []).finally(() => { this.asking = undefined })
+    }, () => {
+      // Could not be asked: the last list (or none) is answered, and the CLI asked again in a minute.
+      this.list ??= []
+      this.at = Date.now() - KEEP_MS + FAILED_RETRY_MS
+      return this.list
+    }).finally(() => { this.asking = undefined })
     return await this.asking
   }
 

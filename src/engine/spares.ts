@@ -47,12 +47,19 @@ export function spareStarter (c: SpareContext): (profile: string) => Promise<War
     let onlyCwd: string | undefined
     if (identity !== undefined) {
       parking = join(identity.home, '.spares')
-      ownedDirectory(parking, identity.uid)
-      onlyCwd = c.workAreaOf(identity)
+      try {
+        ownedDirectory(parking, identity.uid)
+        onlyCwd = c.workAreaOf(identity)
+      } catch (err) {
+        credential?.revoke()
+        await network?.close()
+        throw err
+      }
     }
     let proc: CliProcess | undefined
     const log = c.log.child({ spare: id, ...(identity !== undefined ? { identity: identity.key } : {}) })
     const sessionId = randomUUID()
+    const limits = c.limitsOf?.(profile) ?? settings.runLimits
     try {
       const spare = await prewarm({
         options: {
@@ -64,13 +71,13 @@ export function spareStarter (c: SpareContext): (profile: string) => Promise<War
           sessionId,
           ...(settings.allowedPermissionModes.includes('bypassPermissions') ? { allowDangerouslySkipPermissions: true } : {}),
           ...(parking !== undefined ? { cwd: parking } : {}),
-          spawnClaudeCodeProcess: cliSpawner(marker, executorSettings(c.launcher, identity, onlyCwd ?? parking ?? settings.defaultWorkingDir, { chdir: onlyCwd !== undefined ? parking : undefined, network, limits: c.limitsOf?.(profile) }), parking ?? settings.defaultWorkingDir, log, p => { proc = p })
+          spawnClaudeCodeProcess: cliSpawner(marker, executorSettings(c.launcher, identity, onlyCwd ?? parking ?? settings.defaultWorkingDir, { chdir: onlyCwd !== undefined ? parking : undefined, network, limits }), parking ?? settings.defaultWorkingDir, log, p => { proc = p })
         },
         initializeTimeoutMs: SPARE_PARK_TIMEOUT_MS
       })
       if (proc === undefined) throw new Error('the SDK parked a spare without spawning it')
       log.debug({ session_id: sessionId }, 'warm spare parked')
-      return { id, profile, sessionId, spare, process: proc, ...(credential !== undefined ? { credential } : {}), ...(network !== undefined ? { network } : {}), ...(onlyCwd !== undefined ? { onlyCwd } : {}) }
+      return { id, profile, sessionId, spare, process: proc, limits, ...(credential !== undefined ? { credential } : {}), ...(network !== undefined ? { network } : {}), ...(onlyCwd !== undefined ? { onlyCwd } : {}) }
     } catch (err) {
       credential?.revoke()
       await network?.close()

@@ -1,6 +1,7 @@
 import type { SpareProcess } from '@anthropic-ai/claude-agent-sdk'
 import type { RunCredential } from '../isolation/broker.js'
 import type { RunNetwork } from '../isolation/run-network.js'
+import type { RunLimits } from '../domain/limits.js'
 import type { CliProcess } from './cli-process.js'
 import type { RunnerLogger } from '../domain/logger.js'
 
@@ -15,6 +16,8 @@ export interface WarmSpare {
   process: CliProcess
   /** Its own token from the credential broker, handed to the run that takes it. */
   credential?: RunCredential
+  /** The limits it was launched with: what its group can change at a claim, its rlimits and /tmp cannot. */
+  limits?: RunLimits
   /** Its own network (sandboxed), which the run that takes it keeps. */
   network?: RunNetwork
   /** In the sandbox: the one directory it can serve (the identity's own work area). */

@@ -39,13 +39,26 @@ export class WarmStart {
    * options (the claim sets directory, model, permission mode and appended system prompt; the
    * rest was fixed when the spare started). Taken synchronously, before admission.
    */
+  /**
+   * Whether a spare's fixed limits are the run's: its rlimits (a file's size; and where there are
+   * no control groups, memory and processes) and its /tmp's size were set when it started.
+   */
+  private fits (parked: RunLimits | undefined, run: RunLimits | undefined): boolean {
+    const a = parked ?? {}
+    const b = run ?? {}
+    if (a.diskMax !== b.diskMax) return false
+    const groups = this.d.launcher.limits?.boxes != null
+    return groups || (a.memoryMax === b.memoryMax && a.pidsMax === b.pidsMax)
+  }
+
   take (spec: RunSpec, request: RunRequest): WarmSpare | undefined {
-    if (this.d.perIdentity && spec.identity !== undefined && spec.limits !== undefined) this.limits.set(spec.identity, spec.limits)
     if (request.session_id !== undefined || spec.sessionMode !== 'new') return undefined
+    // The next spare of this identity waits with this key's limits (a new session of its own).
+    if (this.d.perIdentity && spec.identity !== undefined && spec.limits !== undefined) this.limits.set(spec.identity, spec.limits)
     const claimable = Object.keys(spec.env).length === 0 && spec.systemPrompt === undefined && spec.allowedTools === undefined &&
       spec.disallowedTools === undefined && spec.maxTurns === undefined && spec.maxBudgetUsd === undefined &&
       spec.outputSchema === undefined && spec.approvals === 'deny' && !spec.includePartialMessages
-    const spare = this.pool.take(spec.identity ?? '', s => claimable && (s.onlyCwd === undefined || s.onlyCwd === spec.cwd))
+    const spare = this.pool.take(spec.identity ?? '', s => claimable && (s.onlyCwd === undefined || s.onlyCwd === spec.cwd) && this.fits(s.limits, spec.limits))
     if (spare === undefined) this.d.claimed('miss')
     return spare
   }

@@ -169,11 +169,17 @@ export class CredentialBroker {
           this.boundTo.set(socket, grant)
           http.emit('connection', socket)
         })
+        // An error (EMFILE, a path too long) is the launch's to report, never an uncaught one.
+        l.on('error', err => this.onError(err))
         // Bound synchronously (a UNIX socket), so its mode and owner are set before anyone can connect.
         l.listen(path)
-        chmodSync(path, 0o600)
-        if (owner !== undefined) chownSync(path, owner.uid, owner.gid)
-        l.on('error', err => this.onError(err))
+        try {
+          chmodSync(path, 0o600)
+          if (owner !== undefined) chownSync(path, owner.uid, owner.gid)
+        } catch (err) {
+          l.close()
+          throw err
+        }
         grant.bound = true
         listeners.push(l)
         this.listeners.add(l)

@@ -137,8 +137,15 @@ export async function sweepLeftovers (parents: string[], procsOf: (dir: string) 
     }
     for (const n of names) {
       const base = join(parent, n)
-      for (const run of readdirSync(base, { withFileTypes: true }).filter(d => d.isDirectory())) {
-        const dir = join(base, run.name)
+      let runs: string[]
+      try {
+        runs = readdirSync(base, { withFileTypes: true }).filter(d => d.isDirectory()).map(d => d.name)
+      } catch {
+        // Another server swept it meanwhile.
+        continue
+      }
+      for (const run of runs) {
+        const dir = join(base, run)
         for (let i = 0; i < 20 && procsOf(dir).some(f => pidsIn(f).length > 0); i++) {
           for (const f of procsOf(dir)) killPids(pidsIn(f))
           await sleep(20)

@@ -1,4 +1,4 @@
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { RunLimits } from '../domain/limits.js'
@@ -37,10 +37,12 @@ class V1Boxes implements Boxes {
           // With swap accounted, memory and swap together: a run does not swap its way past its limit.
           const memsw = join(mem, 'memory.memsw.limit_in_bytes')
           const hasSwap = existsSync(memsw)
-          // The combined limit may never be below the memory limit: raise in one order, lower in the other.
-          if (hasSwap && l.memoryMax === undefined) writeFileSync(memsw, v)
+          // The combined limit may never be below the memory limit: raising, it goes first; lowering, last.
+          const current = Number(readFileSync(join(mem, 'memory.limit_in_bytes'), 'utf8'))
+          const raising = l.memoryMax === undefined || !(l.memoryMax <= current)
+          if (hasSwap && raising) writeFileSync(memsw, v)
           writeFileSync(join(mem, 'memory.limit_in_bytes'), v)
-          if (hasSwap && l.memoryMax !== undefined) writeFileSync(memsw, v)
+          if (hasSwap && !raising) writeFileSync(memsw, v)
         }
         if (pids !== undefined) writeFileSync(join(pids, 'pids.max'), l.pidsMax === undefined ? 'max' : String(l.pidsMax))
         if (cpu !== undefined) {

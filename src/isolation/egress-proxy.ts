@@ -1,6 +1,6 @@
 import { createServer, request as httpRequest, STATUS_CODES, type IncomingMessage, type IncomingHttpHeaders, type OutgoingHttpHeaders, type Server, type ServerResponse } from 'node:http'
 import { connect, isIP, type Socket } from 'node:net'
-import { isPublicAddress } from './public-address.js'
+import { isPublicAddress, outsideHost } from './public-address.js'
 
 export { isPublicAddress }
 import { lookup } from 'node:dns/promises'
@@ -108,7 +108,7 @@ export class EgressProxy {
       else this.exact.add(host)
     }
     this.resolve = o.resolve ?? (async host => await lookup(host, { all: true, verbatim: true }))
-    this.reachable = o.reachable ?? isPublicAddress
+    this.reachable = o.reachable ?? outsideHost()
     this.onRefused = o.onRefused ?? noop
     this.maxConnections = o.maxConnections ?? 256
     this.connectTimeoutMs = o.connectTimeoutMs ?? 10_000

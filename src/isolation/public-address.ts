@@ -1,4 +1,5 @@
 import { isIP } from 'node:net'
+import { networkInterfaces } from 'node:os'
 
 // Which addresses are the public internet: the egress proxy connects to no other.
 
@@ -43,7 +44,9 @@ const v6Prefix = (net: string, len: number): { base: bigint, shift: bigint } => 
 const inV6 = (n: bigint, p: { base: bigint, shift: bigint }): boolean => (n >> p.shift) === p.base
 
 const V4_MAPPED = v6Prefix('::ffff:0:0', 96)
-const NAT64 = [v6Prefix('64:ff9b::', 96), v6Prefix('64:ff9b:1::', 48)]
+const NAT64 = v6Prefix('64:ff9b::', 96)
+/** Local-use NAT64 (RFC 8215): a network's own translator, whose layout may put a private IPv4 anywhere. */
+const LOCAL_NAT64 = v6Prefix('64:ff9b:1::', 48)
 const SIX_TO_FOUR = v6Prefix('2002::', 16)
 /** Global unicast: everything outside it (::, ::1, 100::/64, fc00::/7, fe80::/10, fec0::/10, ff00::/8, the unassigned rest) is not the internet. */
 const GLOBAL_UNICAST = v6Prefix('2000::', 3)
@@ -63,8 +66,36 @@ export function isPublicAddress (ip: string): boolean {
   const n = v6Value(ip)
   const low32 = Number(n & 0xffffffffn)
   if (inV6(n, V4_MAPPED)) return publicV4(low32)
-  if (NAT64.some(p => inV6(n, p))) return publicV4(low32)
+  if (inV6(n, LOCAL_NAT64)) return false
+  if (inV6(n, NAT64)) return publicV4(low32)
   if (inV6(n, SIX_TO_FOUR)) return publicV4(Number((n >> 80n) & 0xffffffffn))
   if (!inV6(n, GLOBAL_UNICAST)) return false
   return !V6_SPECIAL.some(p => inV6(n, p))
+}
+
+/**
+ * Whether an address is public and not one of this host's own (a public address on one of its
+ * interfaces reaches whatever listens on all of them: the server itself, a database). The host's
+ * addresses are read again every minute.
+ */
+export function outsideHost (): (ip: string) => boolean {
+  let own = new Set<string>()
+  let at = 0
+  return (ip) => {
+    if (!isPublicAddress(ip)) return false
+    if (Date.now() - at > 60_000) {
+      own = new Set(Object.values(networkInterfaces()).flatMap(list => (list ?? []).map(a => addressKey(a.address.replace(/%.*$/, '')))))
+      at = Date.now()
+    }
+    return !own.has(addressKey(ip))
+  }
+}
+
+/** One spelling per address: IPv4 as itself, IPv6 by value (an IPv4-mapped one as its IPv4). */
+function addressKey (ip: string): string {
+  const kind = isIP(ip)
+  if (kind === 4) return `4:${v4Value(ip)}`
+  if (kind !== 6) return ip
+  const n = v6Value(ip)
+  return inV6(n, V4_MAPPED) ? `4:${Number(n & 0xffffffffn)}` : `6:${n.toString(16)}`
 }

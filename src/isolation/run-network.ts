@@ -140,7 +140,8 @@ export class RunNetworks {
       }
       return {
         env,
-        sandboxArgs: ['--unshare-net', '--tmpfs', this.root, '--ro-bind', dir, dir],
+        // No network: and no UNIX sockets of the host's either (/run holds a database's, D-Bus's).
+        sandboxArgs: ['--unshare-net', '--tmpfs', '/run', ...(this.root.startsWith('/run/') ? [] : ['--tmpfs', this.root]), '--ro-bind', dir, dir],
         inner: (this.o.brokerPort !== undefined && credential !== undefined) || proxySocket !== '-'
           ? ['/bin/sh', '-c', RELAY, 'ccapi-net', this.o.socat, this.o.brokerPort !== undefined && credential !== undefined ? String(this.o.brokerPort) : '-', brokerSocket, proxySocket, '--']
           : [],

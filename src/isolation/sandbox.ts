@@ -179,7 +179,7 @@ export function sandboxLaunch (p: SandboxPaths, tools: SandboxTools): SandboxLau
     '--proc', '/proc',
     '--dev', '/dev',
     ...(p.tmpSize !== undefined ? ['--size', String(p.tmpSize)] : []), '--tmpfs', '/tmp',
-    '--tmpfs', '/dev/shm',
+    ...(p.tmpSize !== undefined ? ['--size', String(p.tmpSize)] : []), '--tmpfs', '/dev/shm',
     ...(p.network?.args ?? [])
   ]
   const readOnly = (p.readOnly ?? []).filter(d => existsSync(d))

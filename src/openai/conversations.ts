@@ -1,4 +1,4 @@
-import { fingerprint, type Turn } from './messages.js'
+import { fingerprint, prefixPrints, type Turn } from './messages.js'
 
 // OpenAI clients send the whole history with every request. The server remembers, per key, the
 // fingerprint of each conversation it answered (its messages and its answer) and the Claude
@@ -38,9 +38,10 @@ export class ConversationIndex {
    * that ends with an assistant turn this server gave. The new turns are what follows it.
    */
   continuation (key: string, system: string | undefined, turns: Turn[]): Continuation {
+    const prints = prefixPrints(system, turns)
     for (let k = turns.length - 1; k > 0; k--) {
       if (turns[k - 1]?.role !== 'assistant') continue
-      const print = key + ':' + fingerprint(system, turns.slice(0, k))
+      const print = key + ':' + (prints[k - 1] ?? '')
       const hit = this.known.get(print)
       if (hit === undefined) continue
       const earlier = turns.slice(0, k)

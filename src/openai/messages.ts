@@ -50,11 +50,15 @@ function imageOf (url: string, param: string): Attachment {
 function contentOf (content: ChatMessage['content'], param: string): { text: string, images: Attachment[] } {
   if (content === undefined || content === null) return { text: '', images: [] }
   if (typeof content === 'string') return { text: content, images: [] }
+  if (!Array.isArray(content)) throw bad(`${param}.content`, `${param}.content must be text or a list of content parts`)
   const texts: string[] = []
   const images: Attachment[] = []
   content.forEach((part, j) => {
-    if (part.type === 'text' && typeof part.text === 'string') texts.push(part.text)
-    else if (part.type === 'image_url') {
+    if (typeof part !== 'object' || part === null) throw bad(`${param}.content[${j}]`, `${param}.content[${j}] must be a content part ({ type, … })`)
+    if (part.type === 'text') {
+      if (typeof part.text !== 'string') throw bad(`${param}.content[${j}].text`, `${param}.content[${j}].text must be text`)
+      texts.push(part.text)
+    } else if (part.type === 'image_url') {
       const url = (part as { image_url?: { url?: unknown } }).image_url?.url
       if (typeof url !== 'string') throw bad(`${param}.content[${j}].image_url.url`, `${param}.content[${j}].image_url.url is required`)
       images.push(imageOf(url, `${param}.content[${j}].image_url`))
@@ -80,6 +84,10 @@ export function readMessages (messages: ChatMessage[]): { system: string | undef
         turns.push({ role: 'user', text, images })
         break
       case 'assistant':
+        (m.tool_calls ?? []).forEach((c, j) => {
+          const ok = typeof c === 'object' && c !== null && typeof c.id === 'string' && typeof c.function?.name === 'string' && typeof c.function.arguments === 'string'
+          if (!ok) throw bad(`${param}.tool_calls[${j}]`, `${param}.tool_calls[${j}] needs an id and a function with a name and arguments (text)`)
+        })
         turns.push({ role: 'assistant', text, images: [], ...(m.tool_calls !== undefined && m.tool_calls.length > 0 ? { toolCalls: m.tool_calls } : {}) })
         break
       case 'tool':
@@ -96,16 +104,22 @@ export function readMessages (messages: ChatMessage[]): { system: string | undef
 }
 
 /**
- * A conversation's fingerprint up to and including `turns`: what it said, not how it was
- * formatted (roles, texts, images by their digest, tool calls). Equal histories, equal prints.
+ * The fingerprints of a conversation after each of its turns (`[k]`: up to and including turn k),
+ * in one pass: what it said, not how it was formatted (roles, texts, images by their digest, tool
+ * calls). Equal histories, equal prints.
  */
-export function fingerprint (system: string | undefined, turns: Turn[]): string {
+export function prefixPrints (system: string | undefined, turns: Turn[]): string[] {
   const h = createHash('sha256')
   h.update(JSON.stringify(['system', system ?? '']))
-  for (const t of turns) {
-    h.update(JSON.stringify([t.role, t.text.trim(), t.images.map(i => createHash('sha256').update(i.data).digest('hex')), t.toolCallId ?? '', (t.toolCalls ?? []).map(c => [c.id, c.function.name, c.function.arguments])]))
-  }
-  return h.digest('hex')
+  return turns.map(t => {
+    h.update(JSON.stringify([t.role, t.text.trim(), t.images.map(i => createHash('sha256').update(i.data).digest('hex')), t.toolCallId ?? '', (t.toolCalls ?? []).map(c => [c.id, c.function?.name, c.function?.arguments])]))
+    return h.copy().digest('hex')
+  })
+}
+
+/** A conversation's fingerprint up to and including its last turn. */
+export function fingerprint (system: string | undefined, turns: Turn[]): string {
+  return prefixPrints(system, turns).at(-1) ?? createHash('sha256').update(JSON.stringify(['system', system ?? ''])).digest('hex')
 }
 
 /**

@@ -22,6 +22,10 @@ const bad = (param: string, message: string): Error => withProblem(new InvalidRe
 export function readInput (input: string | InputItem[], instructions: string | undefined): { system: string | undefined, turns: Turn[] } {
   const items = typeof input === 'string' ? [{ type: 'message', role: 'user', content: input }] : input
   const messages: ChatMessage[] = items.map((item, i) => {
+    if (typeof item !== 'object' || item === null) throw bad(`input[${i}]`, `input[${i}] must be an input item`)
+    if (item.content !== undefined && typeof item.content !== 'string' && !(Array.isArray(item.content) && item.content.every(p => typeof p === 'object' && p !== null && typeof p.type === 'string'))) {
+      throw bad(`input[${i}].content`, `input[${i}].content must be text or a list of parts ({ type, … })`)
+    }
     if (item.type === 'function_call_output') throw bad(`input[${i}].type`, `input[${i}]: function_call_output items are for client-side tools, which this server does not offer yet`)
     if (item.type !== undefined && item.type !== 'message') throw bad(`input[${i}].type`, `input[${i}]: items of type ${item.type} are not supported (message)`)
     const role = item.role ?? 'user'
