@@ -135,6 +135,12 @@ test('a sandboxed run reaches neither the host\'s loopback (a service, the serve
   await new Promise<void>(resolve => service.listen(0, '127.0.0.1', resolve))
   t.teardown(() => service.close())
   const port = (service.address() as { port: number }).port
+  // A host service on a UNIX socket below /run (as a database's is): no network namespace stops that, /run of its own does.
+  const unixPath = `/run/ccapi-limits-test-${process.pid}.sock`
+  let unixConnections = 0
+  const unixService: Server = createServer(c => { unixConnections++; c.end('SECRET-FROM-UNIX\n') })
+  await new Promise<void>(resolve => unixService.listen(unixPath, resolve))
+  t.teardown(() => unixService.close())
   const serverPort = new URL(s.base).port
   const probe = (host: string, p: number | string, label: string): string =>
     `env -u NODE_OPTIONS node -e "const s=require('net').connect(${p},'${host}');s.setTimeout(2000,()=>{console.log('${label}=TIMEOUT');process.exit()});s.on('connect',()=>{console.log('${label}=CONNECTED');process.exit()}).on('error',e=>console.log('${label}='+e.code))"`
@@ -144,6 +150,7 @@ test('a sandboxed run reaches neither the host\'s loopback (a service, the serve
     probe('127.0.0.1', port, 'direct-service'),
     probe('127.0.0.1', serverPort, 'direct-server'),
     probe('169.254.169.254', 80, 'link-local'),
+    `env -u NODE_OPTIONS node -e "require('net').connect('${unixPath}').on('connect',()=>console.log('unix=CONNECTED')).on('error',e=>console.log('unix='+e.code))"`,
     'echo "proxy=$HTTPS_PROXY"'
   ].join('\n')
   model.on('reach out', [{ tool: 'Bash', input: { command: script } }, { text: 'tried' }])
@@ -156,6 +163,8 @@ test('a sandboxed run reaches neither the host\'s loopback (a service, the serve
   t.match(out, /direct-service=ECONNREFUSED/, 'the run\'s loopback is its own')
   t.match(out, /direct-server=ECONNREFUSED/)
   t.match(out, /link-local=(ENETUNREACH|EHOSTUNREACH|TIMEOUT)/)
+  t.match(out, /unix=ENOENT/, 'the host\'s UNIX sockets below /run are not there')
+  t.equal(unixConnections, 0)
   t.match(out, /proxy=http:\/\/127\.0\.0\.1:3128/, 'outbound HTTP goes through the egress proxy')
 })
 
