@@ -122,3 +122,20 @@ test('errors come in OpenAI\'s shape, as the client\'s typed errors', async t =>
   t.equal(none.status, 404)
   t.match(await none.json(), { error: { message: /No route/ } })
 })
+
+test('a key over its rate limit gets RateLimitError with Retry-After', async t => {
+  const { keysFile, sandbox } = await import('../helper.js')
+  const { writeFileSync, readFileSync } = await import('node:fs')
+  const box = sandbox(t)
+  const path = keysFile(box, { bot: { key: 'cca_bot-0123456789abcdefghijklmnopqrstuvwxyz', scopes: ['runs:write', 'runs:read'] } })
+  const file = JSON.parse(readFileSync(path, 'utf8'))
+  file.keys[0].rate_limit_per_min = 1
+  writeFileSync(path, JSON.stringify(file))
+  const built = await build(t, { box, env: { API_KEYS_FILE: path } })
+  const base = await listen(built.app)
+  const bot = new OpenAI({ apiKey: 'cca_bot-0123456789abcdefghijklmnopqrstuvwxyz', baseURL: `${base}/v1`, maxRetries: 0 })
+  await bot.models.list()
+  const limited = await bot.models.list().catch((e: unknown) => e)
+  t.ok(limited instanceof OpenAI.RateLimitError, 'the second request in the minute: RateLimitError')
+  t.ok(Number((limited as any).headers?.get('retry-after')) > 0, 'with Retry-After')
+})
