@@ -3,7 +3,7 @@ import { Type } from '@sinclair/typebox'
 import type { OutgoingHttpHeaders } from 'node:http'
 import { InvalidRequest, withProblem } from '../src/domain/errors.js'
 import { DEFAULT_MODEL, modelIds, runModel } from '../src/openai/models.js'
-import { PERMISSION_MODES, type RunRequest, type RunResult } from '../src/domain/run.js'
+import { PERMISSION_MODES, type ClientTool, type RunRequest, type RunResult } from '../src/domain/run.js'
 import { SseWriter } from '../src/sse.js'
 import { chunkOf, completionOf, contentOf, created, failureOf, finishReasonOf, usageOf } from '../src/openai/chat.js'
 import { ConversationIndex } from '../src/openai/conversations.js'
@@ -45,6 +45,28 @@ const OpenAiErrorSchema = Type.Object({
 
 const errors = Object.fromEntries([400, 401, 403, 404, 429, 500, 503].map(s => [s, { ...OpenAiErrorSchema, description: `An error in OpenAI's shape (${s}).` }]))
 
+/** How long the calls the model made together are gathered before the completion answers them. */
+const TOOL_CALL_GATHER_MS = 150
+
+/** The trailing `tool` turns of a conversation: the client's outputs of calls a run parked. */
+function trailingToolTurns (turns: Turn[]): Turn[] {
+  let k = turns.length
+  while (k > 0 && turns[k - 1]?.role === 'tool') k--
+  return turns.slice(k)
+}
+
+/** OpenAI's `tools` (functions) as the run's client tools; none with `tool_choice: none`. */
+function clientToolsOf (tools: Array<Record<string, unknown>> | undefined, choice: unknown): ClientTool[] {
+  if (tools === undefined || choice === 'none') return []
+  return tools.map((t, i) => {
+    const f = t.function as { name?: unknown, description?: unknown, parameters?: unknown } | undefined
+    if (t.type !== 'function' || typeof f?.name !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(f.name)) {
+      throw withProblem(new InvalidRequest(`tools[${i}]: a function with a name of letters, digits, _ or - (at most 64) is required`), { problem: { param: `tools[${i}]` } })
+    }
+    return { name: f.name, ...(typeof f.description === 'string' ? { description: f.description } : {}), ...(typeof f.parameters === 'object' && f.parameters !== null ? { parameters: f.parameters as Record<string, unknown> } : {}) }
+  })
+}
+
 /** Text of the new turns of a conversation that resumes its session. */
 function promptOf (next: Turn[]): string {
   return promptWithHistory([], next)
@@ -57,6 +79,47 @@ function promptOf (next: Turn[]): string {
 const chat: FastifyPluginAsyncTypebox = async (fastify) => {
   const { config, engine } = fastify
   const conversations = new ConversationIndex()
+  /** Calls of the client's functions that runs parked, by call id (this instance's runs). */
+  const parked = new Map<string, { runId: string, key: string, after: number }>()
+
+  /**
+   * What a run does from event `after` on, as a completion: its next calls of the client's
+   * functions (`finish_reason: tool_calls`, the run parked until the client answers), or its end.
+   */
+  const segment = async (runId: string, after: number, key: string, model: string): Promise<Record<string, unknown>> => {
+    const calls: Array<{ call_id: string, name: string, arguments: string, seq: number }> = []
+    let text = ''
+    let result: RunResult | undefined
+    const stop = new AbortController()
+    let timer: NodeJS.Timeout | undefined
+    await engine.follow(runId, after, e => {
+      if (e.type === 'text') text += (JSON.parse(e.data) as { text: string }).text
+      else if (e.type === 'tool_call') {
+        calls.push({ ...(JSON.parse(e.data) as { call_id: string, name: string, arguments: string }), seq: e.seq })
+        // Calls the model made together arrive together: a moment for the rest.
+        timer ??= setTimeout(() => stop.abort(), TOOL_CALL_GATHER_MS)
+      } else if (e.type === 'result') result = JSON.parse(e.data) as RunResult
+      return true
+    }, async () => {}, stop.signal)
+    clearTimeout(timer)
+    if (result === undefined && calls.length > 0) {
+      const last = Math.max(...calls.map(c => c.seq))
+      for (const c of calls) parked.set(c.call_id, { runId, key, after: last })
+      return {
+        id: runId,
+        object: 'chat.completion',
+        created: created(),
+        model,
+        choices: [{ index: 0, message: { role: 'assistant', content: text === '' ? null : text, refusal: null, tool_calls: calls.map(c => ({ id: c.call_id, type: 'function', function: { name: c.name, arguments: c.arguments } })) }, finish_reason: 'tool_calls', logprobs: null }],
+        usage: { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 },
+        system_fingerprint: null
+      }
+    }
+    if (result === undefined) throw new Error('the run ended without a result')
+    if (!result.success && finishReasonOf(result) !== 'length') throw Object.assign(new Error(result.error ?? 'the run failed'), { statusCode: 500 })
+    return completionOf(result, model, false, created())
+  }
+
   const checkRun = runChecker(config, { prompt: 'messages', attachments: 'messages', output_schema: 'response_format', append_system_prompt: 'messages' })
 
   fastify.get('/models', {
@@ -101,13 +164,27 @@ const chat: FastifyPluginAsyncTypebox = async (fastify) => {
     const body = request.body
     // The default needs no list: a request for it never waits for the CLI to be asked.
     const model = body.model === DEFAULT_MODEL ? undefined : runModel(await engine.catalog.models(), body.model)
-    if (body.tools !== undefined && body.tools.length > 0) {
-      throw withProblem(new InvalidRequest('tools (client-side function calling) are not supported by this server yet'), { problem: { param: 'tools' } })
-    }
+    const clientTools = clientToolsOf(body.tools, body.tool_choice)
+    if (clientTools.length > 0 && body.stream === true) throw withProblem(new InvalidRequest('tools with stream are not supported yet: send stream: false'), { problem: { param: 'stream' } })
     const { system, turns } = readMessages(body.messages as ChatMessage[])
     const last = turns.at(-1)
     if (last?.role === 'assistant') throw withProblem(new InvalidRequest('the last message must be the user\'s (or a tool\'s), not the assistant\'s'), { problem: { param: `messages[${body.messages.length - 1}].role` } })
     const key = request.apiKeyName ?? '-'
+    // The client's answers to calls a run parked: the run goes on from there.
+    const answers = trailingToolTurns(turns)
+    if (answers.length > 0 && answers.every(t => parked.get(t.toolCallId ?? '')?.key === key)) {
+      let runId = ''
+      let after = 0
+      for (const t of answers) {
+        const p = parked.get(t.toolCallId ?? '')!
+        parked.delete(t.toolCallId ?? '')
+        runId = p.runId
+        after = Math.max(after, p.after)
+        engine.answerToolCall(p.runId, t.toolCallId ?? '', t.text)
+      }
+      reply.header('x-run-id', runId)
+      return await reply.type('application/json; charset=utf-8').send(JSON.stringify(await segment(runId, after, key, body.model)))
+    }
     const c = conversations.continuation(key, system, turns)
     const format = body.response_format
     const schema = format?.type === 'json_schema' ? format.json_schema?.schema : undefined
@@ -128,6 +205,7 @@ const chat: FastifyPluginAsyncTypebox = async (fastify) => {
       include_partial_messages: body.stream === true
     }
     checkRun(run)
+    if (clientTools.length > 0) run.client_tools = clientTools
     if (body.stream === true) request.log.debug({ conversation: c.resume !== undefined ? 'resumed' : c.branched === true ? 'branched' : 'new' }, 'chat completion')
     const handle = await fastify.startRun(request, run, true)
     const at = created()
@@ -140,6 +218,10 @@ const chat: FastifyPluginAsyncTypebox = async (fastify) => {
       conversations.answered(key, system, turns, { role: 'assistant', text: contentOf(r, structured), images: [] }, r.session_id, stored.workingDirectory)
     }
 
+    if (clientTools.length > 0) {
+      reply.header('x-run-id', handle.id)
+      return await reply.type('application/json; charset=utf-8').send(JSON.stringify(await segment(handle.id, 0, key, body.model)))
+    }
     if (body.stream !== true) {
       reply.header('x-run-id', handle.id)
       reply.raw.on('close', () => {

@@ -37,6 +37,15 @@ export interface RunRequest {
   approvals?: 'deny' | 'ask'
   approval_timeout?: number
   attachments?: Attachment[]
+  /** Functions the client runs itself (OpenAI's `tools`): offered to the agent, each call parked until the client answers. */
+  client_tools?: ClientTool[]
+}
+
+/** A function the client runs itself: its name, what it does, its parameters (a JSON Schema). */
+export interface ClientTool {
+  name: string
+  description?: string
+  parameters?: Record<string, unknown>
 }
 
 /** An image for the model, as sent (base64). */
@@ -117,10 +126,12 @@ export interface RunSpec {
   attachments?: Attachment[]
   /** What its process tree may hold: the server's limits, narrowed by its key's. */
   limits?: RunLimits
+  /** Functions the client runs itself: calls to them are parked until the client answers. */
+  clientTools?: ClientTool[]
 }
 
 /** The kinds of event a run's log holds, in the order clients see them. */
-export type RunEventType = 'run' | 'message' | 'text' | 'approval_requested' | 'approval_resolved' | 'user_message' | 'result'
+export type RunEventType = 'run' | 'message' | 'text' | 'approval_requested' | 'approval_resolved' | 'user_message' | 'tool_call' | 'result'
 
 /**
  * An event of a run as clients receive it: `seq` increases from 1 without gaps; `data` is the

@@ -283,6 +283,14 @@ export class Engine extends EventEmitter<EngineEvents> {
   }
 
   /** Pending approvals of a run. */
+  /** Hand the client's output of a parked function call to its run (here); false if no such call waits. */
+  answerToolCall (runId: string, callId: string, output: string): boolean {
+    const answer = this.get(runId)?.toolCalls.get(callId)
+    if (answer === undefined) return false
+    answer(output)
+    return true
+  }
+
   async pendingApprovals (runId: string): Promise<number> {
     return await this.control.pendingApprovals(runId)
   }

@@ -1,4 +1,5 @@
-import { query, type CanUseTool, type ClaimOptions, type Query, type SDKUserMessage, type SpareProcess } from '@anthropic-ai/claude-agent-sdk'
+import { createSdkMcpServer, query, type CanUseTool, type ClaimOptions, type Options, type Query, type SDKUserMessage, type SpareProcess } from '@anthropic-ai/claude-agent-sdk'
+import { CallToolRequestSchema, ListToolsRequestSchema } from '@modelcontextprotocol/sdk/types.js'
 import { userContent } from '../domain/attachments.js'
 import type { Inbox } from './inbox.js'
 import { RUN_MARKER_VAR } from '../isolation/proc.js'
@@ -40,6 +41,8 @@ export interface ExecutionHooks {
   inbox?: Inbox
   /** With `approvals: ask`: decides each permission request of the CLI (and its subagents). */
   askApproval?: CanUseTool
+  /** A call of one of the client's functions (`spec.clientTools`): parked until the client answers with its output. */
+  clientTool?: (callId: string, name: string, args: unknown) => Promise<string>
   /** Resolves when the run must end early (timeout, cancel, disconnect, shutdown). */
   ended: Promise<void>
   log: RunnerLogger
@@ -51,6 +54,37 @@ export interface WarmStart {
   process: CliProcess
   /** Whether the run went on the spare (`hit`) or its claim was refused (the run then starts cold). */
   outcome: (o: 'hit' | 'refused', why?: string) => void
+}
+
+/**
+ * The client's functions as an in-process MCP server named `client` (its tools reach the agent as
+ * `mcp__client__<name>`, offered directly rather than behind the CLI's tool search, and allowed
+ * without a permission prompt): each call is handed to `hooks.clientTool` under the id of the
+ * model's tool use, and answered with what the client returns.
+ */
+function clientToolOptions (spec: RunSpec, hooks: ExecutionHooks): Pick<Options, 'mcpServers' | 'allowedTools'> {
+  const tools = spec.clientTools
+  const call = hooks.clientTool
+  if (tools === undefined || call === undefined) return {}
+  const server = createSdkMcpServer({ name: 'client', version: '1.0.0' })
+  const low = (server.instance as unknown as { server: McpLowServer }).server
+  low.registerCapabilities({ tools: {} })
+  low.setRequestHandler(ListToolsRequestSchema, async () => ({
+    tools: tools.map(t => ({ name: t.name, ...(t.description !== undefined ? { description: t.description } : {}), inputSchema: { type: 'object', ...(t.parameters ?? {}) } }))
+  }))
+  let n = 0
+  low.setRequestHandler(CallToolRequestSchema, async (req: { params: { name: string, arguments?: unknown, _meta?: Record<string, unknown> } }) => {
+    const id = typeof req.params._meta?.['claudecode/toolUseId'] === 'string' ? req.params._meta['claudecode/toolUseId'] : `call_${spec.runId}_${++n}`
+    const output = await call(id, req.params.name, req.params.arguments ?? {})
+    return { content: [{ type: 'text', text: output }] }
+  })
+  return { mcpServers: { client: server }, allowedTools: [...(spec.allowedTools ?? []), 'mcp__client'] }
+}
+
+/** The parts of the MCP SDK's low-level server the client's functions need. */
+interface McpLowServer {
+  registerCapabilities: (c: Record<string, unknown>) => void
+  setRequestHandler: (schema: unknown, handler: (req: any) => Promise<unknown>) => void
 }
 
 /** What a claim sets of a run: the rest (tools, flags) was fixed when the spare was started. */
@@ -228,7 +262,8 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
         options: {
           ...sdkOptions(spec, s.settingSources),
           ...(spec.approvals === 'ask' && hooks.askApproval !== undefined ? { canUseTool: hooks.askApproval } : {}),
-          env,
+          ...clientToolOptions(spec, hooks),
+          env: spec.clientTools !== undefined ? { ...env, ENABLE_TOOL_SEARCH: 'false' } : env,
           pathToClaudeCodeExecutable: s.cliPath,
           spawnClaudeCodeProcess: cliSpawner(marker, s, spec.cwd, hooks.log, (p) => {
             proc = p

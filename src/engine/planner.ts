@@ -100,6 +100,7 @@ export class RunPlanner {
     if (req.system_prompt !== undefined) spec.systemPrompt = req.system_prompt
     if (req.append_system_prompt !== undefined) spec.appendSystemPrompt = req.append_system_prompt
     if (req.allowed_tools !== undefined) spec.allowedTools = req.allowed_tools
+    if (req.client_tools !== undefined && req.client_tools.length > 0) spec.clientTools = req.client_tools
     if (req.disallowed_tools !== undefined) spec.disallowedTools = req.disallowed_tools
     if (req.max_turns !== undefined) spec.maxTurns = req.max_turns
     if (req.max_budget_usd !== undefined) spec.maxBudgetUsd = req.max_budget_usd

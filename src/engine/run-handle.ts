@@ -28,6 +28,8 @@ export class RunHandle {
   ticket: Ticket | undefined
   /** Follow-up messages and interrupts while it lives. */
   readonly inbox = new Inbox()
+  /** Calls of the client's own functions waiting for the client's answer, by call id. */
+  readonly toolCalls = new Map<string, (output: string) => void>()
   /** The warm spare taken for it at admission, until it starts on it (or gives it back). */
   warm: WarmSpare | undefined
 

@@ -199,6 +199,7 @@ export class Supervisor {
         event: (type, data) => handle.push(type, data),
         inbox: handle.inbox,
         askApproval: async (toolName, input, ask) => await this.d.approvals.ask(handle, toolName, input, ask),
+        clientTool: async (callId, name, args) => await parkToolCall(handle, callId, name, args),
         ended,
         log: handle.log
       }, warm === undefined
@@ -233,4 +234,26 @@ export class Supervisor {
       } else credential?.deactivate()
     }
   }
+}
+
+/**
+ * A call of one of the client's functions: announced as a `tool_call` event (what the OpenAI
+ * routes answer with `tool_calls`) and parked until the client's output arrives
+ * (`Engine.answerToolCall`), or for the run's approval timeout, after which the agent is told that
+ * no answer came.
+ */
+async function parkToolCall (handle: RunHandle, callId: string, name: string, args: unknown): Promise<string> {
+  return await new Promise<string>(resolve => {
+    const timer = setTimeout(() => {
+      handle.toolCalls.delete(callId)
+      resolve(`The client did not answer this call of ${name} within ${handle.spec.approvalTimeoutS} s.`)
+    }, handle.spec.approvalTimeoutS * 1000)
+    timer.unref()
+    handle.toolCalls.set(callId, output => {
+      clearTimeout(timer)
+      handle.toolCalls.delete(callId)
+      resolve(output)
+    })
+    handle.push('tool_call', { call_id: callId, name, arguments: JSON.stringify(args) })
+  })
 }

@@ -57,7 +57,7 @@ export class WarmStart {
     if (this.d.perIdentity && spec.identity !== undefined && spec.limits !== undefined) this.limits.set(spec.identity, spec.limits)
     const claimable = Object.keys(spec.env).length === 0 && spec.systemPrompt === undefined && spec.allowedTools === undefined &&
       spec.disallowedTools === undefined && spec.maxTurns === undefined && spec.maxBudgetUsd === undefined &&
-      spec.outputSchema === undefined && spec.approvals === 'deny' && !spec.includePartialMessages
+      spec.outputSchema === undefined && spec.approvals === 'deny' && !spec.includePartialMessages && spec.clientTools === undefined
     const spare = this.pool.take(spec.identity ?? '', s => claimable && (s.onlyCwd === undefined || s.onlyCwd === spec.cwd) && this.fits(s.limits, spec.limits))
     if (spare === undefined) this.d.claimed('miss')
     return spare
