@@ -1,6 +1,6 @@
 import fp from 'fastify-plugin'
 import type { OutgoingHttpHeaders } from 'node:http'
-import { SseWriter } from '../src/sse.js'
+import { openEventStream } from '../src/sse.js'
 
 declare module 'fastify' {
   interface FastifyReply {
@@ -19,16 +19,8 @@ export default fp(async (fastify) => {
   fastify.decorateReply('streamRun', async function (runId: string, after: number, opts: { onClientGone?: () => void } = {}) {
     this.hijack()
     const raw = this.raw
-    raw.writeHead(200, {
-      // CORS and other headers hooks have set so far.
-      ...this.getHeaders(),
-      'content-type': 'text/event-stream; charset=utf-8',
-      'cache-control': 'no-cache, no-transform',
-      'x-accel-buffering': 'no',
-      connection: 'keep-alive'
-    } as OutgoingHttpHeaders)
-    raw.flushHeaders()
-    const sse = new SseWriter(raw, sseKeepAliveMs)
+    // CORS and other headers hooks have set so far.
+    const sse = openEventStream(raw, this.getHeaders() as OutgoingHttpHeaders, sseKeepAliveMs)
     const gone = new AbortController()
     let complete = false
     raw.on('close', () => {

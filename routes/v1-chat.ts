@@ -4,11 +4,11 @@ import type { OutgoingHttpHeaders } from 'node:http'
 import { InvalidRequest, withProblem } from '../src/domain/errors.js'
 import { DEFAULT_MODEL, modelIds, runModel } from '../src/openai/models.js'
 import { PERMISSION_MODES, type ClientTool, type RunRequest, type RunResult } from '../src/domain/run.js'
-import { SseWriter } from '../src/sse.js'
+import { openEventStream, type SseWriter } from '../src/sse.js'
 import { chunkOf, completionOf, contentOf, created, failureOf, finishReasonOf, usageOf } from '../src/openai/chat.js'
 import { ConversationIndex } from '../src/openai/conversations.js'
 import { promptWithHistory, readMessages, type ChatMessage, type Turn } from '../src/openai/messages.js'
-import { runChecker } from './v1-run.js'
+import { openAiErrors, runChecker } from './v1-run.js'
 
 const security: Array<Record<string, string[]>> = [{ BearerAuth: [] }, { ApiKeyAuth: [] }]
 const Open = { additionalProperties: true }
@@ -39,11 +39,7 @@ const ChatRequestSchema = Type.Object({
   permission_mode: Type.Optional(Type.Union(PERMISSION_MODES.map(m => Type.Literal(m)), { description: 'Extension: the run\'s permission mode (as `/api/runs`).' }))
 }, { ...Open, description: 'OpenAI\'s Chat Completions request. Other OpenAI fields (temperature, max_tokens, …) are accepted and ignored: the agent decides.' })
 
-const OpenAiErrorSchema = Type.Object({
-  error: Type.Object({ message: Type.String(), type: Type.String(), param: Type.Union([Type.String(), Type.Null()]), code: Type.Union([Type.String(), Type.Null()]) })
-}, { description: 'An error in OpenAI\'s shape.' })
-
-const errors = Object.fromEntries([400, 401, 403, 404, 429, 500, 503].map(s => [s, { ...OpenAiErrorSchema, description: `An error in OpenAI's shape (${s}).` }]))
+const errors = openAiErrors([400, 401, 403, 404, 429, 500, 503])
 
 /** How long the calls the model made together are gathered before the completion answers them. */
 const TOOL_CALL_GATHER_MS = 150
@@ -250,16 +246,7 @@ const chat: FastifyPluginAsyncTypebox = async (fastify) => {
     })
     const includeUsage = body.stream_options?.include_usage === true
     const open = (sessionId: string | null): SseWriter => {
-      raw.writeHead(200, {
-        ...reply.getHeaders(),
-        'content-type': 'text/event-stream; charset=utf-8',
-        'cache-control': 'no-cache, no-transform',
-        'x-accel-buffering': 'no',
-        connection: 'keep-alive',
-        'x-run-id': handle.id,
-        ...(sessionId !== null ? { 'x-session-id': sessionId } : {})
-      } as OutgoingHttpHeaders)
-      const w = new SseWriter(raw, config.sseKeepAliveMs)
+      const w = openEventStream(raw, { ...reply.getHeaders(), 'x-run-id': handle.id, ...(sessionId !== null ? { 'x-session-id': sessionId } : {}) } as OutgoingHttpHeaders, config.sseKeepAliveMs)
       w.frame(JSON.stringify(chunkOf(handle.id, body.model, at, { role: 'assistant', content: '' })))
       return w
     }

@@ -5,11 +5,11 @@ import type { OutgoingHttpHeaders } from 'node:http'
 import { DomainError, InvalidRequest, withProblem } from '../src/domain/errors.js'
 import { PERMISSION_MODES, type RunRequest, type RunResult } from '../src/domain/run.js'
 import type { RunRecord } from '../src/domain/records.js'
-import { SseWriter } from '../src/sse.js'
+import { openEventStream, type SseWriter } from '../src/sse.js'
 import { promptWithHistory } from '../src/openai/messages.js'
 import { DEFAULT_MODEL, runModel } from '../src/openai/models.js'
 import { imagesOf, outputMessage, readInput, responseOf, type InputItem, type ResponseRequest } from '../src/openai/responses.js'
-import { runChecker } from './v1-run.js'
+import { openAiErrors, runChecker } from './v1-run.js'
 
 const security: Array<Record<string, string[]>> = [{ BearerAuth: [] }, { ApiKeyAuth: [] }]
 const Open = { additionalProperties: true }
@@ -31,8 +31,7 @@ const ResponseRequestSchema = Type.Object({
 }, { ...Open, description: 'OpenAI\'s Responses request. Other fields (temperature, reasoning, …) are accepted and ignored.' })
 
 const ResponseObject = Type.Object({ id: Type.String(), object: Type.Literal('response'), status: Type.String() }, { ...Open, description: 'An OpenAI `response` object; its `id` is the run\'s (`/api/runs/{id}`).' })
-const OpenAiErrorSchema = Type.Object({ error: Type.Object({ message: Type.String(), type: Type.String(), param: Type.Union([Type.String(), Type.Null()]), code: Type.Union([Type.String(), Type.Null()]) }) })
-const errors = Object.fromEntries([400, 401, 403, 404, 409, 429, 500, 503].map(s => [s, { ...OpenAiErrorSchema, description: `An error in OpenAI's shape (${s}).` }]))
+const errors = openAiErrors([400, 401, 403, 404, 409, 429, 500, 503])
 const IdParams = Type.Object({ id: Type.String({ format: 'uuid' }) })
 
 const notFound = (id: string, param: string | null = null): Error =>
@@ -151,15 +150,7 @@ const responses: FastifyPluginAsyncTypebox = async (fastify) => {
     let sse: SseWriter | undefined
     const send = (type: string, data: Record<string, unknown>): boolean => sse?.frame(JSON.stringify({ type, sequence_number: seq++, ...data }), type) ?? true
     const open = (sessionId: string | null): SseWriter => {
-      raw.writeHead(200, {
-        ...reply.getHeaders(),
-        'content-type': 'text/event-stream; charset=utf-8',
-        'cache-control': 'no-cache, no-transform',
-        'x-accel-buffering': 'no',
-        connection: 'keep-alive',
-        ...(sessionId !== null ? { 'x-session-id': sessionId } : {})
-      } as OutgoingHttpHeaders)
-      sse = new SseWriter(raw, config.sseKeepAliveMs)
+      sse = openEventStream(raw, { ...reply.getHeaders(), ...(sessionId !== null ? { 'x-session-id': sessionId } : {}) } as OutgoingHttpHeaders, config.sseKeepAliveMs)
       send('response.created', { response: responseOf(handle.id, createdAt, 'queued', null, echo) })
       send('response.in_progress', { response: responseOf(handle.id, createdAt, 'running', null, echo) })
       return sse

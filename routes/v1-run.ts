@@ -1,3 +1,4 @@
+import { Type } from '@sinclair/typebox'
 import { Ajv } from 'ajv'
 import addFormats from 'ajv-formats'
 import { InvalidRequest, withProblem } from '../src/domain/errors.js'
@@ -20,4 +21,13 @@ export function runChecker (limits: RequestLimits, from: Record<string, string>)
     const param = from[top] ?? field
     throw withProblem(new InvalidRequest(`${param}: ${e?.message ?? 'is invalid'}`), { problem: { param } })
   }
+}
+
+const OpenAiErrorSchema = Type.Object({
+  error: Type.Object({ message: Type.String(), type: Type.String(), param: Type.Union([Type.String(), Type.Null()]), code: Type.Union([Type.String(), Type.Null()]) })
+}, { description: 'An error in OpenAI\'s shape.' })
+
+/** The error responses of a `/v1` route, for its schema: OpenAI's error shape at each status. */
+export function openAiErrors (statuses: number[]): Record<number, typeof OpenAiErrorSchema & { description: string }> {
+  return Object.fromEntries(statuses.map(s => [s, { ...OpenAiErrorSchema, description: `An error in OpenAI's shape (${s}).` }]))
 }

@@ -1,4 +1,4 @@
-import type { ServerResponse } from 'node:http'
+import type { OutgoingHttpHeaders, ServerResponse } from 'node:http'
 import type { RunEvent } from './domain/run.js'
 
 /**
@@ -63,4 +63,20 @@ export class SseWriter {
     this.closed = true
     clearInterval(this.timer)
   }
+}
+
+/**
+ * Start an event stream on `res`: status 200, the headers the response already had (`headers`:
+ * CORS, a run's ids) and those no proxy may buffer or transform; then a writer for its events.
+ */
+export function openEventStream (res: ServerResponse, headers: OutgoingHttpHeaders, keepAliveMs: number): SseWriter {
+  res.writeHead(200, {
+    ...headers,
+    'content-type': 'text/event-stream; charset=utf-8',
+    'cache-control': 'no-cache, no-transform',
+    'x-accel-buffering': 'no',
+    connection: 'keep-alive'
+  })
+  res.flushHeaders()
+  return new SseWriter(res, keepAliveMs)
 }

@@ -29,9 +29,12 @@ export interface Sandbox {
   outside: string
 }
 
-/** Temp directories for one test file, removed at its end. */
-export function sandbox (t: T): Sandbox {
-  const base = realpathSync(mkdtempSync(join(tmpdir(), 'ccapi-test-')))
+/**
+ * Temp directories for one test file, removed at its end; below `parent` (the temp directory, or
+ * e.g. /var/tmp for a sandboxed run, whose own /tmp is a private tmpfs that would hide them).
+ */
+export function sandbox (t: T, parent = tmpdir()): Sandbox {
+  const base = realpathSync(mkdtempSync(join(parent, 'ccapi-test-')))
   const dirs = { home: join(base, 'home'), work: join(base, 'work'), outside: join(base, 'outside') }
   for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true })
   t.teardown(() => {

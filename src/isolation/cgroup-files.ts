@@ -33,6 +33,36 @@ export interface Boxes {
   close: () => Promise<void>
 }
 
+/** The groups of a server's live runs: each limited as it is made, all ended at close. */
+export class LiveBoxes {
+  private readonly boxes = new Set<Box>()
+
+  /** Track a new group and set its limits; one whose limits the kernel refuses is removed, and the error thrown. */
+  limit (box: Box, limits: RunLimits): Box {
+    this.boxes.add(box)
+    try {
+      box.apply(limits)
+    } catch (err) {
+      void box.remove().catch(() => {})
+      throw err
+    }
+    return box
+  }
+
+  /** The group is being removed. */
+  forget (box: Box): void {
+    this.boxes.delete(box)
+  }
+
+  /** Kill what is in every group left and remove them (at shutdown). */
+  async endAll (): Promise<void> {
+    for (const b of [...this.boxes]) {
+      await b.kill()
+      await b.remove().catch(() => {})
+    }
+  }
+}
+
 /** CPU time is handed out per period of this many microseconds; a limit is a share of it. */
 export const PERIOD_US = 100_000
 

@@ -2,13 +2,13 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { RunLimits } from '../domain/limits.js'
-import { cgroupMounts, countOf, dirIn, killPids, ownGroups, pidsIn, PERIOD_US, removeDir, sweepLeftovers, tryRead, type Box, type Boxes, type CgroupView } from './cgroup-files.js'
+import { cgroupMounts, countOf, dirIn, killPids, ownGroups, pidsIn, PERIOD_US, removeDir, sweepLeftovers, tryRead, LiveBoxes, type Box, type Boxes, type CgroupView } from './cgroup-files.js'
 
 /** cgroup v1: one directory per controller, all named alike. */
 class V1Boxes implements Boxes {
   readonly enforced = 'cgroup1' as const
   readonly controls: ReadonlySet<'memory' | 'pids' | 'cpu'>
-  private readonly live = new Set<Box>()
+  private readonly live = new LiveBoxes()
 
   /** `bases`: this server's directory in each controller's hierarchy. */
   constructor (private readonly bases: Map<string, string>) {
@@ -84,25 +84,15 @@ class V1Boxes implements Boxes {
         return killed
       },
       remove: async () => {
-        this.live.delete(box)
+        this.live.forget(box)
         for (const d of unique) await removeDir(d)
       }
     }
-    this.live.add(box)
-    try {
-      box.apply(limits)
-    } catch (err) {
-      void box.remove().catch(() => {})
-      throw err
-    }
-    return box
+    return this.live.limit(box, limits)
   }
 
   async close (): Promise<void> {
-    for (const b of [...this.live]) {
-      await b.kill()
-      await b.remove().catch(() => {})
-    }
+    await this.live.endAll()
     for (const d of new Set(this.bases.values())) await removeDir(d).catch(() => {})
   }
 }

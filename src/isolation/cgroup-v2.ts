@@ -2,12 +2,12 @@ import { existsSync, mkdirSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { RunLimits } from '../domain/limits.js'
-import { cgroupMounts, countOf, dirIn, killPids, ownGroups, pidsIn, PERIOD_US, read, removeDir, sweepLeftovers, tryRead, type Box, type Boxes, type CgroupView } from './cgroup-files.js'
+import { cgroupMounts, countOf, dirIn, killPids, ownGroups, pidsIn, PERIOD_US, read, removeDir, sweepLeftovers, tryRead, LiveBoxes, type Box, type Boxes, type CgroupView } from './cgroup-files.js'
 
 /** cgroup v2: one directory, its controllers enabled by the server's own group for its runs. */
 class V2Boxes implements Boxes {
   readonly enforced = 'cgroup2' as const
-  private readonly live = new Set<Box>()
+  private readonly live = new LiveBoxes()
 
   constructor (private readonly base: string, readonly controls: ReadonlySet<'memory' | 'pids' | 'cpu'>) {}
 
@@ -62,25 +62,15 @@ class V2Boxes implements Boxes {
         return killed
       },
       remove: async () => {
-        this.live.delete(box)
+        this.live.forget(box)
         await removeDir(d)
       }
     }
-    this.live.add(box)
-    try {
-      box.apply(limits)
-    } catch (err) {
-      void box.remove().catch(() => {})
-      throw err
-    }
-    return box
+    return this.live.limit(box, limits)
   }
 
   async close (): Promise<void> {
-    for (const b of [...this.live]) {
-      await b.kill()
-      await b.remove().catch(() => {})
-    }
+    await this.live.endAll()
     await removeDir(this.base).catch(() => {})
   }
 }

@@ -1,10 +1,9 @@
 import { test } from 'tap'
-import { mkdirSync, mkdtempSync, realpathSync, rmSync } from 'node:fs'
 import { createServer, type Server } from 'node:net'
 import { join } from 'node:path'
 import { findBwrap } from '../../src/isolation/sandbox.js'
 import { boxesFor } from '../../src/isolation/cgroups.js'
-import { eventually, fakeModel, keysFile as writeKeys, openToAgents, pidsMatching, pruneUidRegistry, startServer, testEnv, toolResults, type Sandbox } from '../helper.js'
+import { eventually, fakeModel, keysFile as writeKeys, openToAgents, pidsMatching, sandbox, startServer, testEnv, toolResults, type Sandbox } from '../helper.js'
 
 /**
  * Every run in a box of its own size, with real control groups, namespaces and uids, as root (as
@@ -23,17 +22,8 @@ const skipSandbox = skip !== false ? skip : findBwrap() === null ? 'bubblewrap i
 const ALICE = 'cca_alice-0123456789abcdefghijklmnopqrstuv'
 const BOB = 'cca_bob-0123456789abcdefghijklmnopqrstuvwxy'
 
-/** Outside /tmp: inside the sandbox /tmp is a private tmpfs. */
-function varTmpBox (t: { teardown: (fn: () => unknown) => void }): Sandbox {
-  const base = realpathSync(mkdtempSync('/var/tmp/ccapi-limits-test-'))
-  const dirs = { home: join(base, 'home'), work: join(base, 'work'), outside: join(base, 'outside') }
-  for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true })
-  t.teardown(() => {
-    rmSync(base, { recursive: true, force: true })
-    pruneUidRegistry()
-  })
-  return dirs
-}
+/** Outside /tmp: inside the sandbox /tmp is a private tmpfs, which would hide the very paths under test. */
+const varTmpBox = (t: Parameters<typeof sandbox>[0]): Sandbox => sandbox(t, '/var/tmp')
 
 /** A node process that takes `mib` MiB (touched, so really held), tagged so the test can look for it. */
 const hog = (mib: number, tag: string): string =>

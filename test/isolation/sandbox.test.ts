@@ -1,20 +1,11 @@
 import { test } from 'tap'
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, realpathSync, rmSync, statSync } from 'node:fs'
+import { chmodSync, mkdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { findBwrap } from '../../src/isolation/sandbox.js'
-import { eventually, fakeModel, keysFile as writeKeys, noWarmSpares, pidsMatching, pruneUidRegistry, startServer, testEnv, toolResults, type Sandbox, openToAgents } from '../helper.js'
+import { eventually, fakeModel, keysFile as writeKeys, noWarmSpares, pidsMatching, sandbox, startServer, testEnv, toolResults, type Sandbox, openToAgents } from '../helper.js'
 
-/** Like the helper's sandbox, but outside /tmp: inside the sandbox /tmp is a private tmpfs, which would hide the very paths under test. */
-function varTmpBox (t: { teardown: (fn: () => unknown) => void }): Sandbox {
-  const base = realpathSync(mkdtempSync('/var/tmp/ccapi-sandbox-test-'))
-  const dirs = { home: join(base, 'home'), work: join(base, 'work'), outside: join(base, 'outside') }
-  for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true })
-  t.teardown(() => {
-    rmSync(base, { recursive: true, force: true })
-    pruneUidRegistry()
-  })
-  return dirs
-}
+/** Outside /tmp: inside the sandbox /tmp is a private tmpfs, which would hide the very paths under test. */
+const varTmpBox = (t: Parameters<typeof sandbox>[0]): Sandbox => sandbox(t, '/var/tmp')
 
 /**
  * The sandbox level: each run in its own PID and mount namespace (bubblewrap) as its key's agent
