@@ -1,12 +1,14 @@
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
+import type { FastifyRequest } from 'fastify'
 import { Type } from '@sinclair/typebox'
 import type { OutgoingHttpHeaders } from 'node:http'
 import { InvalidRequest, withProblem } from '../src/domain/errors.js'
 import { DEFAULT_MODEL, modelIds, runModel } from '../src/openai/models.js'
-import { PERMISSION_MODES, type ClientTool, type RunRequest, type RunResult } from '../src/domain/run.js'
+import { PERMISSION_MODES, type RunRequest, type RunResult } from '../src/domain/run.js'
 import { openEventStream, type SseWriter } from '../src/sse.js'
 import { chunkOf, completionOf, contentOf, created, failureOf, finishReasonOf, usageOf } from '../src/openai/chat.js'
 import { ConversationIndex } from '../src/openai/conversations.js'
+import { clientToolsOf, followSegment, ParkedCalls, type FunctionCall } from '../src/openai/functions.js'
 import { promptWithHistory, readMessages, type ChatMessage, type Turn } from '../src/openai/messages.js'
 import { openAiErrors, runChecker } from './v1-run.js'
 
@@ -41,26 +43,11 @@ const ChatRequestSchema = Type.Object({
 
 const errors = openAiErrors([400, 401, 403, 404, 429, 500, 503])
 
-/** How long the calls the model made together are gathered before the completion answers them. */
-const TOOL_CALL_GATHER_MS = 150
-
 /** The trailing `tool` turns of a conversation: the client's outputs of calls a run parked. */
 function trailingToolTurns (turns: Turn[]): Turn[] {
   let k = turns.length
   while (k > 0 && turns[k - 1]?.role === 'tool') k--
   return turns.slice(k)
-}
-
-/** OpenAI's `tools` (functions) as the run's client tools; none with `tool_choice: none`. */
-function clientToolsOf (tools: Array<Record<string, unknown>> | undefined, choice: unknown): ClientTool[] {
-  if (tools === undefined || choice === 'none') return []
-  return tools.map((t, i) => {
-    const f = t.function as { name?: unknown, description?: unknown, parameters?: unknown } | undefined
-    if (t.type !== 'function' || typeof f?.name !== 'string' || !/^[A-Za-z0-9_-]{1,64}$/.test(f.name)) {
-      throw withProblem(new InvalidRequest(`tools[${i}]: a function with a name of letters, digits, _ or - (at most 64) is required`), { problem: { param: `tools[${i}]` } })
-    }
-    return { name: f.name, ...(typeof f.description === 'string' ? { description: f.description } : {}), ...(typeof f.parameters === 'object' && f.parameters !== null ? { parameters: f.parameters as Record<string, unknown> } : {}) }
-  })
 }
 
 /** Text of the new turns of a conversation that resumes its session. */
@@ -75,45 +62,32 @@ function promptOf (next: Turn[]): string {
 const chat: FastifyPluginAsyncTypebox = async (fastify) => {
   const { config, engine } = fastify
   const conversations = new ConversationIndex()
-  /** Calls of the client's functions that runs parked, by call id (this instance's runs). */
-  const parked = new Map<string, { runId: string, key: string, after: number }>()
+  /** Calls of the client's functions that runs parked, until the client's outputs come. */
+  const parked = new ParkedCalls()
+  const follow = engine.follow.bind(engine)
 
   /**
-   * What a run does from event `after` on, as a completion: its next calls of the client's
-   * functions (`finish_reason: tool_calls`, the run parked until the client answers), or its end.
+   * A fork of a conversation's session cut after the answer a branch leaves it at (the last
+   * assistant message of the run that gave it); undefined when it cannot be made (the branch then
+   * starts a new session that carries the earlier turns).
    */
-  const segment = async (runId: string, after: number, key: string, model: string): Promise<Record<string, unknown>> => {
-    const calls: Array<{ call_id: string, name: string, arguments: string, seq: number }> = []
-    let text = ''
-    let result: RunResult | undefined
-    const stop = new AbortController()
-    let timer: NodeJS.Timeout | undefined
-    await engine.follow(runId, after, e => {
-      if (e.type === 'text') text += (JSON.parse(e.data) as { text: string }).text
-      else if (e.type === 'tool_call') {
-        calls.push({ ...(JSON.parse(e.data) as { call_id: string, name: string, arguments: string }), seq: e.seq })
-        // Calls the model made together arrive together: a moment for the rest.
-        timer ??= setTimeout(() => stop.abort(), TOOL_CALL_GATHER_MS)
-      } else if (e.type === 'result') result = JSON.parse(e.data) as RunResult
-      return true
-    }, async () => {}, stop.signal)
-    clearTimeout(timer)
-    if (result === undefined && calls.length > 0) {
-      const last = Math.max(...calls.map(c => c.seq))
-      for (const c of calls) parked.set(c.call_id, { runId, key, after: last })
-      return {
-        id: runId,
-        object: 'chat.completion',
-        created: created(),
-        model,
-        choices: [{ index: 0, message: { role: 'assistant', content: text === '' ? null : text, refusal: null, tool_calls: calls.map(c => ({ id: c.call_id, type: 'function', function: { name: c.name, arguments: c.arguments } })) }, finish_reason: 'tool_calls', logprobs: null }],
-        usage: { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 },
-        system_fingerprint: null
-      }
+  const forkAt = async (request: FastifyRequest, branch: { sessionId: string, runId: string }): Promise<{ sessionId: string, workingDirectory: string } | undefined> => {
+    try {
+      let uuid: string | undefined
+      await follow(branch.runId, 0, e => {
+        if (e.type === 'message') {
+          const m = JSON.parse(e.data) as { type?: unknown, uuid?: unknown }
+          if (m.type === 'assistant' && typeof m.uuid === 'string') uuid = m.uuid
+        }
+        return true
+      }, async () => {}, AbortSignal.timeout(10_000))
+      if (uuid === undefined) return undefined
+      const forked = await fastify.sessions.fork(branch.sessionId, { keyName: request.apiKeyName ?? null, all: fastify.isAdmin(request) }, { upToMessageUuid: uuid })
+      return { sessionId: forked.id, workingDirectory: forked.workingDirectory }
+    } catch (err) {
+      request.log.info({ err, session: branch.sessionId }, 'chat completion: the branch could not fork its session; a new one carries its turns')
+      return undefined
     }
-    if (result === undefined) throw new Error('the run ended without a result')
-    if (!result.success && finishReasonOf(result) !== 'length') throw Object.assign(new Error(result.error ?? 'the run failed'), { statusCode: 500 })
-    return completionOf(result, model, false, created())
   }
 
   const checkRun = runChecker(config, { prompt: 'messages', attachments: 'messages', output_schema: 'response_format', append_system_prompt: 'messages' })
@@ -160,71 +134,101 @@ const chat: FastifyPluginAsyncTypebox = async (fastify) => {
     const body = request.body
     // The default needs no list: a request for it never waits for the CLI to be asked.
     const model = body.model === DEFAULT_MODEL ? undefined : runModel(await engine.catalog.models(), body.model)
-    const clientTools = clientToolsOf(body.tools, body.tool_choice)
-    if (clientTools.length > 0 && body.stream === true) throw withProblem(new InvalidRequest('tools with stream are not supported yet: send stream: false'), { problem: { param: 'stream' } })
+    const clientTools = clientToolsOf(body.tools, body.tool_choice, 'chat')
     const { system, turns } = readMessages(body.messages as ChatMessage[])
     const last = turns.at(-1)
     if (last?.role === 'assistant') throw withProblem(new InvalidRequest('the last message must be the user\'s (or a tool\'s), not the assistant\'s'), { problem: { param: `messages[${body.messages.length - 1}].role` } })
     const key = request.apiKeyName ?? '-'
-    // The client's answers to calls a run parked: the run goes on from there.
-    const answers = trailingToolTurns(turns)
-    if (answers.length > 0 && answers.every(t => parked.get(t.toolCallId ?? '')?.key === key)) {
-      let runId = ''
-      let after = 0
-      for (const t of answers) {
-        const p = parked.get(t.toolCallId ?? '')!
-        parked.delete(t.toolCallId ?? '')
-        runId = p.runId
-        after = Math.max(after, p.after)
-        engine.answerToolCall(p.runId, t.toolCallId ?? '', t.text)
-      }
-      reply.header('x-run-id', runId)
-      return await reply.type('application/json; charset=utf-8').send(JSON.stringify(await segment(runId, after, key, body.model)))
-    }
-    const c = conversations.continuation(key, system, turns)
     const format = body.response_format
     const schema = format?.type === 'json_schema' ? format.json_schema?.schema : undefined
     if (format?.type === 'json_schema' && schema === undefined) throw withProblem(new InvalidRequest('response_format.json_schema.schema is required'), { problem: { param: 'response_format.json_schema.schema' } })
-    const jsonObject = format?.type === 'json_object'
-    const images = c.next.flatMap(t => t.images)
-    const appended = [system, jsonObject ? 'Answer with one JSON object and nothing else.' : undefined].filter(s => s !== undefined).join('\n\n')
-    const run: RunRequest = {
-      prompt: c.resume !== undefined ? promptOf(c.next) : promptWithHistory(c.earlier, c.next),
-      ...(images.length > 0 ? { attachments: images } : {}),
-      ...(appended !== '' ? { append_system_prompt: appended } : {}),
-      ...(model !== undefined ? { model } : {}),
-      ...(c.resume !== undefined
-        ? { session_id: c.resume.sessionId, working_directory: c.resume.workingDirectory }
-        : body.working_directory !== undefined ? { working_directory: body.working_directory } : {}),
-      ...(body.permission_mode !== undefined ? { permission_mode: body.permission_mode } : {}),
-      ...(schema !== undefined ? { output_schema: schema } : {}),
-      include_partial_messages: body.stream === true
-    }
-    checkRun(run)
-    if (clientTools.length > 0) run.client_tools = clientTools
-    if (body.stream === true) request.log.debug({ conversation: c.resume !== undefined ? 'resumed' : c.branched === true ? 'branched' : 'new' }, 'chat completion')
-    const handle = await fastify.startRun(request, run, true)
-    const at = created()
     const structured = schema !== undefined
+    const at = created()
+
+    // The client's outputs of calls a run parked: that run goes on from there, under its own id.
+    const answers = trailingToolTurns(turns)
+    const parkedRun = parked.take(key, answers.map(t => t.toolCallId ?? ''))
+    let runId: string
+    let after = 0
+    let cancel: (reason: string) => void
+    let finished: (() => Promise<RunResult>) | undefined
+    if (parkedRun !== undefined) {
+      ({ runId, after } = parkedRun)
+      for (const t of answers) engine.answerToolCall(runId, t.toolCallId ?? '', t.text)
+      cancel = reason => { void engine.cancel(runId, reason).catch(() => {}) }
+    } else {
+      const c = conversations.continuation(key, system, turns)
+      // A branch of a conversation continues a fork of its session, cut where the branch leaves it.
+      const resume = c.resume ?? (c.branched !== undefined ? await forkAt(request, c.branched) : undefined)
+      const jsonObject = format?.type === 'json_object'
+      const images = c.next.flatMap(t => t.images)
+      const appended = [system, jsonObject ? 'Answer with one JSON object and nothing else.' : undefined].filter(s => s !== undefined).join('\n\n')
+      const run: RunRequest = {
+        prompt: resume !== undefined ? promptOf(c.next) : promptWithHistory(c.earlier, c.next),
+        ...(images.length > 0 ? { attachments: images } : {}),
+        ...(appended !== '' ? { append_system_prompt: appended } : {}),
+        ...(model !== undefined ? { model } : {}),
+        ...(resume !== undefined
+          ? { session_id: resume.sessionId, working_directory: resume.workingDirectory }
+          : body.working_directory !== undefined ? { working_directory: body.working_directory } : {}),
+        ...(body.permission_mode !== undefined ? { permission_mode: body.permission_mode } : {}),
+        ...(schema !== undefined ? { output_schema: schema } : {}),
+        include_partial_messages: body.stream === true
+      }
+      checkRun(run)
+      if (clientTools.length > 0) run.client_tools = clientTools
+      request.log.debug({ conversation: c.resume !== undefined ? 'resumed' : resume !== undefined ? 'forked' : 'new' }, 'chat completion')
+      const handle = await fastify.startRun(request, run, true)
+      runId = handle.id
+      cancel = reason => { handle.cancel(reason) }
+      finished = async () => {
+        await handle.result
+        return JSON.parse(handle.resultJson) as RunResult
+      }
+    }
+
     /** Remember the conversation as answered, so its next request continues the session. */
     const remember = async (r: RunResult): Promise<void> => {
       if (r.session_id === null) return
       const stored = await fastify.runs.get(r.run_id).catch(() => undefined)
       if (stored === undefined || stored === null) return
-      conversations.answered(key, system, turns, { role: 'assistant', text: contentOf(r, structured), images: [] }, r.session_id, stored.workingDirectory)
+      conversations.answered(key, system, turns, { role: 'assistant', text: contentOf(r, structured), images: [] }, r.session_id, stored.workingDirectory, r.run_id)
     }
+    /** The completion of a segment that ended in calls of the client's functions: the run parks. */
+    const callsCompletion = (calls: FunctionCall[], text: string): Record<string, unknown> => ({
+      id: runId,
+      object: 'chat.completion',
+      created: at,
+      model: body.model,
+      choices: [{ index: 0, message: { role: 'assistant', content: text === '' ? null : text, refusal: null, tool_calls: calls.map(c => ({ id: c.call_id, type: 'function', function: { name: c.name, arguments: c.arguments } })) }, finish_reason: 'tool_calls', logprobs: null }],
+      usage: { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 },
+      system_fingerprint: null
+    })
 
-    if (clientTools.length > 0) {
-      reply.header('x-run-id', handle.id)
-      return await reply.type('application/json; charset=utf-8').send(JSON.stringify(await segment(handle.id, 0, key, body.model)))
-    }
     if (body.stream !== true) {
-      reply.header('x-run-id', handle.id)
+      reply.header('x-run-id', runId)
       reply.raw.on('close', () => {
-        if (!reply.raw.writableFinished) handle.cancel('client disconnected')
+        if (!reply.raw.writableFinished) cancel('client disconnected')
       })
-      await handle.result
-      const r = JSON.parse(handle.resultJson) as RunResult
+      let r: RunResult | undefined
+      let text = ''
+      let sessionId: string | null = null
+      if (finished !== undefined && clientTools.length === 0) r = await finished()
+      else {
+        // A run offered the client's functions: its next calls, or its end.
+        const seg = await followSegment(follow, runId, after, e => {
+          if (e.type === 'run') sessionId = (JSON.parse(e.data) as { session_id?: string }).session_id ?? null
+          if (e.type === 'text') text += (JSON.parse(e.data) as { text: string }).text
+          return true
+        }, async () => {})
+        if (seg.calls.length > 0) {
+          parked.park(key, runId, seg.calls, seg.after)
+          if (sessionId !== null) reply.header('x-session-id', sessionId)
+          return await reply.type('application/json; charset=utf-8').send(JSON.stringify(callsCompletion(seg.calls, text)))
+        }
+        if (seg.result === undefined) throw new Error('the run ended without a result')
+        r = seg.result
+      }
       if (r.session_id !== null) reply.header('x-session-id', r.session_id)
       if (!r.success && finishReasonOf(r) !== 'length') {
         const f = failureOf(r)
@@ -242,16 +246,16 @@ const chat: FastifyPluginAsyncTypebox = async (fastify) => {
     let complete = false
     raw.on('close', () => {
       gone.abort()
-      if (!complete) handle.cancel('client disconnected')
+      if (!complete) cancel('client disconnected')
     })
     const includeUsage = body.stream_options?.include_usage === true
     const open = (sessionId: string | null): SseWriter => {
-      const w = openEventStream(raw, { ...reply.getHeaders(), 'x-run-id': handle.id, ...(sessionId !== null ? { 'x-session-id': sessionId } : {}) } as OutgoingHttpHeaders, config.sseKeepAliveMs)
-      w.frame(JSON.stringify(chunkOf(handle.id, body.model, at, { role: 'assistant', content: '' })))
+      const w = openEventStream(raw, { ...reply.getHeaders(), 'x-run-id': runId, ...(sessionId !== null ? { 'x-session-id': sessionId } : {}) } as OutgoingHttpHeaders, config.sseKeepAliveMs)
+      w.frame(JSON.stringify(chunkOf(runId, body.model, at, { role: 'assistant', content: '' })))
       return w
     }
     let sentText = false
-    complete = await engine.follow(handle.id, 0, e => {
+    const seg = await followSegment(follow, runId, after, e => {
       if (e.type === 'run') {
         sse ??= open((JSON.parse(e.data) as { session_id?: string }).session_id ?? null)
         return true
@@ -260,7 +264,7 @@ const chat: FastifyPluginAsyncTypebox = async (fastify) => {
       if (e.type === 'text') {
         if (structured) return true
         sentText = true
-        return sse.frame(JSON.stringify(chunkOf(handle.id, body.model, at, { content: (JSON.parse(e.data) as { text: string }).text })))
+        return sse.frame(JSON.stringify(chunkOf(runId, body.model, at, { content: (JSON.parse(e.data) as { text: string }).text })))
       }
       if (e.type !== 'result') return true
       const r = JSON.parse(e.data) as RunResult
@@ -271,20 +275,27 @@ const chat: FastifyPluginAsyncTypebox = async (fastify) => {
       // Structured output (or a run whose text never streamed) comes whole, in one chunk.
       if (structured || !sentText) {
         const content = contentOf(r, structured)
-        if (content !== '') sse.frame(JSON.stringify(chunkOf(handle.id, body.model, at, { content })))
+        if (content !== '') sse.frame(JSON.stringify(chunkOf(runId, body.model, at, { content })))
       }
-      sse.frame(JSON.stringify(chunkOf(handle.id, body.model, at, {}, finishReasonOf(r))))
-      if (includeUsage) sse.frame(JSON.stringify(chunkOf(handle.id, body.model, at, {}, null, usageOf(r))))
+      sse.frame(JSON.stringify(chunkOf(runId, body.model, at, {}, finishReasonOf(r))))
+      if (includeUsage) sse.frame(JSON.stringify(chunkOf(runId, body.model, at, {}, null, usageOf(r))))
       void remember(r)
       return true
     }, async () => await sse?.drained(), gone.signal).catch((err: unknown) => {
       // The run's events could not be read to the end (the store failed): say so, and end the stream.
       request.log.error({ err }, 'chat completion stream: following the run failed')
       sse ??= open(null)
-      sse.frame(JSON.stringify({ error: { message: 'the run\'s events could not be read; GET /api/runs/' + handle.id + ' shows it', type: 'server_error', param: null, code: 'store_unavailable' } }))
-      return false
+      sse.frame(JSON.stringify({ error: { message: 'the run\'s events could not be read; GET /api/runs/' + runId + ' shows it', type: 'server_error', param: null, code: 'store_unavailable' } }))
+      return undefined
     })
     sse ??= open(null)
+    if (seg !== undefined && seg.calls.length > 0 && seg.complete) {
+      parked.park(key, runId, seg.calls, seg.after)
+      sse.frame(JSON.stringify(chunkOf(runId, body.model, at, { tool_calls: seg.calls.map((c, index) => ({ index, id: c.call_id, type: 'function', function: { name: c.name, arguments: c.arguments } })) })))
+      sse.frame(JSON.stringify(chunkOf(runId, body.model, at, {}, 'tool_calls')))
+      if (includeUsage) sse.frame(JSON.stringify(chunkOf(runId, body.model, at, {}, null, { prompt_tokens: 0, completion_tokens: 0, total_tokens: 0 })))
+    }
+    complete = seg?.complete ?? false
     sse.frame('[DONE]')
     sse.end()
   })

@@ -8,7 +8,8 @@ import type { RunRecord } from '../src/domain/records.js'
 import { openEventStream, type SseWriter } from '../src/sse.js'
 import { promptWithHistory } from '../src/openai/messages.js'
 import { DEFAULT_MODEL, runModel } from '../src/openai/models.js'
-import { imagesOf, outputMessage, readInput, responseOf, type InputItem, type ResponseRequest } from '../src/openai/responses.js'
+import { callsResponseOf, functionCallItem, imagesOf, outputMessage, readInput, responseOf, type InputItem, type ResponseRequest } from '../src/openai/responses.js'
+import { clientToolsOf, followSegment, ParkedCalls } from '../src/openai/functions.js'
 import { openAiErrors, runChecker } from './v1-run.js'
 
 const security: Array<Record<string, string[]>> = [{ BearerAuth: [] }, { ApiKeyAuth: [] }]
@@ -55,6 +56,9 @@ function requestOf (run: RunRecord): ResponseRequest {
 const responses: FastifyPluginAsyncTypebox = async (fastify) => {
   const { config, engine } = fastify
   const checkRun = runChecker(config, { prompt: 'input', attachments: 'input', output_schema: 'text.format', append_system_prompt: 'instructions' })
+  /** Calls of the client's functions that runs parked, until its `function_call_output` items come. */
+  const parked = new ParkedCalls()
+  const follow = engine.follow.bind(engine)
 
   /**
    * A stored run this key may see (`runs:read_all`: any), or may change (`write`: its own; an
@@ -86,56 +90,97 @@ const responses: FastifyPluginAsyncTypebox = async (fastify) => {
     const body = request.body
     // The default needs no list: a request for it never waits for the CLI to be asked.
     const model = body.model === DEFAULT_MODEL ? undefined : runModel(await engine.catalog.models(), body.model)
-    if (body.tools !== undefined && body.tools.length > 0) throw withProblem(new InvalidRequest('tools (client-side function calling) are not supported by this server yet'), { problem: { param: 'tools' } })
+    const clientTools = clientToolsOf(body.tools as Array<Record<string, unknown>> | undefined, body.tool_choice, 'responses')
     const background = body.background === true
     if (background && body.stream === true) throw withProblem(new InvalidRequest('background and stream together are not supported: poll GET /v1/responses/{id}'), { problem: { param: 'background' } })
+    if (background && clientTools.length > 0) throw withProblem(new InvalidRequest('a background response cannot call the client\'s functions: send tools without background'), { problem: { param: 'background' } })
     const instructions = body.instructions ?? undefined
     const { system, turns } = readInput(body.input as string | InputItem[], instructions)
-    const previous = typeof body.previous_response_id === 'string' ? await ownRun(request, body.previous_response_id, 'previous_response_id', true) : undefined
+    const key = request.apiKeyName ?? '-'
     const format = body.text?.format
     const schema = format?.type === 'json_schema' ? format.schema : undefined
     if (format?.type === 'json_schema' && schema === undefined) throw withProblem(new InvalidRequest('text.format.schema is required for json_schema'), { problem: { param: 'text.format.schema' } })
-    const appended = [system, format?.type === 'json_object' ? 'Answer with one JSON object and nothing else.' : undefined].filter(s => s !== undefined).join('\n\n')
-    // With a previous response, every input item is new; without one, those before the last user turns came with it.
-    let k = previous !== undefined ? 0 : turns.length
-    if (previous === undefined) while (k > 0 && turns[k - 1]?.role !== 'assistant') k--
-    const next = turns.slice(k)
-    const run: RunRequest = {
-      prompt: promptWithHistory(turns.slice(0, k), next),
-      ...(imagesOf(next).length > 0 ? { attachments: imagesOf(next) } : {}),
-      ...(appended !== '' ? { append_system_prompt: appended } : {}),
-      ...(model !== undefined ? { model } : {}),
-      ...(previous !== undefined
-        ? { session_id: previous.sessionId, working_directory: previous.workingDirectory }
-        : body.working_directory !== undefined ? { working_directory: body.working_directory } : {}),
-      ...(body.permission_mode !== undefined ? { permission_mode: body.permission_mode } : {}),
-      ...(schema !== undefined ? { output_schema: schema } : {}),
-      include_partial_messages: body.stream === true
-    }
-    checkRun(run)
+    const structured = schema !== undefined
     const echo: ResponseRequest = {
       model: body.model,
       ...(instructions !== undefined ? { instructions } : {}),
-      ...(previous !== undefined ? { previousResponseId: previous.id } : {}),
+      ...(typeof body.previous_response_id === 'string' ? { previousResponseId: body.previous_response_id } : {}),
       background,
       ...(format !== undefined ? { format } : {}),
-      ...(body.metadata !== undefined && body.metadata !== null ? { metadata: body.metadata } : {})
+      ...(body.metadata !== undefined && body.metadata !== null ? { metadata: body.metadata } : {}),
+      ...(clientTools.length > 0 ? { tools: body.tools } : {})
     }
-    const handle = await fastify.startRun(request, run, !background)
     const createdAt = Date.now()
-    reply.header('x-run-id', handle.id)
+
+    // `function_call_output` items for calls a run parked: that run goes on, under its own id.
+    let k = turns.length
+    while (k > 0 && turns[k - 1]?.role === 'tool') k--
+    const answers = turns.slice(k)
+    const parkedRun = parked.take(key, answers.map(t => t.toolCallId ?? ''))
+    let runId: string
+    let after = 0
+    let cancel: (reason: string) => void
+    let finished: (() => Promise<RunResult>) | undefined
+    if (parkedRun !== undefined) {
+      ({ runId, after } = parkedRun)
+      for (const t of answers) engine.answerToolCall(runId, t.toolCallId ?? '', t.text)
+      cancel = reason => { void engine.cancel(runId, reason).catch(() => {}) }
+    } else {
+      const previous = typeof body.previous_response_id === 'string' ? await ownRun(request, body.previous_response_id, 'previous_response_id', true) : undefined
+      const appended = [system, format?.type === 'json_object' ? 'Answer with one JSON object and nothing else.' : undefined].filter(s => s !== undefined).join('\n\n')
+      // With a previous response, every input item is new; without one, those before the last user turns came with it.
+      let k = previous !== undefined ? 0 : turns.length
+      if (previous === undefined) while (k > 0 && turns[k - 1]?.role !== 'assistant') k--
+      const next = turns.slice(k)
+      const run: RunRequest = {
+        prompt: promptWithHistory(turns.slice(0, k), next),
+        ...(imagesOf(next).length > 0 ? { attachments: imagesOf(next) } : {}),
+        ...(appended !== '' ? { append_system_prompt: appended } : {}),
+        ...(model !== undefined ? { model } : {}),
+        ...(previous !== undefined
+          ? { session_id: previous.sessionId, working_directory: previous.workingDirectory }
+          : body.working_directory !== undefined ? { working_directory: body.working_directory } : {}),
+        ...(body.permission_mode !== undefined ? { permission_mode: body.permission_mode } : {}),
+        ...(schema !== undefined ? { output_schema: schema } : {}),
+        include_partial_messages: body.stream === true
+      }
+      checkRun(run)
+      if (clientTools.length > 0) run.client_tools = clientTools
+      const handle = await fastify.startRun(request, run, !background)
+      runId = handle.id
+      cancel = reason => { handle.cancel(reason) }
+      finished = async () => {
+        await handle.result
+        return JSON.parse(handle.resultJson) as RunResult
+      }
+    }
+    reply.header('x-run-id', runId)
     if (background) {
-      const stored = await fastify.runs.get(handle.id)
-      return await reply.send(responseOf(handle.id, createdAt, stored?.status ?? 'queued', null, echo))
+      const stored = await fastify.runs.get(runId)
+      return await reply.send(responseOf(runId, createdAt, stored?.status ?? 'queued', null, echo))
     }
     if (body.stream !== true) {
       reply.raw.on('close', () => {
-        if (!reply.raw.writableFinished) handle.cancel('client disconnected')
+        if (!reply.raw.writableFinished) cancel('client disconnected')
       })
-      await handle.result
-      const r = JSON.parse(handle.resultJson) as RunResult
+      let r: RunResult
+      if (finished !== undefined && clientTools.length === 0) r = await finished()
+      else {
+        // A run offered the client's functions: its next calls, or its end.
+        let text = ''
+        const seg = await followSegment(follow, runId, after, e => {
+          if (e.type === 'text') text += (JSON.parse(e.data) as { text: string }).text
+          return true
+        }, async () => {})
+        if (seg.calls.length > 0) {
+          parked.park(key, runId, seg.calls, seg.after)
+          return await reply.send(callsResponseOf(runId, createdAt, text, seg.calls, echo))
+        }
+        if (seg.result === undefined) throw new Error('the run ended without a result')
+        r = seg.result
+      }
       if (r.session_id !== null) reply.header('x-session-id', r.session_id)
-      return await reply.send(responseOf(handle.id, createdAt, r.status, r, echo))
+      return await reply.send(responseOf(runId, createdAt, r.status, r, echo))
     }
 
     reply.hijack()
@@ -144,28 +189,35 @@ const responses: FastifyPluginAsyncTypebox = async (fastify) => {
     let complete = false
     raw.on('close', () => {
       gone.abort()
-      if (!complete) handle.cancel('client disconnected')
+      if (!complete) cancel('client disconnected')
     })
     let seq = 0
     let sse: SseWriter | undefined
     const send = (type: string, data: Record<string, unknown>): boolean => sse?.frame(JSON.stringify({ type, sequence_number: seq++, ...data }), type) ?? true
     const open = (sessionId: string | null): SseWriter => {
       sse = openEventStream(raw, { ...reply.getHeaders(), ...(sessionId !== null ? { 'x-session-id': sessionId } : {}) } as OutgoingHttpHeaders, config.sseKeepAliveMs)
-      send('response.created', { response: responseOf(handle.id, createdAt, 'queued', null, echo) })
-      send('response.in_progress', { response: responseOf(handle.id, createdAt, 'running', null, echo) })
+      send('response.created', { response: responseOf(runId, createdAt, 'queued', null, echo) })
+      send('response.in_progress', { response: responseOf(runId, createdAt, 'running', null, echo) })
       return sse
     }
-    const item = `msg_${handle.id}`
+    const item = `msg_${runId}`
     let text = ''
-    let itemOpen = false
-    const openItem = (): void => {
-      if (itemOpen) return
-      itemOpen = true
-      send('response.output_item.added', { output_index: 0, item: outputMessage(handle.id, '', 'in_progress') })
+    /** The assistant's message item: not yet, open (its text streaming), or done. */
+    let message = 'none' as 'none' | 'open' | 'done'
+    const openMessage = (): void => {
+      if (message !== 'none') return
+      message = 'open'
+      send('response.output_item.added', { output_index: 0, item: outputMessage(runId, '', 'in_progress') })
       send('response.content_part.added', { item_id: item, output_index: 0, content_index: 0, part: { type: 'output_text', text: '', annotations: [] } })
     }
-    const structured = schema !== undefined
-    complete = await engine.follow(handle.id, 0, e => {
+    const closeMessage = (): void => {
+      if (message !== 'open') return
+      message = 'done'
+      send('response.output_text.done', { item_id: item, output_index: 0, content_index: 0, text })
+      send('response.content_part.done', { item_id: item, output_index: 0, content_index: 0, part: { type: 'output_text', text, annotations: [] } })
+      send('response.output_item.done', { output_index: 0, item: outputMessage(runId, text, 'completed') })
+    }
+    const seg = await followSegment(follow, runId, after, e => {
       if (e.type === 'run') {
         open((JSON.parse(e.data) as { session_id?: string }).session_id ?? null)
         return true
@@ -173,23 +225,21 @@ const responses: FastifyPluginAsyncTypebox = async (fastify) => {
       if (sse === undefined) open(null)
       if (e.type === 'text' && !structured) {
         const delta = (JSON.parse(e.data) as { text: string }).text
-        openItem()
+        openMessage()
         text += delta
         return send('response.output_text.delta', { item_id: item, output_index: 0, content_index: 0, delta })
       }
       if (e.type !== 'result') return true
       const r = JSON.parse(e.data) as RunResult
-      const final = responseOf(handle.id, createdAt, r.status, r, echo)
+      const final = responseOf(runId, createdAt, r.status, r, echo)
       const out = (final.output as Array<{ content: Array<{ text: string }> }>)[0]?.content[0]?.text
       if (out !== undefined) {
-        if (!itemOpen) {
-          openItem()
+        if (message === 'none') {
+          openMessage()
           send('response.output_text.delta', { item_id: item, output_index: 0, content_index: 0, delta: out })
         }
         text = out
-        send('response.output_text.done', { item_id: item, output_index: 0, content_index: 0, text })
-        send('response.content_part.done', { item_id: item, output_index: 0, content_index: 0, part: { type: 'output_text', text, annotations: [] } })
-        send('response.output_item.done', { output_index: 0, item: outputMessage(handle.id, text, 'completed') })
+        closeMessage()
       }
       const status = final.status as string
       send(status === 'completed' ? 'response.completed' : status === 'incomplete' ? 'response.incomplete' : 'response.failed', { response: final })
@@ -197,10 +247,25 @@ const responses: FastifyPluginAsyncTypebox = async (fastify) => {
     }, async () => await sse?.drained(), gone.signal).catch((err: unknown) => {
       request.log.error({ err }, 'response stream: following the run failed')
       if (sse === undefined) open(null)
-      send('error', { code: 'store_unavailable', message: `the run's events could not be read; GET /v1/responses/${handle.id} shows it`, param: null })
-      return false
+      send('error', { code: 'store_unavailable', message: `the run's events could not be read; GET /v1/responses/${runId} shows it`, param: null })
+      return undefined
     })
     if (sse === undefined) open(null)
+    if (seg !== undefined && seg.calls.length > 0 && seg.complete) {
+      // Parked at calls of the client's functions: they close this response.
+      parked.park(key, runId, seg.calls, seg.after)
+      closeMessage()
+      const first = message === 'done' ? 1 : 0
+      seg.calls.forEach((c, i) => {
+        const fc = functionCallItem(c, 'completed')
+        send('response.output_item.added', { output_index: first + i, item: functionCallItem(c, 'in_progress') })
+        send('response.function_call_arguments.delta', { item_id: fc.id, output_index: first + i, delta: c.arguments })
+        send('response.function_call_arguments.done', { item_id: fc.id, output_index: first + i, name: c.name, arguments: c.arguments })
+        send('response.output_item.done', { output_index: first + i, item: fc })
+      })
+      send('response.completed', { response: callsResponseOf(runId, createdAt, message === 'done' ? text : '', seg.calls, echo) })
+    }
+    complete = seg?.complete ?? false
     sse?.end()
   })
 

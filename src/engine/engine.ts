@@ -282,7 +282,6 @@ export class Engine extends EventEmitter<EngineEvents> {
     return await this.control.answerApproval(runId, approvalId, answer)
   }
 
-  /** Pending approvals of a run. */
   /** Hand the client's output of a parked function call to its run (here); false if no such call waits. */
   answerToolCall (runId: string, callId: string, output: string): boolean {
     const answer = this.get(runId)?.toolCalls.get(callId)
@@ -291,6 +290,7 @@ export class Engine extends EventEmitter<EngineEvents> {
     return true
   }
 
+  /** Pending approvals of a run. */
   async pendingApprovals (runId: string): Promise<number> {
     return await this.control.pendingApprovals(runId)
   }

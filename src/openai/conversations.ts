@@ -8,6 +8,8 @@ import { fingerprint, prefixPrints, type Turn } from './messages.js'
 interface Known {
   sessionId: string
   workingDirectory: string
+  /** The run that gave the answer. */
+  runId: string
   /** No later turn of the session was answered since: it can be continued as it is. */
   head: boolean
   at: number
@@ -21,8 +23,11 @@ export interface Continuation {
   earlier: Turn[]
   /** The turns after them: the new prompt. */
   next: Turn[]
-  /** Why a known conversation was not resumed (it branched: its session has moved on). */
-  branched?: boolean
+  /**
+   * A known conversation whose session has moved on since (the request branches from it): the
+   * session, and the run whose answer ends the branch point (fork the session there).
+   */
+  branched?: { sessionId: string, workingDirectory: string, runId: string }
 }
 
 /** The conversations of every key, most recent first, within a bound (in memory; per instance). */
@@ -46,7 +51,7 @@ export class ConversationIndex {
       if (hit === undefined) continue
       const earlier = turns.slice(0, k)
       const next = turns.slice(k)
-      if (!hit.head) return { earlier, next, branched: true }
+      if (!hit.head) return { earlier, next, branched: { sessionId: hit.sessionId, workingDirectory: hit.workingDirectory, runId: hit.runId } }
       return { resume: { sessionId: hit.sessionId, workingDirectory: hit.workingDirectory }, earlier, next }
     }
     // Not answered here: the trailing user (and tool) turns are new; all before them came with it.
@@ -56,11 +61,11 @@ export class ConversationIndex {
   }
 
   /** The conversation now ends with `answer`, in `sessionId`; the turns it continued are no longer its head. */
-  answered (key: string, system: string | undefined, turns: Turn[], answer: Turn, sessionId: string, workingDirectory: string): void {
+  answered (key: string, system: string | undefined, turns: Turn[], answer: Turn, sessionId: string, workingDirectory: string, runId: string): void {
     const before = this.heads.get(sessionId)
     if (before !== undefined) before.head = false
     const print = key + ':' + fingerprint(system, [...turns, answer])
-    const now: Known = { sessionId, workingDirectory, head: true, at: Date.now() }
+    const now: Known = { sessionId, workingDirectory, runId, head: true, at: Date.now() }
     this.known.delete(print)
     this.known.set(print, now)
     this.heads.set(sessionId, now)

@@ -1,6 +1,7 @@
 import type { Attachment, RunResult, RunStatus } from '../domain/run.js'
 import { InvalidRequest, withProblem } from '../domain/errors.js'
 import { contentOf, finishReasonOf } from './chat.js'
+import type { FunctionCall } from './functions.js'
 import { readMessages, type ChatMessage, type ContentPart, type Turn } from './messages.js'
 
 // OpenAI's Responses API over a run: its input read as turns, and the `response` object (with the
@@ -21,13 +22,51 @@ const bad = (param: string, message: string): Error => withProblem(new InvalidRe
 /** `input` (a string, or message items) as the turns of a conversation and its system text. */
 export function readInput (input: string | InputItem[], instructions: string | undefined): { system: string | undefined, turns: Turn[] } {
   const items = typeof input === 'string' ? [{ type: 'message', role: 'user', content: input }] : input
-  const messages: ChatMessage[] = items.map((item, i) => {
+  /** Where each message came from in `input` (reasoning items are left out). */
+  const from: number[] = []
+  const messages: ChatMessage[] = []
+  items.forEach((item, i) => {
     if (typeof item !== 'object' || item === null) throw bad(`input[${i}]`, `input[${i}] must be an input item`)
+    const m = messageOf(item, i)
+    if (m === undefined) return
+    from.push(i)
+    messages.push(m)
+  })
+  if (instructions !== undefined) messages.unshift({ role: 'system', content: instructions })
+  try {
+    return readMessages(messages)
+  } catch (err) {
+    // readMessages names messages[i]; here they are input[j] (less the instructions put first).
+    const e = err as Error & { problem?: { param?: string } }
+    const shift = instructions !== undefined ? 1 : 0
+    const rename = (s: string): string => s.replace(/messages\[(\d+)\]/g, (_m, n: string) => `input[${from[Number(n) - shift] ?? 0}]`).replace(/^messages\b/, 'input')
+    e.message = rename(e.message)
+    if (e.problem?.param !== undefined) e.problem.param = rename(e.problem.param)
+    throw e
+  }
+}
+
+/** An input item as a chat message: a message, a function call the model made, or its output. */
+function messageOf (item: InputItem, i: number): ChatMessage | undefined {
+  if (item.type === 'reasoning') return undefined
+  if (item.type === 'function_call') {
+    if (typeof item.call_id !== 'string' || typeof item.name !== 'string' || typeof item.arguments !== 'string') throw bad(`input[${i}]`, `input[${i}]: a function_call item needs call_id, name and arguments (text)`)
+    return { role: 'assistant', content: null, tool_calls: [{ id: item.call_id, type: 'function', function: { name: item.name, arguments: item.arguments } }] }
+  }
+  if (item.type === 'function_call_output') {
+    if (typeof item.call_id !== 'string') throw bad(`input[${i}].call_id`, `input[${i}].call_id is required`)
+    const output: unknown = item.output
+    const text = typeof output === 'string'
+      ? output
+      : Array.isArray(output) ? output.map(p => typeof (p as { text?: unknown })?.text === 'string' ? (p as { text: string }).text : '').join('\n') : undefined
+    if (text === undefined) throw bad(`input[${i}].output`, `input[${i}].output must be text`)
+    return { role: 'tool', tool_call_id: item.call_id, content: text }
+  }
+  {
     if (item.content !== undefined && typeof item.content !== 'string' && !(Array.isArray(item.content) && item.content.every(p => typeof p === 'object' && p !== null && typeof p.type === 'string'))) {
       throw bad(`input[${i}].content`, `input[${i}].content must be text or a list of parts ({ type, … })`)
     }
-    if (item.type === 'function_call_output') throw bad(`input[${i}].type`, `input[${i}]: function_call_output items are for client-side tools, which this server does not offer yet`)
-    if (item.type !== undefined && item.type !== 'message') throw bad(`input[${i}].type`, `input[${i}]: items of type ${item.type} are not supported (message)`)
+    if (item.type !== undefined && item.type !== 'message') throw bad(`input[${i}].type`, `input[${i}]: items of type ${item.type} are not supported (message, function_call, function_call_output)`)
     const role = item.role ?? 'user'
     const content: ChatMessage['content'] = typeof item.content === 'string'
       ? item.content
@@ -40,18 +79,6 @@ export function readInput (input: string | InputItem[], instructions: string | u
           throw bad(`input[${i}].content[${j}].type`, `input[${i}].content[${j}]: parts of type ${p.type} are not supported (input_text, input_image)`)
         })
     return { role: role as ChatMessage['role'], content }
-  })
-  if (instructions !== undefined) messages.unshift({ role: 'system', content: instructions })
-  try {
-    return readMessages(messages)
-  } catch (err) {
-    // readMessages names messages[i]; here they are input[i] (less the instructions put first).
-    const e = err as Error & { problem?: { param?: string } }
-    const shift = instructions !== undefined ? 1 : 0
-    const rename = (s: string): string => s.replace(/messages\[(\d+)\]/g, (_m, n: string) => `input[${Number(n) - shift}]`).replace(/^messages\b/, 'input')
-    e.message = rename(e.message)
-    if (e.problem?.param !== undefined) e.problem.param = rename(e.problem.param)
-    throw e
   }
 }
 
@@ -79,12 +106,14 @@ export interface ResponseRequest {
   /** `text.format`, as asked (a `json_schema` one makes the output the structured result). */
   format?: Record<string, unknown> | undefined
   metadata?: Record<string, string> | undefined
+  /** The function tools offered, as the client sent them. */
+  tools?: unknown[] | undefined
 }
 
-/** The `response` object of a run, as it stands (`result` once it has ended). */
 /** A `response` object. */
 export type ResponseObject = { id: string, object: 'response', status: ResponseStatus } & Record<string, unknown>
 
+/** The `response` object of a run, as it stands (`result` once it has ended). */
 export function responseOf (id: string, createdAt: number, status: RunStatus, result: RunResult | null, req: ResponseRequest): ResponseObject {
   const s = statusOf(status, result)
   const structured = req.format?.type === 'json_schema'
@@ -110,7 +139,7 @@ export function responseOf (id: string, createdAt: number, status: RunStatus, re
     temperature: null,
     text: { format: req.format ?? { type: 'text' } },
     tool_choice: 'auto',
-    tools: [],
+    tools: req.tools ?? [],
     top_p: null,
     truncation: 'disabled',
     usage: usage === null
@@ -123,4 +152,18 @@ export function responseOf (id: string, createdAt: number, status: RunStatus, re
 /** The assistant's message item of a response (its id derived from the response's). */
 export function outputMessage (id: string, text: string, status: 'in_progress' | 'completed'): Record<string, unknown> {
   return { type: 'message', id: `msg_${id}`, status, role: 'assistant', content: status === 'completed' ? [{ type: 'output_text', text, annotations: [] }] : [] }
+}
+
+/** A function call the model made, as an output item (its id derived from the call's). */
+export function functionCallItem (call: FunctionCall, status: 'in_progress' | 'completed'): Record<string, unknown> {
+  return { type: 'function_call', id: `fc_${call.call_id}`, call_id: call.call_id, name: call.name, arguments: status === 'completed' ? call.arguments : '', status }
+}
+
+/**
+ * The `response` of a run parked at calls of the client's functions: completed, its output the
+ * text said before them and the calls (the client answers with `function_call_output` items).
+ */
+export function callsResponseOf (id: string, createdAt: number, text: string, calls: FunctionCall[], req: ResponseRequest): ResponseObject {
+  const base = responseOf(id, createdAt, 'running', null, req)
+  return { ...base, status: 'completed', output: [...(text === '' ? [] : [outputMessage(id, text, 'completed')]), ...calls.map(c => functionCallItem(c, 'completed'))] }
 }

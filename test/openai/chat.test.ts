@@ -70,6 +70,16 @@ test('a three-turn conversation continues one Claude session with only the new t
   t.same(last.userTexts, ['my name is Ann', 'what is my name?', 'and spell it'], 'the model sees one growing session, each turn once, not a re-typed transcript')
   t.notMatch(JSON.stringify(last.body.messages), /This conversation began before/)
 
+  // A branch from the first answer (a client that regenerates, or edits its second message) forks
+  // the session where that answer left it: the model sees the first turn and the new one, only.
+  model.on('what is my age?', [{ text: 'You did not say.' }])
+  const { data: branched, response: branchResponse } = await openai.chat.completions.create({ model: 'claude-code', messages: [...history.slice(0, 2), { role: 'user', content: 'what is my age?' }] }).withResponse()
+  t.equal(branched.choices[0]?.message.content, 'You did not say.')
+  const forked = branchResponse.headers.get('x-session-id') ?? ''
+  t.ok(forked !== '' && forked !== sessions[0], `a session of its own (${forked})`)
+  t.same(model.calls.at(-1)!.userTexts, ['my name is Ann', 'what is my age?'], 'the fork holds the turns before the branch point, not the later ones')
+  t.notMatch(JSON.stringify(model.calls.at(-1)!.body.messages), /This conversation began before/)
+
   // An unknown history (another client's) starts a new session carrying the earlier turns.
   model.on(/earlier turns were/, [{ text: 'carried' }])
   const fresh = await openai.chat.completions.create({ model: 'claude-code', messages: [{ role: 'user', content: 'hi' }, { role: 'assistant', content: 'hello' }, { role: 'user', content: 'go on' }] })
