@@ -39,6 +39,8 @@ export default fp(async (fastify) => {
         { name: 'runs', description: 'Durable runs: start, follow, replay, list, cancel' },
         { name: 'approvals', description: 'Tool permission requests of interactive runs' },
         { name: 'sessions', description: 'Claude sessions: list, read, rename, fork, delete' },
+        { name: 'files', description: 'Workspaces: files in, archives in and out; a run\'s changes and their revert' },
+        { name: 'openai', description: 'OpenAI-compatible API (`/v1`): models, chat completions, responses' },
         { name: 'system', description: 'Health and service information' }
       ],
       components: {

@@ -5,6 +5,8 @@ import { localPorts } from '../src/engine/local.js'
 import { clusterPorts } from '../src/cluster/ports.js'
 import { PostgresRunStore } from '../src/store/postgres-store.js'
 import { ClusterNode } from '../src/cluster/cluster.js'
+import { Snapshots } from '../src/workspace/snapshots.js'
+import { join } from 'node:path'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -30,6 +32,11 @@ export default fp(async (fastify) => {
   const cluster = store instanceof PostgresRunStore && config.databaseUrl !== undefined
     ? new ClusterNode({ url: config.databaseUrl, store, instanceId, maxConcurrent: config.maxConcurrentRuns, deadAfterMs: config.runLeaseMs, log: fastify.log.child({ component: 'cluster' }) })
     : undefined
+  // What runs change is recorded with git, where there is one (`RUN_CHANGES`).
+  const snapshots = config.recordChanges && await Snapshots.available()
+    ? new Snapshots(join(config.dataDir, 'snapshots'), fastify.log.child({ component: 'changes' }))
+    : undefined
+  if (config.recordChanges && snapshots === undefined) fastify.log.warn('RUN_CHANGES=on but git is not installed: the changes of runs are not recorded (install git, or set RUN_CHANGES=off)')
   let engine: Engine
   try {
     engine = createEngine({
@@ -38,7 +45,8 @@ export default fp(async (fastify) => {
       store,
       leaseMs: config.runLeaseMs,
       instanceId,
-      ...containment
+      ...containment,
+      ...(snapshots !== undefined ? { snapshots } : {})
     }, cluster)
     await engine.start()
   } catch (err) {

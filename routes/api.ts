@@ -5,6 +5,8 @@ import executeRoutes from './execute.js'
 import runsRoutes from './runs.js'
 import interactiveRoutes from './interactive.js'
 import sessionsRoutes from './sessions.js'
+import filesRoutes from './files.js'
+import changesRoutes from './changes.js'
 
 /**
  * The `/api` scope: every API route, and what belongs to them alone, registered here so
@@ -30,6 +32,8 @@ const api: FastifyPluginAsync = async (fastify) => {
   await fastify.register(runsRoutes)
   await fastify.register(interactiveRoutes)
   await fastify.register(sessionsRoutes)
+  await fastify.register(filesRoutes)
+  await fastify.register(changesRoutes)
 }
 
 export default api

@@ -39,6 +39,8 @@ export const ConfigSchema = Type.Object({
   RUN_LEASE_S: Type.Integer({ default: 30, minimum: 2, maximum: 3600 }),
   MAX_PROMPT_CHARS: Type.Integer({ default: 200_000, minimum: 1 }),
   MAX_BODY_BYTES: Type.Integer({ default: 4 * 1024 * 1024, minimum: 1024 }),
+  MAX_UPLOAD_BYTES: Type.Integer({ default: 100 * 1024 * 1024, minimum: 1024 }),
+  MAX_ARCHIVE_ENTRIES: Type.Integer({ default: 100_000, minimum: 1 }),
   // 1 MiB: several times what a model can answer in one response (64k output tokens ≈ 256 KB).
   MAX_OUTPUT_BYTES: Type.Integer({ default: 1024 * 1024, minimum: 1024 }),
   MAX_LINE_BYTES: Type.Integer({ default: 16 * 1024 * 1024, minimum: 1024 }),
@@ -76,6 +78,7 @@ export const ConfigSchema = Type.Object({
   RUN_DISK_MAX: Type.Optional(Type.String()),
   // At ISOLATION=sandbox: egress (a filtering proxy to public addresses), none, or host (no network namespace).
   RUN_NETWORK: Type.Union(['egress', 'none', 'host'].map(l => Type.Literal(l)), { default: 'egress' }),
+  RUN_CHANGES: Type.Union(['on', 'off'].map(l => Type.Literal(l)), { default: 'on' }),
   RUN_EGRESS_ALLOW: Type.String({ default: '' })
 })
 export type RawConfig = Static<typeof ConfigSchema>
@@ -112,6 +115,10 @@ export interface Settings {
   runLeaseMs: number
   maxPromptChars: number
   maxBodyBytes: number
+  /** The largest file (or archive, unpacked) `/api/files` takes. */
+  maxUploadBytes: number
+  /** The most entries an uploaded archive may hold. */
+  maxArchiveEntries: number
   maxOutputBytes: number
   maxLineBytes: number
   settingSources: string
@@ -142,6 +149,8 @@ export interface Settings {
   runLimits: RunLimits
   /** A run's network at `sandbox`: `egress` through the filtering proxy, `none`, or `host`'s own. */
   runNetwork: 'egress' | 'none' | 'host'
+  /** Record each run's working directory before and after it (`/api/runs/{id}/changes`, revert). */
+  recordChanges: boolean
   /** Hosts the egress proxy lets runs reach (`*.example.com` for subdomains); empty: any public host. */
   egressAllow: string[]
   /** The server's own environment: the source of operator credentials for the CLI. */
@@ -333,6 +342,8 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     runLeaseMs: raw.RUN_LEASE_S * 1000,
     maxPromptChars: raw.MAX_PROMPT_CHARS,
     maxBodyBytes: raw.MAX_BODY_BYTES,
+    maxUploadBytes: raw.MAX_UPLOAD_BYTES,
+    maxArchiveEntries: raw.MAX_ARCHIVE_ENTRIES,
     maxOutputBytes: raw.MAX_OUTPUT_BYTES,
     maxLineBytes: raw.MAX_LINE_BYTES,
     settingSources: raw.CLAUDE_SETTING_SOURCES,
@@ -359,6 +370,7 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     agentUidRegistryDir: resolve(cwd, raw.AGENT_UID_REGISTRY_DIR),
     runLimits: runLimitsOf(raw),
     runNetwork: raw.RUN_NETWORK as Settings['runNetwork'],
+    recordChanges: raw.RUN_CHANGES === 'on',
     egressAllow: list(raw.RUN_EGRESS_ALLOW).map(h => h.toLowerCase()),
     serverEnv
   }

@@ -10,9 +10,10 @@ import { parseBytes, type RunLimits } from '../domain/limits.js'
  * What a key may do. `runs:write` starts and cancels its own runs; `runs:read` reads its own runs;
  * `runs:read_all` reads every key's runs (a dashboard) and changes nothing; `approvals:write`
  * answers the approvals of the runs it may read (a person deciding for a bot), without starting
- * anything; `admin` does all of it.
+ * anything; `files:read` and `files:write` reach the files of its workspace (`runs:write` implies
+ * both); `admin` does all of it, in every workspace.
  */
-export const SCOPES = ['runs:write', 'runs:read', 'runs:read_all', 'approvals:write', 'admin'] as const
+export const SCOPES = ['runs:write', 'runs:read', 'runs:read_all', 'approvals:write', 'files:read', 'files:write', 'admin'] as const
 export type Scope = typeof SCOPES[number]
 
 const KeyEntrySchema = Type.Object({
@@ -155,5 +156,10 @@ export class KeyRing {
 
 /** Whether a key may act with `scope` (`admin` may do everything; `runs:read_all` reads too). */
 export function allows (key: ApiKey, scope: Scope): boolean {
-  return key.scopes.has('admin') || key.scopes.has(scope) || (scope === 'runs:read' && key.scopes.has('runs:read_all'))
+  if (key.scopes.has('admin') || key.scopes.has(scope)) return true
+  if (scope === 'runs:read') return key.scopes.has('runs:read_all')
+  // A key that runs agents in its workspace may put files there and take them back.
+  if (scope === 'files:read') return key.scopes.has('files:write') || key.scopes.has('runs:write')
+  if (scope === 'files:write') return key.scopes.has('runs:write')
+  return false
 }

@@ -85,6 +85,8 @@ export interface RunResult {
   limit?: LimitName
   /** What the run's tree used (where the machine could tell). */
   resources?: ResourceUsage
+  /** How many files the run added, modified and deleted in its working directory (where recorded). */
+  changes?: { files: number, added: number, modified: number, deleted: number }
 }
 
 /** One run, fully resolved and checked against policy: what the runner executes. */
@@ -131,7 +133,7 @@ export interface RunSpec {
 }
 
 /** The kinds of event a run's log holds, in the order clients see them. */
-export type RunEventType = 'run' | 'message' | 'text' | 'approval_requested' | 'approval_resolved' | 'user_message' | 'tool_call' | 'result'
+export type RunEventType = 'run' | 'message' | 'text' | 'approval_requested' | 'approval_resolved' | 'user_message' | 'tool_call' | 'result' | 'files_reverted'
 
 /**
  * An event of a run as clients receive it: `seq` increases from 1 without gaps; `data` is the

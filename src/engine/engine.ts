@@ -7,6 +7,9 @@ import { narrower } from '../domain/limits.js'
 import type { ApprovalAnswer, ApprovalRecord } from '../domain/records.js'
 import type { RunEvent, RunRequest, RunSpec, UserTurn } from '../domain/run.js'
 import type { AgentIdentities } from '../isolation/identities.js'
+import type { Workspace } from '../workspace/safe-fs.js'
+import { ChangesNotRecorded, RunChanges, RunNotEnded } from '../workspace/changes.js'
+import type { FileChange } from '../workspace/snapshots.js'
 import { SessionCatalog } from '../sessions/catalog.js'
 import type { RunStore } from '../store/store.js'
 import { SessionLedger } from './session-ledger.js'
@@ -52,6 +55,8 @@ export class Engine extends EventEmitter<EngineEvents> {
   readonly approvals: ApprovalDesk
   /** Whether CLIs can be launched as runs launch them (`/health` → `isolation.error`). */
   readonly launches = new LaunchHealth()
+  /** What runs changed in their working directories (undefined: not recorded, `RUN_CHANGES=off` or no git). */
+  readonly changes: RunChanges | undefined
   private readonly settings: Settings
   private readonly log: EngineDeps['log']
   private readonly store: RunStore
@@ -96,6 +101,7 @@ export class Engine extends EventEmitter<EngineEvents> {
     const configDir = env.CLAUDE_CONFIG_DIR ?? join(env.HOME ?? '/', '.claude')
     const identities = deps.isolation?.level === 'none' ? undefined : deps.isolation?.identities
     this.identities = identities
+    this.changes = deps.snapshots !== undefined ? new RunChanges(deps.snapshots) : undefined
     this.planner = new RunPlanner(settings, new SessionRegistry(configDir), identities, session => this.ledger.ownerOf(session), configDir)
     this.sessions = new SessionCatalog({
       store: deps.store,
@@ -142,6 +148,7 @@ export class Engine extends EventEmitter<EngineEvents> {
       },
       freed: () => this.queue.freed(),
       warmClaim: outcome => this.emit('warm', outcome),
+      ...(deps.snapshots !== undefined ? { snapshots: deps.snapshots } : {}),
       ...(deps.execute !== undefined ? { execute: deps.execute } : {})
     })
     this.host = {
@@ -280,6 +287,32 @@ export class Engine extends EventEmitter<EngineEvents> {
   /** Answer a pending approval where the run waits for it. */
   async answerApproval (runId: string, approvalId: string, answer: ApprovalAnswer): Promise<ApprovalRecord> {
     return await this.control.answerApproval(runId, approvalId, answer)
+  }
+
+  /**
+   * Where a key's files are (`/api/files`): with agent identities, its own work area; otherwise (or
+   * for an admin) every allowed root, relative paths from `DEFAULT_WORKING_DIR`, as a run's
+   * `working_directory` resolves.
+   */
+  workspaceOf (keyName: string | null, all: boolean): Workspace {
+    if (this.identities === undefined || all) return { roots: this.settings.allowedRoots, base: this.settings.defaultWorkingDir }
+    const area = this.planner.workAreaOf(this.identities.identityFor(keyName))
+    return { roots: [area], base: area }
+  }
+
+  /**
+   * Put back what an ended run changed in its working directory, recorded as a `files_reverted`
+   * event of the run. Refused while it runs, and when a later change touched the same files.
+   */
+  async revertChanges (runId: string): Promise<{ working_directory: string, files: FileChange[] }> {
+    if (this.changes === undefined) throw new ChangesNotRecorded('this server does not record what runs change (RUN_CHANGES=off, or git is missing)')
+    if (this.queue.isLive(runId)) throw new RunNotEnded(`run ${runId} has not ended: its changes can be reverted once it has`)
+    const reverted = await this.changes.revert(runId)
+    const seq = (await this.store.lastSeq(runId)) + 1
+    const event = { files: reverted.files.length, paths: reverted.files.slice(0, 100).map(f => f.path), at: new Date().toISOString() }
+    this.store.appendEvent(runId, seq, 'files_reverted', JSON.stringify(event))
+    await this.store.flush()
+    return reverted
   }
 
   /** Hand the client's output of a parked function call to its run (here); false if no such call waits. */

@@ -45,6 +45,8 @@ export interface ExecutionHooks {
   clientTool?: (callId: string, name: string, args: unknown) => Promise<string>
   /** Resolves when the run must end early (timeout, cancel, disconnect, shutdown). */
   ended: Promise<void>
+  /** The prompt waits for it (the working directory's recording before the run: `Snapshots`). */
+  ready?: Promise<unknown>
   log: RunnerLogger
 }
 
@@ -171,6 +173,8 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
   let inputs = 0
   async function * input (): AsyncGenerator<SDKUserMessage> {
     const mine = ++inputs
+    // The CLI starts meanwhile; nothing it does touches the directory before its prompt.
+    await hooks.ready
     yield userMessage(spec.prompt, spec.attachments)
     for (;;) {
       await turnDone

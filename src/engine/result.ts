@@ -1,3 +1,4 @@
+import type { ChangeCounts } from '../workspace/snapshots.js'
 import type { ErrorCode, RunResult, RunStatus } from '../domain/run.js'
 import type { LimitName, ResourceUsage, RunLimits } from '../domain/limits.js'
 
@@ -49,6 +50,8 @@ export interface RunOutcome {
   limits?: RunLimits
   /** What its tree used, where it had a control group. */
   resources?: ResourceUsage
+  /** How many files it added, modified and deleted in its working directory (where recorded). */
+  changes?: ChangeCounts | undefined
 }
 
 /**
@@ -181,7 +184,8 @@ export function toRunResult (o: RunOutcome): RunResult {
     structured_output: r?.structured_output ?? null,
     truncated: truncated || o.resultShrunk === true,
     ...(o.limit !== undefined && errorCode === 'resource_limit' ? { limit: o.limit } : {}),
-    ...(o.resources !== undefined ? { resources: o.resources } : {})
+    ...(o.resources !== undefined ? { resources: o.resources } : {}),
+    ...(o.changes !== undefined ? { changes: o.changes } : {})
   }
 }
 

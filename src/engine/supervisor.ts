@@ -1,3 +1,4 @@
+import type { Snapshots } from '../workspace/snapshots.js'
 import { randomUUID } from 'node:crypto'
 import type { RunResult } from '../domain/run.js'
 import { endRun, startRun } from '../isolation/process-tree.js'
@@ -35,6 +36,8 @@ export interface SupervisorDeps {
   warmClaim: (outcome: ClaimOutcome) => void
   /** Runs a run's CLI (the real executor; tests give a fake one). */
   execute?: typeof executeRun
+  /** Records each run's working directory before and after it (absent: not recorded). */
+  snapshots?: Snapshots
 }
 
 /**
@@ -195,12 +198,16 @@ export class Supervisor {
       this.d.started(handle)
       // What the run backgrounds is its own while it lives (at uid it is re-parented to init).
       if (identity !== undefined) startRun(marker, identity.uid)
+      // The directory as it was before the run: recorded while the CLI starts, before its prompt.
+      const recorded = this.d.snapshots?.before(spec.runId, cwd)
+        .then(() => true, (err: unknown) => { handle.log.warn({ err }, 'recording the working directory before the run failed; its changes are not recorded'); return false })
       const execution = await (this.d.execute ?? executeRun)(spec, env, marker, executorSettings(launcher, identity, cwd, { limits: spec.limits, network }), {
         event: (type, data) => handle.push(type, data),
         inbox: handle.inbox,
         askApproval: async (toolName, input, ask) => await this.d.approvals.ask(handle, toolName, input, ask),
         clientTool: async (callId, name, args) => await parkToolCall(handle, callId, name, args),
         ended,
+        ...(recorded !== undefined ? { ready: recorded } : {}),
         log: handle.log
       }, warm === undefined
         ? undefined
@@ -215,6 +222,10 @@ export class Supervisor {
       // Ended before it could start on its spare: the spare goes with the run.
       if (warm !== undefined && !claimed) this.d.warm?.drop(warm)
       Object.assign(outcome, execution)
+      if (recorded !== undefined && await recorded) {
+        outcome.changes = await this.d.snapshots?.after(spec.runId)
+          .catch((err: unknown) => { handle.log.warn({ err }, 'recording the working directory after the run failed'); return undefined })
+      }
       if (execution.launched === true) this.d.launches.worked()
       else if (execution.launched === false) {
         const why = launchFailureReason(execution.stderrTail, execution.spawnError?.message)

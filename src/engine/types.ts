@@ -1,3 +1,4 @@
+import type { Snapshots } from '../workspace/snapshots.js'
 import type { Settings } from '../config.js'
 import type { KeyLimits } from '../domain/keys.js'
 import type { RunnerLogger } from '../domain/logger.js'
@@ -63,4 +64,6 @@ export interface EngineDeps {
   networks?: RunNetworks
   /** Runs a run's CLI: the real executor unless a test gives a fake one. */
   execute?: SupervisorDeps['execute']
+  /** Records each run's working directory before and after it (absent: changes are not recorded). */
+  snapshots?: Snapshots
 }

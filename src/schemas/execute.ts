@@ -94,7 +94,13 @@ export const ExecuteResultSchema = Type.Object({
   resources: Type.Optional(Type.Object({
     peak_memory_bytes: Type.Union([Type.Integer(), Type.Null()], { description: 'The most memory the run\'s tree held at once.' }),
     cpu_seconds: Type.Union([Type.Number(), Type.Null()], { description: 'CPU time the run\'s tree used.' })
-  }, { description: 'What the run\'s process tree used, where the server holds runs in control groups.' }))
+  }, { description: 'What the run\'s process tree used, where the server holds runs in control groups.' })),
+  changes: Type.Optional(Type.Object({
+    files: Type.Integer(),
+    added: Type.Integer(),
+    modified: Type.Integer(),
+    deleted: Type.Integer()
+  }, { description: 'How many files the run changed in its working directory (where recorded): the list and diff at `/api/runs/{id}/changes`.' }))
 }, { $id: 'ExecuteResult', title: 'ExecuteResult' })
 export type ExecuteResult = Static<typeof ExecuteResultSchema>
 

@@ -27,7 +27,9 @@ export const problemResponses = {
   403: p('Refused by policy: directory outside the allowed roots, env var or permission mode not allowed.'),
   404: p('No such run (or it was deleted by retention).'),
   409: p('The session was created in another directory than the one named.'),
+  412: p('`If-Match` no longer names the file (`precondition_failed`): it changed since it was read.'),
   413: p('Request body too large.'),
+  416: p('The range asked for lies beyond the file (`range_not_satisfiable`).'),
   429: { ...p('Capacity full: too many runs running and queued. See `Retry-After`.'), headers: { 'Retry-After': { type: 'integer', description: 'Seconds to wait before retrying.' } } },
   500: p('Internal error; the body carries only the `request_id`.'),
   503: p('The server is shutting down, its run store is unavailable, or no agent identity can be had for the key (`agent_identity_unavailable`).')
