@@ -59,7 +59,7 @@ export class RunChanges {
 
   private async revertNow (runId: string, r: { cwd: string, before: string, after: string }): Promise<{ working_directory: string, files: FileChange[] }> {
     const changes = await this.snapshots.between(r.cwd, r.before, r.after)
-    const now = await this.snapshots.record(r.cwd)
+    const { tree: now } = await this.snapshots.record(r.cwd)
     const touched = new Set(changes.map(c => c.path))
     const since = (await this.snapshots.between(r.cwd, r.after, now)).filter(c => touched.has(c.path)).map(c => c.path)
     if (since.length > 0) {

@@ -34,12 +34,24 @@ export interface TreeEntry { mode: string, sha: string }
 interface Record { cwd: string, before: string, after?: string }
 
 /** Git, told to read nothing of the user's or the directory's configuration, and to run no hook. */
-const GIT_CONFIG = [
-  '-c', 'core.autocrlf=false', '-c', 'core.safecrlf=false', '-c', 'core.fsmonitor=false',
-  '-c', 'core.hooksPath=/dev/null', '-c', 'gc.auto=0', '-c', 'core.quotePath=false',
-  '-c', 'safe.directory=*', '-c', 'core.untrackedCache=false', '-c', 'core.symlinks=true',
-  '-c', 'diff.external=', '-c', 'advice.addEmbeddedRepo=false', '-c', 'core.bigFileThreshold=16m'
+const GIT_CONFIG: Array<[string, string]> = [
+  ['core.autocrlf', 'false'], ['core.safecrlf', 'false'], ['core.fsmonitor', 'false'],
+  ['core.hooksPath', '/dev/null'], ['gc.auto', '0'], ['core.quotePath', 'false'],
+  ['safe.directory', '*'], ['core.untrackedCache', 'false'], ['core.symlinks', 'true'],
+  ['diff.external', ''], ['advice.addEmbeddedRepo', 'false'], ['core.bigFileThreshold', '16m']
 ]
+/** The same, as the environment gives it to every git a script starts. */
+const GIT_CONFIG_ENV: NodeJS.ProcessEnv = Object.fromEntries([
+  ['GIT_CONFIG_COUNT', String(GIT_CONFIG.length)],
+  ...GIT_CONFIG.flatMap(([k, v], i) => [[`GIT_CONFIG_KEY_${i}`, k], [`GIT_CONFIG_VALUE_${i}`, v]])
+])
+
+/**
+ * A recording in one process: every file added to the index (unreadable ones left out: exit 1),
+ * its tree written and printed; with a tree as `$1`, the changes from it follow (`diff-tree -z`).
+ * A lock left by a git killed at its time limit goes first (one recording at a time per directory).
+ */
+const RECORD_SCRIPT = 'rm -f "$GIT_DIR/index.lock"; git add -A --ignore-errors -- . >/dev/null 2>&1; s=$?; [ "$s" -le 1 ] || exit "$s"; t=$(git write-tree) || exit 1; printf "%s\\0" "$t"; [ -z "$1" ] || exec git diff-tree -r -z --no-renames --raw "$1" "$t"'
 
 /** The longest a recording may take (a huge directory): the run then has no changes recorded. */
 const SNAPSHOT_TIMEOUT_MS = 60_000
@@ -72,13 +84,14 @@ export class Snapshots {
       GIT_CONFIG_GLOBAL: '/dev/null',
       HOME: repo,
       GIT_TERMINAL_PROMPT: '0',
-      LC_ALL: 'C'
+      LC_ALL: 'C',
+      ...GIT_CONFIG_ENV
     }
   }
 
   private async run (args: string[], env: NodeJS.ProcessEnv, opts: { cwd?: string, input?: string, okCodes?: number[], maxBuffer?: number } = {}): Promise<string> {
     return await new Promise((resolve, reject) => {
-      const child = execFile(this.git, [...GIT_CONFIG, ...args], { env, cwd: opts.cwd ?? '/', maxBuffer: opts.maxBuffer ?? 256 * 1024 * 1024, timeout: SNAPSHOT_TIMEOUT_MS, encoding: 'utf8' }, (err, stdout, stderr) => {
+      const child = execFile(this.git, args, { env, cwd: opts.cwd ?? '/', maxBuffer: opts.maxBuffer ?? 256 * 1024 * 1024, timeout: SNAPSHOT_TIMEOUT_MS, encoding: 'utf8' }, (err, stdout, stderr) => {
         const code = (err as { code?: unknown } | null)?.code
         if (err !== null && !(typeof code === 'number' && (opts.okCodes ?? []).includes(code))) reject(new Error(`git ${args[0] ?? ''}: ${stderr.trim() || err.message}`))
         else resolve(stdout)
@@ -99,26 +112,34 @@ export class Snapshots {
     }
   }
 
-  /** The directory as it stands, as a tree of the directory's repository. */
-  async record (cwd: string): Promise<string> {
+  /**
+   * The directory as it stands, as a tree of the directory's repository; with `from`, also the
+   * raw changes from that tree (`diff-tree -z` output).
+   */
+  async record (cwd: string, from?: string): Promise<{ tree: string, raw: string }> {
     const repo = this.repoOf(cwd)
     return await this.serial(repo, async () => {
+      const env = this.env(repo, cwd, join(repo, 'index'))
       if (!existsSync(join(repo, 'HEAD'))) {
         await mkdir(repo, { recursive: true, mode: 0o700 })
-        await this.run(['init', '-q', '--bare', repo], { ...this.env(repo, cwd, join(repo, 'index')), GIT_DIR: undefined, GIT_WORK_TREE: undefined })
-        await this.run(['config', 'core.bare', 'false'], this.env(repo, cwd, join(repo, 'index')))
+        await this.run(['init', '-q', '--bare', repo], { ...env, GIT_DIR: undefined, GIT_WORK_TREE: undefined })
+        await this.run(['config', 'core.bare', 'false'], env)
         await writeFile(join(repo, 'cwd'), cwd)
       }
-      const env = this.env(repo, cwd, join(repo, 'index'))
-      // Unreadable files are left out (and said so on stderr): the rest is recorded.
-      await this.run(['add', '-A', '--ignore-errors', '--', '.'], env, { cwd, okCodes: [1, 128] })
-      return (await this.run(['write-tree'], env)).trim()
+      const out = await new Promise<string>((resolve, reject) => {
+        execFile('/bin/sh', ['-c', RECORD_SCRIPT, 'record', from ?? ''], { env, cwd, maxBuffer: 256 * 1024 * 1024, timeout: SNAPSHOT_TIMEOUT_MS, encoding: 'utf8' }, (err, stdout, stderr) => {
+          if (err !== null) reject(new Error(`recording ${cwd}: ${stderr.trim() || err.message}`))
+          else resolve(stdout)
+        })
+      })
+      const cut = out.indexOf('\0')
+      return { tree: out.slice(0, cut), raw: out.slice(cut + 1) }
     })
   }
 
   /** Record a run's directory before it runs. */
   async before (runId: string, cwd: string): Promise<void> {
-    const tree = await this.record(cwd)
+    const { tree } = await this.record(cwd)
     await mkdir(join(this.root, 'runs'), { recursive: true, mode: 0o700 })
     await this.write(runId, { cwd, before: tree })
   }
@@ -127,14 +148,15 @@ export class Snapshots {
   async after (runId: string): Promise<ChangeCounts | undefined> {
     const r = await this.read(runId)
     if (r === undefined) return undefined
-    r.after = await this.record(r.cwd)
+    const { tree, raw } = await this.record(r.cwd, r.before)
+    r.after = tree
     await this.write(runId, r)
-    const changes = await this.between(r.cwd, r.before, r.after)
+    const changes = parseRaw(raw)
     return {
       files: changes.length,
-      added: changes.filter(c => c.change === 'added').length,
-      modified: changes.filter(c => c.change === 'modified').length,
-      deleted: changes.filter(c => c.change === 'deleted').length
+      added: changes.filter(c => c.status === 'A').length,
+      modified: changes.filter(c => c.status !== 'A' && c.status !== 'D').length,
+      deleted: changes.filter(c => c.status === 'D').length
     }
   }
 
@@ -157,15 +179,7 @@ export class Snapshots {
   async between (cwd: string, from: string, to: string): Promise<FileChange[]> {
     const repo = this.repoOf(cwd)
     const env = this.env(repo, cwd, join(repo, 'index'))
-    const raw = await this.run(['diff-tree', '-r', '-z', '--no-renames', '--raw', from, to], env)
-    const parts = raw.split('\0')
-    const entries: Array<{ path: string, status: string, before: string, after: string, gitlink: boolean }> = []
-    for (let i = 0; i + 1 < parts.length; i += 2) {
-      const [meta, path] = [parts[i] ?? '', parts[i + 1] ?? '']
-      const m = /^:(\d+) (\d+) ([0-9a-f]+) ([0-9a-f]+) ([AMDT])/.exec(meta)
-      if (m === null) continue
-      entries.push({ path, status: m[5] ?? 'M', before: m[3] ?? '', after: m[4] ?? '', gitlink: m[1] === '160000' || m[2] === '160000' })
-    }
+    const entries = parseRaw(await this.run(['diff-tree', '-r', '-z', '--no-renames', '--raw', from, to], env))
     const shas = [...new Set(entries.flatMap(e => [e.before, e.after]).filter(s => !/^0+$/.test(s)))]
     const sizes = new Map<string, number>()
     if (shas.length > 0) {
@@ -187,7 +201,7 @@ export class Snapshots {
   async diff (cwd: string, from: string, to: string, maxBytes: number): Promise<{ text: string, truncated: boolean }> {
     const repo = this.repoOf(cwd)
     return await new Promise((resolve, reject) => {
-      const child = spawn(this.git, [...GIT_CONFIG, 'diff', '--no-color', '--no-ext-diff', '--no-textconv', '--no-renames', from, to], { env: this.env(repo, cwd, join(repo, 'index')), cwd: '/', stdio: ['ignore', 'pipe', 'pipe'] })
+      const child = spawn(this.git, ['diff', '--no-color', '--no-ext-diff', '--no-textconv', '--no-renames', from, to], { env: this.env(repo, cwd, join(repo, 'index')), cwd: '/', stdio: ['ignore', 'pipe', 'pipe'] })
       const chunks: Buffer[] = []
       let size = 0
       let truncated = false
@@ -237,7 +251,7 @@ export class Snapshots {
     const env = this.env(repo, cwd, join(repo, 'index'))
     const git = this.git
     return Readable.from((async function * () {
-      const child = spawn(git, [...GIT_CONFIG, 'cat-file', 'blob', sha], { env, cwd: '/', stdio: ['ignore', 'pipe', 'ignore'] })
+      const child = spawn(git, ['cat-file', 'blob', sha], { env, cwd: '/', stdio: ['ignore', 'pipe', 'ignore'] })
       const exited = new Promise<number | null>((resolve, reject) => { child.on('error', reject).on('close', resolve) })
       for await (const chunk of child.stdout) yield chunk as Buffer
       const code = await exited
@@ -255,4 +269,15 @@ export class Snapshots {
   async forget (runId: string): Promise<void> {
     await rm(this.recordPath(runId), { force: true })
   }
+}
+
+/** `diff-tree -z --raw` output as its entries. */
+function parseRaw (raw: string): Array<{ path: string, status: string, before: string, after: string }> {
+  const parts = raw.split('\0')
+  const entries: Array<{ path: string, status: string, before: string, after: string }> = []
+  for (let i = 0; i + 1 < parts.length; i += 2) {
+    const m = /^:(\d+) (\d+) ([0-9a-f]+) ([0-9a-f]+) ([AMDT])/.exec(parts[i] ?? '')
+    if (m !== null) entries.push({ path: parts[i + 1] ?? '', status: m[5] ?? 'M', before: m[3] ?? '', after: m[4] ?? '' })
+  }
+  return entries
 }
