@@ -7,7 +7,7 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..')
 
 /**
  * The layers, bottom first: a module imports only from layers below its own (or its own folder).
- * domain ← config ← store, isolation, auth ← sessions ← engine ← cluster (a backend of the engine)
+ * domain ← config ← store, isolation, auth ← sessions, workspace ← engine ← cluster (a backend of the engine)
  * ← the HTTP adapters (schemas, sse, webhooks) ← plugins ← routes ← the app and the server.
  */
 const RANK: Record<string, number> = {
@@ -20,6 +20,7 @@ const RANK: Record<string, number> = {
   'src/auth': 2,
   'src/startup.ts': 2,
   'src/sessions': 3,
+  'src/workspace': 3,
   'src/engine': 4,
   'src/cluster': 5,
   'src/schemas': 6,

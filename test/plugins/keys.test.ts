@@ -268,7 +268,7 @@ test('a broken key file stops the app from starting, naming the problem', async 
   }
   await t.test('an unknown scope is named, with the known ones', async t => {
     const box = sandbox(t)
-    await t.rejects(build(t, { box, env: { API_KEYS_FILE: jsonKeyFile(box, [{ ...good, scopes: ['runs:delete'] }]) } }), /runs:delete.*runs:write, runs:read, runs:read_all, approvals:write, admin/)
+    await t.rejects(build(t, { box, env: { API_KEYS_FILE: jsonKeyFile(box, [{ ...good, scopes: ['runs:delete'] }]) } }), /runs:delete.*runs:write, runs:read, runs:read_all, approvals:write, files:read, files:write, admin/)
   })
   const box = sandbox(t)
   const path = join(box.home, 'api-keys.yaml')
