@@ -55,6 +55,11 @@ const RECORD_SCRIPT = 'rm -f "$GIT_DIR/index.lock"; git add -A --ignore-errors -
 
 /** The longest a recording may take (a huge directory): the run then has no changes recorded. */
 const SNAPSHOT_TIMEOUT_MS = 60_000
+/**
+ * The longest the recording before a run may hold up its prompt: a directory that takes longer
+ * (hundreds of thousands of files the first time) is not recorded, and the run goes on.
+ */
+export const BEFORE_TIMEOUT_MS = 15_000
 
 export class Snapshots {
   private readonly locks = new Map<string, Promise<unknown>>()
@@ -116,7 +121,7 @@ export class Snapshots {
    * The directory as it stands, as a tree of the directory's repository; with `from`, also the
    * raw changes from that tree (`diff-tree -z` output).
    */
-  async record (cwd: string, from?: string): Promise<{ tree: string, raw: string }> {
+  async record (cwd: string, from?: string, timeoutMs = SNAPSHOT_TIMEOUT_MS): Promise<{ tree: string, raw: string }> {
     const repo = this.repoOf(cwd)
     return await this.serial(repo, async () => {
       const env = this.env(repo, cwd, join(repo, 'index'))
@@ -127,8 +132,13 @@ export class Snapshots {
         await writeFile(join(repo, 'cwd'), cwd)
       }
       const out = await new Promise<string>((resolve, reject) => {
-        execFile('/bin/sh', ['-c', RECORD_SCRIPT, 'record', from ?? ''], { env, cwd, maxBuffer: 256 * 1024 * 1024, timeout: SNAPSHOT_TIMEOUT_MS, encoding: 'utf8' }, (err, stdout, stderr) => {
-          if (err !== null) reject(new Error(`recording ${cwd}: ${stderr.trim() || err.message}`))
+        // Under timeout(1), which runs it in a process group of its own: a recording cut at its time
+        // limit ends with every git it started.
+        const secs = String(Math.max(1, Math.ceil(timeoutMs / 1000)))
+        execFile('timeout', ['-s', 'KILL', secs, '/bin/sh', '-c', RECORD_SCRIPT, 'record', from ?? ''], { env, cwd, maxBuffer: 256 * 1024 * 1024, encoding: 'utf8' }, (err, stdout, stderr) => {
+          const code = (err as { code?: unknown } | null)?.code
+          if (code === 137 || code === 124) reject(new Error(`recording ${cwd} took longer than ${secs} s: not recorded`))
+          else if (err !== null) reject(new Error(`recording ${cwd}: ${stderr.trim() || err.message}`))
           else resolve(stdout)
         })
       })
@@ -139,7 +149,7 @@ export class Snapshots {
 
   /** Record a run's directory before it runs. */
   async before (runId: string, cwd: string): Promise<void> {
-    const { tree } = await this.record(cwd)
+    const { tree } = await this.record(cwd, undefined, BEFORE_TIMEOUT_MS)
     await mkdir(join(this.root, 'runs'), { recursive: true, mode: 0o700 })
     await this.write(runId, { cwd, before: tree })
   }
