@@ -34,7 +34,7 @@ export default fp(async (fastify) => {
     : undefined
   // What runs change is recorded with git, where there is one (`RUN_CHANGES`).
   const snapshots = config.recordChanges && await Snapshots.available()
-    ? new Snapshots(join(config.dataDir, 'snapshots'), fastify.log.child({ component: 'changes' }))
+    ? new Snapshots(join(config.dataDir, 'snapshots'))
     : undefined
   if (config.recordChanges && snapshots === undefined) fastify.log.warn('RUN_CHANGES=on but git is not installed: the changes of runs are not recorded (install git, or set RUN_CHANGES=off)')
   let engine: Engine

@@ -41,6 +41,7 @@ export const STATUS_OF_CODE: Readonly<Record<string, number>> = {
   changed_since: 409,
   changes_not_recorded: 409,
   run_not_ended: 409,
+  insufficient_storage: 507,
   capacity_exceeded: 429,
   rate_limited: 429,
   key_concurrency_exceeded: 429,

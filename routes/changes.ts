@@ -2,6 +2,7 @@ import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox'
 import { Type } from '@sinclair/typebox'
 import { problemResponses } from '../src/schemas/problem.js'
 import { RunParamsSchema } from '../src/schemas/runs.js'
+import { InsufficientScope } from '../src/domain/errors.js'
 import { ChangesNotRecorded } from '../src/workspace/changes.js'
 import { runFinder } from './runs.js'
 
@@ -41,7 +42,7 @@ const changes: FastifyPluginAsyncTypebox = async (fastify) => {
     schema: {
       tags: ['files'],
       summary: 'What a run changed',
-      description: 'The files the run added, modified or deleted in its working directory, with their sizes. With `Accept: text/x-diff`, a unified diff instead (text files; binary ones named; at most 16 MiB, `X-Diff-Truncated: true` past it).',
+      description: 'The files the run added, modified or deleted in its working directory, with their sizes. With `Accept: text/x-diff`, a unified diff instead (text files; binary ones named; at most 16 MiB, `X-Diff-Truncated: true` past it): the run\'s own key\'s or an admin\'s (it shows file contents).',
       operationId: 'getRunChanges',
       security,
       params: RunParamsSchema,
@@ -52,6 +53,7 @@ const changes: FastifyPluginAsyncTypebox = async (fastify) => {
         },
         400: problemResponses[400],
         401: problemResponses[401],
+        403: { ...problemResponses[403], description: 'A diff of another key\'s run, without `admin` (`insufficient_scope`).' },
         404: problemResponses[404],
         409: notRecorded
       }
@@ -60,6 +62,8 @@ const changes: FastifyPluginAsyncTypebox = async (fastify) => {
     const run = await find(request, request.params.id.toLowerCase())
     const accept = request.headers.accept ?? ''
     if (/text\/x-(diff|patch)/.test(accept)) {
+      // A diff is file contents: the run's own key's (or an admin's), not a dashboard's.
+      if (run.keyName !== request.apiKeyName && !fastify.isAdmin(request)) throw new InsufficientScope(`the diff of run ${run.id} shows its files: only its own key or an admin reads it (the list of changed files is yours to read)`)
       const diff = await recorder().diff(run.id, MAX_DIFF_BYTES)
       return await reply.type('text/x-diff; charset=utf-8').header('x-diff-truncated', String(diff.truncated)).send(diff.text)
     }

@@ -35,6 +35,7 @@ const conflict = { ...problemResponses[409], description: 'Not what the route ne
 export function rangeOf (header: string | undefined, size: number): { start: number, end: number } | undefined | null {
   if (header === undefined) return undefined
   const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim())
+  if (m !== null && size === 0) return null // No byte of an empty file can be asked for.
   if (m === null || (m[1] === '' && m[2] === '')) return undefined // Several ranges, or another unit: the whole file.
   if (m[1] === '') {
     const suffix = Number(m[2])
@@ -118,8 +119,16 @@ const files: FastifyPluginAsyncTypebox = async (fastify) => {
       if (range !== undefined) {
         reply.code(206).header('content-range', `bytes ${range.start}-${range.end}/${file.size}`).header('content-length', range.end - range.start + 1)
       } else reply.header('content-length', file.size)
+      // Exactly the bytes the headers announced, however the file grows meanwhile (anything more
+      // would be read by the client as the start of the next response).
+      const { start, end } = range ?? { start: 0, end: file.size - 1 }
+      if (end < start) {
+        await file.fh.close()
+        handedOver = true
+        return await reply.send(Buffer.alloc(0))
+      }
+      const stream = file.fh.createReadStream({ start, end })
       handedOver = true
-      const stream = file.fh.createReadStream(range !== undefined ? { start: range.start, end: range.end } : {})
       return await reply.send(stream)
     } finally {
       if (!handedOver) await file.fh.close()

@@ -101,7 +101,7 @@ export class Engine extends EventEmitter<EngineEvents> {
     const configDir = env.CLAUDE_CONFIG_DIR ?? join(env.HOME ?? '/', '.claude')
     const identities = deps.isolation?.level === 'none' ? undefined : deps.isolation?.identities
     this.identities = identities
-    this.changes = deps.snapshots !== undefined ? new RunChanges(deps.snapshots) : undefined
+    this.changes = deps.snapshots !== undefined ? new RunChanges(deps.snapshots, settings.allowedRoots) : undefined
     this.planner = new RunPlanner(settings, new SessionRegistry(configDir), identities, session => this.ledger.ownerOf(session), configDir)
     this.sessions = new SessionCatalog({
       store: deps.store,

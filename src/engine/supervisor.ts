@@ -199,7 +199,8 @@ export class Supervisor {
       // What the run backgrounds is its own while it lives (at uid it is re-parented to init).
       if (identity !== undefined) startRun(marker, identity.uid)
       // The directory as it was before the run: recorded while the CLI starts, before its prompt.
-      const recorded = this.d.snapshots?.before(spec.runId, cwd)
+      // As the run's own identity where it has one: git then reads only what the run itself could.
+      const recorded = this.d.snapshots?.before(spec.runId, cwd, identity !== undefined ? { uid: identity.uid, gid: identity.gid, home: identity.home } : undefined)
         .then(() => true, (err: unknown) => { handle.log.warn({ err }, 'recording the working directory before the run failed; its changes are not recorded'); return false })
       const execution = await (this.d.execute ?? executeRun)(spec, env, marker, executorSettings(launcher, identity, cwd, { limits: spec.limits, network }), {
         event: (type, data) => handle.push(type, data),

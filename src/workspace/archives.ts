@@ -302,7 +302,7 @@ async function check (src: Dir, dst: Dir): Promise<void> {
 
 /** Move the staged files into `dst`: directories made as needed, an existing file replaced. */
 async function move (src: Dir, dst: Dir, done: { files: number, bytes: number }): Promise<void> {
-  // Moved files become the owner's of the directory they land in (the staging tree is the target's).
+  // Moved files become the owner's of the directory they land in (the staging tree is the server's own).
   const owner = asRoot ? await dst.lstat('.') : null
   for (const name of (await src.entries()).sort()) {
     const s = await src.lstat(name)
@@ -316,6 +316,7 @@ async function move (src: Dir, dst: Dir, done: { files: number, bytes: number })
     const where = `${dst.absolute}/${name}`
     if (d?.isSymbolicLink() === true) throw new PathForbidden(`${where} is a symbolic link: links are never replaced`)
     if (d?.isDirectory() === true) throw new PathConflict(`${where} is a directory; the archive has a file there`)
+    if (s.nlink > 1n) throw new PathConflict(`${where}: the staged file has other names; nothing of the archive made it so`)
     if (owner !== null) {
       const { fh } = await src.openFile(name)
       try {
@@ -411,7 +412,8 @@ export async function unpack (place: Place, body: Readable, kind: ArchiveKind, l
   const done = { files: 0, bytes: 0 }
   let ok = false
   try {
-    await target.mkdir(stageName)
+    // The server's own, closed to everyone else: nothing can be planted in it while it fills.
+    await target.mkdirPrivate(stageName)
     await within(target, [stageName], false, async stage => {
       await stage.mkdir('tree')
       await within(stage, ['tree'], false, async tree => {
@@ -480,8 +482,12 @@ async function copy (fh: FileHandle, size: number, sink: Sink, path: string): Pr
   }
 }
 
-/** The entries of `dir` into `tar`, named below `prefix`, depth first. */
-async function walk (dir: Dir, prefix: string, tar: tarStream.Pack): Promise<void> {
+/**
+ * The entries of `dir` into `tar`, named below `prefix`, depth first; no deeper than an archive
+ * may be unpacked (each level holds a directory open while a slow reader takes its time).
+ */
+async function walk (dir: Dir, prefix: string, tar: tarStream.Pack, depth = 1): Promise<void> {
+  if (depth > MAX_DEPTH) throw new PathConflict(`${dir.absolute}: more than ${MAX_DEPTH} levels deep`)
   for (const name of (await dir.entries()).sort()) {
     const s = await dir.lstat(name)
     if (s === null) continue // gone meanwhile
@@ -491,7 +497,7 @@ async function walk (dir: Dir, prefix: string, tar: tarStream.Pack): Promise<voi
       if (sub === null) continue
       try {
         await add(tar, { ...header, name: header.name + '/', type: 'directory' })
-        await walk(sub, header.name + '/', tar)
+        await walk(sub, header.name + '/', tar, depth + 1)
       } finally {
         await sub.close()
       }

@@ -50,7 +50,8 @@ export class Dir {
 
   /** The directory at `place` (`parts` of it: all by default); `create` makes what is missing. */
   static async open (place: Place, parts: string[] = place.parts, create = false): Promise<Dir> {
-    let fh = await open(place.root, O_RDONLY | O_DIRECTORY)
+    // A root is a real path the operator configured; not even it is followed if it became a link.
+    let fh = await open(place.root, O_RDONLY | O_DIRECTORY | O_NOFOLLOW).catch((err: unknown) => { throw fsError(err, place.root) })
     let at = place.root
     try {
       for (const part of parts) {
@@ -167,6 +168,23 @@ export class Dir {
 
   async mkdir (name: string): Promise<void> {
     await mkdir(this.at(name), 0o755)
+    if (!asRoot) return
+    // Through the directory just made: whatever is swapped in for it meanwhile is never chowned.
+    const fh = await open(this.at(name), O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+    try {
+      await fh.chown(this.owner.uid, this.owner.gid)
+    } finally {
+      await fh.close()
+    }
+  }
+
+  /** A directory of the server's own in this one (0700, never handed to the directory's owner): a private staging area. */
+  async mkdirPrivate (name: string): Promise<void> {
+    await mkdir(this.at(name), 0o700)
+  }
+
+  /** A link made in this directory becomes its owner's (the link itself, never what it points to). */
+  async ownLink (name: string): Promise<void> {
     if (asRoot) await lchown(this.at(name), this.owner.uid, this.owner.gid)
   }
 
@@ -183,6 +201,10 @@ export function fsError (err: unknown, path: string): Error {
   if (code === 'ENOTDIR') return new PathConflict(`${path} is not a directory`)
   if (code === 'EISDIR') return new PathConflict(`${path} is a directory`)
   if (code === 'EACCES' || code === 'EPERM') return new PathForbidden(`${path}: permission denied`)
+  if (code === 'EEXIST') return new PathConflict(`${path} exists`)
+  if (code === 'ENAMETOOLONG') return withProblem(new InvalidRequest(`${path}: a name is too long`), { problem: { errors: [{ path: '/path', message: 'a name is too long' }] } })
+  if (code === 'ENOSPC' || code === 'EDQUOT') return new DomainError('insufficient_storage', `no space left for ${path}`)
+  if (code === 'EROFS') return new PathForbidden(`${path} is on a read-only file system`)
   return err as Error
 }
 

@@ -213,4 +213,24 @@ test('with agent identities: a key\'s files are its identity\'s, in its own area
   const r = await (await fetch(`${srv.base}/api/execute`, { method: 'POST', headers: { 'x-api-key': KEYS.alice, 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'read my notes', allowed_tools: ['Bash(cat *)'] }) })).json() as any
   t.equal(r.status, 'succeeded', r.error)
   t.match(toolResults(model.calls).at(-1), /buy milk/, 'alice\'s run reads what she uploaded')
+  t.same(r.changes, { files: 0, added: 0, modified: 0, deleted: 0 }, 'recorded before and after, as alice\'s identity')
+
+  // A run that swaps its own directory for a link to a directory only root may read, then asks
+  // for its changes (read as root, they would show the secret) and their revert (written as root,
+  // they would land there).
+  const vault = join(box.outside, 'vault')
+  mkdirSync(vault, { mode: 0o700 })
+  writeFileSync(join(vault, 'shadow'), 'root:SECRET-HASH\n', { mode: 0o600 })
+  const proj = join(box.work, 'alice', 'proj')
+  await fetch(`${srv.base}/api/files/content?path=${q('proj/a.txt')}`, { method: 'PUT', headers: { 'x-api-key': KEYS.alice }, body: 'a\n' })
+  model.on('swap my directory', [{ tool: 'Bash', input: { command: `sh -c "rm a.txt; cd ..; mv proj proj.old; ln -s ${vault} proj"` } }, { text: 'swapped' }])
+  const swapped = await (await fetch(`${srv.base}/api/execute`, { method: 'POST', headers: { 'x-api-key': KEYS.alice, 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'swap my directory', working_directory: proj, allowed_tools: ['Bash(sh *)'] }) })).json() as any
+  t.equal(swapped.status, 'succeeded', swapped.error)
+  const seen = await fetch(`${srv.base}/api/runs/${swapped.run_id as string}/changes`, { headers: { 'x-api-key': KEYS.alice, accept: 'text/x-diff' } })
+  t.notMatch(await seen.text(), /SECRET-HASH/, 'the changes never show what only root may read')
+  const revert = await fetch(`${srv.base}/api/runs/${swapped.run_id as string}/revert`, { method: 'POST', headers: { 'x-api-key': KEYS.alice } })
+  t.not(revert.status, 200, 'no revert through the link')
+  t.same(readdirSync(vault), ['shadow'], 'nothing was written where the link points')
+  t.equal(readFileSync(join(vault, 'shadow'), 'utf8'), 'root:SECRET-HASH\n')
+  t.equal(statSync(join(vault, 'shadow')).uid, 0)
 })

@@ -6,15 +6,13 @@ import { Snapshots } from '../../src/workspace/snapshots.js'
 
 /** Recording a directory before and after a run, and reverting, without a server: the rules at the seam. */
 
-const quiet = { info: () => {}, warn: () => {}, error: () => {}, debug: () => {} } as never
-
 function setup (t: { testdir: () => string }) {
   const dir = t.testdir()
   mkdirSync(join(dir, 'work'))
   mkdirSync(join(dir, 'data'))
   const work = join(dir, 'work')
-  const snapshots = new Snapshots(join(dir, 'data'), quiet)
-  return { work, snapshots, changes: new RunChanges(snapshots) }
+  const snapshots = new Snapshots(join(dir, 'data'))
+  return { work, snapshots, changes: new RunChanges(snapshots, [dir]) }
 }
 
 test('what a run did, whatever did it: files, modes, links; the directory\'s own repository untouched', async t => {
