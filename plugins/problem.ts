@@ -22,6 +22,7 @@ export const STATUS_OF_CODE: Readonly<Record<string, number>> = {
   insufficient_scope: 403,
   webhook_host_forbidden: 403,
   session_forbidden: 403,
+  mcp_server_forbidden: 403,
   run_not_found: 404,
   model_not_found: 404,
   approval_not_found: 404,

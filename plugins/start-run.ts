@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyRequest } from 'fastify'
 import type { RunRequest } from '../src/domain/run.js'
-import { checkWebhookUrl } from '../src/engine/policy.js'
+import { checkMcpServers, checkWebhookUrl } from '../src/engine/policy.js'
 
 /** A run as `submit` hands it back: live here, or on another instance of the cluster. */
 type SubmittedRun = Awaited<ReturnType<FastifyInstance['engine']['submit']>>
@@ -21,6 +21,7 @@ export default fp(async (fastify) => {
   const { engine, config } = fastify
   fastify.decorate('startRun', async (request: FastifyRequest, body: RunRequest, cancelOnDisconnect: boolean) => {
     checkWebhookUrl(body.webhook_url, config.webhookAllowedHosts)
+    checkMcpServers(body.mcp_servers, config.mcpServers, config.mcpAllowedHosts, request.apiKey?.mcpServers)
     const spec = await engine.prepare(body, request.apiKeyName, request.apiKey === null || fastify.isAdmin(request))
     const k = request.apiKey
     const key = k === null

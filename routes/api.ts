@@ -7,6 +7,7 @@ import interactiveRoutes from './interactive.js'
 import sessionsRoutes from './sessions.js'
 import filesRoutes from './files.js'
 import changesRoutes from './changes.js'
+import toolsRoutes from './tools.js'
 
 /**
  * The `/api` scope: every API route, and what belongs to them alone, registered here so
@@ -34,6 +35,7 @@ const api: FastifyPluginAsync = async (fastify) => {
   await fastify.register(sessionsRoutes)
   await fastify.register(filesRoutes)
   await fastify.register(changesRoutes)
+  await fastify.register(toolsRoutes)
 }
 
 export default api

@@ -4,6 +4,7 @@ import { basename, dirname, isAbsolute, join, relative, resolve, sep } from 'nod
 import { PACKAGE_ROOT } from './package-info.js'
 import { PERMISSION_MODES, type PermissionMode } from './domain/run.js'
 import { parseBytes, type RunLimits } from './domain/limits.js'
+import { parseMcpConfig, type McpServerDef } from './domain/mcp.js'
 
 /**
  * Every setting the server reads, in one schema. `@fastify/env` validates the environment against
@@ -79,6 +80,8 @@ export const ConfigSchema = Type.Object({
   // At ISOLATION=sandbox: egress (a filtering proxy to public addresses), none, or host (no network namespace).
   RUN_NETWORK: Type.Union(['egress', 'none', 'host'].map(l => Type.Literal(l)), { default: 'egress' }),
   RUN_CHANGES: Type.Union(['on', 'off'].map(l => Type.Literal(l)), { default: 'on' }),
+  MCP_CONFIG_FILE: Type.Optional(Type.String()),
+  MCP_ALLOWED_HOSTS: Type.String({ default: '' }),
   RUN_EGRESS_ALLOW: Type.String({ default: '' })
 })
 export type RawConfig = Static<typeof ConfigSchema>
@@ -151,6 +154,10 @@ export interface Settings {
   runNetwork: 'egress' | 'none' | 'host'
   /** Record each run's working directory before and after it (`/api/runs/{id}/changes`, revert). */
   recordChanges: boolean
+  /** The operator's MCP servers, by name (`MCP_CONFIG_FILE`); none attached to a run unasked. */
+  mcpServers: Record<string, McpServerDef>
+  /** Hosts (`host` or `host:port`) inline MCP servers of requests may be on (`MCP_ALLOWED_HOSTS`). */
+  mcpAllowedHosts: string[]
   /** Hosts the egress proxy lets runs reach (`*.example.com` for subdomains); empty: any public host. */
   egressAllow: string[]
   /** The server's own environment: the source of operator credentials for the CLI. */
@@ -371,8 +378,27 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     runLimits: runLimitsOf(raw),
     runNetwork: raw.RUN_NETWORK as Settings['runNetwork'],
     recordChanges: raw.RUN_CHANGES === 'on',
+    mcpServers: mcpServersOf(unlessEmpty(raw.MCP_CONFIG_FILE), cwd),
+    mcpAllowedHosts: list(raw.MCP_ALLOWED_HOSTS).map(h => h.toLowerCase()),
     egressAllow: list(raw.RUN_EGRESS_ALLOW).map(h => h.toLowerCase()),
     serverEnv
+  }
+}
+
+/** The servers of `MCP_CONFIG_FILE` (none when unset); a file that cannot be read or is wrong names itself. */
+function mcpServersOf (file: string | undefined, cwd: string): Record<string, McpServerDef> {
+  if (file === undefined) return {}
+  const path = resolve(cwd, file)
+  let doc: unknown
+  try {
+    doc = JSON.parse(readFileSync(path, 'utf8'))
+  } catch (err) {
+    throw new ConfigError(`MCP_CONFIG_FILE=${file}: cannot be read as JSON (${(err as Error).message})`)
+  }
+  try {
+    return parseMcpConfig(doc)
+  } catch (err) {
+    throw new ConfigError(`MCP_CONFIG_FILE=${file}: ${(err as Error).message}`)
   }
 }
 

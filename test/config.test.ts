@@ -140,3 +140,18 @@ test('an API_KEYS_FILE that does not exist stops the start, naming it and the fi
   t.throws(() => toSettings(raw({ DEFAULT_WORKING_DIR: join(dir, 'work'), API_KEYS_FILE: 'missing-keys.json' }), {}, dir),
     { name: 'ConfigError', message: /API_KEYS_FILE=missing-keys\.json \(.*missing-keys\.json\) does not exist: create it with "npm run keys -- add NAME/ })
 })
+
+test('MCP_CONFIG_FILE: the .mcp.json format read once; a file that is missing or wrong names itself and where', async t => {
+  const dir = base(t)
+  const file = join(dir, 'mcp.json')
+  writeFileSync(file, JSON.stringify({ mcpServers: { gh: { command: 'gh-mcp', args: ['--ro'], env: { T: 'x' } }, docs: { type: 'sse', url: 'https://docs.example/sse' } } }))
+  const s = toSettings(raw({ MCP_CONFIG_FILE: file, MCP_ALLOWED_HOSTS: 'A.example, b.example:8443' }), {}, dir)
+  t.same(s.mcpServers, { gh: { type: 'stdio', command: 'gh-mcp', args: ['--ro'], env: { T: 'x' } }, docs: { type: 'sse', url: 'https://docs.example/sse', headers: {} } })
+  t.same(s.mcpAllowedHosts, ['a.example', 'b.example:8443'])
+  t.same(toSettings(raw(), {}, dir).mcpServers, {}, 'none unless the operator names a file')
+  t.throws(() => toSettings(raw({ MCP_CONFIG_FILE: join(dir, 'missing.json') }), {}, dir), { name: 'ConfigError', message: /MCP_CONFIG_FILE=.*missing\.json: cannot be read/ })
+  writeFileSync(file, JSON.stringify({ mcpServers: { gh: { type: 'ws', url: 'x' } } }))
+  t.throws(() => toSettings(raw({ MCP_CONFIG_FILE: file }), {}, dir), { name: 'ConfigError', message: /\/mcpServers\/gh\/type: stdio, http or sse/ })
+  writeFileSync(file, JSON.stringify({ mcpServers: { 'bad name': { command: 'x' } } }))
+  t.throws(() => toSettings(raw({ MCP_CONFIG_FILE: file }), {}, dir), { name: 'ConfigError', message: /mcpServers\/bad name: a name of letters/ })
+})

@@ -317,9 +317,9 @@ export function toolResults (calls: Array<{ body: any }>): string[] {
 }
 
 /** Write `box.home/keys.json` (readable by all, as agents' servers need) with these named keys; its path. */
-export function keysFile (box: Sandbox, keys: Record<string, { key: string, scopes: Scope[], limits?: Record<string, string | number> }>): string {
+export function keysFile (box: Sandbox, keys: Record<string, { key: string, scopes: Scope[], limits?: Record<string, string | number>, mcp_servers?: string[] }>): string {
   const path = join(box.home, 'keys.json')
-  const entries = Object.entries(keys).map(([name, k]) => ({ name, key_sha256: sha256Hex(k.key), scopes: k.scopes, ...(k.limits !== undefined ? { limits: k.limits } : {}) }))
+  const entries = Object.entries(keys).map(([name, k]) => ({ name, key_sha256: sha256Hex(k.key), scopes: k.scopes, ...(k.limits !== undefined ? { limits: k.limits } : {}), ...(k.mcp_servers !== undefined ? { mcp_servers: k.mcp_servers } : {}) }))
   writeFileSync(path, JSON.stringify({ keys: entries }), { mode: 0o644 })
   return path
 }

@@ -5,6 +5,7 @@ import { existsSync, readFileSync, writeFileSync, renameSync } from 'node:fs'
 import { parse as parseYaml } from 'yaml'
 import { ConfigError } from '../config.js'
 import { parseBytes, type RunLimits } from '../domain/limits.js'
+import { MCP_NAME } from '../domain/mcp.js'
 
 /**
  * What a key may do. `runs:write` starts and cancels its own runs; `runs:read` reads its own runs;
@@ -30,7 +31,9 @@ const KeyEntrySchema = Type.Object({
     pids_max: Type.Optional(Type.Integer({ minimum: 1 })),
     cpu_max: Type.Optional(Type.Number({ exclusiveMinimum: 0 })),
     disk_max: Type.Optional(Type.Union([Type.String(), Type.Integer({ minimum: 1 })]))
-  }, { additionalProperties: false }))
+  }, { additionalProperties: false })),
+  // The operator's MCP servers (MCP_CONFIG_FILE) its runs may name; absent: all of them, []: none.
+  mcp_servers: Type.Optional(Type.Array(Type.String({ pattern: MCP_NAME })))
 }, { additionalProperties: false })
 export type KeyEntry = Static<typeof KeyEntrySchema>
 
@@ -48,6 +51,8 @@ export interface ApiKey {
   rateLimitPerMin?: number
   /** Resource limits of its own runs, narrower than the server's. */
   limits?: RunLimits
+  /** The operator's MCP servers its runs may name (undefined: all; empty: none). */
+  mcpServers?: readonly string[]
 }
 
 export const sha256Hex = (key: string): string => createHash('sha256').update(key).digest('hex')
@@ -111,6 +116,7 @@ export function toApiKey (e: KeyEntry): ApiKey {
   if (e.rate_limit_per_min !== undefined) key.rateLimitPerMin = e.rate_limit_per_min
   const limits = keyLimits(e)
   if (limits !== undefined) key.limits = limits
+  if (e.mcp_servers !== undefined) key.mcpServers = e.mcp_servers
   return key
 }
 

@@ -42,6 +42,8 @@ export const KeyConcurrencyExceeded = kind('key_concurrency_exceeded')
 export const BudgetExceeded = kind('budget_exceeded')
 export const WebhookHostForbidden = kind('webhook_host_forbidden')
 export const SessionForbidden = kind('session_forbidden')
+/** An MCP server the key may not use, or an inline one on a host the operator does not allow. */
+export const McpServerForbidden = kind('mcp_server_forbidden')
 export const StoreUnavailable = kind('store_unavailable')
 export const ApprovalNotFound = kind('approval_not_found')
 export const ApprovalResolved = kind('approval_resolved')

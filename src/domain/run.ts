@@ -1,4 +1,5 @@
 import type { LimitName, ResourceUsage, RunLimits } from './limits.js'
+import type { McpServerRequest } from './mcp.js'
 /** The permission modes Claude Code accepts for `--permission-mode`. */
 export const PERMISSION_MODES = ['default', 'acceptEdits', 'plan', 'dontAsk', 'bypassPermissions'] as const
 export type PermissionMode = typeof PERMISSION_MODES[number]
@@ -39,7 +40,21 @@ export interface RunRequest {
   attachments?: Attachment[]
   /** Functions the client runs itself (OpenAI's `tools`): offered to the agent, each call parked until the client answers. */
   client_tools?: ClientTool[]
+  /** MCP servers for the run: the operator's by name, or remote ones inline. */
+  mcp_servers?: McpServerRequest[]
+  /** Subagents the agent may delegate to (its Agent tool), by name. */
+  agents?: Record<string, SubagentDef>
+  /** How hard the model thinks. */
+  effort?: Effort
+  /** The model used when the first is overloaded. */
+  fallback_model?: string
 }
+
+export const EFFORTS = ['low', 'medium', 'high', 'max'] as const
+export type Effort = typeof EFFORTS[number]
+
+/** A subagent a request defines: when to use it, its system prompt, its tools and model. */
+export interface SubagentDef { description: string, prompt: string, tools?: string[], model?: string }
 
 /** A function the client runs itself: its name, what it does, its parameters (a JSON Schema). */
 export interface ClientTool {
@@ -130,6 +145,11 @@ export interface RunSpec {
   limits?: RunLimits
   /** Functions the client runs itself: calls to them are parked until the client answers. */
   clientTools?: ClientTool[]
+  /** MCP servers: the operator's by name (resolved where the run executes: no operator secret is stored), and inline ones. */
+  mcpServers?: McpServerRequest[]
+  agents?: Record<string, SubagentDef>
+  effort?: Effort
+  fallbackModel?: string
 }
 
 /** The kinds of event a run's log holds, in the order clients see them. */

@@ -1,4 +1,5 @@
-import type { Options } from '@anthropic-ai/claude-agent-sdk'
+import type { McpServerConfig, Options } from '@anthropic-ai/claude-agent-sdk'
+import type { McpServerDef } from '../domain/mcp.js'
 import type { RunSpec } from '../domain/run.js'
 
 /** Every setting source the CLI knows: what an empty `CLAUDE_SETTING_SOURCES` means. */
@@ -48,5 +49,32 @@ export function sdkOptions (spec: RunSpec, settingSources: string): Options {
   if (spec.maxTurns !== undefined) options.maxTurns = spec.maxTurns
   if (spec.maxBudgetUsd !== undefined) options.maxBudgetUsd = spec.maxBudgetUsd
   if (spec.outputSchema !== undefined) options.outputFormat = { type: 'json_schema', schema: spec.outputSchema }
+  if (spec.agents !== undefined) options.agents = spec.agents
+  if (spec.effort !== undefined) options.effort = spec.effort
+  if (spec.fallbackModel !== undefined) options.fallbackModel = spec.fallbackModel
   return options
+}
+
+/**
+ * The MCP servers a run named, as the SDK takes them: the operator's resolved by name (their
+ * commands run as processes of the run: inside its sandbox, identity and limits, ending with it),
+ * and inline remote ones. Each loads its tools before the first turn (`alwaysLoad`): they are
+ * offered to the model directly rather than behind the CLI's tool search, so a run that names a
+ * server can use it from its first turn, and `allowed_tools` names its tools as they are.
+ */
+export function mcpServersOf (spec: RunSpec, operator: Readonly<Record<string, McpServerDef>>): Record<string, McpServerConfig> {
+  const out: Record<string, McpServerConfig> = {}
+  for (const m of spec.mcpServers ?? []) {
+    if (typeof m !== 'string') {
+      out[m.name] = { type: m.type, url: m.url, ...(m.headers !== undefined ? { headers: m.headers } : {}), alwaysLoad: true }
+      continue
+    }
+    const def = operator[m]
+    // Named at submission, gone from this server's file since (or another instance's): left out, the run goes on.
+    if (def === undefined) continue
+    out[m] = def.type === 'stdio'
+      ? { type: 'stdio', command: def.command, args: def.args, env: def.env, alwaysLoad: true }
+      : { type: def.type, url: def.url, headers: def.headers, alwaysLoad: true }
+  }
+  return out
 }

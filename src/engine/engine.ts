@@ -306,7 +306,8 @@ export class Engine extends EventEmitter<EngineEvents> {
    */
   async revertChanges (runId: string): Promise<{ working_directory: string, files: FileChange[] }> {
     if (this.changes === undefined) throw new ChangesNotRecorded('this server does not record what runs change (RUN_CHANGES=off, or git is missing)')
-    if (this.queue.isLive(runId)) throw new RunNotEnded(`run ${runId} has not ended: its changes can be reverted once it has`)
+    const run = await this.store.getRun(runId)
+    if (run === undefined || run.status === 'queued' || run.status === 'running') throw new RunNotEnded(`run ${runId} has not ended: its changes can be reverted once it has`)
     const reverted = await this.changes.revert(runId)
     const seq = (await this.store.lastSeq(runId)) + 1
     const event = { files: reverted.files.length, paths: reverted.files.slice(0, 100).map(f => f.path), at: new Date().toISOString() }

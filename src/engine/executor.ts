@@ -5,7 +5,7 @@ import type { Inbox } from './inbox.js'
 import { RUN_MARKER_VAR } from '../isolation/proc.js'
 import { cliSpawner, type CliProcess, type ExecutorSettings, type LineHandler } from './cli-process.js'
 import { type RunnerLogger } from '../domain/logger.js'
-import { sdkOptions } from './cli-options.js'
+import { mcpServersOf, sdkOptions } from './cli-options.js'
 import { mapCliLine } from './cli-events.js'
 import { endStrays, killRunTree } from '../isolation/process-tree.js'
 import { PartialText, type CliResultLine } from './result.js'
@@ -81,6 +81,14 @@ function clientToolOptions (spec: RunSpec, hooks: ExecutionHooks): Pick<Options,
     return { content: [{ type: 'text', text: output }] }
   })
   return { mcpServers: { client: server }, allowedTools: [...(spec.allowedTools ?? []), 'mcp__client'] }
+}
+
+/** A run's MCP servers: the client's functions (in-process) and the servers it named. */
+function toolOptions (spec: RunSpec, hooks: ExecutionHooks, s: ExecutorSettings): Pick<Options, 'mcpServers' | 'allowedTools'> {
+  const client = clientToolOptions(spec, hooks)
+  const named = mcpServersOf(spec, s.mcpServers ?? {})
+  if (Object.keys(named).length === 0) return client
+  return { ...client, mcpServers: { ...named, ...(client.mcpServers ?? {}) } }
 }
 
 /** The parts of the MCP SDK's low-level server the client's functions need. */
@@ -266,7 +274,7 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
         options: {
           ...sdkOptions(spec, s.settingSources),
           ...(spec.approvals === 'ask' && hooks.askApproval !== undefined ? { canUseTool: hooks.askApproval } : {}),
-          ...clientToolOptions(spec, hooks),
+          ...toolOptions(spec, hooks, s),
           env: spec.clientTools !== undefined ? { ...env, ENABLE_TOOL_SEARCH: 'false' } : env,
           pathToClaudeCodeExecutable: s.cliPath,
           spawnClaudeCodeProcess: cliSpawner(marker, s, spec.cwd, hooks.log, (p) => {

@@ -1,3 +1,4 @@
+import type { McpServerDef } from '../domain/mcp.js'
 import { accessSync, constants } from 'node:fs'
 import { join } from 'node:path'
 import type { RunLimits } from '../domain/limits.js'
@@ -25,6 +26,8 @@ export interface ExecutorSettings {
    * the rlimits it sets itself, and the limits themselves.
    */
   limits?: { setup: LimitsSetup, limits: RunLimits }
+  /** The operator's MCP servers (`MCP_CONFIG_FILE`): those a run names are resolved here, where it executes. */
+  mcpServers?: Readonly<Record<string, McpServerDef>>
 }
 
 /** Changes into the run's directory as the identity, then becomes the CLI. */

@@ -101,6 +101,7 @@ export function executorSettings (l: Launcher, identity: AgentIdentity | undefin
     maxLineBytes: l.settings.maxLineBytes,
     maxOutputBytes: l.settings.maxOutputBytes,
     killGraceMs: l.settings.killGraceMs,
+    mcpServers: l.settings.mcpServers,
     ...(identity !== undefined ? { identity: { uid: identity.uid, gid: identity.gid } } : {}),
     ...(wrap !== undefined ? { wrap } : {}),
     ...(l.limits !== undefined && l.limits.enforced !== 'none' ? { limits: { setup: l.limits, limits } } : {})

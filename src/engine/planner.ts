@@ -101,6 +101,10 @@ export class RunPlanner {
     if (req.append_system_prompt !== undefined) spec.appendSystemPrompt = req.append_system_prompt
     if (req.allowed_tools !== undefined) spec.allowedTools = req.allowed_tools
     if (req.client_tools !== undefined && req.client_tools.length > 0) spec.clientTools = req.client_tools
+    if (req.mcp_servers !== undefined && req.mcp_servers.length > 0) spec.mcpServers = req.mcp_servers
+    if (req.agents !== undefined && Object.keys(req.agents).length > 0) spec.agents = req.agents
+    if (req.effort !== undefined) spec.effort = req.effort
+    if (req.fallback_model !== undefined) spec.fallbackModel = req.fallback_model
     if (req.disallowed_tools !== undefined) spec.disallowedTools = req.disallowed_tools
     if (req.max_turns !== undefined) spec.maxTurns = req.max_turns
     if (req.max_budget_usd !== undefined) spec.maxBudgetUsd = req.max_budget_usd
@@ -148,6 +152,10 @@ export class RunPlanner {
 export function storedRequest (req: RunRequest): RunRequest {
   const copy: RunRequest = { ...req }
   if (req.env_vars !== undefined) copy.env_vars = Object.fromEntries(Object.keys(req.env_vars).map(k => [k, '[redacted]']))
+  // An inline MCP server's headers carry its credentials: their names are kept, never their values.
+  if (req.mcp_servers !== undefined) {
+    copy.mcp_servers = req.mcp_servers.map(m => typeof m === 'string' || m.headers === undefined ? m : { ...m, headers: Object.fromEntries(Object.keys(m.headers).map(k => [k, '[redacted]'])) })
+  }
   // Images are kept in the spec (to queue the run again after a restart), not in the request shown.
   if (req.attachments !== undefined) (copy as unknown as Record<string, unknown>).attachments = describeAttachments(req.attachments)
   return copy

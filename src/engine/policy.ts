@@ -2,7 +2,8 @@ import { realpath, stat } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import { isInside, type Settings } from '../config.js'
 import { type PermissionMode } from '../domain/run.js'
-import { EnvVarForbidden, InvalidRequest, PermissionModeForbidden, WebhookHostForbidden, WorkingDirectoryForbidden, WorkingDirectoryNotFound, withProblem } from '../domain/errors.js'
+import type { McpServerDef, McpServerRequest } from '../domain/mcp.js'
+import { EnvVarForbidden, InvalidRequest, McpServerForbidden, PermissionModeForbidden, WebhookHostForbidden, WorkingDirectoryForbidden, WorkingDirectoryNotFound, withProblem } from '../domain/errors.js'
 import { refusedEnvName } from './child-env.js'
 
 export { isInside }
@@ -105,6 +106,44 @@ export function checkWebhookUrl (webhookUrl: string | undefined, allowedHosts: r
   if (url.username !== '' || url.password !== '') {
     throw withProblem(new InvalidRequest('webhook_url must not carry credentials (user:password@); the signature authenticates the server'), { problem: { errors: [{ path: '/webhook_url', message: 'has credentials' }] } })
   }
+}
+
+/**
+ * The MCP servers a request names: the operator's by name (400 when unknown, 403 when the key may
+ * not use it), or inline remote ones on a host the operator allows (`MCP_ALLOWED_HOSTS`, checked
+ * as webhook hosts are: normalised, port-aware, no credentials in the URL). Names are unique.
+ */
+export function checkMcpServers (requested: readonly McpServerRequest[] | undefined, operator: Readonly<Record<string, McpServerDef>>, allowedHosts: readonly string[], keyMay: readonly string[] | undefined): void {
+  if (requested === undefined) return
+  const seen = new Set<string>()
+  requested.forEach((r, i) => {
+    const name = typeof r === 'string' ? r : r.name
+    const path = typeof r === 'string' ? `/mcp_servers/${i}` : `/mcp_servers/${i}/name`
+    if (seen.has(name)) throw withProblem(new InvalidRequest(`mcp_servers: ${name} is named twice`), { problem: { errors: [{ path, message: 'named twice' }] } })
+    seen.add(name)
+    if (name === 'client') throw withProblem(new InvalidRequest('mcp_servers: the name client is the server\'s own (client-side functions)'), { problem: { errors: [{ path, message: 'reserved name' }] } })
+    if (typeof r === 'string') {
+      const known = Object.keys(operator)
+      if (operator[r] === undefined) throw withProblem(new InvalidRequest(`mcp_servers: no MCP server ${r} on this server${known.length > 0 ? ` (there are: ${known.join(', ')})` : ' (MCP_CONFIG_FILE names none)'}`), { problem: { errors: [{ path, message: 'unknown MCP server' }] } })
+      if (keyMay !== undefined && !keyMay.includes(r)) throw withProblem(new McpServerForbidden(`this key may not use the MCP server ${r}${keyMay.length > 0 ? ` (it may use: ${keyMay.join(', ')})` : ' (it may use none)'}`), { problem: { errors: [{ path, message: 'not allowed for this key' }] } })
+      return
+    }
+    if (operator[name] !== undefined) throw withProblem(new InvalidRequest(`mcp_servers: ${name} is the name of one of the operator's servers; give yours another`), { problem: { errors: [{ path, message: 'name taken' }] } })
+    let url: URL
+    try {
+      url = new URL(r.url)
+    } catch {
+      throw withProblem(new InvalidRequest(`mcp_servers[${i}].url is not a valid URL`), { problem: { errors: [{ path: `/mcp_servers/${i}/url`, message: 'is not a valid URL' }] } })
+    }
+    if (url.username !== '' || url.password !== '') throw withProblem(new InvalidRequest(`mcp_servers[${i}].url must not carry credentials (user:password@): put them in headers`), { problem: { errors: [{ path: `/mcp_servers/${i}/url`, message: 'has credentials' }] } })
+    const host = url.host.toLowerCase()
+    const allowed = allowedHosts.includes(host) || (url.port === '' && allowedHosts.includes(url.hostname.toLowerCase()))
+    if (!allowed) {
+      throw withProblem(new McpServerForbidden(allowedHosts.length === 0
+        ? 'inline MCP servers are not enabled on this server (MCP_ALLOWED_HOSTS is empty)'
+        : `mcp_servers[${i}]: host ${host} is not allowed; allowed: ${allowedHosts.join(', ')}`), { problem: { errors: [{ path: `/mcp_servers/${i}/url`, message: 'host not allowed' }] } })
+    }
+  })
 }
 
 /**

@@ -57,7 +57,10 @@ export class WarmStart {
     if (this.d.perIdentity && spec.identity !== undefined && spec.limits !== undefined) this.limits.set(spec.identity, spec.limits)
     const claimable = Object.keys(spec.env).length === 0 && spec.systemPrompt === undefined && spec.allowedTools === undefined &&
       spec.disallowedTools === undefined && spec.maxTurns === undefined && spec.maxBudgetUsd === undefined &&
-      spec.outputSchema === undefined && spec.approvals === 'deny' && !spec.includePartialMessages && spec.clientTools === undefined
+      spec.outputSchema === undefined && spec.approvals === 'deny' && !spec.includePartialMessages && spec.clientTools === undefined &&
+      // A spare's tools and model options were fixed when it started: MCP servers, subagents, effort
+      // and a fallback model need a CLI started with them.
+      spec.mcpServers === undefined && spec.agents === undefined && spec.effort === undefined && spec.fallbackModel === undefined
     const spare = this.pool.take(spec.identity ?? '', s => claimable && (s.onlyCwd === undefined || s.onlyCwd === spec.cwd) && this.fits(s.limits, spec.limits))
     if (spare === undefined) this.d.claimed('miss')
     return spare

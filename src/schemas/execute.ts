@@ -2,7 +2,8 @@ import { Type, type Static } from '@sinclair/typebox'
 import { PERMISSION_MODES } from '../domain/run.js'
 import { MEDIA_TYPES } from '../domain/attachments.js'
 import { LIMIT_NAMES } from '../domain/limits.js'
-import { ERROR_CODES, RUN_STATUSES, type RunRequest, type RunResult } from '../domain/run.js'
+import { EFFORTS, ERROR_CODES, RUN_STATUSES, type RunRequest, type RunResult } from '../domain/run.js'
+import { MCP_NAME } from '../domain/mcp.js'
 
 /** Limits the request schema takes from the configuration. */
 export interface RequestLimits {
@@ -52,6 +53,23 @@ export function executeRequestSchema (limits: RequestLimits) {
     approvals: Type.Optional(Type.Union([Type.Literal('deny'), Type.Literal('ask')], { description: '`deny` (default): a tool call that needs permission is refused, as headless runs always were. `ask`: the run parks the request (event `approval_requested`) and waits for an answer over HTTP (`POST /api/runs/{id}/approvals/{approval_id}`).' })),
     approval_timeout: Type.Optional(Type.Integer({ minimum: 1, maximum: 86_400, description: 'Seconds an unanswered approval waits before it is denied (default `APPROVAL_TIMEOUT_S`, 300). The run\'s own `timeout` still bounds the whole run.' })),
     attachments: Type.Optional(AttachmentsSchema),
+    mcp_servers: Type.Optional(Type.Array(Type.Union([
+      Type.String({ pattern: MCP_NAME, description: 'The name of an MCP server the operator defined (`GET /api/mcp-servers`).' }),
+      Type.Object({
+        name: Type.String({ pattern: MCP_NAME, description: 'Its tools reach the agent as `mcp__<name>__<tool>`.' }),
+        type: Type.Union([Type.Literal('http'), Type.Literal('sse')]),
+        url: Type.String({ format: 'uri', pattern: '^https?://', maxLength: 2000, description: 'On a host in the operator\'s `MCP_ALLOWED_HOSTS` (403 otherwise).' }),
+        headers: Type.Optional(Type.Record(Type.String(), Type.String({ maxLength: 8192, pattern: NO_NUL }), { maxProperties: 32, description: 'Sent with each request to the server (e.g. `Authorization`); never shown back (stored redacted).' }))
+      }, { additionalProperties: false, description: 'A remote MCP server of the client\'s own.' })
+    ]), { maxItems: 16, description: 'MCP servers the run may use, beside its own tools; nothing is attached unasked. Their tools follow `allowed_tools`, the permission mode and approvals like any tool.' })),
+    agents: Type.Optional(Type.Record(Type.String({ pattern: MCP_NAME }), Type.Object({
+      description: Type.String({ minLength: 1, maxLength: 4000, pattern: NO_NUL, description: 'When the agent should delegate to it.' }),
+      prompt: Type.String({ minLength: 1, maxLength: limits.maxPromptChars, pattern: NO_NUL, description: 'Its system prompt.' }),
+      tools: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 1000 }), { maxItems: 200, description: 'The tools it may use (default: the agent\'s).' })),
+      model: Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: NO_NUL, description: 'Its model (`inherit`, an alias, or an id).' }))
+    }, { additionalProperties: false }), { propertyNames: { pattern: MCP_NAME }, maxProperties: 32, description: 'Subagents the agent may delegate to through its Agent tool, by name.' })),
+    effort: Type.Optional(Type.Union(EFFORTS.map(e => Type.Literal(e)), { description: 'How hard the model thinks.' })),
+    fallback_model: Type.Optional(Type.String({ minLength: 1, maxLength: 200, pattern: NO_NUL, description: 'The model used when the first one is overloaded.' })),
     webhook_url: Type.Optional(Type.String({ format: 'uri', pattern: '^https?://', maxLength: 2000, description: 'When the run ends, its summary is POSTed here, signed (`X-Signature-256: sha256=HMAC(WEBHOOK_SECRET, body)`; the body carries a `timestamp`), retried with backoff. The host must be in the operator\'s `WEBHOOK_ALLOWED_HOSTS` (403 otherwise).' }))
   }, {
     additionalProperties: false,

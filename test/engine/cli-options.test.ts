@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { sdkOptions, settingSourcesOf } from '../../src/engine/cli-options.js'
+import { mcpServersOf, sdkOptions, settingSourcesOf } from '../../src/engine/cli-options.js'
 import type { RunSpec } from '../../src/domain/run.js'
 
 const NEW_ID = 'aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee'
@@ -77,4 +77,23 @@ test('request options map one to one', async t => {
   t.same(o.outputFormat, { type: 'json_schema', schema: { type: 'object' } })
   t.equal(o.includePartialMessages, true)
   t.equal(sdkOptions(spec({ systemPrompt: 'only this' }), 'user').systemPrompt, 'only this', 'a system prompt replaces the default')
+})
+
+test('tools for runs: subagents, effort and fallback model as the SDK takes them; MCP servers resolved by name, inline ones as given', async t => {
+  const o = sdkOptions(spec({ agents: { reviewer: { description: 'd', prompt: 'p', tools: ['Read'] } }, effort: 'high', fallbackModel: 'sonnet' }), 'user')
+  t.same(o.agents, { reviewer: { description: 'd', prompt: 'p', tools: ['Read'] } })
+  t.equal(o.effort, 'high')
+  t.equal(o.fallbackModel, 'sonnet')
+  t.equal(sdkOptions(spec(), 'user').mcpServers, undefined, 'nothing attached unasked')
+  const operator = {
+    calc: { type: 'stdio' as const, command: '/usr/bin/calc', args: ['--x'], env: { A: '1' } },
+    remote: { type: 'http' as const, url: 'https://mcp.example/mcp', headers: { Authorization: 'Bearer s' } },
+    unused: { type: 'stdio' as const, command: '/bin/false', args: [], env: {} }
+  }
+  const servers = mcpServersOf(spec({ mcpServers: ['calc', 'remote', { name: 'mine', type: 'sse', url: 'https://mine.example/sse', headers: { K: 'v' } }, 'gone'] }), operator)
+  t.same(servers, {
+    calc: { type: 'stdio', command: '/usr/bin/calc', args: ['--x'], env: { A: '1' }, alwaysLoad: true },
+    remote: { type: 'http', url: 'https://mcp.example/mcp', headers: { Authorization: 'Bearer s' }, alwaysLoad: true },
+    mine: { type: 'sse', url: 'https://mine.example/sse', headers: { K: 'v' }, alwaysLoad: true }
+  }, 'only those named; one gone from the file since is left out')
 })
