@@ -160,8 +160,24 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     if (!initSeen && (msg as { type?: unknown, subtype?: unknown }).type === 'system' && (msg as { subtype?: unknown }).subtype === 'init') {
       initSeen = true
       if (interruptWanted) interrupt()
+      const servers = (msg as { mcp_servers?: Array<{ status?: unknown }> }).mcp_servers
+      if (spec.mcpServers !== undefined && servers?.some(m => m.status === 'failed') === true) reportMcpFailures()
     }
   }
+
+  /**
+   * The init line says which MCP servers failed, not why: the CLI is asked, and the answer is a
+   * `system`/`mcp_status` message of the run (a server that failed is the run's warning, not its end).
+   */
+  const reportMcpFailures = (): void => {
+    mcpReport = current?.mcpServerStatus().then(list => {
+      hooks.event('message', JSON.stringify({ type: 'system', subtype: 'mcp_status', mcp_servers: list.map(m => ({ name: m.name, status: m.status, ...(m.error !== undefined ? { error: m.error } : {}) })) }))
+    }, (err: unknown) => { hooks.log.debug({ err }, 'the MCP servers\' status could not be asked') })
+  }
+  /** The query the run is on (for the CLI's own answers about it). */
+  let current: Query | undefined
+  /** The MCP servers' status being asked: the run's end waits for it (a moment at most), so it comes before the result. */
+  let mcpReport: Promise<void> | undefined
 
   /** The CLI the run is on now (a refused spare is replaced by a cold one). */
   let proc: CliProcess | undefined
@@ -198,6 +214,7 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
 
   /** Read the run's messages to the end, interrupts going through this query. */
   const drain = async (q: Query): Promise<void> => {
+    current = q
     interrupt = () => {
       if (!initSeen) {
         interruptWanted = true
@@ -304,6 +321,7 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     if (spawnError !== undefined) out.spawnError = spawnError
   }
   out.partialText = partial.text
+  if (mcpReport !== undefined) await Promise.race([mcpReport, new Promise(resolve => setTimeout(resolve, 2000).unref())])
   if (initSeen) out.launched = true
   else if (!mustEnd && (out.spawnError !== undefined || (out.exitCode ?? 0) !== 0)) out.launched = false
   // Only when that text becomes the output does its cut say `truncated`.

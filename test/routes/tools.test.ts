@@ -74,6 +74,8 @@ test('an MCP server a run names: listed without secrets, its tool called, under 
   t.equal(JSON.parse(brokenEvents.at(-1)!.data).status, 'succeeded', 'a failing server is not a failed run')
   const brokenInit = brokenEvents.map(e => { try { return JSON.parse(e.data) } catch { return null } }).find(m => m?.type === 'system' && m?.subtype === 'init')
   t.match(brokenInit?.mcp_servers?.find((s: any) => s.name === 'broken'), { status: 'failed' }, 'it is listed as failed in the run\'s init')
+  const why = brokenEvents.map(e => { try { return JSON.parse(e.data) } catch { return null } }).find(m => m?.type === 'system' && m?.subtype === 'mcp_status')
+  t.match(why?.mcp_servers?.find((s: any) => s.name === 'broken'), { status: 'failed', error: /\S/ }, `and why, in an mcp_status message (${JSON.stringify(why)})`)
 })
 
 test('refused: an unknown name (400), one the key may not use, an inline host not allowed (403); inline headers never shown', async t => {
