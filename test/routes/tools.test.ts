@@ -46,6 +46,8 @@ test('an MCP server a run names: listed without secrets, its tool called, under 
   t.notMatch(JSON.stringify(listed), /SECRET|hello-from-config|mcp-server\.mjs|example\.com\/mcp/, 'no command, argument, env, URL or header')
   const bobs = await (await fetch(`${base}/api/mcp-servers`, { headers: { 'x-api-key': KEYS.bob } })).json() as any
   t.same(bobs.mcp_servers, [], 'a key limited to none sees none')
+  const models = await (await fetch(`${base}/api/models`, { headers: { 'x-api-key': KEYS.alice } })).json() as any
+  t.ok(models.models.some((m: any) => m.id === 'sonnet' && typeof m.resolved === 'string'), 'the models runs may use: the CLI\'s own list')
 
   model.on('add two and three', [{ tool: 'mcp__calc__add', input: { a: 2, b: 3 } }, { text: 'five' }])
   const res = await post(KEYS.alice, '/api/execute/stream', { prompt: 'add two and three', mcp_servers: ['calc'], allowed_tools: ['mcp__calc__add'] })
