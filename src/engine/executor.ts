@@ -83,6 +83,13 @@ function clientToolOptions (spec: RunSpec, hooks: ExecutionHooks): Pick<Options,
   return { mcpServers: { client: server }, allowedTools: [...(spec.allowedTools ?? []), 'mcp__client'] }
 }
 
+/** `p` settled, or `ms` passed. */
+async function settledWithin (p: Promise<unknown>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([p.catch(() => {}), new Promise(resolve => { timer = setTimeout(resolve, ms) })])
+  clearTimeout(timer)
+}
+
 /** A run's MCP servers: the client's functions (in-process) and the servers it named. */
 function toolOptions (spec: RunSpec, hooks: ExecutionHooks, s: ExecutorSettings): Pick<Options, 'mcpServers' | 'allowedTools'> {
   const client = clientToolOptions(spec, hooks)
@@ -202,6 +209,8 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     yield userMessage(spec.prompt, spec.attachments)
     for (;;) {
       await turnDone
+      // The CLI answers the MCP servers' status while its input is open: it is not closed before.
+      if (mcpReport !== undefined) await settledWithin(mcpReport, 2000)
       if (inputClosed || mine !== inputs) return
       // Taken, or the inbox closed, in one synchronous step: nothing accepted is left behind.
       const next = hooks.inbox?.takeOrClose()
@@ -321,7 +330,7 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     if (spawnError !== undefined) out.spawnError = spawnError
   }
   out.partialText = partial.text
-  if (mcpReport !== undefined) await Promise.race([mcpReport, new Promise(resolve => setTimeout(resolve, 2000).unref())])
+  if (mcpReport !== undefined) await settledWithin(mcpReport, 2000)
   if (initSeen) out.launched = true
   else if (!mustEnd && (out.spawnError !== undefined || (out.exitCode ?? 0) !== 0)) out.launched = false
   // Only when that text becomes the output does its cut say `truncated`.

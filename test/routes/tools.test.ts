@@ -13,12 +13,20 @@ import { build, eventually, fakeModel, keysFile, listen, openToAgents, pidsMatch
 const MCP = join(import.meta.dirname, '..', 'fixtures', 'mcp-server.mjs')
 const KEYS = { alice: 'cca_alice-0123456789abcdefghijklmnopqrstuv', bob: 'cca_bob-0123456789abcdefghijklmnopqrstuvwxy' }
 
+/**
+ * The fixture server as a command: under tap every process the server starts inherits tap's
+ * NODE_OPTIONS (its process-info hook, below the repository), which a sandbox whose /tmp is its
+ * own (a clone there) hides: the server's node starts without it.
+ */
+const node = (script: string): { command: string, args: string[] } => ({ command: '/usr/bin/env', args: ['-u', 'NODE_OPTIONS', process.execPath, script] })
+
 function mcpConfig (dir: string, script: string, extra: Record<string, unknown> = {}): string {
   const path = join(dir, 'mcp.json')
   writeFileSync(path, JSON.stringify({
     mcpServers: {
-      calc: { command: process.execPath, args: [script], env: { GREETING: 'hello-from-config' } },
-      broken: { command: process.execPath, args: [script], env: { FAIL_AT_START: '1' } },
+      calc: { ...node(script), env: { GREETING: 'hello-from-config' } },
+      broken: { ...node(script), env: { FAIL_AT_START: '1' } },
+      slow: { ...node(script), env: { START_DELAY_MS: '8000' } },
       remote: { type: 'http', url: 'https://mcp.example.com/mcp?token=SECRET-IN-URL', headers: { Authorization: 'Bearer SECRET-HEADER' } },
       ...extra
     }
@@ -42,7 +50,7 @@ async function server (t: Parameters<typeof build>[0]) {
 test('an MCP server a run names: listed without secrets, its tool called, under the permission rules; not there unasked', async t => {
   const { base, model, post } = await server(t)
   const listed = await (await fetch(`${base}/api/mcp-servers`, { headers: { 'x-api-key': KEYS.alice } })).json() as any
-  t.same(listed.mcp_servers, [{ name: 'broken', transport: 'stdio' }, { name: 'calc', transport: 'stdio' }, { name: 'remote', transport: 'http' }])
+  t.same(listed.mcp_servers, [{ name: 'broken', transport: 'stdio' }, { name: 'calc', transport: 'stdio' }, { name: 'remote', transport: 'http' }, { name: 'slow', transport: 'stdio' }])
   t.notMatch(JSON.stringify(listed), /SECRET|hello-from-config|mcp-server\.mjs|example\.com\/mcp/, 'no command, argument, env, URL or header')
   const bobs = await (await fetch(`${base}/api/mcp-servers`, { headers: { 'x-api-key': KEYS.bob } })).json() as any
   t.same(bobs.mcp_servers, [], 'a key limited to none sees none')
@@ -78,6 +86,14 @@ test('an MCP server a run names: listed without secrets, its tool called, under 
   t.match(brokenInit?.mcp_servers?.find((s: any) => s.name === 'broken'), { status: 'failed' }, 'it is listed as failed in the run\'s init')
   const why = brokenEvents.map(e => { try { return JSON.parse(e.data) } catch { return null } }).find(m => m?.type === 'system' && m?.subtype === 'mcp_status')
   t.match(why?.mcp_servers?.find((s: any) => s.name === 'broken'), { status: 'failed', error: /\S/ }, `and why, in an mcp_status message (${JSON.stringify(why)})`)
+})
+
+test('a server slow to start (8 s) still has its tools in the first turn', async t => {
+  const { post, model } = await server(t)
+  model.on('add slowly', [{ tool: 'mcp__slow__add', input: { a: 4, b: 4 } }, { text: 'eight' }])
+  const r = await (await post(KEYS.alice, '/api/execute', { prompt: 'add slowly', mcp_servers: ['slow'], allowed_tools: ['mcp__slow'] })).json() as any
+  t.equal(r.status, 'succeeded', r.error)
+  t.match(toolResults(model.calls).at(-1), /sum=8/)
 })
 
 test('refused: an unknown name (400), one the key may not use, an inline host not allowed (403); inline headers never shown', async t => {
