@@ -87,6 +87,7 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
 
   await fastify.register(problemPlugin)
   await fastify.register(docsPlugin)
+  await fastify.register(import('../plugins/console.js'))
   await fastify.register(corsPlugin)
 
   await fastify.register(authPlugin, opts.announce !== undefined ? { announce: opts.announce } : {})
