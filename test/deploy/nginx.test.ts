@@ -206,6 +206,13 @@ test('through nginx: /health, and SSE events pass one by one as the run goes', {
   t.equal(health.status, 200)
   t.equal((await health.json() as { status: string }).status, 'healthy')
   t.match(proxy.accessLog(), /"GET \/health HTTP\/1\.1" 200/, 'nginx logged the request to its access log')
+  // The web console comes through the same config: its redirect stays relative, its page keeps its CSP.
+  const bare = await fetch(`${proxy.base}/console`, { redirect: 'manual' })
+  t.equal(bare.headers.get('location'), 'console/', 'the console\'s redirect is relative (a path prefix survives it)')
+  const page = await fetch(`${proxy.base}/console/`)
+  t.equal(page.status, 200)
+  t.match(page.headers.get('content-security-policy'), /script-src 'self'/)
+  t.match(await page.text(), /<script type="module" src="\.\/app\.js"/)
 
   model.on('count through nginx', [{ text: ['one', 'two', 'three'], gapMs: 800 }])
   const res = await post(proxy.base, '/api/execute/stream', { prompt: 'count through nginx' })
