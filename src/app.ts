@@ -4,6 +4,7 @@ import type { Environment, TrustProxy } from './config.js'
 import configPlugin from '../plugins/config.js'
 import problemPlugin from '../plugins/problem.js'
 import docsPlugin from '../plugins/docs.js'
+import consolePlugin from '../plugins/console.js'
 import corsPlugin from '../plugins/cors.js'
 import authPlugin, { type AuthPluginOptions } from '../plugins/auth.js'
 import storePlugin from '../plugins/store.js'
@@ -87,7 +88,7 @@ const app: FastifyPluginAsync<AppOptions> = async (fastify, opts) => {
 
   await fastify.register(problemPlugin)
   await fastify.register(docsPlugin)
-  await fastify.register(import('../plugins/console.js'))
+  await fastify.register(consolePlugin)
   await fastify.register(corsPlugin)
 
   await fastify.register(authPlugin, opts.announce !== undefined ? { announce: opts.announce } : {})
