@@ -47,6 +47,8 @@ WORKDIR /app
 COPY --from=build /app/package.json ./package.json
 COPY --from=build /app/node_modules ./node_modules
 COPY --from=build /app/dist ./dist
+# The web console (/console): static files, read from the package at runtime.
+COPY console ./console
 
 # DATA_DIR: the run store. DEFAULT_WORKING_DIR: where runs execute (each key in /workspace/<key>, its
 # own); ALLOWED_WORKING_DIRS is left unset, so it defaults to DEFAULT_WORKING_DIR. AGENTS_DIR: each
