@@ -4,13 +4,13 @@ import { Type } from '@sinclair/typebox'
 import type { OutgoingHttpHeaders } from 'node:http'
 import { InvalidRequest, withProblem } from '../src/domain/errors.js'
 import { DEFAULT_MODEL, modelIds, runModel } from '../src/openai/models.js'
-import { PERMISSION_MODES, type RunRequest, type RunResult } from '../src/domain/run.js'
+import { PERMISSION_MODES, type RunResult } from '../src/domain/run.js'
 import { openEventStream, type SseWriter } from '../src/sse.js'
 import { chunkOf, completionOf, contentOf, created, failureOf, finishReasonOf, usageOf } from '../src/openai/chat.js'
 import { ConversationIndex } from '../src/openai/conversations.js'
 import { clientToolsOf, followSegment, ParkedCalls, type FunctionCall } from '../src/openai/functions.js'
 import { promptWithHistory, readMessages, type ChatMessage, type Turn } from '../src/openai/messages.js'
-import { openAiErrors, runChecker } from './v1-run.js'
+import { openAiErrors, resumeParked, runChecker, runRequestOf, startedRun, trailingToolTurns, type OpenAiRun } from './v1-run.js'
 
 const security: Array<Record<string, string[]>> = [{ BearerAuth: [] }, { ApiKeyAuth: [] }]
 const Open = { additionalProperties: true }
@@ -42,13 +42,6 @@ const ChatRequestSchema = Type.Object({
 }, { ...Open, description: 'OpenAI\'s Chat Completions request. Other OpenAI fields (temperature, max_tokens, …) are accepted and ignored: the agent decides.' })
 
 const errors = openAiErrors([400, 401, 403, 404, 429, 500, 503])
-
-/** The trailing `tool` turns of a conversation: the client's outputs of calls a run parked. */
-function trailingToolTurns (turns: Turn[]): Turn[] {
-  let k = turns.length
-  while (k > 0 && turns[k - 1]?.role === 'tool') k--
-  return turns.slice(k)
-}
 
 /** Text of the new turns of a conversation that resumes its session. */
 function promptOf (next: Turn[]): string {
@@ -148,44 +141,30 @@ const chat: FastifyPluginAsyncTypebox = async (fastify) => {
     // The client's outputs of calls a run parked: that run goes on from there, under its own id.
     const answers = trailingToolTurns(turns)
     const parkedRun = parked.take(key, answers.map(t => t.toolCallId ?? ''))
-    let runId: string
-    let after = 0
-    let cancel: (reason: string) => void
-    let finished: (() => Promise<RunResult>) | undefined
-    if (parkedRun !== undefined) {
-      ({ runId, after } = parkedRun)
-      for (const t of answers) engine.answerToolCall(runId, t.toolCallId ?? '', t.text)
-      cancel = reason => { void engine.cancel(runId, reason).catch(() => {}) }
-    } else {
+    let live: OpenAiRun
+    if (parkedRun !== undefined) live = resumeParked(engine, parkedRun, answers)
+    else {
       const c = conversations.continuation(key, system, turns)
       // A branch of a conversation continues a fork of its session, cut where the branch leaves it.
       const resume = c.resume ?? (c.branched !== undefined ? await forkAt(request, c.branched) : undefined)
-      const jsonObject = format?.type === 'json_object'
-      const images = c.next.flatMap(t => t.images)
-      const appended = [system, jsonObject ? 'Answer with one JSON object and nothing else.' : undefined].filter(s => s !== undefined).join('\n\n')
-      const run: RunRequest = {
+      const run = runRequestOf({
         prompt: resume !== undefined ? promptOf(c.next) : promptWithHistory(c.earlier, c.next),
-        ...(images.length > 0 ? { attachments: images } : {}),
-        ...(appended !== '' ? { append_system_prompt: appended } : {}),
-        ...(model !== undefined ? { model } : {}),
-        ...(resume !== undefined
-          ? { session_id: resume.sessionId, working_directory: resume.workingDirectory }
-          : body.working_directory !== undefined ? { working_directory: body.working_directory } : {}),
-        ...(body.permission_mode !== undefined ? { permission_mode: body.permission_mode } : {}),
-        ...(schema !== undefined ? { output_schema: schema } : {}),
-        include_partial_messages: body.stream === true
-      }
+        images: c.next.flatMap(t => t.images),
+        system,
+        jsonObject: format?.type === 'json_object',
+        model,
+        resume,
+        workingDirectory: body.working_directory,
+        permissionMode: body.permission_mode,
+        schema,
+        stream: body.stream === true
+      })
       checkRun(run)
       if (clientTools.length > 0) run.client_tools = clientTools
       request.log.debug({ conversation: c.resume !== undefined ? 'resumed' : resume !== undefined ? 'forked' : 'new' }, 'chat completion')
-      const handle = await fastify.startRun(request, run, true)
-      runId = handle.id
-      cancel = reason => { handle.cancel(reason) }
-      finished = async () => {
-        await handle.result
-        return JSON.parse(handle.resultJson) as RunResult
-      }
+      live = startedRun(await fastify.startRun(request, run, true))
     }
+    const { runId, after, cancel, finished } = live
 
     /** Remember the conversation as answered, so its next request continues the session. */
     const remember = async (r: RunResult): Promise<void> => {

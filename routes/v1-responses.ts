@@ -3,14 +3,14 @@ import { Type } from '@sinclair/typebox'
 import type { FastifyRequest } from 'fastify'
 import type { OutgoingHttpHeaders } from 'node:http'
 import { DomainError, InvalidRequest, withProblem } from '../src/domain/errors.js'
-import { PERMISSION_MODES, type RunRequest, type RunResult } from '../src/domain/run.js'
+import { PERMISSION_MODES, type RunResult } from '../src/domain/run.js'
 import type { RunRecord } from '../src/domain/records.js'
 import { openEventStream, type SseWriter } from '../src/sse.js'
 import { promptWithHistory } from '../src/openai/messages.js'
 import { DEFAULT_MODEL, runModel } from '../src/openai/models.js'
 import { callsResponseOf, functionCallItem, imagesOf, outputMessage, readInput, responseOf, type InputItem, type ResponseRequest } from '../src/openai/responses.js'
 import { clientToolsOf, followSegment, ParkedCalls } from '../src/openai/functions.js'
-import { openAiErrors, runChecker } from './v1-run.js'
+import { openAiErrors, resumeParked, runChecker, runRequestOf, startedRun, trailingToolTurns, type OpenAiRun } from './v1-run.js'
 
 const security: Array<Record<string, string[]>> = [{ BearerAuth: [] }, { ApiKeyAuth: [] }]
 const Open = { additionalProperties: true }
@@ -113,47 +113,33 @@ const responses: FastifyPluginAsyncTypebox = async (fastify) => {
     const createdAt = Date.now()
 
     // `function_call_output` items for calls a run parked: that run goes on, under its own id.
-    let k = turns.length
-    while (k > 0 && turns[k - 1]?.role === 'tool') k--
-    const answers = turns.slice(k)
+    const answers = trailingToolTurns(turns)
     const parkedRun = parked.take(key, answers.map(t => t.toolCallId ?? ''))
-    let runId: string
-    let after = 0
-    let cancel: (reason: string) => void
-    let finished: (() => Promise<RunResult>) | undefined
-    if (parkedRun !== undefined) {
-      ({ runId, after } = parkedRun)
-      for (const t of answers) engine.answerToolCall(runId, t.toolCallId ?? '', t.text)
-      cancel = reason => { void engine.cancel(runId, reason).catch(() => {}) }
-    } else {
+    let live: OpenAiRun
+    if (parkedRun !== undefined) live = resumeParked(engine, parkedRun, answers)
+    else {
       const previous = typeof body.previous_response_id === 'string' ? await ownRun(request, body.previous_response_id, 'previous_response_id', true) : undefined
-      const appended = [system, format?.type === 'json_object' ? 'Answer with one JSON object and nothing else.' : undefined].filter(s => s !== undefined).join('\n\n')
       // With a previous response, every input item is new; without one, those before the last user turns came with it.
       let k = previous !== undefined ? 0 : turns.length
       if (previous === undefined) while (k > 0 && turns[k - 1]?.role !== 'assistant') k--
       const next = turns.slice(k)
-      const run: RunRequest = {
+      const run = runRequestOf({
         prompt: promptWithHistory(turns.slice(0, k), next),
-        ...(imagesOf(next).length > 0 ? { attachments: imagesOf(next) } : {}),
-        ...(appended !== '' ? { append_system_prompt: appended } : {}),
-        ...(model !== undefined ? { model } : {}),
-        ...(previous !== undefined
-          ? { session_id: previous.sessionId, working_directory: previous.workingDirectory }
-          : body.working_directory !== undefined ? { working_directory: body.working_directory } : {}),
-        ...(body.permission_mode !== undefined ? { permission_mode: body.permission_mode } : {}),
-        ...(schema !== undefined ? { output_schema: schema } : {}),
-        include_partial_messages: body.stream === true
-      }
+        images: imagesOf(next),
+        system,
+        jsonObject: format?.type === 'json_object',
+        model,
+        resume: previous !== undefined ? { sessionId: previous.sessionId, workingDirectory: previous.workingDirectory } : undefined,
+        workingDirectory: body.working_directory,
+        permissionMode: body.permission_mode,
+        schema,
+        stream: body.stream === true
+      })
       checkRun(run)
       if (clientTools.length > 0) run.client_tools = clientTools
-      const handle = await fastify.startRun(request, run, !background)
-      runId = handle.id
-      cancel = reason => { handle.cancel(reason) }
-      finished = async () => {
-        await handle.result
-        return JSON.parse(handle.resultJson) as RunResult
-      }
+      live = startedRun(await fastify.startRun(request, run, !background))
     }
+    const { runId, after, cancel, finished } = live
     reply.header('x-run-id', runId)
     if (background) {
       const stored = await fastify.runs.get(runId)

@@ -1,3 +1,4 @@
+import type { BigIntStats } from 'node:fs'
 import { symlink } from 'node:fs/promises'
 import { relative } from 'node:path'
 import { DomainError } from '../domain/errors.js'
@@ -115,31 +116,24 @@ export class RunChanges {
   }
 }
 
-/** Remove a file or link (nothing when there is none). */
-async function removeFile (place: Place): Promise<void> {
+/** Remove the entry at `place` when `which` says so of it (nothing when there is none). */
+async function removeEntry (place: Place, which: (s: BigIntStats) => boolean): Promise<void> {
   const dir = await Dir.open(place, place.parts.slice(0, -1)).catch(() => undefined)
   if (dir === undefined) return
   try {
     const name = place.parts.at(-1) ?? ''
     const s = await dir.lstat(name)
-    if (s !== null && !s.isDirectory()) await dir.remove(name, false)
+    if (s !== null && which(s)) await dir.remove(name, false)
   } finally {
     await dir.close()
   }
 }
 
+/** Remove a file or link (nothing when there is none). */
+const removeFile = async (place: Place): Promise<void> => { await removeEntry(place, s => !s.isDirectory()) }
+
 /** Where a file is to be written back, a link the run put there goes first (it is replaced, never written through). */
-async function removeIfLink (place: Place): Promise<void> {
-  const dir = await Dir.open(place, place.parts.slice(0, -1)).catch(() => undefined)
-  if (dir === undefined) return
-  try {
-    const name = place.parts.at(-1) ?? ''
-    const s = await dir.lstat(name)
-    if (s !== null && s.isSymbolicLink()) await dir.remove(name, false)
-  } finally {
-    await dir.close()
-  }
-}
+const removeIfLink = async (place: Place): Promise<void> => { await removeEntry(place, s => s.isSymbolicLink()) }
 
 /** Directories left empty by removing a file the run added, up to the run's directory. */
 async function pruneEmptyParents (place: Place, cwd: string): Promise<void> {
