@@ -3,7 +3,6 @@ import { Ajv } from 'ajv'
 import addFormats from 'ajv-formats'
 import { InvalidRequest, withProblem } from '../src/domain/errors.js'
 import type { Attachment, PermissionMode, RunRequest, RunResult } from '../src/domain/run.js'
-import type { Engine } from '../src/engine/engine.js'
 import type { Turn } from '../src/openai/messages.js'
 import { executeRequestSchema, type RequestLimits } from '../src/schemas/execute.js'
 import { paramOf } from './v1.js'
@@ -48,7 +47,7 @@ export function trailingToolTurns (turns: Turn[]): Turn[] {
 export interface OpenAiRun { runId: string, after: number, cancel: (reason: string) => void, finished?: () => Promise<RunResult> }
 
 /** A parked run, handed the client's outputs of its calls: it goes on under its own id. */
-export function resumeParked (engine: Pick<Engine, 'answerToolCall' | 'cancel'>, parked: { runId: string, after: number }, answers: Turn[]): OpenAiRun {
+export function resumeParked (engine: { answerToolCall: (runId: string, callId: string, output: string) => boolean, cancel: (runId: string, reason: string) => Promise<boolean> }, parked: { runId: string, after: number }, answers: Turn[]): OpenAiRun {
   const { runId, after } = parked
   for (const t of answers) engine.answerToolCall(runId, t.toolCallId ?? '', t.text)
   return { runId, after, cancel: reason => { void engine.cancel(runId, reason).catch(() => {}) } }
