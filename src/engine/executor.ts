@@ -167,13 +167,16 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     if (!initSeen && (msg as { type?: unknown, subtype?: unknown }).type === 'system' && (msg as { subtype?: unknown }).subtype === 'init') {
       initSeen = true
       if (interruptWanted) interrupt()
-      const servers = (msg as { mcp_servers?: Array<{ status?: unknown }> }).mcp_servers
-      if (spec.mcpServers !== undefined && servers?.some(m => m.status === 'failed') === true) reportMcpFailures()
+      // A server the run named that is not connected now (failed, still starting on a busy
+      // machine, or not listed at all) is reported with the CLI's own reason.
+      const servers = (msg as { mcp_servers?: Array<{ name?: unknown, status?: unknown }> }).mcp_servers ?? []
+      const named = (spec.mcpServers ?? []).map(m => typeof m === 'string' ? m : m.name)
+      if (named.some(name => servers.find(m => m.name === name)?.status !== 'connected')) reportMcpFailures()
     }
   }
 
   /**
-   * The init line says which MCP servers failed, not why: the CLI is asked, and the answer is a
+   * The init line says which MCP servers are not connected, not why: the CLI is asked, and the answer is a
    * `system`/`mcp_status` message of the run (a server that failed is the run's warning, not its end).
    */
   const reportMcpFailures = (): void => {
