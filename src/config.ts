@@ -52,6 +52,10 @@ export const ConfigSchema = Type.Object({
   APPROVAL_TIMEOUT_S: Type.Integer({ default: 300, minimum: 1, maximum: 86_400 }),
   // Parked CLIs (~230-260 MB each) that new sessions start on; 0 turns warm start off.
   WARM_SPARES: Type.Integer({ default: 1, minimum: 0, maximum: 64 }),
+  // Memory for spares of the option sets runs send (one per set, most recent first); 0: none.
+  WARM_MEMORY_MAX: Type.String({ default: '1G' }),
+  // A session's CLI waits this long after a run for the session's next turn; 0: never.
+  SESSION_KEEPALIVE_S: Type.Integer({ default: 60, minimum: 0, maximum: 3600 }),
   REQUEST_TIMEOUT_S: Type.Integer({ default: 30, minimum: 1, maximum: 3600 }),
   // 0: derived from the open-file limit (three quarters of it, less 64 for runs and the store).
   MAX_CONNECTIONS: Type.Integer({ default: 0, minimum: 0 }),
@@ -131,6 +135,9 @@ export interface Settings {
   maxConnections: number
   approvalTimeoutS: number
   warmSpares: number
+  /** `WARM_MEMORY_MAX` in bytes (0: no spares for option sets). */
+  warmMemoryMax: number
+  sessionKeepAliveS: number
   cliProbeIntervalS: number
   shutdownGraceS: number
   retentionDays: number
@@ -359,6 +366,8 @@ export function toSettings (raw: RawConfig, serverEnv: Environment, cwd: string)
     sseKeepAliveMs: raw.SSE_KEEPALIVE_MS,
     approvalTimeoutS: raw.APPROVAL_TIMEOUT_S,
     warmSpares: raw.WARM_SPARES,
+    warmMemoryMax: bytesOrZero('WARM_MEMORY_MAX', raw.WARM_MEMORY_MAX),
+    sessionKeepAliveS: raw.SESSION_KEEPALIVE_S,
     maxConnections: raw.MAX_CONNECTIONS > 0 ? raw.MAX_CONNECTIONS : defaultMaxConnections(openFileLimit()),
     cliProbeIntervalS: raw.CLI_PROBE_INTERVAL_S,
     shutdownGraceS: raw.SHUTDOWN_GRACE_S,
@@ -399,6 +408,15 @@ function mcpServersOf (file: string | undefined, cwd: string): Record<string, Mc
     return parseMcpConfig(doc)
   } catch (err) {
     throw new ConfigError(`MCP_CONFIG_FILE=${file}: ${(err as Error).message}`)
+  }
+}
+
+/** A size setting where `0` (or `none`) means nothing; a bad value names its variable. */
+function bytesOrZero (name: string, v: string): number {
+  try {
+    return parseBytes(v) ?? 0
+  } catch (err) {
+    throw new ConfigError(`${name}=${v}: ${(err as Error).message}`)
   }
 }
 

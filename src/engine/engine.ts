@@ -126,6 +126,7 @@ export class Engine extends EventEmitter<EngineEvents> {
         identityOf: profile => profile === '' || identities === undefined ? undefined : identities.identityFor(profile),
         workAreaOf: identity => this.launcher.sandbox === undefined ? undefined : this.planner.workAreaOf(identity),
         perIdentity: identities !== undefined,
+        memoryMax: settings.warmMemoryMax,
         launches: this.launches,
         claimed: outcome => this.emit('warm', outcome)
       })

@@ -110,7 +110,8 @@ export function claimOptionsOf (spec: RunSpec): ClaimOptions {
     cwd: spec.cwd,
     permissionMode: spec.permissionMode,
     ...(spec.model !== undefined ? { model: spec.model } : {}),
-    ...(spec.appendSystemPrompt !== undefined ? { appendSystemPrompt: spec.appendSystemPrompt } : {})
+    // A system prompt of the run's own replaces the preset, appended text and all (as on a cold start).
+    ...(spec.appendSystemPrompt !== undefined && spec.systemPrompt === undefined ? { appendSystemPrompt: spec.appendSystemPrompt } : {})
   }
 }
 

@@ -7,7 +7,7 @@ import { executorSettings, runEnvironment, type Launcher } from './launch.js'
 import { settingSourcesOf } from './cli-options.js'
 import type { RunnerLogger } from '../domain/logger.js'
 import type { RunLimits } from '../domain/limits.js'
-import type { WarmSpare } from './warm-pool.js'
+import { signatureOf, type OptionSet, type WarmSpare } from './warm-pool.js'
 import { launchFailureReason } from './launch-health.js'
 
 /** How long a spare may take to park before it counts as failed. */
@@ -34,8 +34,8 @@ export interface SpareContext {
  * (`warm-<instance>-<boot>-<id>`, so a restart finds what a killed server left), and its own
  * broker token.
  */
-export function spareStarter (c: SpareContext): (profile: string) => Promise<WarmSpare> {
-  return async (profile: string): Promise<WarmSpare> => {
+export function spareStarter (c: SpareContext): (profile: string, set: OptionSet) => Promise<WarmSpare> {
+  return async (profile: string, set: OptionSet): Promise<WarmSpare> => {
     const identity = c.identityOf(profile)
     const id = randomUUID()
     const marker = `warm-${c.instanceId}-${c.bootId}-${id}`
@@ -69,6 +69,8 @@ export function spareStarter (c: SpareContext): (profile: string) => Promise<War
           strictMcpConfig: true,
           includePartialMessages: false,
           sessionId,
+          // The option set it serves: fixed for its life, as a cold run's flags are.
+          ...set,
           ...(settings.allowedPermissionModes.includes('bypassPermissions') ? { allowDangerouslySkipPermissions: true } : {}),
           ...(parking !== undefined ? { cwd: parking } : {}),
           spawnClaudeCodeProcess: cliSpawner(marker, executorSettings(c.launcher, identity, onlyCwd ?? parking ?? settings.defaultWorkingDir, { chdir: onlyCwd !== undefined ? parking : undefined, network, limits }), parking ?? settings.defaultWorkingDir, log, p => { proc = p })
@@ -77,7 +79,7 @@ export function spareStarter (c: SpareContext): (profile: string) => Promise<War
       })
       if (proc === undefined) throw new Error('the SDK parked a spare without spawning it')
       log.debug({ session_id: sessionId }, 'warm spare parked')
-      return { id, profile, sessionId, spare, process: proc, limits, ...(credential !== undefined ? { credential } : {}), ...(network !== undefined ? { network } : {}), ...(onlyCwd !== undefined ? { onlyCwd } : {}) }
+      return { id, profile, options: signatureOf(set), sessionId, spare, process: proc, limits, ...(credential !== undefined ? { credential } : {}), ...(network !== undefined ? { network } : {}), ...(onlyCwd !== undefined ? { onlyCwd } : {}) }
     } catch (err) {
       credential?.revoke()
       await network?.close()

@@ -5,11 +5,33 @@ import type { RunLimits } from '../domain/limits.js'
 import type { CliProcess } from './cli-process.js'
 import type { RunnerLogger } from '../domain/logger.js'
 
+/**
+ * What a spare's CLI is started with beyond the server's own options, fixed for its life (flags a
+ * claim cannot change): a run takes only a spare of its own option set. The empty set is a run
+ * that sets none of them.
+ */
+export interface OptionSet {
+  systemPrompt?: string
+  allowedTools?: string[]
+  disallowedTools?: string[]
+  maxTurns?: number
+}
+
+/** An option set as one string: equal sets, equal signatures. */
+export function signatureOf (set: OptionSet): string {
+  return JSON.stringify([set.systemPrompt ?? null, set.allowedTools ?? null, set.disallowedTools ?? null, set.maxTurns ?? null])
+}
+
+/** The signature of the empty option set. */
+export const PLAIN = signatureOf({})
+
 /** A CLI started ahead of demand and parked by the Agent SDK (`prewarm()`), waiting for a run. */
 export interface WarmSpare {
   id: string
   /** The agent identity it runs as (`''`: the server's own user). */
   profile: string
+  /** The signature of the option set it was started with (`PLAIN`: none). */
+  options: string
   /** The session it will write: fixed when it was started, so a run knows it before the claim. */
   sessionId: string
   spare: SpareProcess
@@ -28,17 +50,35 @@ export interface WarmSpare {
 export type ClaimOutcome = 'hit' | 'miss' | 'refused'
 
 export interface WarmPoolOptions {
-  /** How many spares to keep parked (`WARM_SPARES`). */
+  /** How many spares to keep parked for runs with no option set (`WARM_SPARES`). */
   target: number
-  /** Start and park a spare for a profile. */
-  start: (profile: string) => Promise<WarmSpare>
+  /** Start and park a spare for a profile and an option set. */
+  start: (profile: string, set: OptionSet) => Promise<WarmSpare>
   /**
    * Runs are of one profile (the server's own user) and the pool keeps `target` of it; with agent
    * identities each key's runs have their own, and the pool keeps one spare for each of the
    * `target` identities that started a run most recently.
    */
   perIdentity: boolean
+  /**
+   * Memory for spares of the option sets runs actually send (`WARM_MEMORY_MAX`, bytes): beyond
+   * the spares above, one spare for each option set sent most recently (per identity), as long as
+   * every parked spare together stays within it. 0: none.
+   */
+  memoryMax?: number
   log: RunnerLogger
+}
+
+/** What one parked spare is counted at against `memoryMax` (the SDK's own figure for a parked CLI). */
+export const SPARE_BYTES = 256 * 1024 * 1024
+/** Option sets remembered, most recent first. */
+const MAX_DEMANDS = 32
+
+/** A kind of spare in demand: its identity and its option set. */
+interface Demand {
+  profile: string
+  options: string
+  set: OptionSet
 }
 
 const MAX_BACKOFF_MS = 60_000
@@ -53,8 +93,8 @@ const YOUNG_DEATH_MS = 10_000
  */
 export class WarmPool {
   private readonly parked: WarmSpare[] = []
-  /** Profiles in demand, most recent first. */
-  private readonly wanted: string[]
+  /** Kinds in demand, most recent first (without identities, the one with no option set always first). */
+  private readonly wanted: Demand[]
   private starting: Promise<void> | undefined
   private closed = false
   private failures = 0
@@ -63,7 +103,7 @@ export class WarmPool {
   private readonly exited = new Set<string>()
 
   constructor (private readonly o: WarmPoolOptions) {
-    this.wanted = o.perIdentity ? [] : ['']
+    this.wanted = o.perIdentity ? [] : [{ profile: '', options: PLAIN, set: {} }]
   }
 
   get target (): number { return this.o.target }
@@ -78,10 +118,11 @@ export class WarmPool {
    * A parked spare of `profile` that `fits` the run, taken out of the pool (or none). Synchronous,
    * so admission decides on it in the same step. The demand is noted either way, and a refill begins.
    */
-  take (profile: string, fits: (s: WarmSpare) => boolean): WarmSpare | undefined {
+  take (profile: string, fits: (s: WarmSpare) => boolean, set: OptionSet = {}): WarmSpare | undefined {
     if (this.closed) return undefined
-    this.want(profile)
-    const i = this.parked.findIndex(s => s.profile === profile && fits(s))
+    const options = signatureOf(set)
+    this.want({ profile, options, set })
+    const i = this.parked.findIndex(s => s.profile === profile && s.options === options && fits(s))
     const spare = i === -1 ? undefined : this.parked.splice(i, 1)[0]
     // A spare that lived to be taken: starting them works.
     if (spare !== undefined) this.failures = 0
@@ -113,26 +154,60 @@ export class WarmPool {
     await Promise.all([...all.map(async s => await this.discard(s)), this.starting])
   }
 
-  private want (profile: string): void {
-    if (!this.o.perIdentity) return
-    const at = this.wanted.indexOf(profile)
-    if (at !== -1) this.wanted.splice(at, 1)
-    this.wanted.unshift(profile)
-    this.wanted.length = Math.min(this.wanted.length, this.o.target)
+  private want (d: Demand): void {
+    const plainNoIdentity = !this.o.perIdentity && d.profile === '' && d.options === PLAIN
+    if (!plainNoIdentity) {
+      const at = this.wanted.findIndex(w => w.profile === d.profile && w.options === d.options)
+      if (at !== -1) this.wanted.splice(at, 1)
+      // Without identities the kind with no option set stays first.
+      this.wanted.splice(this.o.perIdentity ? 0 : 1, 0, d)
+      this.wanted.length = Math.min(this.wanted.length, MAX_DEMANDS)
+    }
     this.trim()
   }
 
-  /** The profile the next spare is for: the first in demand with fewer parked than it should have. */
-  private lacking (): string | undefined {
-    if (!this.o.perIdentity) return this.parked.length < this.o.target ? '' : undefined
-    return this.wanted.find(p => !this.parked.some(s => s.profile === p))
+  /**
+   * The spares the pool should hold, in order: `target` with no option set (with identities: one
+   * for each of the `target` identities in demand most recently), then one for each other option
+   * set in demand, most recent first, while all of them fit in `memoryMax`.
+   */
+  private slots (): Demand[] {
+    const out: Demand[] = []
+    if (!this.o.perIdentity) {
+      for (let i = 0; i < this.o.target; i++) out.push(this.wanted[0]!)
+    } else {
+      for (const d of this.wanted) if (d.options === PLAIN && out.length < this.o.target) out.push(d)
+    }
+    let room = Math.floor((this.o.memoryMax ?? 0) / SPARE_BYTES) - out.length
+    for (const d of this.wanted) {
+      if (room <= 0) break
+      if (d.options === PLAIN) continue
+      out.push(d)
+      room--
+    }
+    return out
   }
 
-  /** Spares of identities no longer in demand make room for those that are. */
+  /** The parked spares each slot is filled by (undefined: still to start), and the spares no slot wants. */
+  private matched (): { open: Demand[], extra: WarmSpare[] } {
+    const free = [...this.parked]
+    const open: Demand[] = []
+    for (const d of this.slots()) {
+      const i = free.findIndex(s => s.profile === d.profile && s.options === d.options)
+      if (i === -1) open.push(d)
+      else free.splice(i, 1)
+    }
+    return { open, extra: free }
+  }
+
+  /** The kind the next spare is for: the first slot no parked spare fills. */
+  private lacking (): Demand | undefined {
+    return this.matched().open[0]
+  }
+
+  /** Spares of kinds no longer in demand (or beyond the memory) make room for those that are. */
   private trim (): void {
-    for (const s of [...this.parked]) {
-      const extra = this.o.perIdentity ? !this.wanted.includes(s.profile) : this.parked.length > this.o.target
-      if (!extra) continue
+    for (const s of this.matched().extra) {
       this.parked.splice(this.parked.indexOf(s), 1)
       void this.discard(s)
     }
@@ -140,9 +215,9 @@ export class WarmPool {
 
   private fill (): void {
     if (this.closed || this.starting !== undefined || this.retry !== undefined) return
-    const profile = this.lacking()
-    if (profile === undefined) return
-    this.starting = this.o.start(profile).then(async s => {
+    const kind = this.lacking()
+    if (kind === undefined) return
+    this.starting = this.o.start(kind.profile, kind.set).then(async s => {
       if (this.closed) {
         await this.discard(s)
         this.starting = undefined

@@ -6,7 +6,7 @@ import type { RunRequest, RunSpec } from '../../src/domain/run.js'
 import type { CliProcess } from '../../src/engine/cli-process.js'
 import type { Launcher } from '../../src/engine/launch.js'
 import { LaunchHealth } from '../../src/engine/launch-health.js'
-import { WarmPool, type ClaimOutcome, type WarmSpare } from '../../src/engine/warm-pool.js'
+import { PLAIN, SPARE_BYTES, signatureOf, WarmPool, type ClaimOutcome, type OptionSet, type WarmSpare } from '../../src/engine/warm-pool.js'
 import { WarmStart } from '../../src/engine/warm-start.js'
 import { memoryLogger, until } from '../fixtures/engine-kit.js'
 
@@ -14,11 +14,12 @@ import { memoryLogger, until } from '../fixtures/engine-kit.js'
 // parks fake spares at once: no CLI is ever started.
 
 /** A spare as the pool parks it, with nothing behind it. */
-function fakeSpare (profile: string, onlyCwd: string | undefined, ended: string[]): WarmSpare {
+function fakeSpare (profile: string, onlyCwd: string | undefined, ended: string[], set: OptionSet = {}): WarmSpare {
   const id = randomUUID()
   return {
     id,
     profile,
+    options: signatureOf(set),
     sessionId: randomUUID(),
     spare: { close: () => {}, exited: new Promise(() => {}) } as unknown as SpareProcess,
     process: { ending: false, stderrTail: '', end: async () => { ended.push(id) } } as unknown as CliProcess,
@@ -31,7 +32,7 @@ function fakeSpare (profile: string, onlyCwd: string | undefined, ended: string[
  * outcome it reports, and the spares it started and ended. With `stall`, starting never finishes
  * (until the test ends): nothing is ever parked.
  */
-async function harness (t: { teardown: (fn: () => unknown) => void }, o: { target?: number, perIdentity?: boolean, onlyCwd?: string, stall?: boolean } = {}) {
+async function harness (t: { teardown: (fn: () => unknown) => void }, o: { target?: number, perIdentity?: boolean, onlyCwd?: string, stall?: boolean, memoryMax?: number } = {}) {
   const claimed: ClaimOutcome[] = []
   const started: WarmSpare[] = []
   const ended: string[] = []
@@ -53,10 +54,11 @@ async function harness (t: { teardown: (fn: () => unknown) => void }, o: { targe
   const pool = new WarmPool({
     target: o.target ?? 1,
     perIdentity: o.perIdentity ?? false,
+    memoryMax: o.memoryMax ?? 0,
     log,
-    start: async profile => {
+    start: async (profile, set) => {
       if (o.stall === true) await stalled
-      const s = fakeSpare(profile, o.onlyCwd, ended)
+      const s = fakeSpare(profile, o.onlyCwd, ended, set)
       started.push(s)
       return s
     }
@@ -119,10 +121,10 @@ test('a new session with an option fixed when a CLI starts takes no spare: one m
   const parked = h.started[0]!
   const fixed: Array<[string, Partial<RunSpec>]> = [
     ['env vars', { env: { FOO: 'bar' } }],
-    ['a system prompt', { systemPrompt: 'you are a test' }],
-    ['allowed tools', { allowedTools: ['Read'] }],
-    ['disallowed tools', { disallowedTools: ['Bash'] }],
-    ['max turns', { maxTurns: 3 }],
+    ['a system prompt (no memory for option sets)', { systemPrompt: 'you are a test' }],
+    ['allowed tools (no memory for option sets)', { allowedTools: ['Read'] }],
+    ['disallowed tools (no memory for option sets)', { disallowedTools: ['Bash'] }],
+    ['max turns (no memory for option sets)', { maxTurns: 3 }],
     ['a max budget', { maxBudgetUsd: 1 }],
     ['an output schema', { outputSchema: { type: 'object' } }],
     ['approvals: ask', { approvals: 'ask' }],
@@ -163,4 +165,31 @@ test('a spare is never shared across agent identities', async t => {
   t.same(h.claimed, ['miss', 'miss', 'miss'])
   const forK = h.started.find(s => s.profile === 'k')
   t.equal(h.warm.take(specOf({ identity: 'k' }), request()), forK, 'k gets its own')
+})
+
+test('the option sets runs send get spares of their own, most recent first, within WARM_MEMORY_MAX', async t => {
+  // Room for two spares: the plain one and one option set.
+  const h = await harness(t, { memoryMax: 2 * SPARE_BYTES })
+  const reviewer: Partial<RunSpec> = { systemPrompt: 'you review code', allowedTools: ['Read', 'Grep'] }
+  t.equal(h.warm.take(specOf(reviewer), request()), undefined, 'the first run of a set: none yet')
+  t.same(h.claimed, ['miss'])
+  t.ok(await until(() => h.pool.parkedCount === 2), 'a spare for the set is parked next to the plain one')
+  const forSet = h.started.find(s => s.options === signatureOf({ systemPrompt: 'you review code', allowedTools: ['Read', 'Grep'] }))
+  t.ok(forSet, 'started with the set')
+  t.equal(h.warm.take(specOf({ allowedTools: ['Read', 'Grep'] }), request()), undefined, 'a different set does not take it')
+  t.equal(h.warm.take(specOf(reviewer), request()), undefined, 'nor the set\'s own run once a newer set pushed it out of the memory')
+  t.ok(await until(() => h.ended.includes(forSet!.id) || h.pool.parkedCount === 2), 'the pushed-out spare is ended')
+  // The set in demand most recently is the one kept.
+  t.ok(await until(() => h.started.filter(s => s.options === signatureOf(reviewer as OptionSet)).length === 2 && h.pool.parkedCount === 2), 'the most recent set gets its spare back')
+  const taken = h.warm.take(specOf(reviewer), request())
+  t.ok(taken !== undefined && taken.options === signatureOf(reviewer as OptionSet), 'and its next run takes it')
+  t.equal(h.warm.take(specOf(), request()), h.started[0], 'the plain spare is still there for plain runs')
+})
+
+test('without memory for option sets, only the plain spares are kept', async t => {
+  const h = await harness(t, { memoryMax: 0 })
+  for (let i = 0; i < 3; i++) h.warm.take(specOf({ allowedTools: ['Read'] }), request())
+  await tick()
+  t.equal(h.pool.parkedCount, 1)
+  t.same(h.started.map(s => s.options), [PLAIN], 'no spare was started for the set')
 })

@@ -86,6 +86,31 @@ test('warm start: a spare is parked; a run that fits takes it, one that does not
   t.strictSame(sparesOf(mine), [], 'closing the server ends every spare')
 })
 
+test('warm start for an option set a run sends: the next run with the same system prompt and tools takes a spare started with them', async t => {
+  const box = sandbox(t)
+  const model = await fakeModel(t)
+  // Room for the plain spare and one option set.
+  const { app } = await build(t, { box, model, env: { WARM_SPARES: '1', WARM_MEMORY_MAX: '512M' } })
+  const health = async () => (await app.inject({ url: '/health' })).json()
+  const metrics = async () => (await app.inject({ url: '/metrics', headers: auth })).body
+  t.ok(await eventually(async () => (await health()).warm.parked === 1, 30_000), 'the plain spare is parked')
+  const options = { system_prompt: 'You are the release bot.', allowed_tools: ['Read'] }
+  const first = (await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'set one', ...options } })).json()
+  t.equal(first.success, true, first.error)
+  t.equal(metric(await metrics(), 'ccapi_warm_claims_total', 'outcome="miss"'), 1, 'the first run of the set starts cold')
+  t.ok(await eventually(async () => (await health()).warm.parked === 2, 30_000), 'then a spare for the set parks next to the plain one')
+  const second = (await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'set two', ...options } })).json()
+  t.equal(second.success, true, second.error)
+  t.equal(metric(await metrics(), 'ccapi_warm_claims_total', 'outcome="hit"'), 1, 'the next run of the set is a hit')
+  const call = model.calls.find(c => c.prompt === 'set two')!
+  t.match(JSON.stringify(call.body.system), 'You are the release bot.', 'the spare has the run\'s system prompt')
+  t.notMatch(JSON.stringify(call.body.system), 'You are Claude Code', 'in place of the preset, as on a cold start')
+  const plain = (await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'plain one' } })).json()
+  t.equal(plain.success, true, plain.error)
+  t.equal(metric(await metrics(), 'ccapi_warm_claims_total', 'outcome="hit"'), 2, 'the plain spare still serves plain runs')
+  t.notMatch(JSON.stringify(model.calls.find(c => c.prompt === 'plain one')!.body.system), 'release bot', 'with no trace of the set')
+})
+
 test('warm start: SIGTERM leaves no spare behind; nor does kill -9 once the server is back', async t => {
   const box = sandbox(t)
   const model = await fakeModel(t)
