@@ -134,6 +134,8 @@ export function testEnv (box: Sandbox, model: FakeModel, extra: Record<string, s
     // Warm spares cost a CLI each: only the tests of warm start park them.
     WARM_SPARES: '0',
     WARM_MEMORY_MAX: '0',
+    // Kept CLIs outlive their runs by design: only the tests of keep-alive keep them.
+    SESSION_KEEPALIVE_S: '0',
     // The suite runs as root in CI: agent identities are tested on their own (test/isolation/).
     ISOLATION: 'none',
     // Test servers reserve their agents' uids in a registry of the tests' own, never the host's.

@@ -30,6 +30,9 @@ import { RunLog } from './run-log.js'
 import { SessionRegistry } from './sessions.js'
 import { Supervisor } from './supervisor.js'
 import { WarmStart } from './warm-start.js'
+import { SPARE_BYTES } from './warm-pool.js'
+import { SessionKeeper } from './keep-alive.js'
+import { endRun } from '../isolation/process-tree.js'
 import type { EngineDeps, EngineEvents, RunSummary, SubmitOptions } from './types.js'
 
 export { RunHandle }
@@ -66,6 +69,8 @@ export class Engine extends EventEmitter<EngineEvents> {
   private readonly launcher: Launcher
   private readonly runLog: RunLog
   private readonly runs: Supervisor
+  /** Session keep-alive (`SESSION_KEEPALIVE_S`): CLIs kept for their sessions' next runs. */
+  private readonly keeper: SessionKeeper | undefined
   private readonly queue: RunQueue
   /** What the queue may use of the engine. */
   private readonly host: QueueHost
@@ -108,6 +113,7 @@ export class Engine extends EventEmitter<EngineEvents> {
       placeOf: owner => this.planner.placeOf(owner),
       live: session => this.queue.busy(session),
       hold: session => this.ledger.hold(session),
+      letGo: async session => await this.keeper?.end(session),
       ...(ports.transcripts.shared !== undefined ? { transcripts: ports.transcripts.shared } : {}),
       adopt: (session, owner, cwd) => {
         this.ledger.adopt(session, owner)
@@ -131,7 +137,21 @@ export class Engine extends EventEmitter<EngineEvents> {
         claimed: outcome => this.emit('warm', outcome)
       })
     }
+    this.keeper = settings.sessionKeepAliveS > 0 && ports.warmSpares
+      ? new SessionKeeper({
+        keepAliveS: settings.sessionKeepAliveS,
+        // Counted like spares against WARM_MEMORY_MAX, and one at least.
+        max: Math.max(1, Math.floor(settings.warmMemoryMax / SPARE_BYTES)),
+        released: async k => {
+          endRun(k.marker)
+          k.credential?.revoke()
+          await k.network?.close()
+        },
+        log: deps.log
+      })
+      : undefined
     this.runs = new Supervisor({
+      ...(this.keeper !== undefined ? { keeper: this.keeper } : {}),
       store: deps.store,
       planner: this.planner,
       launcher: this.launcher,
@@ -381,7 +401,7 @@ export class Engine extends EventEmitter<EngineEvents> {
 
   /** The parts start-up and shutdown work on. */
   private parts (): EngineParts {
-    return { settings: this.settings, log: this.log, store: this.store, probe: this.probe, identities: this.identities, upkeep: this.upkeep, warm: this.warm, queue: this.queue, peers: this.peers, control: this.control, ledger: this.ledger, retention: this.retention, leftovers: this.leftovers, runs: this.runs, runLog: this.runLog, shutdown: this.shutdown }
+    return { settings: this.settings, log: this.log, store: this.store, probe: this.probe, identities: this.identities, upkeep: this.upkeep, warm: this.warm, keeper: this.keeper, queue: this.queue, peers: this.peers, control: this.control, ledger: this.ledger, retention: this.retention, leftovers: this.leftovers, runs: this.runs, runLog: this.runLog, shutdown: this.shutdown }
   }
 
   /** A run was recorded or taken up here: its session's owner, and the directory it lives in. */

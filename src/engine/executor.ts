@@ -31,6 +31,40 @@ export interface Execution {
   limit?: LimitName
   /** What the run's tree used, where it had a control group. */
   resources?: ResourceUsage
+  /** The run's turn is answered and its CLI lives on, kept for the session's next run (`SessionCli.keep`). */
+  kept?: boolean
+}
+
+/**
+ * A CLI kept alive after a run of its session, waiting for the session's next turn: the next run
+ * of the session adopts it (its lines become that run's, its prompt the next user message) instead
+ * of resuming the session in a new CLI.
+ */
+export interface KeptCli {
+  process: CliProcess
+  /** The cost the CLI reported so far (its results count the whole process): the next run's is what it adds. */
+  costSoFar: number
+  /** Closes its input and ends it; resolves once its tree is gone. */
+  close: () => Promise<void>
+  /** Resolves when its CLI has exited (on its own, or closed), its tree swept. */
+  gone: Promise<void>
+}
+
+/** How a run uses session keep-alive: the kept CLI it continues on, and whether its own CLI may be kept. */
+export interface SessionCli {
+  /** The session's kept CLI, taken for this run. */
+  kept?: KeptCli & { adopt: (run: Adoption) => void }
+  /** Offer the run's CLI, its turn answered, to be kept: true when it is (the run then ends with `kept`). */
+  keep?: (cli: KeptCli & { adopt: (run: Adoption) => void }) => boolean
+}
+
+/** What a run hands the kept CLI it adopts. */
+export interface Adoption {
+  spec: RunSpec
+  settings: ExecutorSettings
+  hooks: ExecutionHooks
+  keep?: SessionCli['keep']
+  finish: (out: Execution) => void
 }
 
 /** What the executor tells its run while it goes. */
@@ -122,9 +156,25 @@ export function claimOptionsOf (spec: RunSpec): ClaimOptions {
  * has answered, and at the end (normal, timeout, cancel) the whole process tree is ended and
  * swept. Never throws: what went wrong is in the `Execution`.
  */
-export async function executeRun (spec: RunSpec, env: Record<string, string>, marker: string, s: ExecutorSettings, hooks: ExecutionHooks, warm?: WarmStart): Promise<Execution> {
-  const out: Execution = { exitCode: null, stderrTail: '', oversizeLines: 0, partialText: '' }
-  const partial = new PartialText(s.maxOutputBytes)
+export async function executeRun (spec: RunSpec, env: Record<string, string>, marker: string, s: ExecutorSettings, hooks: ExecutionHooks, warm?: WarmStart, session?: SessionCli): Promise<Execution> {
+  // The session's kept CLI: this run continues on it.
+  if (session?.kept !== undefined) {
+    const kept = session.kept
+    return await new Promise<Execution>(resolve => { kept.adopt({ spec, settings: s, hooks, keep: session.keep, finish: resolve }) })
+  }
+  // What follows is the CLI's life: one run's, or (kept between runs of its session) several in
+  // turn. What is a run's own (its spec, hooks, outcome, turn) is rebound when the next adopts it.
+  let out: Execution = { exitCode: null, stderrTail: '', oversizeLines: 0, partialText: '' }
+  let partial = new PartialText(s.maxOutputBytes)
+  let keep = session?.keep
+  let finish: (o: Execution) => void = () => {}
+  const finished = new Promise<Execution>(resolve => { finish = resolve })
+  /** Which run the CLI serves now (a run's late signals must not reach the next). */
+  let serving = 0
+  /** Kept between runs: its lines belong to no run. */
+  let parked = false
+  /** What the CLI had reported spending before this run (kept CLIs count the whole process). */
+  let costBefore = 0
   // The input stays open turn by turn: each user turn is handed over once the previous one is
   // answered (its `result`), until the inbox has nothing more, or the run is ended early.
   let turnEnded: () => void = () => {}
@@ -135,7 +185,14 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     hooks.inbox?.close()
     turnEnded()
   }
-  void hooks.ended.then(closeInput)
+  const onEnded = (h: ExecutionHooks): void => {
+    const mine = serving
+    void h.ended.then(() => {
+      if (mine !== serving) return
+      closeInput()
+      endTree()
+    })
+  }
   // An interrupt waits for the CLI's init (one sent earlier does nothing); if the turn has not
   // ended within the kill grace, the tree is killed instead.
   let initSeen = false
@@ -146,6 +203,10 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
   if (hooks.inbox !== undefined) hooks.inbox.interruptTurn = () => interrupt()
 
   const onLine: LineHandler = (msg, line, shrunk, preview) => {
+    if (parked) {
+      hooks.log.debug({ line: line.slice(0, 200) }, 'a kept CLI printed a line between runs; dropped')
+      return
+    }
     // The transcript's copy for the SDK's session store (cluster mode): the SDK's business, not the client's.
     if ((msg as { type?: unknown } | null)?.type === 'transcript_mirror') return
     // An oversized line is shown with its strings cut short; the full (capped) output is in `result`.
@@ -158,7 +219,10 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
           break
         case 'block': partial.newBlock(); break
         case 'result':
-          out.resultLine = effect.line
+          // On a kept CLI the cost is the process's running total: the run's is what it added.
+          out.resultLine = costBefore > 0 && typeof effect.line.total_cost_usd === 'number'
+            ? { ...effect.line, total_cost_usd: Math.max(0, effect.line.total_cost_usd - costBefore) }
+            : effect.line
           out.resultShrunk = shrunk
           clearTimeout(interruptFallback)
           turnEnded()
@@ -198,7 +262,84 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     mustEnd = true
     void proc?.end()
   }
-  void hooks.ended.then(endTree)
+  onEnded(hooks)
+
+  /** The CLI's life: until it has exited and its tree is swept. */
+  let lifeDone: Promise<void> = Promise.resolve()
+  /** Let the kept CLI go: its input closes, and it ends (its life's end sweeps its tree). */
+  let release: () => void = () => {}
+  /** The next run that adopts the kept CLI (undefined: it was let go). */
+  const adopted = async (): Promise<Adoption | undefined> => await new Promise<Adoption | undefined>(resolve => {
+    release = () => resolve(undefined)
+    adoptNext = resolve
+  })
+  let adoptNext: (a: Adoption) => void = () => {}
+
+  /**
+   * The run's turn is answered and nothing more is waiting: keep the CLI for the session's next
+   * run if it may be (the run ends now with `kept`), and wait for that run; else the input ends.
+   */
+  const park = async (): Promise<Adoption | undefined> => {
+    const r = out.resultLine
+    const fine = keep !== undefined && !mustEnd && !inputClosed && proc !== undefined && !proc.ending &&
+      r !== undefined && r.is_error !== true && (r.subtype === undefined || r.subtype === 'success') && spec.clientTools === undefined
+    if (!fine) return undefined
+    const next = adopted()
+    let gone: () => void = () => {}
+    const cli = {
+      process: proc!,
+      costSoFar: typeof r.total_cost_usd === 'number' ? costBefore + r.total_cost_usd : costBefore,
+      close: async () => {
+        release()
+        endTree()
+        await lifeDone
+      },
+      gone: new Promise<void>(resolve => { gone = resolve }),
+      adopt: (a: Adoption) => { adoptNext(a) }
+    }
+    void lifeDone.then(() => gone())
+    if (keep?.(cli) !== true) return undefined
+    parked = true
+    if (hooks.inbox !== undefined) hooks.inbox.interruptTurn = undefined
+    clearTimeout(interruptFallback)
+    // The run ends here, its CLI alive: the turn was answered as a whole.
+    out.exitCode = 0
+    out.kept = true
+    out.launched = true
+    out.partialText = partial.text
+    out.stderrTail = proc!.stderrTail
+    out.oversizeLines = proc!.oversizeLines
+    if (mcpReport !== undefined) await settledWithin(mcpReport, 2000)
+    finish(out)
+    const a = await next
+    if (a === undefined) return undefined
+    // The next run of the session: everything that is a run's own is its now.
+    serving++
+    costBefore = cli.costSoFar
+    spec = a.spec
+    s = a.settings
+    hooks = a.hooks
+    keep = a.keep
+    finish = a.finish
+    out = { exitCode: null, stderrTail: '', oversizeLines: 0, partialText: '', launched: true }
+    partial = new PartialText(s.maxOutputBytes)
+    mcpReport = undefined
+    interruptWanted = false
+    turnDone = new Promise<void>(resolve => { turnEnded = resolve })
+    inputClosed = false
+    mustEnd = false
+    if (hooks.inbox !== undefined) hooks.inbox.interruptTurn = () => interrupt()
+    onEnded(hooks)
+    parked = false
+    // Under the new run's limits (a key's own may differ): where its group cannot take them, it goes.
+    if (!proc!.applyLimits(s.limits?.limits)) {
+      hooks.log.warn({}, 'the kept CLI\'s control group holds more than the run\'s limits allow; ending it')
+      endTree()
+      return undefined
+    }
+    hooks.log.info({ pid: proc!.pid }, 'the run continues its session on the kept CLI')
+    return a
+  }
 
   const userMessage = (prompt: string, attachments: RunSpec['attachments']): SDKUserMessage =>
     ({ type: 'user', message: { role: 'user', content: userContent(prompt, attachments) as SDKUserMessage['message']['content'] }, parent_tool_use_id: null, session_id: spec.sessionId })
@@ -218,7 +359,13 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
       if (inputClosed || mine !== inputs) return
       // Taken, or the inbox closed, in one synchronous step: nothing accepted is left behind.
       const next = hooks.inbox?.takeOrClose()
-      if (next === undefined) return
+      if (next === undefined) {
+        // Kept for the session's next run, that run's prompt is the next message.
+        if (mine !== inputs || await park() === undefined) return
+        await hooks.ready
+        yield userMessage(spec.prompt, spec.attachments)
+        continue
+      }
       turnDone = new Promise<void>(resolve => { turnEnded = resolve })
       hooks.event('user_message', { message_id: next.id, prompt: next.prompt, attachments: next.attachments?.length ?? 0 })
       yield userMessage(next.prompt, next.attachments)
@@ -295,61 +442,66 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     return true
   }
 
-  try {
+  const life = async (): Promise<void> => {
+    try {
     // Ended before it started: a spare is left to its pool, and nothing is spawned.
-    const onWarm = warm !== undefined && !mustEnd && await onSpare(warm)
-    if (!onWarm && !(warm !== undefined && mustEnd)) {
-      const q = query({
-        prompt: input(),
-        options: {
-          ...sdkOptions(spec, s.settingSources),
-          ...(spec.approvals === 'ask' && hooks.askApproval !== undefined ? { canUseTool: hooks.askApproval } : {}),
-          ...toolOptions(spec, hooks, s),
-          env: spec.clientTools !== undefined ? { ...env, ENABLE_TOOL_SEARCH: 'false' } : env,
-          pathToClaudeCodeExecutable: s.cliPath,
-          spawnClaudeCodeProcess: cliSpawner(marker, s, spec.cwd, hooks.log, (p) => {
-            proc = p
-            p.onLine = onLine
-            // Ended while the SDK was still starting: the process goes at once.
-            if (mustEnd) void p.end()
-          })
-        }
-      })
-      await drain(q)
-    }
-  } catch (err) {
+      const onWarm = warm !== undefined && !mustEnd && await onSpare(warm)
+      if (!onWarm && !(warm !== undefined && mustEnd)) {
+        const q = query({
+          prompt: input(),
+          options: {
+            ...sdkOptions(spec, s.settingSources),
+            // Through `hooks` as it is then: a kept CLI's next run decides its own requests.
+            ...(spec.approvals === 'ask' && hooks.askApproval !== undefined ? { canUseTool: async (name, input, o) => await hooks.askApproval!(name, input, o) } : {}),
+            ...toolOptions(spec, hooks, s),
+            env: spec.clientTools !== undefined ? { ...env, ENABLE_TOOL_SEARCH: 'false' } : env,
+            pathToClaudeCodeExecutable: s.cliPath,
+            spawnClaudeCodeProcess: cliSpawner(marker, s, spec.cwd, hooks.log, (p) => {
+              proc = p
+              p.onLine = onLine
+              // Ended while the SDK was still starting: the process goes at once.
+              if (mustEnd) void p.end()
+            })
+          }
+        })
+        await drain(q)
+      }
+    } catch (err) {
     // The SDK reports a CLI that exited non-zero or was killed as an error; the outcome says it better.
-    hooks.log.debug({ err }, 'the SDK ended with an error')
-    if (proc === undefined) out.spawnError = { message: (err as Error).message }
+      hooks.log.debug({ err }, 'the SDK ended with an error')
+      if (proc === undefined) out.spawnError = { message: (err as Error).message }
+    }
+    clearTimeout(interruptFallback)
+    if (hooks.inbox !== undefined) hooks.inbox.interruptTurn = undefined
+    closeInput()
+    if (proc !== undefined) {
+      const res = await proc.exited
+      out.exitCode = res.exitCode ?? null
+      out.stderrTail = proc.stderrTail
+      out.oversizeLines = proc.oversizeLines
+      const spawnError = await proc.spawnError()
+      if (spawnError !== undefined) out.spawnError = spawnError
+    }
+    out.partialText = partial.text
+    if (mcpReport !== undefined) await settledWithin(mcpReport, 2000)
+    if (initSeen) out.launched = true
+    else if (!mustEnd && (out.spawnError !== undefined || (out.exitCode ?? 0) !== 0)) out.launched = false
+    // Only when that text becomes the output does its cut say `truncated`.
+    if (partial.truncated && typeof out.resultLine?.result !== 'string') out.resultShrunk = true
+    // The CLI is gone; whatever its tools left behind (background tasks, daemons) goes too.
+    const report = await (proc?.ending === true ? proc.end() : killRunTree({ rootPid: undefined, markerName: RUN_MARKER_VAR, markerValue: marker, graceMs: 0, rootExited: Promise.resolve() }))
+    // With an identity, nothing the run started outlives it, however it detached: every process of
+    // the identity that no live run or spare accounts for goes.
+    if (s.identity !== undefined && proc?.ending !== true) report.killed += await endStrays(s.identity.uid, RUN_MARKER_VAR)
+    const box = await proc?.release()
+    if (box?.limit != null) out.limit = box.limit
+    if (box?.usage != null) out.resources = box.usage
+    if (box !== undefined && proc?.ending !== true) report.killed += box.killed
+    if (report.error !== undefined) hooks.log.error({ error: report.error }, 'could not verify that the run\'s processes are gone')
+    else if (report.survivors.length > 0) hooks.log.error({ survivors: report.survivors }, 'processes of the run survived SIGKILL')
+    else if (report.killed > 0) hooks.log.info({ killed: report.killed }, 'ended the run\'s remaining processes')
+    finish(out)
   }
-  clearTimeout(interruptFallback)
-  if (hooks.inbox !== undefined) hooks.inbox.interruptTurn = undefined
-  closeInput()
-  if (proc !== undefined) {
-    const res = await proc.exited
-    out.exitCode = res.exitCode ?? null
-    out.stderrTail = proc.stderrTail
-    out.oversizeLines = proc.oversizeLines
-    const spawnError = await proc.spawnError()
-    if (spawnError !== undefined) out.spawnError = spawnError
-  }
-  out.partialText = partial.text
-  if (mcpReport !== undefined) await settledWithin(mcpReport, 2000)
-  if (initSeen) out.launched = true
-  else if (!mustEnd && (out.spawnError !== undefined || (out.exitCode ?? 0) !== 0)) out.launched = false
-  // Only when that text becomes the output does its cut say `truncated`.
-  if (partial.truncated && typeof out.resultLine?.result !== 'string') out.resultShrunk = true
-  // The CLI is gone; whatever its tools left behind (background tasks, daemons) goes too.
-  const report = await (proc?.ending === true ? proc.end() : killRunTree({ rootPid: undefined, markerName: RUN_MARKER_VAR, markerValue: marker, graceMs: 0, rootExited: Promise.resolve() }))
-  // With an identity, nothing the run started outlives it, however it detached: every process of
-  // the identity that no live run or spare accounts for goes.
-  if (s.identity !== undefined && proc?.ending !== true) report.killed += await endStrays(s.identity.uid, RUN_MARKER_VAR)
-  const box = await proc?.release()
-  if (box?.limit != null) out.limit = box.limit
-  if (box?.usage != null) out.resources = box.usage
-  if (box !== undefined && proc?.ending !== true) report.killed += box.killed
-  if (report.error !== undefined) hooks.log.error({ error: report.error }, 'could not verify that the run\'s processes are gone')
-  else if (report.survivors.length > 0) hooks.log.error({ survivors: report.survivors }, 'processes of the run survived SIGKILL')
-  else if (report.killed > 0) hooks.log.info({ killed: report.killed }, 'ended the run\'s remaining processes')
-  return out
+  lifeDone = life()
+  return await finished
 }

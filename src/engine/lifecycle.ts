@@ -15,6 +15,7 @@ import type { Retention } from './retention.js'
 import type { RunLog } from './run-log.js'
 import type { Supervisor } from './supervisor.js'
 import type { WarmStart } from './warm-start.js'
+import type { SessionKeeper } from './keep-alive.js'
 
 /** How often the store is pinged for `/health` (never per request: a health check costs nothing). */
 const STORE_CHECK_MS = 5_000
@@ -119,6 +120,7 @@ export interface EngineParts {
   identities: AgentIdentities | undefined
   upkeep: Upkeep
   warm: WarmStart | undefined
+  keeper: SessionKeeper | undefined
   queue: RunQueue
   peers: Peers
   control: Control
@@ -164,6 +166,8 @@ export async function closeEngine (p: EngineParts, graceMs: number): Promise<voi
   p.queue.stop()
   // Spares are nobody's runs: they go at once.
   const spares = p.warm?.pool.close()
+  // Nor are the CLIs kept for sessions' next runs (and none is kept from here on).
+  const kept = p.keeper?.close()
   p.probe.stop()
   p.retention.stop()
   p.upkeep.stop()
@@ -185,6 +189,7 @@ export async function closeEngine (p: EngineParts, graceMs: number): Promise<voi
   for (const h of running) h.cancel('server shutting down')
   await Promise.all(running.map(h => h.result))
   await spares
+  await kept
   // Admitted here and never started: back to a shared queue, for another instance.
   await p.queue.close(live.filter(h => !running.includes(h) && !h.isFinished()))
   // The ends of the runs just cancelled reach their followers (a client of /api/execute in a

@@ -13,6 +13,7 @@ import type { TranscriptSync } from './ports.js'
 import { toRunResult, type RunOutcome } from './result.js'
 import type { RunHandle } from './run-handle.js'
 import type { ClaimOutcome, WarmPool } from './warm-pool.js'
+import { keepSignature, type SessionKeeper } from './keep-alive.js'
 
 /** What supervising runs takes from the engine. */
 export interface SupervisorDeps {
@@ -23,6 +24,8 @@ export interface SupervisorDeps {
   launches: LaunchHealth
   transcripts: TranscriptSync
   warm: WarmPool | undefined
+  /** Session keep-alive: a run's CLI kept for its session's next run (absent: never). */
+  keeper?: SessionKeeper
   /** This server instance: it owns the runs it starts. */
   instanceId: string
   leaseMs: number
@@ -171,12 +174,20 @@ export class Supervisor {
     // On a spare, the run is the spare's: its marker, its token. The spare is the run's from here.
     const warm = handle.warm
     handle.warm = undefined
-    const marker = warm?.process.marker ?? randomUUID()
-    const { env, credential, network } = runEnvironment(launcher, { runId: spec.runId, env: spec.env, marker, identity, credential: warm?.credential, network: warm?.network })
+    // The session's CLI kept from its last run continues it, marker, token and all (one that
+    // cannot take this run is ended first).
+    const keeper = this.d.keeper
+    const signature = keeper !== undefined ? keepSignature(spec) : undefined
+    const kept = keeper !== undefined && warm === undefined && spec.sessionMode === 'resume' ? await keeper.take(spec.sessionId, signature) : undefined
+    const marker = kept?.marker ?? warm?.process.marker ?? randomUUID()
+    const { env, credential, network } = runEnvironment(launcher, { runId: spec.runId, env: spec.env, marker, identity, credential: kept?.credential ?? warm?.credential, network: kept?.network ?? warm?.network })
     // A spare's token works from the moment a run holds it, not before.
     warm?.credential?.activate()
     handle.markRunning()
     let claimed = false
+    /** The run's CLI was kept for the session's next run: its marker, token and network are the keeper's now. */
+    let keptNow = false
+    let handed = false
     try {
       // Recorded before the spawn: if the server dies now, the next start finds and kills the tree.
       // Unrecorded (a full disk), the run does not start: it could not be found again after a crash.
@@ -202,6 +213,7 @@ export class Supervisor {
       // As the run's own identity where it has one: git then reads only what the run itself could.
       const recorded = this.d.snapshots?.before(spec.runId, cwd, identity !== undefined ? { uid: identity.uid, gid: identity.gid, home: identity.home } : undefined)
         .then(() => true, (err: unknown) => { handle.log.warn({ err }, 'recording the working directory before the run failed; its changes are not recorded'); return false })
+      handed = true
       const execution = await (this.d.execute ?? executeRun)(spec, env, marker, executorSettings(launcher, identity, cwd, { limits: spec.limits, network }), {
         event: (type, data) => handle.push(type, data),
         inbox: handle.inbox,
@@ -219,7 +231,15 @@ export class Supervisor {
               claimed = true
               this.d.warmClaim(o)
             }
+          }, keeper === undefined
+        ? undefined
+        : {
+            ...(kept !== undefined ? { kept: kept.cli } : {}),
+            ...(signature !== undefined
+              ? { keep: cli => keeper.keep({ sessionId: spec.sessionId, signature, cli, marker, ...(credential !== undefined ? { credential } : {}), ...(network !== undefined ? { network } : {}) }) }
+              : {})
           })
+      keptNow = execution.kept === true
       // Ended before it could start on its spare: the spare goes with the run.
       if (warm !== undefined && !claimed) this.d.warm?.drop(warm)
       Object.assign(outcome, execution)
@@ -237,10 +257,12 @@ export class Supervisor {
       await this.d.transcripts.copyFrom(place.configDir, place.owner, spec.sessionId)
         .catch((err: unknown) => handle.log.warn({ err }, 'cluster: copying the transcript to the database failed'))
     } finally {
-      endRun(marker)
+      // Taken for a run that never reached it (its start not recorded): it ends with the run.
+      if (kept !== undefined && !handed) await kept.cli.close()
+      if (!keptNow) endRun(marker)
       // The token dies with the run: whatever of it survives cannot use it (a spare handed back
       // keeps its own, inert again).
-      if (warm === undefined || claimed) {
+      if (keptNow) { /* lent to the kept CLI until it ends */ } else if (warm === undefined || claimed) {
         credential?.revoke()
         await network?.close()
       } else credential?.deactivate()

@@ -37,6 +37,8 @@ export interface CatalogDeps {
    * release. Taken and checked in one synchronous step with the session's live runs.
    */
   hold: (sessionId: string) => () => void
+  /** End a CLI kept alive for the session's next run (session keep-alive), if there is one. */
+  letGo?: (sessionId: string) => Promise<void>
   /** A session made here (a fork): its owner and directory, for the runs that will continue it. */
   adopt: (sessionId: string, owner: string | null, cwd: string) => void
   /**
@@ -161,6 +163,8 @@ export class SessionCatalog {
       const release = this.deps.hold(s.id)
       try {
         if (this.withLive(s).busy) throw new SessionBusy(`session ${s.id} has a run queued or running; cancel it or wait for it to end`)
+        // A CLI kept for the session's next run goes before its files.
+        await this.deps.letGo?.(s.id)
         // The files first: if they cannot go, the session stays, and a retry can try again.
         await deleteSession(s.id, { dir: s.workingDirectory, sessionStore: this.filesOf(s) })
         // In a cluster this instance's own copy goes too (others' copies are never read again:
