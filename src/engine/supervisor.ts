@@ -179,6 +179,7 @@ export class Supervisor {
     const keeper = this.d.keeper
     const signature = keeper !== undefined ? keepSignature(spec) : undefined
     const kept = keeper !== undefined && warm === undefined && spec.sessionMode === 'resume' ? await keeper.take(spec.sessionId, signature) : undefined
+    if (kept !== undefined) this.d.warmClaim('kept')
     const marker = kept?.marker ?? warm?.process.marker ?? randomUUID()
     const { env, credential, network } = runEnvironment(launcher, { runId: spec.runId, env: spec.env, marker, identity, credential: kept?.credential ?? warm?.credential, network: kept?.network ?? warm?.network })
     // A spare's token works from the moment a run holds it, not before.

@@ -46,8 +46,11 @@ export interface WarmSpare {
   onlyCwd?: string
 }
 
-/** What became of a run of a new session: on a spare, cold for want of one, or cold after a refusal. */
-export type ClaimOutcome = 'hit' | 'miss' | 'refused'
+/**
+ * What became of a run of a new session: on a spare, cold for want of one, or cold after a
+ * refusal; or a session's next run on the CLI kept from its last (`kept`).
+ */
+export type ClaimOutcome = 'hit' | 'miss' | 'refused' | 'kept'
 
 export interface WarmPoolOptions {
   /** How many spares to keep parked for runs with no option set (`WARM_SPARES`). */

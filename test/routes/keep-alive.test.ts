@@ -55,6 +55,8 @@ test('keep-alive: the session\'s next run continues on the CLI kept from its las
   t.ok(model.calls.at(-1)!.userTexts.includes('first turn'), 'the model sees the session\'s history')
   const still = markedProcesses().filter(p => !before.has(p.pid))
   t.ok(kept.every(p => still.some(q => q.pid === p.pid)), `the very same CLI answered (no new start; ${took} ms)`)
+  const metrics = (await app.inject({ url: '/metrics', headers: auth })).body
+  t.match(metrics, /ccapi_warm_claims_total\{outcome="kept"\} 1/, 'counted as a kept start')
   t.equal(second.total_cost_usd, first.total_cost_usd, 'each run reports its own cost, not the process\'s running total')
 
   // Each run's events are its own: the first run's log ends with its result.
