@@ -1,4 +1,5 @@
 import type { RunRequest, RunSpec } from '../domain/run.js'
+import { isInside } from '../config.js'
 import type { RunLimits } from '../domain/limits.js'
 import type { LaunchHealth } from './launch-health.js'
 import { spareStarter, type SpareContext } from './spares.js'
@@ -63,7 +64,7 @@ export class WarmStart {
       // and a fallback model need a CLI started with them.
       spec.mcpServers === undefined && spec.agents === undefined && spec.effort === undefined && spec.fallbackModel === undefined
     const set = optionSetOf(spec)
-    const spare = this.pool.take(spec.identity ?? '', s => claimable && (s.onlyCwd === undefined || s.onlyCwd === spec.cwd) && this.fits(s.limits, spec.limits), claimable ? set : {})
+    const spare = this.pool.take(spec.identity ?? '', s => claimable && (s.onlyCwd === undefined || isInside(s.onlyCwd, spec.cwd)) && this.fits(s.limits, spec.limits), claimable ? set : {})
     if (spare === undefined) this.d.claimed('miss')
     return spare
   }

@@ -140,12 +140,15 @@ test('a new session with an option fixed when a CLI starts takes no spare: one m
   t.same(h.ended, [], 'no spare was ended for it')
 })
 
-test('a spare bound to one directory serves only runs in it', async t => {
+test('a spare bound to one directory (a key\'s work area) serves only runs in it or below it', async t => {
   const h = await harness(t, { onlyCwd: '/srv/agents/k' })
   t.equal(h.warm.take(specOf({ cwd: '/srv/agents/j' }), request()), undefined, 'another directory: none')
-  t.same(h.claimed, ['miss'])
+  t.equal(h.warm.take(specOf({ cwd: '/srv/agents/kk' }), request()), undefined, 'nor one that only starts with its name')
+  t.same(h.claimed, ['miss', 'miss'])
   t.equal(h.warm.take(specOf({ cwd: '/srv/agents/k' }), request()), h.started[0], 'its own: taken')
-  t.same(h.claimed, ['miss'], 'the hit adds no miss')
+  t.ok(await until(() => h.pool.parkedCount === 1))
+  t.equal(h.warm.take(specOf({ cwd: '/srv/agents/k/project' }), request()), h.started[1], 'a directory below it: taken')
+  t.same(h.claimed, ['miss', 'miss'], 'the hits add no miss')
 })
 
 test('with nothing parked, a run of a new session is one miss', async t => {

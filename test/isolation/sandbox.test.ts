@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { chmodSync, mkdirSync, readFileSync, statSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { findBwrap } from '../../src/isolation/sandbox.js'
 import { eventually, fakeModel, keysFile as writeKeys, noWarmSpares, pidsMatching, sandbox, startServer, testEnv, toolResults, type Sandbox, openToAgents } from '../helper.js'
@@ -92,6 +92,18 @@ test('a warm spare in the sandbox serves its key\'s own work area, sandboxed lik
   t.ok(store !== undefined, 'setup: the listing ran')
   t.notMatch(store ?? '', /runs\.db|instance-id/, 'the server\'s store is hidden from the warm run, as from a cold one')
   t.ok((procs ?? '').split('\n').filter(l => /^\d+$/.test(l)).length <= 10, 'and it sees only its own few processes')
+  // A directory below the key's work area: the spare's sandbox binds the whole area.
+  t.ok(await eventually(async () => (await warm()).parked === 1, 60_000), 'another spare is parked')
+  const area = join(box.work, 'alice')
+  const project = join(area, 'project')
+  mkdirSync(project)
+  chmodSync(project, 0o777)
+  model.on('in the project', [{ tool: 'Bash', input: { command: 'pwd && touch made-here' } }, { text: 'made' }])
+  const inProject = await run({ prompt: 'in the project', working_directory: project, permission_mode: 'bypassPermissions' })
+  t.equal(inProject.success, true, inProject.error)
+  t.match(await (await fetch(`${server.base}/metrics`, { headers: { 'x-api-key': env.CLAUDE_API_KEY! } })).text(), /ccapi_warm_claims_total\{outcome="hit"\} 2/, 'a run in a directory below the work area takes a spare too')
+  t.equal(toolResults(model.calls).at(-1)?.trim(), project, 'and works in that directory')
+  t.ok(existsSync(join(project, 'made-here')), 'where it can write')
   const shared = join(box.work, 'shared')
   mkdirSync(shared)
   chmodSync(shared, 0o777)
