@@ -1,5 +1,5 @@
 import { test } from 'tap'
-import { chmodSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs'
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { findBwrap } from '../../src/isolation/sandbox.js'
 import { eventually, fakeModel, keysFile as writeKeys, noWarmSpares, pidsMatching, sandbox, startServer, testEnv, toolResults, type Sandbox, openToAgents } from '../helper.js'
@@ -112,4 +112,39 @@ test('a warm spare in the sandbox serves its key\'s own work area, sandboxed lik
   t.match(await (await fetch(`${server.base}/metrics`, { headers: { 'x-api-key': env.CLAUDE_API_KEY! } })).text(), /ccapi_warm_claims_total\{outcome="miss"\} 2/)
   server.child.kill('SIGTERM')
   await server.exited
+})
+
+test('session keep-alive in the sandbox: the next run continues on the kept CLI, as the key\'s identity, sandboxed; shutdown ends it', { skip: skip !== false ? skip : noWarmSpares }, async t => {
+  const box = varTmpBox(t)
+  const model = await fakeModel(t)
+  const base = openToAgents(box)
+  const keysFile = writeKeys(box, { alice: { key: KEY, scopes: ['runs:write', 'runs:read'] } })
+  const env = testEnv(box, model, { ISOLATION: 'sandbox', AGENTS_DIR: join(base, 'agents'), AGENT_UID_BASE: String(27_000 + (process.pid % 1000) * 10), API_KEYS_FILE: keysFile, SESSION_KEEPALIVE_S: '30', ALLOWED_PERMISSION_MODES: 'acceptEdits,bypassPermissions' })
+  const server = await startServer(t, env)
+  const run = async (body: object): Promise<any> => await (await fetch(`${server.base}/api/execute`, { method: 'POST', headers: { 'x-api-key': KEY, 'content-type': 'application/json' }, body: JSON.stringify(body) })).json()
+  model.on('who first', [{ tool: 'Bash', input: { command: 'echo $$ $(id -u)' } }, { text: 'one' }])
+  const first = await run({ prompt: 'who first', permission_mode: 'bypassPermissions' })
+  t.equal(first.success, true, first.error)
+  const [, uid] = (toolResults(model.calls).at(-1) ?? '').trim().split(' ')
+  // The identity's processes (its uid is this test's own).
+  const ofUid = (): number[] => readdirSync('/proc').filter(n => /^\d+$/.test(n)).filter(n => {
+    try {
+      const st = readFileSync(`/proc/${n}/status`, 'utf8')
+      return /^State:\s+[^Z]/m.test(st) && new RegExp(`^Uid:\\s+${uid ?? 'x'}\\s`, 'm').test(st)
+    } catch { return false }
+  }).map(Number)
+  const kept = ofUid()
+  t.ok(kept.length > 0, 'the CLI is kept after the run, as the identity')
+  model.on('who second', [{ tool: 'Bash', input: { command: 'id -u; ls /proc | grep -cE "^[0-9]+$"' } }, { text: 'two' }])
+  const second = await run({ prompt: 'who second', session_id: first.session_id, permission_mode: 'bypassPermissions' })
+  t.equal(second.success, true, second.error)
+  const [uid2, procs] = (toolResults(model.calls).at(-1) ?? '').trim().split('\n')
+  t.equal(uid2, uid, 'the next run executes as the same identity')
+  t.not(uid2, '0', 'not as root')
+  t.ok(Number(procs) <= 10, 'in the kept CLI\'s own PID namespace')
+  const metrics = await (await fetch(`${server.base}/metrics`, { headers: { 'x-api-key': env.CLAUDE_API_KEY! } })).text()
+  t.match(metrics, /ccapi_warm_claims_total\{outcome="kept"\} 1/, 'on the kept CLI')
+  server.child.kill('SIGTERM')
+  await server.exited
+  t.ok(await eventually(() => ofUid().length === 0), 'shutdown ends the kept CLI: nothing of the identity is left')
 })
