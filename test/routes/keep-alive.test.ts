@@ -57,6 +57,8 @@ test('keep-alive: the session\'s next run continues on the CLI kept from its las
   t.ok(kept.every(p => still.some(q => q.pid === p.pid)), `the very same CLI answered (no new start; ${took} ms)`)
   const metrics = (await app.inject({ url: '/metrics', headers: auth })).body
   t.match(metrics, /ccapi_warm_claims_total\{outcome="kept"\} 1/, 'counted as a kept start')
+  t.equal(second.num_turns, 1, 'its own turns')
+  t.equal(second.usage?.output_tokens, first.usage?.output_tokens, 'its own usage')
   t.equal(second.total_cost_usd, first.total_cost_usd, 'each run reports its own cost, not the process\'s running total')
 
   // Each run's events are its own: the first run's log ends with its result.
