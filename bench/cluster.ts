@@ -77,7 +77,7 @@ export async function clusterRow (b: ClusterBench): Promise<Record<string, unkno
     b.log(`row 10: event log ${round(onPg.perSecond, 0)} events/s (SQLite ${round(onSqlite.perSecond, 0)})`)
 
     // Throughput: one instance, then two, on one database each time.
-    const runs = b.quick ? 16 : 40
+    const runs = b.quick ? 8 : 40
     // As long as a short model turn: what a slot holds is the wait, not the spawn (this machine's
     // CPUs are shared by both instances, unlike instances on separate machines).
     const runMs = b.quick ? 1000 : 2000
