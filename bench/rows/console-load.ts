@@ -129,8 +129,10 @@ export async function consoleLoad (): Promise<void> {
     } else {
       await firstLoad(browser, bare.url)
       for (let i = 0; i < loads; i++) {
+        const t0 = Date.now()
         ours.push(await firstLoad(browser, consoleUrl))
         base.push(await firstLoad(browser, bare.url))
+        log(`row 14: load ${i + 1} of ${loads}: ${Date.now() - t0} ms`)
       }
     }
   } finally {

@@ -1,4 +1,4 @@
-import { createReadStream, mkdirSync, writeFileSync } from 'node:fs'
+import { createReadStream, mkdirSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { spawn } from 'node:child_process'
 import { API_KEY, execute, median, round } from '../lib.js'
@@ -110,5 +110,12 @@ export async function workspaces (): Promise<void> {
     })
   } finally {
     await srv.stop()
+    // The shared run directory as it was: later rows' runs would record all of this before and after.
+    for (let i = 0; i < n; i++) {
+      rmSync(join(runs, `bench-${i}.bin`), { force: true })
+      rmSync(join(runs, `cp-${i}.bin`), { force: true })
+    }
+    rmSync(join(runs, 'many'), { recursive: true, force: true })
+    rmSync(join(runs, 'empty'), { recursive: true, force: true })
   }
 }
