@@ -61,7 +61,7 @@ export default fp(async (fastify) => {
     registers: [registry]
   })
   const warm = new Counter({ name: 'ccapi_warm_claims_total', help: 'Runs by how they started warm: a new session on a warm spare (hit), cold for want of one (miss), cold after the spare refused (refused); a session\'s next run on the CLI kept from its last (kept)', labelNames: ['outcome'], registers: [registry] })
-  for (const outcome of ['hit', 'miss', 'refused']) warm.inc({ outcome }, 0)
+  for (const outcome of ['hit', 'miss', 'refused', 'kept']) warm.inc({ outcome }, 0)
   const http = new Counter({ name: 'ccapi_http_requests_total', help: 'HTTP requests by route and status', labelNames: ['method', 'route', 'status'], registers: [registry] })
   const httpDuration = new Histogram({
     name: 'ccapi_http_request_duration_seconds',

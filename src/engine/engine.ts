@@ -133,6 +133,8 @@ export class Engine extends EventEmitter<EngineEvents> {
         workAreaOf: identity => this.launcher.sandbox === undefined ? undefined : this.planner.workAreaOf(identity),
         perIdentity: identities !== undefined,
         memoryMax: settings.warmMemoryMax,
+        // Sessions kept alive count against the same memory.
+        reserved: () => this.keeper?.count ?? 0,
         launches: this.launches,
         claimed: outcome => this.emit('warm', outcome)
       })

@@ -33,6 +33,8 @@ export interface Execution {
   resources?: ResourceUsage
   /** The run's turn is answered and its CLI lives on, kept for the session's next run (`SessionCli.keep`). */
   kept?: boolean
+  /** The kept CLI the run was handed to ended before it read a word of it (the run then starts its own). */
+  lost?: boolean
 }
 
 /**
@@ -48,14 +50,16 @@ export interface KeptCli {
   close: () => Promise<void>
   /** Resolves when its CLI has exited (on its own, or closed), its tree swept. */
   gone: Promise<void>
+  /** Its CLI has ended (its tree may still be being swept): it can take no run. */
+  over: () => boolean
 }
 
 /** How a run uses session keep-alive: the kept CLI it continues on, and whether its own CLI may be kept. */
 export interface SessionCli {
   /** The session's kept CLI, taken for this run. */
-  kept?: KeptCli & { adopt: (run: Adoption) => void }
+  kept?: KeptCli & { adopt: (run: Adoption) => boolean }
   /** Offer the run's CLI, its turn answered, to be kept: true when it is (the run then ends with `kept`). */
-  keep?: (cli: KeptCli & { adopt: (run: Adoption) => void }) => boolean
+  keep?: (cli: KeptCli & { adopt: (run: Adoption) => boolean }) => boolean
 }
 
 /** What a run hands the kept CLI it adopts. */
@@ -160,7 +164,18 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
   // The session's kept CLI: this run continues on it.
   if (session?.kept !== undefined) {
     const kept = session.kept
-    return await new Promise<Execution>(resolve => { kept.adopt({ spec, settings: s, hooks, keep: session.keep, finish: resolve }) })
+    const keepHook = session.keep
+    let adopted = false
+    const done = new Promise<Execution>(resolve => { adopted = kept.adopt({ spec, settings: s, hooks, keep: keepHook, finish: resolve }) })
+    if (adopted) {
+      const ex = await done
+      if (ex.lost !== true) return ex
+    }
+    // It ended before this run reached it: once its tree is swept (same marker), the session
+    // resumes in a new CLI, as it would have without keep-alive.
+    hooks.log.info({}, 'the session\'s kept CLI ended before it read the run; resuming the session in a new CLI')
+    await kept.gone
+    session = keepHook !== undefined ? { keep: keepHook } : undefined
   }
   // What follows is the CLI's life: one run's, or (kept between runs of its session) several in
   // turn. What is a run's own (its spec, hooks, outcome, turn) is rebound when the next adopts it.
@@ -175,6 +190,8 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
   let parked = false
   /** What the CLI had reported spending before this run (kept CLIs count the whole process). */
   let costBefore = 0
+  /** Lines the CLI printed for the run it serves (on a kept CLI: since the run adopted it). */
+  let linesForRun = 0
   // The input stays open turn by turn: each user turn is handed over once the previous one is
   // answered (its `result`), until the inbox has nothing more, or the run is ended early.
   let turnEnded: () => void = () => {}
@@ -207,6 +224,7 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
       hooks.log.debug({ line: line.slice(0, 200) }, 'a kept CLI printed a line between runs; dropped')
       return
     }
+    linesForRun++
     // The transcript's copy for the SDK's session store (cluster mode): the SDK's business, not the client's.
     if ((msg as { type?: unknown } | null)?.type === 'transcript_mirror') return
     // An oversized line is shown with its strings cut short; the full (capped) output is in `result`.
@@ -266,6 +284,8 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
 
   /** The CLI's life: until it has exited and its tree is swept. */
   let lifeDone: Promise<void> = Promise.resolve()
+  /** Its query has ended (the CLI is gone or going): a kept CLI can take no more runs. */
+  let lifeOver = false
   /** Let the kept CLI go: its input closes, and it ends (its life's end sweeps its tree). */
   let release: () => void = () => {}
   /** The next run that adopts the kept CLI (undefined: it was let go). */
@@ -295,7 +315,13 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
         await lifeDone
       },
       gone: new Promise<void>(resolve => { gone = resolve }),
-      adopt: (a: Adoption) => { adoptNext(a) }
+      over: () => lifeOver,
+      // A CLI that has ended takes no run: the caller resumes the session elsewhere.
+      adopt: (a: Adoption): boolean => {
+        if (lifeOver) return false
+        adoptNext(a)
+        return true
+      }
     }
     void lifeDone.then(() => gone())
     if (keep?.(cli) !== true) return undefined
@@ -315,6 +341,7 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     if (a === undefined) return undefined
     // The next run of the session: everything that is a run's own is its now.
     serving++
+    linesForRun = 0
     costBefore = cli.costSoFar
     spec = a.spec
     s = a.settings
@@ -363,6 +390,8 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
         // Kept for the session's next run, that run's prompt is the next message.
         if (mine !== inputs || await park() === undefined) return
         await hooks.ready
+        // Ended meanwhile (cancelled, timed out): its prompt is not sent.
+        if (inputClosed) return
         yield userMessage(spec.prompt, spec.attachments)
         continue
       }
@@ -471,6 +500,7 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
       hooks.log.debug({ err }, 'the SDK ended with an error')
       if (proc === undefined) out.spawnError = { message: (err as Error).message }
     }
+    lifeOver = true
     clearTimeout(interruptFallback)
     if (hooks.inbox !== undefined) hooks.inbox.interruptTurn = undefined
     closeInput()
@@ -500,6 +530,9 @@ export async function executeRun (spec: RunSpec, env: Record<string, string>, ma
     if (report.error !== undefined) hooks.log.error({ error: report.error }, 'could not verify that the run\'s processes are gone')
     else if (report.survivors.length > 0) hooks.log.error({ survivors: report.survivors }, 'processes of the run survived SIGKILL')
     else if (report.killed > 0) hooks.log.info({ killed: report.killed }, 'ended the run\'s remaining processes')
+    // A kept CLI that died as a run was handed to it, before printing anything for it: the run
+    // was never started (it starts in a new CLI), unless it was ended meanwhile.
+    if (serving > 0 && linesForRun === 0 && out.resultLine === undefined && !mustEnd) out.lost = true
     finish(out)
   }
   lifeDone = life()

@@ -9,7 +9,7 @@ export interface KeptSession {
   sessionId: string
   /** What the CLI was started with (`keepSignature`): a run adopts it only with the same. */
   signature: string
-  cli: KeptCli & { adopt: (run: Adoption) => void }
+  cli: KeptCli & { adopt: (run: Adoption) => boolean }
   marker: string
   credential?: RunCredential
   network?: RunNetwork
@@ -61,6 +61,8 @@ export class SessionKeeper {
       const oldest = this.kept.keys().next().value as string
       void this.end(oldest)
     }
+    // Its token works again only for the run that takes it: nothing the last run left behind can use it meanwhile.
+    k.credential?.deactivate()
     const timer = setTimeout(() => { void this.end(k.sessionId) }, this.o.keepAliveS * 1000)
     timer.unref()
     this.kept.set(k.sessionId, { k, timer })
@@ -83,9 +85,10 @@ export class SessionKeeper {
   async take (sessionId: string, signature: string | undefined): Promise<KeptSession | undefined> {
     const e = this.kept.get(sessionId)
     if (e === undefined) return undefined
-    if (signature === e.k.signature && !e.k.cli.process.ending) {
+    if (signature === e.k.signature && !e.k.cli.process.ending && !e.k.cli.over()) {
       clearTimeout(e.timer)
       this.kept.delete(sessionId)
+      e.k.credential?.activate()
       return e.k
     }
     await this.end(sessionId)

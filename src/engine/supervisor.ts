@@ -214,8 +214,9 @@ export class Supervisor {
       // As the run's own identity where it has one: git then reads only what the run itself could.
       const recorded = this.d.snapshots?.before(spec.runId, cwd, identity !== undefined ? { uid: identity.uid, gid: identity.gid, home: identity.home } : undefined)
         .then(() => true, (err: unknown) => { handle.log.warn({ err }, 'recording the working directory before the run failed; its changes are not recorded'); return false })
+      const settings = executorSettings(launcher, identity, cwd, { limits: spec.limits, network })
       handed = true
-      const execution = await (this.d.execute ?? executeRun)(spec, env, marker, executorSettings(launcher, identity, cwd, { limits: spec.limits, network }), {
+      const execution = await (this.d.execute ?? executeRun)(spec, env, marker, settings, {
         event: (type, data) => handle.push(type, data),
         inbox: handle.inbox,
         askApproval: async (toolName, input, ask) => await this.d.approvals.ask(handle, toolName, input, ask),

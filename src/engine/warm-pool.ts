@@ -69,6 +69,8 @@ export interface WarmPoolOptions {
    * every parked spare together stays within it. 0: none.
    */
   memoryMax?: number
+  /** CLIs counted against `memoryMax` outside the pool (sessions kept alive). */
+  reserved?: () => number
   log: RunnerLogger
 }
 
@@ -77,11 +79,12 @@ export const SPARE_BYTES = 256 * 1024 * 1024
 /** Option sets remembered, most recent first. */
 const MAX_DEMANDS = 32
 
-/** A kind of spare in demand: its identity and its option set. */
+/** A kind of spare in demand: its identity and its option set, and how often runs asked for it. */
 interface Demand {
   profile: string
   options: string
   set: OptionSet
+  seen: number
 }
 
 const MAX_BACKOFF_MS = 60_000
@@ -96,8 +99,10 @@ const YOUNG_DEATH_MS = 10_000
  */
 export class WarmPool {
   private readonly parked: WarmSpare[] = []
-  /** Kinds in demand, most recent first (without identities, the one with no option set always first). */
+  /** Plain kinds in demand, most recent first (without identities, the server's own only). */
   private readonly wanted: Demand[]
+  /** Option sets in demand, most recent first: one a run sent once (a prompt made per request) gets no spare. */
+  private readonly sets: Demand[] = []
   private starting: Promise<void> | undefined
   private closed = false
   private failures = 0
@@ -106,7 +111,7 @@ export class WarmPool {
   private readonly exited = new Set<string>()
 
   constructor (private readonly o: WarmPoolOptions) {
-    this.wanted = o.perIdentity ? [] : [{ profile: '', options: PLAIN, set: {} }]
+    this.wanted = o.perIdentity ? [] : [{ profile: '', options: PLAIN, set: {}, seen: 1 }]
   }
 
   get target (): number { return this.o.target }
@@ -124,7 +129,9 @@ export class WarmPool {
   take (profile: string, fits: (s: WarmSpare) => boolean, set: OptionSet = {}): WarmSpare | undefined {
     if (this.closed) return undefined
     const options = signatureOf(set)
-    this.want({ profile, options, set })
+    // The identity is in demand whatever its runs send; the option set it sent, too.
+    this.want({ profile, options: PLAIN, set: {}, seen: 1 })
+    if (options !== PLAIN) this.want({ profile, options, set, seen: 1 })
     const i = this.parked.findIndex(s => s.profile === profile && s.options === options && fits(s))
     const spare = i === -1 ? undefined : this.parked.splice(i, 1)[0]
     // A spare that lived to be taken: starting them works.
@@ -158,33 +165,34 @@ export class WarmPool {
   }
 
   private want (d: Demand): void {
-    const plainNoIdentity = !this.o.perIdentity && d.profile === '' && d.options === PLAIN
-    if (!plainNoIdentity) {
-      const at = this.wanted.findIndex(w => w.profile === d.profile && w.options === d.options)
-      if (at !== -1) this.wanted.splice(at, 1)
-      // Without identities the kind with no option set stays first.
-      this.wanted.splice(this.o.perIdentity ? 0 : 1, 0, d)
-      this.wanted.length = Math.min(this.wanted.length, MAX_DEMANDS)
-    }
+    // Each list on its own: one key's option sets never push another identity's plain spare out.
+    const list = d.options === PLAIN ? this.wanted : this.sets
+    if (d.options === PLAIN && !this.o.perIdentity) return
+    const at = list.findIndex(w => w.profile === d.profile && w.options === d.options)
+    const seen = at === -1 ? 1 : list[at]!.seen + 1
+    if (at !== -1) list.splice(at, 1)
+    list.unshift({ ...d, seen })
+    list.length = Math.min(list.length, d.options === PLAIN ? this.o.target : MAX_DEMANDS)
     this.trim()
   }
 
   /**
    * The spares the pool should hold, in order: `target` with no option set (with identities: one
-   * for each of the `target` identities in demand most recently), then one for each other option
-   * set in demand, most recent first, while all of them fit in `memoryMax`.
+   * for each of the `target` identities in demand most recently), then one for each option set
+   * runs sent more than once, most recent first, while they fit in `memoryMax` with what else it
+   * counts (`reserved`).
    */
   private slots (): Demand[] {
     const out: Demand[] = []
     if (!this.o.perIdentity) {
       for (let i = 0; i < this.o.target; i++) out.push(this.wanted[0]!)
     } else {
-      for (const d of this.wanted) if (d.options === PLAIN && out.length < this.o.target) out.push(d)
+      out.push(...this.wanted)
     }
-    let room = Math.floor((this.o.memoryMax ?? 0) / SPARE_BYTES) - out.length
-    for (const d of this.wanted) {
+    let room = Math.floor((this.o.memoryMax ?? 0) / SPARE_BYTES) - out.length - (this.o.reserved?.() ?? 0)
+    for (const d of this.sets) {
       if (room <= 0) break
-      if (d.options === PLAIN) continue
+      if (d.seen < 2) continue
       out.push(d)
       room--
     }
@@ -248,7 +256,16 @@ export class WarmPool {
       this.fill()
     }, (err: unknown) => {
       this.starting = undefined
-      if (!this.closed) this.failed(err as Error)
+      if (this.closed) return
+      if (kind.options === PLAIN) {
+        this.failed(err as Error)
+        return
+      }
+      // A set whose spare cannot start is forgotten (its runs start cold); the others go on.
+      this.o.log.warn({ err: (err as Error).message }, 'a warm spare for an option set could not start; that set\'s runs start cold')
+      const at = this.sets.indexOf(kind)
+      if (at !== -1) this.sets.splice(at, 1)
+      this.fill()
     })
   }
 

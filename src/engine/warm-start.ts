@@ -10,6 +10,8 @@ export interface WarmStartDeps extends SpareContext {
   perIdentity: boolean
   /** Memory for spares of the option sets runs send (`WARM_MEMORY_MAX`, bytes). */
   memoryMax?: number
+  /** CLIs counted against that memory outside the pool (sessions kept alive). */
+  reserved?: () => number
   /** Whether CLIs can be launched: a spare that parks is a launch that works, one that cannot is one that failed. */
   launches: LaunchHealth
   /** A run of a new session started on a spare (`hit`) or cold (`miss`, `refused`). */
@@ -34,7 +36,7 @@ export class WarmStart {
       if (err.launch !== undefined) d.launches.failed(err.launch)
       throw err
     })
-    this.pool = new WarmPool({ target, perIdentity: d.perIdentity, memoryMax: d.memoryMax, start: counted, log: d.log })
+    this.pool = new WarmPool({ target, perIdentity: d.perIdentity, memoryMax: d.memoryMax, ...(d.reserved !== undefined ? { reserved: d.reserved } : {}), start: counted, log: d.log })
   }
 
   /**

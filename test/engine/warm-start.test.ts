@@ -170,22 +170,26 @@ test('a spare is never shared across agent identities', async t => {
   t.equal(h.warm.take(specOf({ identity: 'k' }), request()), forK, 'k gets its own')
 })
 
-test('the option sets runs send get spares of their own, most recent first, within WARM_MEMORY_MAX', async t => {
+test('the option sets runs send more than once get spares of their own, most recent first, within WARM_MEMORY_MAX', async t => {
   // Room for two spares: the plain one and one option set.
   const h = await harness(t, { memoryMax: 2 * SPARE_BYTES })
   const reviewer: Partial<RunSpec> = { systemPrompt: 'you review code', allowedTools: ['Read', 'Grep'] }
-  t.equal(h.warm.take(specOf(reviewer), request()), undefined, 'the first run of a set: none yet')
-  t.same(h.claimed, ['miss'])
-  t.ok(await until(() => h.pool.parkedCount === 2), 'a spare for the set is parked next to the plain one')
-  const forSet = h.started.find(s => s.options === signatureOf({ systemPrompt: 'you review code', allowedTools: ['Read', 'Grep'] }))
+  const ofReviewer = signatureOf(reviewer as OptionSet)
+  t.equal(h.warm.take(specOf(reviewer), request()), undefined, 'the first run of a set: none')
+  await tick()
+  t.equal(h.started.filter(s => s.options === ofReviewer).length, 0, 'a set sent once gets no spare (a prompt made per request would waste one each time)')
+  t.equal(h.warm.take(specOf(reviewer), request()), undefined, 'the second run of the set: none yet')
+  t.same(h.claimed, ['miss', 'miss'])
+  t.ok(await until(() => h.pool.parkedCount === 2), 'now a spare for the set is parked next to the plain one')
+  const forSet = h.started.find(s => s.options === ofReviewer)
   t.ok(forSet, 'started with the set')
-  t.equal(h.warm.take(specOf({ allowedTools: ['Read', 'Grep'] }), request()), undefined, 'a different set does not take it')
-  t.equal(h.warm.take(specOf(reviewer), request()), undefined, 'nor the set\'s own run once a newer set pushed it out of the memory')
-  t.ok(await until(() => h.ended.includes(forSet!.id) || h.pool.parkedCount === 2), 'the pushed-out spare is ended')
-  // The set in demand most recently is the one kept.
-  t.ok(await until(() => h.started.filter(s => s.options === signatureOf(reviewer as OptionSet)).length === 2 && h.pool.parkedCount === 2), 'the most recent set gets its spare back')
-  const taken = h.warm.take(specOf(reviewer), request())
-  t.ok(taken !== undefined && taken.options === signatureOf(reviewer as OptionSet), 'and its next run takes it')
+  const other = { allowedTools: ['Read', 'Grep'] }
+  t.equal(h.warm.take(specOf(other), request()), undefined, 'a different set does not take it')
+  t.equal(h.warm.take(specOf(other), request()), undefined, 'nor the different set\'s second run')
+  t.ok(await until(() => h.ended.includes(forSet!.id)), 'the newer set pushed the older one\'s spare out of the memory')
+  t.ok(await until(() => h.started.some(s => s.options === signatureOf(other)) && h.pool.parkedCount === 2), 'and has its own')
+  const taken = h.warm.take(specOf(other), request())
+  t.ok(taken !== undefined && taken.options === signatureOf(other), 'which its next run takes')
   t.equal(h.warm.take(specOf(), request()), h.started[0], 'the plain spare is still there for plain runs')
 })
 

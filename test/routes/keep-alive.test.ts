@@ -9,13 +9,28 @@ import { auth, build, eventually, fakeModel, noWarmSpares, sandbox } from '../he
  * it, when its session is deleted, and at shutdown.
  */
 
-/** Live processes carrying a run marker, with the marker (the CLI and what it started). */
+/** The parent of a process (0 when it is gone). */
+function parentOf (pid: number): number {
+  try {
+    return Number(readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ')[1] ?? 0)
+  } catch {
+    return 0
+  }
+}
+
+/** Whether a process descends from this test process (the servers here run in it): not another test's. */
+function ours (pid: number): boolean {
+  for (let p = pid, hops = 0; p > 1 && hops < 64; p = parentOf(p), hops++) if (p === process.pid) return true
+  return false
+}
+
+/** Live processes of this test's servers carrying a run marker, with the marker (the CLI and what it started). */
 function markedProcesses (): Array<{ pid: number, marker: string }> {
   const found: Array<{ pid: number, marker: string }> = []
   for (const name of readdirSync('/proc')) {
     if (!/^\d+$/.test(name)) continue
     try {
-      if (readFileSync(`/proc/${name}/stat`, 'utf8').split(') ')[1]?.[0] === 'Z') continue
+      if (readFileSync(`/proc/${name}/stat`, 'utf8').split(') ')[1]?.[0] === 'Z' || !ours(Number(name))) continue
       const marker = readFileSync(`/proc/${name}/environ`, 'utf8').split('\0').find(e => e.startsWith('CLAUDE_API_RUN_MARKER='))
       if (marker !== undefined) found.push({ pid: Number(name), marker: marker.slice('CLAUDE_API_RUN_MARKER='.length) })
     } catch {
@@ -77,6 +92,22 @@ test('keep-alive: the session\'s next run continues on the CLI kept from its las
 
   await app.close()
   t.ok(await eventually(() => markedProcesses().every(p => before.has(p.pid))), 'shutdown leaves no kept CLI')
+})
+
+test('keep-alive: a kept CLI that died between runs is not waited for: the session resumes in a new CLI', { skip: noWarmSpares }, async t => {
+  const { run, model } = await server(t, '30')
+  const before = new Set(markedProcesses().map(p => p.pid))
+  model.on('before the crash', [{ text: 'alive' }])
+  const first = await run({ prompt: 'before the crash' })
+  t.equal(first.success, true, first.error)
+  const kept = markedProcesses().filter(p => !before.has(p.pid))
+  t.ok(kept.length > 0, 'kept after the run')
+  for (const p of kept) process.kill(p.pid, 'SIGKILL')
+  model.on('after the crash', [{ text: 'resumed' }])
+  const second = await run({ prompt: 'after the crash', session_id: first.session_id })
+  t.equal(second.success, true, second.error)
+  t.equal(second.output, 'resumed')
+  t.ok(model.calls.at(-1)!.userTexts.includes('before the crash'), 'with the session\'s history')
 })
 
 test('keep-alive: a kept CLI goes when it idles past SESSION_KEEPALIVE_S, and when its session is deleted', { skip: noWarmSpares }, async t => {

@@ -86,7 +86,7 @@ test('warm start: a spare is parked; a run that fits takes it, one that does not
   t.strictSame(sparesOf(mine), [], 'closing the server ends every spare')
 })
 
-test('warm start for an option set a run sends: the next run with the same system prompt and tools takes a spare started with them', async t => {
+test('warm start for an option set runs send: once sent twice, the next run with the same system prompt and tools takes a spare started with them', async t => {
   const box = sandbox(t)
   const model = await fakeModel(t)
   // Room for the plain spare and one option set.
@@ -95,9 +95,11 @@ test('warm start for an option set a run sends: the next run with the same syste
   const metrics = async () => (await app.inject({ url: '/metrics', headers: auth })).body
   t.ok(await eventually(async () => (await health()).warm.parked === 1, 30_000), 'the plain spare is parked')
   const options = { system_prompt: 'You are the release bot.', allowed_tools: ['Read'] }
-  const first = (await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'set one', ...options } })).json()
-  t.equal(first.success, true, first.error)
-  t.equal(metric(await metrics(), 'ccapi_warm_claims_total', 'outcome="miss"'), 1, 'the first run of the set starts cold')
+  for (const prompt of ['set zero', 'set one']) {
+    const cold = (await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt, ...options } })).json()
+    t.equal(cold.success, true, cold.error)
+  }
+  t.equal(metric(await metrics(), 'ccapi_warm_claims_total', 'outcome="miss"'), 2, 'the first two runs of the set start cold (a set sent once gets no spare)')
   t.ok(await eventually(async () => (await health()).warm.parked === 2, 30_000), 'then a spare for the set parks next to the plain one')
   const second = (await app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload: { prompt: 'set two', ...options } })).json()
   t.equal(second.success, true, second.error)
