@@ -7,23 +7,30 @@ import { log, quick, rows, server } from '../context.js'
  * the same process shape.
  */
 export async function health (): Promise<void> {
-  const duration = quick ? 3 : 10
-  log(`row 4: GET /health for ${duration} s each, server vs bare Fastify`)
+  // Interleaved rounds, the median of each: a burst of other load on a shared machine hits both.
+  const rounds = quick ? 3 : 5
+  const duration = quick ? 1 : 2
+  log(`row 4: GET /health, ${rounds} interleaved rounds of ${duration} s each, server vs bare Fastify`)
   const load = async (url: string): Promise<autocannon.Result> =>
     await autocannon({ url: `${url}/health`, connections: 10, duration, pipelining: 1 })
   const srv = await server()
   const bare = await startBare()
-  let ours: autocannon.Result
-  let base: autocannon.Result
+  const oursAll: autocannon.Result[] = []
+  const baseAll: autocannon.Result[] = []
   try {
     await autocannon({ url: `${srv.url}/health`, connections: 10, duration: 1 })
     await autocannon({ url: `${bare.url}/health`, connections: 10, duration: 1 })
-    base = await load(bare.url)
-    ours = await load(srv.url)
+    for (let i = 0; i < rounds; i++) {
+      baseAll.push(await load(bare.url))
+      oursAll.push(await load(srv.url))
+    }
   } finally {
     await srv.stop()
     await bare.stop()
   }
+  const byRps = (xs: autocannon.Result[]): autocannon.Result => [...xs].sort((a, b) => a.requests.average - b.requests.average)[Math.floor(xs.length / 2)]!
+  const ours = byRps(oursAll)
+  const base = byRps(baseAll)
   const ratio = ours.requests.average / base.requests.average
   rows.push({
     row: 4,
@@ -34,8 +41,8 @@ export async function health (): Promise<void> {
     figure: round(ratio, 3),
     unit: '× throughput',
     budget: '≥ 0.8×',
-    pass: ratio >= 0.8 && ours.non2xx === 0 && ours.errors === 0,
-    smoke_pass: ratio >= 0.4 && ours.errors === 0,
-    details: { errors: ours.errors, non2xx: ours.non2xx }
+    pass: ratio >= 0.8 && oursAll.every(r => r.non2xx === 0 && r.errors === 0),
+    smoke_pass: ratio >= 0.4 && oursAll.every(r => r.errors === 0),
+    details: { errors: oursAll.reduce((a, r) => a + r.errors, 0), non2xx: oursAll.reduce((a, r) => a + r.non2xx, 0), ours_rps: oursAll.map(r => round(r.requests.average, 0)), bare_rps: baseAll.map(r => round(r.requests.average, 0)) }
   })
 }
