@@ -46,8 +46,7 @@ async function server (t: Parameters<typeof build>[0], keepAliveS: string) {
   const built = await build(t, { box, model, env: { SESSION_KEEPALIVE_S: keepAliveS } })
   const run = async (payload: Record<string, unknown>): Promise<any> =>
     (await built.app.inject({ method: 'POST', url: '/api/execute', headers: auth, payload })).json()
-  const markerOf = async (runId: string): Promise<string> => (await built.app.inject({ url: `/api/runs/${runId}`, headers: auth })).json().marker
-  return { ...built, model, run, markerOf }
+  return { ...built, model, run }
 }
 
 test('keep-alive: the session\'s next run continues on the CLI kept from its last one', { skip: noWarmSpares }, async t => {
